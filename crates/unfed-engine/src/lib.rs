@@ -1,0 +1,1 @@
+//! unfed-engine (being written).

@@ -1,0 +1,229 @@
+//! A contiguous range of a model's layers — possibly with the token embedding in front and the
+//! final norm and output head behind — run with a per-session KV cache.
+//!
+//! The whole model is simply the shard that covers every layer and has both ends, so the
+//! single-process and the sharded paths execute the very same code, layer for layer; that is
+//! why composing shards gives bit-identical logits.
+
+use std::ops::Range;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use unfed_gguf::Value;
+
+use crate::checkpoint::Checkpoint;
+use crate::config::ModelConfig;
+use crate::layers::{self, DecoderLayer, LayerCache, RmsNorm};
+use crate::rope::RopeTables;
+use crate::{ModelError, Result};
+
+/// Metadata keys a shard file carries to say which part of the model it is.
+pub mod keys {
+    pub const INDEX: &str = "unfed.shard.index";
+    pub const COUNT: &str = "unfed.shard.count";
+    pub const LAYER_START: &str = "unfed.shard.layer_start";
+    pub const LAYER_END: &str = "unfed.shard.layer_end";
+    pub const HAS_EMBEDDING: &str = "unfed.shard.has_embedding";
+    pub const HAS_HEAD: &str = "unfed.shard.has_head";
+}
+
+/// Which part of the model a shard runs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShardRole {
+    /// Global layer indices, end exclusive.
+    pub layers: Range<usize>,
+    /// Takes token ids and looks up their embeddings.
+    pub embedding: bool,
+    /// Applies the final norm and the output head, producing logits.
+    pub head: bool,
+}
+
+impl ShardRole {
+    pub fn whole(cfg: &ModelConfig) -> Self {
+        Self { layers: 0..cfg.n_layer, embedding: true, head: true }
+    }
+
+    /// The role recorded in a shard file's metadata, or the whole model if none is recorded.
+    pub fn from_checkpoint(ck: &Checkpoint, cfg: &ModelConfig) -> Result<Self> {
+        let int = |k: &str| ck.get(k).and_then(Value::as_u64).map(|v| v as usize);
+        let flag = |k: &str| ck.get(k).and_then(Value::as_bool);
+        match (int(keys::LAYER_START), int(keys::LAYER_END)) {
+            (None, None) => Ok(Self::whole(cfg)),
+            (Some(s), Some(e)) if s < e && e <= cfg.n_layer => Ok(Self {
+                layers: s..e,
+                embedding: flag(keys::HAS_EMBEDDING).unwrap_or(s == 0),
+                head: flag(keys::HAS_HEAD).unwrap_or(e == cfg.n_layer),
+            }),
+            (s, e) => Err(ModelError::Config(format!(
+                "shard layer range {s:?}..{e:?} is not within the model's {} layers",
+                cfg.n_layer
+            ))),
+        }
+    }
+}
+
+/// What a shard is fed.
+pub enum Input<'a> {
+    /// Token ids (only for a shard with the embedding).
+    Tokens(&'a [u32]),
+    /// Hidden states from the previous shard, `[positions, hidden]` f32.
+    Hidden(&'a Tensor),
+}
+
+/// Which positions to produce logits for (shards with the head only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsMode {
+    /// Only the last position: what generation needs.
+    Last,
+    /// Every position of the input.
+    All,
+}
+
+/// Per-session state of one shard: each layer's keys and values and the number of positions seen.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    positions: usize,
+}
+
+impl KvCache {
+    /// Positions already processed.
+    pub fn positions(&self) -> usize {
+        self.positions
+    }
+}
+
+/// A loaded shard, ready to run.
+pub struct ShardModel {
+    config: ModelConfig,
+    role: ShardRole,
+    embedding: Option<QTensor>,
+    layers: Vec<DecoderLayer>,
+    norm: Option<RmsNorm>,
+    head: Option<QMatMul>,
+    device: Device,
+}
+
+impl ShardModel {
+    /// Loads the part of the model the checkpoint says it holds (the whole model for an
+    /// ordinary model file).
+    pub fn load(ck: &Checkpoint) -> Result<Self> {
+        let cfg = ck.config()?;
+        let role = ShardRole::from_checkpoint(ck, &cfg)?;
+        Self::load_role(ck, role)
+    }
+
+    /// Loads a chosen part of a checkpoint (which must contain the needed tensors).
+    pub fn load_role(ck: &Checkpoint, role: ShardRole) -> Result<Self> {
+        let config = ck.config()?;
+        if role.layers.start >= role.layers.end || role.layers.end > config.n_layer {
+            return Err(ModelError::Config(format!(
+                "layer range {:?} is not within the model's {} layers",
+                role.layers, config.n_layer
+            )));
+        }
+        let embedding = if role.embedding {
+            let t = layers::qtensor(ck, "token_embd.weight")?;
+            check_shape("token_embd.weight", t.shape().dims(), &[config.vocab, config.hidden])?;
+            Some(t)
+        } else {
+            None
+        };
+        let layers = role
+            .layers
+            .clone()
+            .map(|i| DecoderLayer::load(ck, &config, i))
+            .collect::<Result<Vec<_>>>()?;
+        let (norm, head) = if role.head {
+            let name = if ck.tensor_info("output.weight").is_some() { "output.weight" } else { "token_embd.weight" };
+            (
+                Some(RmsNorm::load(ck, "output_norm.weight", &config)?),
+                Some(layers::matrix(ck, name, (config.vocab, config.hidden))?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Self { config, role, embedding, layers, norm, head, device: Device::Cpu })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn role(&self) -> &ShardRole {
+        &self.role
+    }
+
+    /// A fresh, empty cache for one session.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache { layers: vec![LayerCache::default(); self.layers.len()], positions: 0 }
+    }
+
+    /// Runs the shard on new positions, extending the session's cache. Returns hidden states
+    /// `[positions, hidden]`, or logits `[1 or positions, vocab]` if this shard has the head.
+    pub fn forward(&self, input: Input<'_>, cache: &mut KvCache, mode: LogitsMode) -> Result<Tensor> {
+        if cache.layers.len() != self.layers.len() {
+            return Err(ModelError::Input("the cache belongs to a different shard".into()));
+        }
+        let mut x = match (input, &self.embedding) {
+            (Input::Tokens(ids), Some(emb)) => {
+                if ids.is_empty() {
+                    return Err(ModelError::Input("no tokens".into()));
+                }
+                if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.config.vocab) {
+                    return Err(ModelError::Input(format!(
+                        "token id {bad} is outside the vocabulary of {}",
+                        self.config.vocab
+                    )));
+                }
+                emb.embedding(&Tensor::new(ids, &self.device)?)?
+            }
+            (Input::Hidden(h), None) => {
+                let (t, d) = h.dims2().map_err(|_| ModelError::Input("hidden states must be 2-D".into()))?;
+                if t == 0 || d != self.config.hidden {
+                    return Err(ModelError::Input(format!(
+                        "hidden states of shape [{t}, {d}], expected [n > 0, {}]",
+                        self.config.hidden
+                    )));
+                }
+                h.clone()
+            }
+            (Input::Tokens(_), None) => return Err(ModelError::Input("this shard takes hidden states, not tokens".into())),
+            (Input::Hidden(_), Some(_)) => return Err(ModelError::Input("this shard takes tokens, not hidden states".into())),
+        }
+        .unsqueeze(0)?;
+        let t = x.dim(1)?;
+        let past = cache.positions;
+        if past + t > self.config.context_length {
+            return Err(ModelError::Input(format!(
+                "{} positions exceed the context length of {}",
+                past + t,
+                self.config.context_length
+            )));
+        }
+        let rope = RopeTables::new(self.config.rope_theta, self.config.head_dim, past, t, &self.device)?;
+        let mask = if t > 1 { Some(layers::causal_mask(t, past, &self.device)?) } else { None };
+        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(&x, &rope, mask.as_ref(), lc)?;
+        }
+        cache.positions += t;
+        let x = x.squeeze(0)?;
+        match (&self.norm, &self.head) {
+            (Some(norm), Some(head)) => {
+                let x = match mode {
+                    LogitsMode::Last => x.narrow(0, t - 1, 1)?,
+                    LogitsMode::All => x,
+                };
+                Ok(head.forward(&norm.forward(&x)?)?)
+            }
+            _ => Ok(x),
+        }
+    }
+}
+
+fn check_shape(name: &str, got: &[usize], want: &[usize]) -> Result<()> {
+    if got != want {
+        return Err(ModelError::Tensor { name: name.into(), problem: format!("shape {got:?}, expected {want:?}") });
+    }
+    Ok(())
+}

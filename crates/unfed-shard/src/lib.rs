@@ -1,0 +1,1 @@
+//! unfed-shard (being written).

@@ -1,0 +1,2 @@
+//! The `unfed` binary: one subcommand per role.
+fn main() {}

@@ -74,7 +74,7 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<()> {
         ("tokenizer.ggml.pre".to_string(), Value::String("gpt2".into())),
         ("tokenizer.ggml.tokens".to_string(), Value::Array(tokens)),
         ("tokenizer.ggml.token_type".to_string(), Value::Array(types)),
-        ("tokenizer.ggml.merges".to_string(), Value::Array(vec![Value::String("Ġ t".into())])),
+        ("tokenizer.ggml.merges".to_string(), Value::Array(Vec::new())),
         ("tokenizer.ggml.eos_token_id".to_string(), Value::U32(258)),
         ("tokenizer.chat_template".to_string(), Value::String(CHATML.into())),
     ];

@@ -43,7 +43,10 @@ impl Engine {
                 }
             })
             .map_err(|_| EngineError::Stopped)?;
-        Ok(Self { jobs: Some(jobs), thread: Some(thread) })
+        Ok(Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
     }
 
     /// Queues a generation (waiting if the queue is full); its events arrive on the receiver,

@@ -55,7 +55,10 @@ impl Stats {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A generated token and the text that became complete with it (may be empty).
-    Token { id: u32, text: String },
+    Token {
+        id: u32,
+        text: String,
+    },
     /// Text held back at the end (an incomplete character).
     Flush(String),
     Done(Stats),
@@ -114,7 +117,14 @@ pub fn generate(
     if let Some(rest) = stream.finish(tokenizer)? {
         emit(Event::Flush(rest));
     }
-    let stats = Stats { prompt_tokens: req.prompt_ids.len(), generated_tokens: generated, prefill, decode_steps, decode: t1.elapsed(), stop };
+    let stats = Stats {
+        prompt_tokens: req.prompt_ids.len(),
+        generated_tokens: generated,
+        prefill,
+        decode_steps,
+        decode: t1.elapsed(),
+        stop,
+    };
     emit(Event::Done(stats.clone()));
     Ok(stats)
 }

@@ -12,6 +12,15 @@ pub use generate::{Event, GenerateRequest, Stats, StopReason, generate};
 pub use pipeline::{Pipeline, Session};
 pub use text_stream::TextStream;
 
+/// The fixed benchmark prompt (about 107 tokens), shared with `scripts/bench_llamacpp.py` so
+/// both engines process the same tokens.
+pub const BENCH_PROMPT: &str = include_str!("bench_prompt.txt");
+
+/// Threads the forward pass uses (`RAYON_NUM_THREADS`, else the physical cores).
+pub fn compute_threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
 /// What can go wrong in the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -45,10 +45,15 @@ impl Pipeline {
             }
             let r = &s.role().layers;
             if r.start != next {
-                return bad(format!("shard {i} starts at layer {} but layer {next} comes next", r.start));
+                return bad(format!(
+                    "shard {i} starts at layer {} but layer {next} comes next",
+                    r.start
+                ));
             }
             if i > 0 && s.role().embedding || i + 1 < shards.len() && s.role().head {
-                return bad(format!("shard {i} has an embedding or head in the middle of the pipeline"));
+                return bad(format!(
+                    "shard {i} has an embedding or head in the middle of the pipeline"
+                ));
             }
             next = r.end;
         }
@@ -67,7 +72,10 @@ impl Pipeline {
     }
 
     pub fn new_session(&self) -> Session {
-        Session { caches: self.shards.iter().map(ShardModel::new_cache).collect(), tokens: Vec::new() }
+        Session {
+            caches: self.shards.iter().map(ShardModel::new_cache).collect(),
+            tokens: Vec::new(),
+        }
     }
 
     /// Feeds tokens through every shard; returns the logits after the last one.

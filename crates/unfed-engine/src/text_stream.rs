@@ -22,7 +22,10 @@ impl TextStream {
     pub fn push(&mut self, tok: &TextTokenizer, id: u32) -> unfed_model::Result<Option<String>> {
         self.tokens.push(id);
         let text = tok.decode(&self.tokens[self.prefix..])?;
-        if text.len() <= self.emitted || text.ends_with('\u{FFFD}') || !text.is_char_boundary(self.emitted) {
+        if text.len() <= self.emitted
+            || text.ends_with('\u{FFFD}')
+            || !text.is_char_boundary(self.emitted)
+        {
             return Ok(None);
         }
         let piece = text[self.emitted..].to_string();
@@ -36,6 +39,9 @@ impl TextStream {
     /// Whatever is left at the end (an incomplete character shows as U+FFFD).
     pub fn finish(&mut self, tok: &TextTokenizer) -> unfed_model::Result<Option<String>> {
         let text = tok.decode(&self.tokens[self.prefix..])?;
-        Ok((text.len() > self.emitted && text.is_char_boundary(self.emitted)).then(|| text[self.emitted..].to_string()))
+        Ok(
+            (text.len() > self.emitted && text.is_char_boundary(self.emitted))
+                .then(|| text[self.emitted..].to_string()),
+        )
     }
 }

@@ -16,12 +16,21 @@ fn tiny() -> (tempfile::TempDir, Checkpoint) {
 }
 
 fn part(ck: &Checkpoint, layers: std::ops::Range<usize>, n: usize) -> ShardModel {
-    let role = ShardRole { embedding: layers.start == 0, head: layers.end == n, layers };
+    let role = ShardRole {
+        embedding: layers.start == 0,
+        head: layers.end == n,
+        layers,
+    };
     ShardModel::load_role(ck, role).unwrap()
 }
 
 fn request(max_tokens: usize) -> GenerateRequest {
-    GenerateRequest { prompt_ids: vec![72, 101, 108, 108, 111], max_tokens, sampling: SamplingParams::greedy(), ignore_eos: true }
+    GenerateRequest {
+        prompt_ids: vec![72, 101, 108, 108, 111],
+        max_tokens,
+        sampling: SamplingParams::greedy(),
+        ignore_eos: true,
+    }
 }
 
 fn run(p: &Pipeline, tok: &TextTokenizer, req: &GenerateRequest) -> Vec<u32> {
@@ -41,7 +50,12 @@ fn sharded_pipeline_generates_what_the_whole_model_generates() {
     let (_d, ck) = tiny();
     let tok = TextTokenizer::from_metadata(ck.metadata()).unwrap();
     let whole = Pipeline::new(vec![ShardModel::load(&ck).unwrap()]).unwrap();
-    let split = Pipeline::new(vec![part(&ck, 0..1, 4), part(&ck, 1..3, 4), part(&ck, 3..4, 4)]).unwrap();
+    let split = Pipeline::new(vec![
+        part(&ck, 0..1, 4),
+        part(&ck, 1..3, 4),
+        part(&ck, 3..4, 4),
+    ])
+    .unwrap();
     let req = request(24);
     let a = run(&whole, &tok, &req);
     assert_eq!(a.len(), 24);
@@ -52,7 +66,12 @@ fn sharded_pipeline_generates_what_the_whole_model_generates() {
 fn pipeline_rejects_gaps_and_misplaced_ends() {
     let (_d, ck) = tiny();
     let gap = Pipeline::new(vec![part(&ck, 0..1, 4), part(&ck, 2..4, 4)]);
-    assert!(gap.err().unwrap().to_string().contains("layer 1 comes next"));
+    assert!(
+        gap.err()
+            .unwrap()
+            .to_string()
+            .contains("layer 1 comes next")
+    );
     let short = Pipeline::new(vec![part(&ck, 0..2, 4)]);
     assert!(short.err().unwrap().to_string().contains("no output head"));
     let no_embed = Pipeline::new(vec![part(&ck, 1..4, 4)]);
@@ -94,7 +113,11 @@ fn engine_thread_streams_and_stops() {
 fn bad_requests_are_errors_not_panics() {
     let (_d, ck) = tiny();
     let tok = Arc::new(TextTokenizer::from_metadata(ck.metadata()).unwrap());
-    let engine = Engine::start(Pipeline::new(vec![ShardModel::load(&ck).unwrap()]).unwrap(), tok).unwrap();
+    let engine = Engine::start(
+        Pipeline::new(vec![ShardModel::load(&ck).unwrap()]).unwrap(),
+        tok,
+    )
+    .unwrap();
     let mut empty = request(4);
     empty.prompt_ids.clear();
     let mut out_of_vocab = request(4);
@@ -116,7 +139,10 @@ fn text_stream_never_splits_a_character() {
     let tok = TextTokenizer::from_metadata(ck.metadata()).unwrap();
     let text = "a 🦀 and café, 你好";
     let ids = tok.encode(text).unwrap();
-    assert!(ids.len() > text.chars().count(), "multi-byte characters span several tokens");
+    assert!(
+        ids.len() > text.chars().count(),
+        "multi-byte characters span several tokens"
+    );
     let mut stream = TextStream::new();
     let mut out = String::new();
     for id in ids {

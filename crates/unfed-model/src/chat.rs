@@ -16,7 +16,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: &str, content: &str) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -29,7 +32,10 @@ pub struct ChatTemplate {
 
 impl ChatTemplate {
     /// The template a checkpoint carries, if any.
-    pub fn from_metadata(meta: &[(String, Value)], tokenizer: &TextTokenizer) -> Result<Option<Self>> {
+    pub fn from_metadata(
+        meta: &[(String, Value)],
+        tokenizer: &TextTokenizer,
+    ) -> Result<Option<Self>> {
         let Some(source) = meta
             .iter()
             .find(|(k, _)| k == "tokenizer.chat_template")
@@ -52,18 +58,28 @@ impl ChatTemplate {
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, Error> {
-            Err(Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, Error> {
+                Err(Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
-        Ok(Self { env, bos_token: bos_token.into(), eos_token: eos_token.into() })
+        Ok(Self {
+            env,
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+        })
     }
 
     /// Renders a conversation; with `add_generation_prompt` the text ends where the assistant's
     /// reply begins.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template("chat").map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
         tmpl.render(context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,

@@ -66,7 +66,10 @@ impl Checkpoint {
                 source,
             })?)
         };
-        Ok(Self { path: path.to_path_buf(), inner })
+        Ok(Self {
+            path: path.to_path_buf(),
+            inner,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -91,7 +94,10 @@ impl Checkpoint {
 
     /// One metadata value.
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.metadata().iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.metadata()
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 
     /// Tensor names (llama.cpp names), in storage order.
@@ -121,7 +127,11 @@ impl Checkpoint {
                     path: self.path.display().to_string(),
                     source,
                 })?;
-                Ok(RawTensor { ty: t.ty, dims: t.dims.clone(), data: Cow::Borrowed(data) })
+                Ok(RawTensor {
+                    ty: t.ty,
+                    dims: t.dims.clone(),
+                    data: Cow::Borrowed(data),
+                })
             }
             Inner::Safetensors(s) => s.tensor(name),
         }
@@ -149,10 +159,16 @@ impl Safetensors {
             match std::fs::read_to_string(&p) {
                 Ok(s) => Ok(Some(s)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(source) => Err(ModelError::Io { path: p.display().to_string(), source }),
+                Err(source) => Err(ModelError::Io {
+                    path: p.display().to_string(),
+                    source,
+                }),
             }
         };
-        let bad = |problem: String| ModelError::Checkpoint { path: dir.display().to_string(), problem };
+        let bad = |problem: String| ModelError::Checkpoint {
+            path: dir.display().to_string(),
+            problem,
+        };
         let config_text = read("config.json")?
             .ok_or_else(|| bad("no config.json: not a Hugging Face model directory".into()))?;
         let config: serde_json::Value = serde_json::from_str(&config_text)
@@ -170,10 +186,15 @@ impl Safetensors {
             }
         }
         let n_head = config["num_attention_heads"].as_u64().unwrap_or(0) as usize;
-        let n_kv_head = config["num_key_value_heads"].as_u64().map_or(n_head, |v| v as usize);
+        let n_kv_head = config["num_key_value_heads"]
+            .as_u64()
+            .map_or(n_head, |v| v as usize);
 
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|source| ModelError::Io { path: dir.display().to_string(), source })?
+            .map_err(|source| ModelError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
             .collect();
@@ -184,19 +205,30 @@ impl Safetensors {
         let mut maps = Vec::new();
         let mut tensors = BTreeMap::new();
         for (i, f) in files.iter().enumerate() {
-            let file = File::open(f).map_err(|source| ModelError::Io { path: f.display().to_string(), source })?;
+            let file = File::open(f).map_err(|source| ModelError::Io {
+                path: f.display().to_string(),
+                source,
+            })?;
             // SAFETY: read-only map; every slice taken is within offsets validated below.
-            let map = unsafe { memmap2::Mmap::map(&file) }
-                .map_err(|source| ModelError::Io { path: f.display().to_string(), source })?;
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ModelError::Io {
+                path: f.display().to_string(),
+                source,
+            })?;
             let (n, meta) = safetensors::SafeTensors::read_metadata(&map)
                 .map_err(|e| bad(format!("{}: {e:?}", f.display())))?;
             for (hf_name, info) in meta.tensors() {
-                let Some(name) = gguf_name(&hf_name) else { continue };
+                let Some(name) = gguf_name(&hf_name) else {
+                    continue;
+                };
                 let ty = match info.dtype {
                     safetensors::Dtype::F32 => GgmlType::F32,
                     safetensors::Dtype::F16 => GgmlType::F16,
                     safetensors::Dtype::BF16 => GgmlType::BF16,
-                    other => return Err(bad(format!("tensor {hf_name}: dtype {other:?} is not supported"))),
+                    other => {
+                        return Err(bad(format!(
+                            "tensor {hf_name}: dtype {other:?} is not supported"
+                        )));
+                    }
                 };
                 let permute_heads = match (arch, name.rsplit('.').nth(1)) {
                     (Arch::Llama, Some("attn_q")) => Some(n_head),
@@ -204,12 +236,22 @@ impl Safetensors {
                     _ => None,
                 };
                 let range = (8 + n + info.data_offsets.0, 8 + n + info.data_offsets.1);
-                let entry = SafeEntry { file: i, ty, shape: info.shape.clone(), range, permute_heads };
+                let entry = SafeEntry {
+                    file: i,
+                    ty,
+                    shape: info.shape.clone(),
+                    range,
+                    permute_heads,
+                };
                 tensors.insert(name, entry);
             }
             maps.push((map, n));
         }
-        Ok(Self { metadata, tensors, maps })
+        Ok(Self {
+            metadata,
+            tensors,
+            maps,
+        })
     }
 
     fn tensor(&self, name: &str) -> Result<RawTensor<'_>> {
@@ -221,21 +263,36 @@ impl Safetensors {
         let dims = e.shape.iter().rev().map(|&d| d as u64).collect();
         let data = match e.permute_heads {
             None => Cow::Borrowed(bytes),
-            Some(heads) => Cow::Owned(permute_rows_for_interleaved_rope(bytes, &e.shape, heads).map_err(
-                |problem| ModelError::Tensor { name: name.into(), problem },
-            )?),
+            Some(heads) => Cow::Owned(
+                permute_rows_for_interleaved_rope(bytes, &e.shape, heads).map_err(|problem| {
+                    ModelError::Tensor {
+                        name: name.into(),
+                        problem,
+                    }
+                })?,
+            ),
         };
-        Ok(RawTensor { ty: e.ty, dims, data })
+        Ok(RawTensor {
+            ty: e.ty,
+            dims,
+            data,
+        })
     }
 }
 
 /// Reorders the rows of a `[heads*head_dim, ...]` projection so that, within each head, row
 /// `2i` is old row `i` and row `2i+1` is old row `i + head_dim/2` — llama.cpp's `permute`, which
 /// turns NeoX-style ("rotate half") RoPE weights into adjacent-pair RoPE weights.
-fn permute_rows_for_interleaved_rope(bytes: &[u8], shape: &[usize], heads: usize) -> std::result::Result<Vec<u8>, String> {
+fn permute_rows_for_interleaved_rope(
+    bytes: &[u8],
+    shape: &[usize],
+    heads: usize,
+) -> std::result::Result<Vec<u8>, String> {
     let rows = shape[0];
     if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
-        return Err(format!("{rows} rows cannot be split into {heads} heads of even size"));
+        return Err(format!(
+            "{rows} rows cannot be split into {heads} heads of even size"
+        ));
     }
     let row_bytes = bytes.len() / rows;
     let head_dim = rows / heads;
@@ -286,14 +343,25 @@ fn gguf_name(hf: &str) -> Option<String> {
 
 /// Translates a Hugging Face `config.json` into llama.cpp metadata (architecture first).
 fn hf_metadata(c: &serde_json::Value) -> std::result::Result<Vec<(String, Value)>, String> {
-    let model_type = c["model_type"].as_str().ok_or("config.json has no model_type")?;
+    let model_type = c["model_type"]
+        .as_str()
+        .ok_or("config.json has no model_type")?;
     let arch = match model_type {
         "llama" => "llama",
         "qwen2" => "qwen2",
-        other => return Err(format!("model_type `{other}` is not supported (supported: llama, qwen2)")),
+        other => {
+            return Err(format!(
+                "model_type `{other}` is not supported (supported: llama, qwen2)"
+            ));
+        }
     };
-    let rope = c.get("rope_parameters").or_else(|| c.get("rope_scaling")).filter(|r| !r.is_null());
-    if let Some(kind) = rope.and_then(|r| r.get("rope_type").or_else(|| r.get("type"))).and_then(|t| t.as_str())
+    let rope = c
+        .get("rope_parameters")
+        .or_else(|| c.get("rope_scaling"))
+        .filter(|r| !r.is_null());
+    if let Some(kind) = rope
+        .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
+        .and_then(|t| t.as_str())
         && kind != "default"
     {
         return Err(format!("RoPE scaling `{kind}` is not supported"));
@@ -311,17 +379,32 @@ fn hf_metadata(c: &serde_json::Value) -> std::result::Result<Vec<(String, Value)
     };
     let key = |k: &str| format!("{arch}.{k}");
     let mut m = vec![
-        ("general.architecture".to_string(), Value::String(arch.into())),
-        ("general.name".to_string(), Value::String(c["_name_or_path"].as_str().unwrap_or(model_type).into())),
+        (
+            "general.architecture".to_string(),
+            Value::String(arch.into()),
+        ),
+        (
+            "general.name".to_string(),
+            Value::String(c["_name_or_path"].as_str().unwrap_or(model_type).into()),
+        ),
         (key("block_count"), u("num_hidden_layers")?),
         (key("embedding_length"), u("hidden_size")?),
         (key("feed_forward_length"), u("intermediate_size")?),
         (key("attention.head_count"), u("num_attention_heads")?),
-        (key("attention.head_count_kv"), u("num_key_value_heads").or_else(|_| u("num_attention_heads"))?),
-        (key("context_length"), u("max_position_embeddings").unwrap_or(Value::U32(2048))),
+        (
+            key("attention.head_count_kv"),
+            u("num_key_value_heads").or_else(|_| u("num_attention_heads"))?,
+        ),
+        (
+            key("context_length"),
+            u("max_position_embeddings").unwrap_or(Value::U32(2048)),
+        ),
         (key("vocab_size"), u("vocab_size")?),
         (key("rope.freq_base"), Value::F32(theta as f32)),
-        (key("attention.layer_norm_rms_epsilon"), Value::F32(c["rms_norm_eps"].as_f64().unwrap_or(1e-5) as f32)),
+        (
+            key("attention.layer_norm_rms_epsilon"),
+            Value::F32(c["rms_norm_eps"].as_f64().unwrap_or(1e-5) as f32),
+        ),
     ];
     if let Ok(hd) = u("head_dim") {
         m.push((key("attention.key_length"), hd.clone()));
@@ -350,7 +433,10 @@ mod tests {
 
     #[test]
     fn names_map() {
-        assert_eq!(gguf_name("model.layers.12.mlp.down_proj.weight").unwrap(), "blk.12.ffn_down.weight");
+        assert_eq!(
+            gguf_name("model.layers.12.mlp.down_proj.weight").unwrap(),
+            "blk.12.ffn_down.weight"
+        );
         assert_eq!(gguf_name("model.layers.x.mlp.down_proj.weight"), None);
         assert_eq!(gguf_name("model.rotary_emb.inv_freq"), None);
     }

@@ -28,11 +28,18 @@ impl RmsNorm {
         if weight.dims() != [cfg.hidden] {
             return Err(shape_error(name, weight.dims(), &[cfg.hidden]));
         }
-        Ok(Self { weight, eps: cfg.rms_eps as f32 })
+        Ok(Self {
+            weight,
+            eps: cfg.rms_eps as f32,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?)
+        Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            &self.weight,
+            self.eps,
+        )?)
     }
 }
 
@@ -108,7 +115,13 @@ impl DecoderLayer {
     }
 
     /// `x`: `[1, t, hidden]`; `mask`: additive `[t, positions]` or None for a single position.
-    pub fn forward(&self, x: &Tensor, rope: &RopeTables, mask: Option<&Tensor>, cache: &mut LayerCache) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RopeTables,
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
         let residual = x;
         let h = self.attn_norm.forward(x)?;
         let h = self.attention(&h, rope, mask, cache)?;
@@ -119,13 +132,27 @@ impl DecoderLayer {
         Ok((x + h)?)
     }
 
-    fn attention(&self, x: &Tensor, rope: &RopeTables, mask: Option<&Tensor>, cache: &mut LayerCache) -> Result<Tensor> {
+    fn attention(
+        &self,
+        x: &Tensor,
+        rope: &RopeTables,
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+            Ok(y.reshape((b, t, n, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
         };
-        let q = rope.apply(&heads(self.q.forward(x)?, self.n_head)?, self.rope_interleaved)?;
-        let k = rope.apply(&heads(self.k.forward(x)?, self.n_kv_head)?, self.rope_interleaved)?;
+        let q = rope.apply(
+            &heads(self.q.forward(x)?, self.n_head)?,
+            self.rope_interleaved,
+        )?;
+        let k = rope.apply(
+            &heads(self.k.forward(x)?, self.n_kv_head)?,
+            self.rope_interleaved,
+        )?;
         let v = heads(self.v.forward(x)?, self.n_kv_head)?;
         let (k, v) = match (&cache.k, &cache.v) {
             (Some(pk), Some(pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
@@ -142,7 +169,11 @@ impl DecoderLayer {
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.n_head * self.head_dim))?;
+        let out =
+            probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .reshape((b, t, self.n_head * self.head_dim))?;
         self.o.forward(&out)
     }
 }
@@ -153,7 +184,9 @@ fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let (b, kv, t, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?.expand((b, kv, n, t, d))?.reshape((b, kv * n, t, d))?)
+    Ok(x.unsqueeze(2)?
+        .expand((b, kv, n, t, d))?
+        .reshape((b, kv * n, t, d))?)
 }
 
 /// The causal mask for `t` new positions after `past` cached ones: 0 where a query may attend,
@@ -170,9 +203,11 @@ pub(crate) fn causal_mask(t: usize, past: usize, device: &Device) -> Result<Tens
 pub(crate) fn qtensor(ck: &Checkpoint, name: &str) -> Result<QTensor> {
     let raw = ck.tensor(name)?;
     let dims: Vec<usize> = raw.dims.iter().rev().map(|&d| d as usize).collect();
-    qtensor_from_ggml(candle_dtype(raw.ty), &raw.data, dims, &Device::Cpu).map_err(|e| ModelError::Tensor {
-        name: name.into(),
-        problem: e.to_string(),
+    qtensor_from_ggml(candle_dtype(raw.ty), &raw.data, dims, &Device::Cpu).map_err(|e| {
+        ModelError::Tensor {
+            name: name.into(),
+            problem: e.to_string(),
+        }
     })
 }
 
@@ -211,5 +246,8 @@ fn candle_dtype(t: GgmlType) -> GgmlDType {
 }
 
 fn shape_error(name: &str, got: &[usize], want: &[usize]) -> ModelError {
-    ModelError::Tensor { name: name.into(), problem: format!("shape {got:?}, expected {want:?}") }
+    ModelError::Tensor {
+        name: name.into(),
+        problem: format!("shape {got:?}, expected {want:?}"),
+    }
 }

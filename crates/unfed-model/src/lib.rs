@@ -26,7 +26,10 @@ pub use tokenizer::TextTokenizer;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("{path}: {source}")]
-    Gguf { path: String, source: unfed_gguf::GgufError },
+    Gguf {
+        path: String,
+        source: unfed_gguf::GgufError,
+    },
     #[error("{path}: {problem}")]
     Checkpoint { path: String, problem: String },
     #[error("model config: {0}")]
@@ -42,7 +45,10 @@ pub enum ModelError {
     #[error("tensor computation failed: {0}")]
     Compute(#[from] candle_core::Error),
     #[error("i/o error on {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;

@@ -13,7 +13,13 @@ pub(crate) struct RopeTables {
 }
 
 impl RopeTables {
-    pub fn new(theta: f32, head_dim: usize, start: usize, len: usize, device: &Device) -> Result<Self> {
+    pub fn new(
+        theta: f32,
+        head_dim: usize,
+        start: usize,
+        len: usize,
+        device: &Device,
+    ) -> Result<Self> {
         let half = head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))

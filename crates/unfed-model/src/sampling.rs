@@ -27,19 +27,32 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, top_k: 0, top_p: 1.0, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0,
+        }
     }
 
     /// Checks the ranges; the message names the bad parameter.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(format!("temperature must be >= 0, got {}", self.temperature));
+            return Err(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(format!("top-p must be in (0, 1], got {}", self.top_p));
         }
         if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
-            return Err(format!("repeat penalty must be > 0, got {}", self.repeat_penalty));
+            return Err(format!(
+                "repeat penalty must be > 0, got {}",
+                self.repeat_penalty
+            ));
         }
         Ok(())
     }
@@ -67,7 +80,11 @@ impl Sampler {
             seen.dedup();
             for &t in &seen {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l >= 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+                    *l = if *l >= 0.0 {
+                        *l / p.repeat_penalty
+                    } else {
+                        *l * p.repeat_penalty
+                    };
                 }
             }
         }
@@ -76,12 +93,19 @@ impl Sampler {
         }
         // Candidates by descending logit (ties: lower id first, for determinism).
         let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-        idx.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+        idx.sort_unstable_by(|&a, &b| {
+            logits[b as usize]
+                .total_cmp(&logits[a as usize])
+                .then(a.cmp(&b))
+        });
         if p.top_k > 0 {
             idx.truncate(p.top_k);
         }
         let max = logits[idx[0] as usize];
-        let mut probs: Vec<f32> = idx.iter().map(|&i| ((logits[i as usize] - max) / p.temperature).exp()).collect();
+        let mut probs: Vec<f32> = idx
+            .iter()
+            .map(|&i| ((logits[i as usize] - max) / p.temperature).exp())
+            .collect();
         let total: f32 = probs.iter().sum();
         probs.iter_mut().for_each(|x| *x /= total);
         if p.top_p < 1.0 {
@@ -140,7 +164,11 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy() {
-        let p = SamplingParams { temperature: 5.0, top_k: 1, ..SamplingParams::greedy() };
+        let p = SamplingParams {
+            temperature: 5.0,
+            top_k: 1,
+            ..SamplingParams::greedy()
+        };
         let mut s = Sampler::new(p);
         for _ in 0..50 {
             assert_eq!(s.sample(&mut [0.0, 0.5, 0.2], &[]), 1);
@@ -149,11 +177,17 @@ mod tests {
 
     #[test]
     fn seed_reproduces() {
-        let p = SamplingParams { temperature: 1.0, seed: 7, ..SamplingParams::greedy() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            seed: 7,
+            ..SamplingParams::greedy()
+        };
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
         let run = || {
             let mut s = Sampler::new(p.clone());
-            (0..20).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(), run());
     }

@@ -40,7 +40,11 @@ pub struct ShardRole {
 
 impl ShardRole {
     pub fn whole(cfg: &ModelConfig) -> Self {
-        Self { layers: 0..cfg.n_layer, embedding: true, head: true }
+        Self {
+            layers: 0..cfg.n_layer,
+            embedding: true,
+            head: true,
+        }
     }
 
     /// The role recorded in a shard file's metadata, or the whole model if none is recorded.
@@ -82,6 +86,8 @@ pub enum LogitsMode {
 /// Per-session state of one shard: each layer's keys and values and the number of positions seen.
 #[derive(Debug, Clone)]
 pub struct KvCache {
+    /// The shard's global layer range, so a cache is never used with another shard.
+    range: Range<usize>,
     layers: Vec<LayerCache>,
     positions: usize,
 }
@@ -124,7 +130,11 @@ impl ShardModel {
         }
         let embedding = if role.embedding {
             let t = layers::qtensor(ck, "token_embd.weight")?;
-            check_shape("token_embd.weight", t.shape().dims(), &[config.vocab, config.hidden])?;
+            check_shape(
+                "token_embd.weight",
+                t.shape().dims(),
+                &[config.vocab, config.hidden],
+            )?;
             Some(t)
         } else {
             None
@@ -135,7 +145,11 @@ impl ShardModel {
             .map(|i| DecoderLayer::load(ck, &config, i))
             .collect::<Result<Vec<_>>>()?;
         let (norm, head) = if role.head {
-            let name = if ck.tensor_info("output.weight").is_some() { "output.weight" } else { "token_embd.weight" };
+            let name = if ck.tensor_info("output.weight").is_some() {
+                "output.weight"
+            } else {
+                "token_embd.weight"
+            };
             (
                 Some(RmsNorm::load(ck, "output_norm.weight", &config)?),
                 Some(layers::matrix(ck, name, (config.vocab, config.hidden))?),
@@ -143,7 +157,15 @@ impl ShardModel {
         } else {
             (None, None)
         };
-        Ok(Self { config, role, embedding, layers, norm, head, device: Device::Cpu })
+        Ok(Self {
+            config,
+            role,
+            embedding,
+            layers,
+            norm,
+            head,
+            device: Device::Cpu,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -156,14 +178,25 @@ impl ShardModel {
 
     /// A fresh, empty cache for one session.
     pub fn new_cache(&self) -> KvCache {
-        KvCache { layers: vec![LayerCache::default(); self.layers.len()], positions: 0 }
+        KvCache {
+            range: self.role.layers.clone(),
+            layers: vec![LayerCache::default(); self.layers.len()],
+            positions: 0,
+        }
     }
 
     /// Runs the shard on new positions, extending the session's cache. Returns hidden states
     /// `[positions, hidden]`, or logits `[1 or positions, vocab]` if this shard has the head.
-    pub fn forward(&self, input: Input<'_>, cache: &mut KvCache, mode: LogitsMode) -> Result<Tensor> {
-        if cache.layers.len() != self.layers.len() {
-            return Err(ModelError::Input("the cache belongs to a different shard".into()));
+    pub fn forward(
+        &self,
+        input: Input<'_>,
+        cache: &mut KvCache,
+        mode: LogitsMode,
+    ) -> Result<Tensor> {
+        if cache.range != self.role.layers {
+            return Err(ModelError::Input(
+                "the cache belongs to a different shard".into(),
+            ));
         }
         let mut x = match (input, &self.embedding) {
             (Input::Tokens(ids), Some(emb)) => {
@@ -179,7 +212,9 @@ impl ShardModel {
                 emb.embedding(&Tensor::new(ids, &self.device)?)?
             }
             (Input::Hidden(h), None) => {
-                let (t, d) = h.dims2().map_err(|_| ModelError::Input("hidden states must be 2-D".into()))?;
+                let (t, d) = h
+                    .dims2()
+                    .map_err(|_| ModelError::Input("hidden states must be 2-D".into()))?;
                 if t == 0 || d != self.config.hidden {
                     return Err(ModelError::Input(format!(
                         "hidden states of shape [{t}, {d}], expected [n > 0, {}]",
@@ -188,8 +223,16 @@ impl ShardModel {
                 }
                 h.clone()
             }
-            (Input::Tokens(_), None) => return Err(ModelError::Input("this shard takes hidden states, not tokens".into())),
-            (Input::Hidden(_), Some(_)) => return Err(ModelError::Input("this shard takes tokens, not hidden states".into())),
+            (Input::Tokens(_), None) => {
+                return Err(ModelError::Input(
+                    "this shard takes hidden states, not tokens".into(),
+                ));
+            }
+            (Input::Hidden(_), Some(_)) => {
+                return Err(ModelError::Input(
+                    "this shard takes tokens, not hidden states".into(),
+                ));
+            }
         }
         .unsqueeze(0)?;
         let t = x.dim(1)?;
@@ -201,8 +244,18 @@ impl ShardModel {
                 self.config.context_length
             )));
         }
-        let rope = RopeTables::new(self.config.rope_theta, self.config.head_dim, past, t, &self.device)?;
-        let mask = if t > 1 { Some(layers::causal_mask(t, past, &self.device)?) } else { None };
+        let rope = RopeTables::new(
+            self.config.rope_theta,
+            self.config.head_dim,
+            past,
+            t,
+            &self.device,
+        )?;
+        let mask = if t > 1 {
+            Some(layers::causal_mask(t, past, &self.device)?)
+        } else {
+            None
+        };
         for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(&x, &rope, mask.as_ref(), lc)?;
         }
@@ -223,7 +276,10 @@ impl ShardModel {
 
 fn check_shape(name: &str, got: &[usize], want: &[usize]) -> Result<()> {
     if got != want {
-        return Err(ModelError::Tensor { name: name.into(), problem: format!("shape {got:?}, expected {want:?}") });
+        return Err(ModelError::Tensor {
+            name: name.into(),
+            problem: format!("shape {got:?}, expected {want:?}"),
+        });
     }
     Ok(())
 }

@@ -55,35 +55,60 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<()> {
     let arch = spec.arch.name();
     let head_dim = spec.hidden / spec.n_head;
     let key = |k: &str| format!("{arch}.{k}");
-    let mut tokens: Vec<Value> = byte_level_alphabet().into_iter().map(Value::String).collect();
+    let mut tokens: Vec<Value> = byte_level_alphabet()
+        .into_iter()
+        .map(Value::String)
+        .collect();
     tokens.extend(TINY_SPECIALS.iter().map(|s| Value::String(s.to_string())));
     let mut types = vec![Value::I32(1); 256];
     types.extend(TINY_SPECIALS.iter().map(|_| Value::I32(3)));
     let metadata = vec![
-        ("general.architecture".to_string(), Value::String(arch.into())),
-        ("general.name".to_string(), Value::String(format!("tiny-{arch}"))),
+        (
+            "general.architecture".to_string(),
+            Value::String(arch.into()),
+        ),
+        (
+            "general.name".to_string(),
+            Value::String(format!("tiny-{arch}")),
+        ),
         (key("block_count"), Value::U32(spec.n_layer as u32)),
         (key("context_length"), Value::U32(256)),
         (key("embedding_length"), Value::U32(spec.hidden as u32)),
         (key("feed_forward_length"), Value::U32(spec.ffn as u32)),
         (key("attention.head_count"), Value::U32(spec.n_head as u32)),
-        (key("attention.head_count_kv"), Value::U32(spec.n_kv_head as u32)),
+        (
+            key("attention.head_count_kv"),
+            Value::U32(spec.n_kv_head as u32),
+        ),
         (key("rope.freq_base"), Value::F32(10_000.0)),
         (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
-        ("tokenizer.ggml.model".to_string(), Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre".to_string(), Value::String("gpt2".into())),
+        (
+            "tokenizer.ggml.model".to_string(),
+            Value::String("gpt2".into()),
+        ),
+        (
+            "tokenizer.ggml.pre".to_string(),
+            Value::String("gpt2".into()),
+        ),
         ("tokenizer.ggml.tokens".to_string(), Value::Array(tokens)),
         ("tokenizer.ggml.token_type".to_string(), Value::Array(types)),
-        ("tokenizer.ggml.merges".to_string(), Value::Array(Vec::new())),
+        (
+            "tokenizer.ggml.merges".to_string(),
+            Value::Array(Vec::new()),
+        ),
         ("tokenizer.ggml.eos_token_id".to_string(), Value::U32(258)),
-        ("tokenizer.chat_template".to_string(), Value::String(CHATML.into())),
+        (
+            "tokenizer.chat_template".to_string(),
+            Value::String(CHATML.into()),
+        ),
     ];
 
     let mut rng = Rng(spec.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let (h, f, v) = (spec.hidden, spec.ffn, TINY_VOCAB);
     let (q, kv) = (spec.n_head * head_dim, spec.n_kv_head * head_dim);
     // (name, rows, cols, is_matrix, scale, offset)
-    let mut plan: Vec<(String, usize, usize, bool, f32, f32)> = vec![("token_embd.weight".into(), v, h, true, 1.0, 0.0)];
+    let mut plan: Vec<(String, usize, usize, bool, f32, f32)> =
+        vec![("token_embd.weight".into(), v, h, true, 1.0, 0.0)];
     for l in 0..spec.n_layer {
         let n = |s: &str| format!("blk.{l}.{s}");
         plan.push((n("attn_norm.weight"), 1, h, false, 0.1, 1.0));
@@ -107,22 +132,51 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<()> {
     }
     let mut datas = Vec::new();
     for (name, rows, cols, is_matrix, scale, offset) in &plan {
-        let values: Vec<f32> = (0..rows * cols).map(|_| offset + scale * rng.normal()).collect();
-        let ty = if *is_matrix { spec.weight_type } else { GgmlType::F32 };
-        let bytes = encode(&values, *rows, *cols, ty).map_err(|e| ModelError::Tensor { name: name.clone(), problem: e })?;
-        let dims = if *rows == 1 { vec![*cols as u64] } else { vec![*cols as u64, *rows as u64] };
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|_| offset + scale * rng.normal())
+            .collect();
+        let ty = if *is_matrix {
+            spec.weight_type
+        } else {
+            GgmlType::F32
+        };
+        let bytes = encode(&values, *rows, *cols, ty).map_err(|e| ModelError::Tensor {
+            name: name.clone(),
+            problem: e,
+        })?;
+        let dims = if *rows == 1 {
+            vec![*cols as u64]
+        } else {
+            vec![*cols as u64, *rows as u64]
+        };
         datas.push((name.clone(), dims, ty, bytes));
     }
     let tensors: Vec<OutTensor<'_>> = datas
         .iter()
-        .map(|(name, dims, ty, bytes)| OutTensor { name: name.clone(), dims: dims.clone(), ty: *ty, data: bytes })
+        .map(|(name, dims, ty, bytes)| OutTensor {
+            name: name.clone(),
+            dims: dims.clone(),
+            ty: *ty,
+            data: bytes,
+        })
         .collect();
-    let mut file = std::fs::File::create(path).map_err(|source| ModelError::Io { path: path.display().to_string(), source })?;
-    write_gguf(&mut file, &metadata, &tensors).map_err(|source| ModelError::Gguf { path: path.display().to_string(), source })
+    let mut file = std::fs::File::create(path).map_err(|source| ModelError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    write_gguf(&mut file, &metadata, &tensors).map_err(|source| ModelError::Gguf {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Encodes f32 values of a `[rows, cols]` tensor in `ty`'s block layout.
-fn encode(values: &[f32], rows: usize, cols: usize, ty: GgmlType) -> std::result::Result<Vec<u8>, String> {
+fn encode(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    ty: GgmlType,
+) -> std::result::Result<Vec<u8>, String> {
     if ty == GgmlType::F32 {
         return Ok(values.iter().flat_map(|x| x.to_le_bytes()).collect());
     }
@@ -136,14 +190,16 @@ fn encode(values: &[f32], rows: usize, cols: usize, ty: GgmlType) -> std::result
         GgmlType::F16 => candle_core::quantized::GgmlDType::F16,
         other => return Err(format!("tiny models do not use {other}")),
     };
-    let t = Tensor::from_vec(values.to_vec(), (rows, cols), &Device::Cpu).map_err(|e| e.to_string())?;
+    let t =
+        Tensor::from_vec(values.to_vec(), (rows, cols), &Device::Cpu).map_err(|e| e.to_string())?;
     let q = QTensor::quantize(&t, dtype).map_err(|e| e.to_string())?;
     Ok(q.data().map_err(|e| e.to_string())?.into_owned())
 }
 
 /// GPT-2's byte-to-character table: the 256 strings byte-level BPE uses for raw bytes.
 fn byte_level_alphabet() -> Vec<String> {
-    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let mut extra = 0;
     (0u32..256)
         .map(|b| {

@@ -16,15 +16,29 @@ struct Reference {
 }
 
 fn fixture(name: &str) -> (PathBuf, Reference) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     let text = std::fs::read_to_string(dir.join("reference.json")).expect("fixture present");
     let v: serde_json::Value = serde_json::from_str(&text).expect("fixture is JSON");
-    let ids = |k: &str| -> Vec<u32> { v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+    let ids = |k: &str| -> Vec<u32> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
     let logits = v["logits"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
         .collect();
     let reference = Reference {
         input_ids: ids("input_ids"),
@@ -37,7 +51,10 @@ fn fixture(name: &str) -> (PathBuf, Reference) {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn check(name: &str) {
@@ -47,19 +64,33 @@ fn check(name: &str) {
 
     // Whole sequence at once.
     let mut cache = model.new_cache();
-    let out = model.forward(Input::Tokens(&r.input_ids), &mut cache, LogitsMode::All).unwrap();
+    let out = model
+        .forward(Input::Tokens(&r.input_ids), &mut cache, LogitsMode::All)
+        .unwrap();
     let rows: Vec<Vec<f32>> = out.to_vec2().unwrap();
-    let worst = rows.iter().zip(&r.logits).map(|(a, b)| max_abs_diff(a, b)).fold(0.0, f32::max);
+    let worst = rows
+        .iter()
+        .zip(&r.logits)
+        .map(|(a, b)| max_abs_diff(a, b))
+        .fold(0.0, f32::max);
     eprintln!("{name}: max |logit - transformers| over the prompt = {worst:e}");
-    assert!(worst < TOLERANCE, "{name}: logits differ from transformers by {worst}");
+    assert!(
+        worst < TOLERANCE,
+        "{name}: logits differ from transformers by {worst}"
+    );
 
     // One position at a time through the KV cache: the same logits.
     let mut cache = model.new_cache();
     for (pos, id) in r.input_ids.iter().enumerate() {
-        let out = model.forward(Input::Tokens(&[*id]), &mut cache, LogitsMode::Last).unwrap();
+        let out = model
+            .forward(Input::Tokens(&[*id]), &mut cache, LogitsMode::Last)
+            .unwrap();
         let row: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
         let d = max_abs_diff(&row, &r.logits[pos]);
-        assert!(d < TOLERANCE, "{name}: incremental logits at position {pos} differ by {d}");
+        assert!(
+            d < TOLERANCE,
+            "{name}: incremental logits at position {pos} differ by {d}"
+        );
     }
 
     // Greedy continuation (transformers' generate, KV cache on both sides).
@@ -75,9 +106,18 @@ fn check(name: &str) {
     for _ in 0..r.greedy_continuation.len() {
         let next = unfed_model::sampling::argmax(&logits);
         generated.push(next);
-        logits = model.forward(Input::Tokens(&[next]), &mut cache, LogitsMode::Last).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        logits = model
+            .forward(Input::Tokens(&[next]), &mut cache, LogitsMode::Last)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
     }
-    assert_eq!(generated, r.greedy_continuation, "{name}: greedy continuation");
+    assert_eq!(
+        generated, r.greedy_continuation,
+        "{name}: greedy continuation"
+    );
 
     // The fixture's tokenizer.json gives the fixture's ids.
     let tok = TextTokenizer::from_metadata(ck.metadata()).unwrap();

@@ -1,0 +1,196 @@
+//! The runtime on tiny generated GGUF models: layer ranges compose exactly, bad inputs and bad
+//! files are errors with clear messages, never panics.
+
+use unfed_gguf::GgmlType;
+use unfed_model::config::Arch;
+use unfed_model::testing::{TinySpec, write_tiny_gguf};
+use unfed_model::{Checkpoint, Input, LogitsMode, ShardModel, ShardRole};
+
+fn tiny(spec: &TinySpec) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_tiny_gguf(&path, spec).unwrap();
+    (dir, path)
+}
+
+fn bits(t: &candle_core::Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
+}
+
+#[test]
+fn layer_ranges_compose_to_the_whole_model_bit_for_bit() {
+    for spec in [
+        TinySpec::default(),
+        TinySpec {
+            arch: Arch::Qwen2,
+            tied: true,
+            weight_type: GgmlType::Q4_1,
+            n_layer: 5,
+            ..TinySpec::default()
+        },
+    ] {
+        let (_d, path) = tiny(&spec);
+        let ck = Checkpoint::open(&path).unwrap();
+        let n = spec.n_layer;
+        let whole = ShardModel::load(&ck).unwrap();
+        let parts: Vec<ShardModel> = [0..2, 2..3, 3..n]
+            .into_iter()
+            .map(|layers| {
+                let role = ShardRole {
+                    embedding: layers.start == 0,
+                    head: layers.end == n,
+                    layers,
+                };
+                ShardModel::load_role(&ck, role).unwrap()
+            })
+            .collect();
+        let mut whole_cache = whole.new_cache();
+        let mut caches: Vec<_> = parts.iter().map(ShardModel::new_cache).collect();
+        let steps: [&[u32]; 4] = [&[5, 17, 200, 3, 99], &[42], &[7], &[258]];
+        for (i, ids) in steps.iter().enumerate() {
+            let mode = if i == 0 {
+                LogitsMode::All
+            } else {
+                LogitsMode::Last
+            };
+            let expected = whole
+                .forward(Input::Tokens(ids), &mut whole_cache, mode)
+                .unwrap();
+            let mut h = parts[0]
+                .forward(Input::Tokens(ids), &mut caches[0], mode)
+                .unwrap();
+            for (p, c) in parts[1..].iter().zip(&mut caches[1..]) {
+                h = p.forward(Input::Hidden(&h), c, mode).unwrap();
+            }
+            assert_eq!(bits(&h), bits(&expected), "{:?} step {i}", spec.arch);
+        }
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let (_d, path) = tiny(&TinySpec::default());
+    let ck = Checkpoint::open(&path).unwrap();
+    let first = ShardModel::load_role(
+        &ck,
+        ShardRole {
+            layers: 0..2,
+            embedding: true,
+            head: false,
+        },
+    )
+    .unwrap();
+    let second = ShardModel::load_role(
+        &ck,
+        ShardRole {
+            layers: 2..4,
+            embedding: false,
+            head: true,
+        },
+    )
+    .unwrap();
+    let mut c1 = first.new_cache();
+    let mut c2 = second.new_cache();
+    let err = |r: unfed_model::Result<candle_core::Tensor>| r.err().expect("an error").to_string();
+    assert!(
+        err(first.forward(Input::Tokens(&[]), &mut c1, LogitsMode::Last)).contains("no tokens")
+    );
+    assert!(
+        err(first.forward(Input::Tokens(&[99999]), &mut c1, LogitsMode::Last))
+            .contains("outside the vocabulary")
+    );
+    let wrong =
+        candle_core::Tensor::zeros((3, 7), candle_core::DType::F32, &candle_core::Device::Cpu)
+            .unwrap();
+    assert!(
+        err(second.forward(Input::Hidden(&wrong), &mut c2, LogitsMode::Last))
+            .contains("expected [n > 0, 64]")
+    );
+    assert!(
+        err(second.forward(Input::Tokens(&[1]), &mut c2, LogitsMode::Last))
+            .contains("takes hidden states")
+    );
+    assert!(
+        err(second.forward(Input::Tokens(&[1]), &mut c1, LogitsMode::Last))
+            .contains("different shard")
+    );
+    // Context overflow.
+    let long: Vec<u32> = (0..300).map(|i| i % 250).collect();
+    assert!(
+        err(first.forward(Input::Tokens(&long), &mut c1, LogitsMode::Last))
+            .contains("context length")
+    );
+    // Still usable after the errors.
+    assert!(
+        first
+            .forward(Input::Tokens(&[1, 2]), &mut c1, LogitsMode::Last)
+            .is_ok()
+    );
+    assert_eq!(c1.positions(), 2);
+}
+
+#[test]
+fn bad_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "this is not a model").unwrap();
+    let msg = Checkpoint::open(&text).err().unwrap().to_string();
+    assert!(msg.contains("not a GGUF file"), "{msg}");
+
+    let empty = dir.path().join("empty.gguf");
+    std::fs::write(&empty, "").unwrap();
+    assert!(Checkpoint::open(&empty).is_err());
+
+    let (_d, path) = tiny(&TinySpec::default());
+    let bytes = std::fs::read(&path).unwrap();
+    for cut in [10, 100, 5000, bytes.len() / 2, bytes.len() - 40] {
+        let truncated = dir.path().join("truncated.gguf");
+        std::fs::write(&truncated, &bytes[..cut]).unwrap();
+        let msg = Checkpoint::open(&truncated)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            msg.contains("truncated or corrupt"),
+            "cut at {cut}: {msg:?}"
+        );
+    }
+
+    let not_hf = dir.path().join("somedir");
+    std::fs::create_dir(&not_hf).unwrap();
+    let msg = Checkpoint::open(&not_hf).err().unwrap().to_string();
+    assert!(msg.contains("no config.json"), "{msg}");
+
+    let missing = dir.path().join("nope.gguf");
+    assert!(
+        Checkpoint::open(&missing)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("No such file")
+    );
+}
+
+#[test]
+fn safetensors_and_gguf_loaders_agree_on_names() {
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-tiny-qwen2");
+    let ck = Checkpoint::open(&dir).unwrap();
+    let cfg = ck.config().unwrap();
+    assert_eq!(
+        (cfg.arch, cfg.n_layer, cfg.hidden, cfg.n_kv_head),
+        (Arch::Qwen2, 3, 64, 2)
+    );
+    assert!(ck.tensor_info("blk.2.attn_q.bias").is_some());
+    assert!(ck.tensor_info("output.weight").is_none(), "tied");
+    assert_eq!(
+        ck.tensor_info("token_embd.weight").unwrap().1,
+        vec![64, 272]
+    );
+}

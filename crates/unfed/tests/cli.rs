@@ -1,0 +1,210 @@
+//! The `unfed` binary end to end: model tools and generation on tiny generated models (fast)
+//! and on the two real models (slow, `UNFED_SLOW=1`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use unfed_model::config::Arch;
+use unfed_model::testing::{TinySpec, write_tiny_gguf};
+
+fn unfed(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_unfed"))
+        .args(args)
+        .output()
+        .expect("run unfed");
+    eprintln!(
+        "$ unfed {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = unfed(args);
+    assert!(out.status.success(), "unfed {args:?} failed");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = unfed(args);
+    assert!(!out.status.success(), "unfed {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn tiny(dir: &Path, arch: Arch) -> PathBuf {
+    let path = dir.join(format!("tiny-{}.gguf", arch.name()));
+    write_tiny_gguf(
+        &path,
+        &TinySpec {
+            arch,
+            tied: arch == Arch::Qwen2,
+            ..TinySpec::default()
+        },
+    )
+    .unwrap();
+    path
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn inspect_reports_the_model_and_rejects_non_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), Arch::Qwen2);
+    let out = ok(&["model", "inspect", s(&model)]);
+    for want in [
+        "qwen2",
+        "layers          4",
+        "hidden size     64",
+        "KV heads 2",
+        "tied to the token embedding",
+        "byte-level BPE",
+        "chat template   present",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["model", "inspect", "--json", s(&model)])).unwrap();
+    assert_eq!(json["config"]["n_layer"], 4);
+
+    let text = dir.path().join("readme.txt");
+    std::fs::write(&text, "hello").unwrap();
+    assert!(fails(&["model", "inspect", s(&text)]).contains("not a GGUF file"));
+    let bytes = std::fs::read(&model).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    assert!(fails(&["model", "inspect", s(&cut)]).contains("truncated or corrupt"));
+    assert!(
+        fails(&[
+            "model",
+            "split",
+            s(&cut),
+            "--output",
+            s(&dir.path().join("o")),
+            "--num-text-shards",
+            "2"
+        ])
+        .contains("truncated or corrupt")
+    );
+    assert!(!dir.path().join("o/manifest.json").exists());
+}
+
+#[test]
+fn split_verify_and_generate_agree_with_the_whole_model() {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        let model = tiny(dir.path(), arch);
+        let split = dir.path().join(format!("split-{}", arch.name()));
+        ok(&[
+            "model",
+            "split",
+            s(&model),
+            "--output",
+            s(&split),
+            "--num-text-shards",
+            "3",
+        ]);
+        ok(&["model", "verify", s(&split)]);
+        let args = ["--prompt", "Hello there", "--max-tokens", "40", "--raw"];
+        let whole = ok(&[&["generate", "--model", s(&model)][..], &args].concat());
+        let sharded = ok(&[&["generate", "--shards", s(&split)][..], &args].concat());
+        assert!(!whole.trim().is_empty());
+        assert_eq!(whole, sharded, "{arch:?}");
+
+        // A flipped byte is caught, and generation refuses the damaged split.
+        let shard1 = split.join("shard-1.gguf");
+        let mut bytes = std::fs::read(&shard1).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x01;
+        std::fs::write(&shard1, bytes).unwrap();
+        assert!(!unfed(&["model", "verify", s(&split)]).status.success());
+        fails(&[&["generate", "--shards", s(&split)][..], &args].concat());
+    }
+}
+
+#[test]
+fn bad_flags_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), Arch::Llama);
+    assert!(
+        fails(&[
+            "generate",
+            "--model",
+            s(&model),
+            "--prompt",
+            "x",
+            "--top-p",
+            "0"
+        ])
+        .contains("top-p")
+    );
+    assert!(
+        fails(&["generate", "--model", "no-such-model", "--prompt", "x"]).contains("no-such-model")
+    );
+    assert!(
+        fails(&[
+            "model",
+            "split",
+            s(&model),
+            "--output",
+            s(&dir.path().join("o")),
+            "--num-text-shards",
+            "9"
+        ])
+        .contains("9")
+    );
+}
+
+/// Real-model tests run one at a time: two engines on a 2-core machine slow each other down
+/// many times over (the compute threads spin-wait for each other).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Greedy replies of a real model, whole and in 3 shards.
+fn real_model_replies(name: &str, prompt: &str) -> (String, String) {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    ok(&["model", "fetch", name]);
+    let split = dir.path().join("split");
+    ok(&[
+        "model",
+        "split",
+        name,
+        "--output",
+        s(&split),
+        "--num-text-shards",
+        "3",
+    ]);
+    ok(&["model", "verify", s(&split)]);
+    let args = ["--prompt", prompt, "--max-tokens", "80"];
+    let whole = ok(&[&["generate", "--model", name][..], &args].concat());
+    let sharded = ok(&[&["generate", "--shards", s(&split)][..], &args].concat());
+    (whole, sharded)
+}
+
+#[test]
+#[cfg_attr(not(unfed_slow), ignore = "slow: real model weights; set UNFED_SLOW=1")]
+fn smollm2_whole_and_sharded_greedy_replies_are_identical_and_coherent() {
+    let (whole, sharded) = real_model_replies(
+        "smollm2-135m",
+        "What is the capital of France? Answer in one sentence.",
+    );
+    assert_eq!(whole, sharded);
+    assert!(whole.contains("Paris"), "{whole}");
+}
+
+#[test]
+#[cfg_attr(not(unfed_slow), ignore = "slow: real model weights; set UNFED_SLOW=1")]
+fn qwen_whole_and_sharded_greedy_replies_are_identical_and_coherent() {
+    let (whole, sharded) = real_model_replies(
+        "qwen2.5-coder-0.5b",
+        "Write a Python function that returns the square of a number.",
+    );
+    assert_eq!(whole, sharded);
+    assert!(
+        whole.contains("def ") && whole.contains("return"),
+        "{whole}"
+    );
+}

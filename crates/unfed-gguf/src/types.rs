@@ -98,7 +98,7 @@ impl GgmlType {
     /// Bytes taken by a tensor of `elements` elements, or `None` when the count is not a whole
     /// number of blocks (or overflows).
     pub fn byte_size(self, elements: u64) -> Option<u64> {
-        if elements % self.block_size() != 0 {
+        if !elements.is_multiple_of(self.block_size()) {
             return None;
         }
         (elements / self.block_size()).checked_mul(self.type_size())

@@ -289,7 +289,7 @@ fn permute_rows_for_interleaved_rope(
     heads: usize,
 ) -> std::result::Result<Vec<u8>, String> {
     let rows = shape[0];
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
         return Err(format!(
             "{rows} rows cannot be split into {heads} heads of even size"
         ));

@@ -123,13 +123,13 @@ impl ModelConfig {
         if self.n_layer == 0 || self.hidden == 0 || self.n_head == 0 || self.ffn == 0 {
             return bad(format!("degenerate shape: {self:?}"));
         }
-        if self.n_kv_head == 0 || self.n_head % self.n_kv_head != 0 {
+        if self.n_kv_head == 0 || !self.n_head.is_multiple_of(self.n_kv_head) {
             return bad(format!(
                 "{} heads cannot be grouped over {} KV heads",
                 self.n_head, self.n_kv_head
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(format!("head dimension {} must be even", self.head_dim));
         }
         if self.n_layer > 4096 || self.hidden > 1 << 16 || self.vocab > 1 << 22 {

@@ -97,7 +97,7 @@ fn bad_inputs_are_errors() {
     .unwrap();
     let mut c1 = first.new_cache();
     let mut c2 = second.new_cache();
-    let err = |r: unfed_model::Result<candle_core::Tensor>| r.err().expect("an error").to_string();
+    let err = |r: unfed_model::Result<candle_core::Tensor>| r.expect_err("an error").to_string();
     assert!(
         err(first.forward(Input::Tokens(&[]), &mut c1, LogitsMode::Last)).contains("no tokens")
     );

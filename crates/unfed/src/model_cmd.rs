@@ -152,7 +152,14 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
         .and_then(|v| v.as_str())
         .unwrap_or("-")
         .to_string();
-    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let size: u64 = if path.is_dir() {
+        std::fs::read_dir(path)?
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    } else {
+        std::fs::metadata(path)?.len()
+    };
     if json {
         let v = serde_json::json!({
             "path": path, "format": ck.format(), "name": name, "config": cfg,

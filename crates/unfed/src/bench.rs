@@ -164,7 +164,7 @@ fn quantization(ck: &Checkpoint) -> String {
             }
         }
     }
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
     counts
         .into_iter()
         .map(|(t, _)| t)

@@ -70,6 +70,16 @@ impl Sampler {
         Self { params, rng }
     }
 
+    /// Advances the random state past `n` earlier picks, so that a session resumed elsewhere
+    /// (after a failover) draws the same numbers it would have drawn.
+    pub fn skip(&mut self, n: usize) {
+        if self.params.temperature != 0.0 {
+            for _ in 0..n {
+                let _: f32 = self.rng.random();
+            }
+        }
+    }
+
     /// Picks a token from `logits` (modified in place), given the tokens so far.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         let p = &self.params;

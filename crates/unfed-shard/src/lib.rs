@@ -12,6 +12,7 @@
 mod error;
 mod files;
 pub mod hash;
+mod load;
 mod manifest;
 mod plan;
 mod report;
@@ -21,6 +22,7 @@ mod verify;
 
 pub use error::ShardError;
 pub use files::{Resolved, resolve_in_dir, shard_file_path};
+pub use load::{VerifiedShard, load_verified_shard};
 pub use manifest::{
     MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, MAX_MANIFEST_BYTES, Manifest, ManifestConfig,
     Sample, ShardEntry, SourceFile, SourceInfo, TokenizerEntry, Tolerance, VectorInput,

@@ -3,6 +3,7 @@
 mod bench;
 mod generate;
 mod model_cmd;
+mod net_cmd;
 mod resolve;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,10 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Measure prefill and decode speed (prints a table).
     Bench(bench::BenchArgs),
+    /// Serve one shard of a split model as a compute node.
+    Node(net_cmd::NodeArgs),
+    /// Use the network: list models, or generate through a route of nodes.
+    Client(net_cmd::ClientArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -43,6 +48,8 @@ fn main() -> std::process::ExitCode {
         Command::Model(cmd) => model_cmd::run(cmd),
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Node(args) => net_cmd::node(args),
+        Command::Client(args) => net_cmd::client(args),
     };
     match result {
         Ok(code) => code,

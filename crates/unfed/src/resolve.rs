@@ -54,25 +54,16 @@ pub fn load_model(path: &Path) -> Result<Loaded> {
     finish(&ck, vec![model], "whole model".into())
 }
 
-/// Loads every shard of a split directory, checking each file's size and SHA-256 against the
-/// manifest first (`unfed model verify` checks everything else).
+/// Loads every shard of a split directory, each checked against the manifest (size, SHA-256,
+/// verification vector) first; `unfed model verify` checks everything else.
 pub fn load_shards(dir: &Path) -> Result<Loaded> {
     let manifest = unfed_shard::read_manifest(dir)?;
     let mut shards = Vec::new();
     let mut first = None;
     for s in &manifest.shards {
-        let path = unfed_shard::shard_file_path(dir, &s.file)?;
-        let digest = unfed_shard::hash::digest_file(&path, s.chunk_size)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if digest.size != s.size || digest.sha256 != s.sha256 {
-            bail!(
-                "{} does not match the manifest (size or SHA-256); run `unfed model verify`",
-                path.display()
-            );
-        }
-        let ck = Checkpoint::open(&path)?;
-        shards.push(ShardModel::load(&ck).with_context(|| format!("loading {}", path.display()))?);
-        first.get_or_insert(ck);
+        let v = unfed_shard::load_verified_shard(dir, &manifest, s.index)?;
+        shards.push(v.model);
+        first.get_or_insert(v.checkpoint);
     }
     let first = first.context("the manifest lists no shards")?;
     let n = shards.len();

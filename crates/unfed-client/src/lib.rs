@@ -1,0 +1,224 @@
+//! The user's client: discovers a model through a registry, picks one node per shard by health
+//! and measured latency, opens a session stream along the route, and generates — resuming on a
+//! replica (replaying the token history) when a node dies mid-generation.
+
+mod route;
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::Channel;
+use unfed_model::{SamplingParams, TextTokenizer};
+use unfed_proto::node::node_client::NodeClient;
+use unfed_proto::node::{Hop, Open, SessionReply, SessionRequest, Step, Tokens, TokenizerRequest, session_reply, session_request, step};
+use unfed_proto::registry::registry_client::RegistryClient;
+use unfed_proto::registry::{DiscoverRequest, GetManifestRequest, ListModelsRequest, ModelStatus};
+use unfed_proto::{MAX_NODE_MESSAGE, MAX_REGISTRY_MESSAGE, convert};
+use unfed_shard::Manifest;
+
+pub use route::{Candidate, Route, pick_route};
+
+/// Times the client resumes a generation on other nodes before giving up.
+const MAX_RESUMES: usize = 3;
+
+/// What can go wrong for a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("registry {addr}: {message}")]
+    Registry { addr: String, message: String },
+    #[error("model {0}: {1}")]
+    Model(String, String),
+    #[error("no healthy node serves shard {shard} of {model}")]
+    NoRoute { model: String, shard: u32 },
+    #[error("generation failed after {attempts} attempts: {last}")]
+    Generation { attempts: usize, last: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// A connection to a registry.
+pub struct Client {
+    addr: String,
+    registry: RegistryClient<Channel>,
+}
+
+/// A model as the client needs it: manifest, tokenizer, and where its shards are served.
+pub struct RemoteModel {
+    pub manifest: Manifest,
+    pub tokenizer: TextTokenizer,
+}
+
+impl Client {
+    pub async fn connect(addr: &str) -> Result<Self> {
+        let registry = RegistryClient::connect(format!("http://{addr}"))
+            .await
+            .map_err(|e| ClientError::Registry { addr: addr.into(), message: format!("cannot connect: {e}") })?
+            .max_decoding_message_size(MAX_REGISTRY_MESSAGE)
+            .max_encoding_message_size(MAX_REGISTRY_MESSAGE);
+        Ok(Self { addr: addr.into(), registry })
+    }
+
+    fn registry_error(&self, s: tonic::Status) -> ClientError {
+        ClientError::Registry { addr: self.addr.clone(), message: s.message().to_string() }
+    }
+
+    /// Models the registry knows, with READY / INCOMPLETE and shard coverage.
+    pub async fn list_models(&mut self) -> Result<Vec<ModelStatus>> {
+        let r = self.registry.list_models(ListModelsRequest {}).await.map_err(|s| self.registry_error(s))?;
+        Ok(r.into_inner().models)
+    }
+
+    /// The healthy nodes of each shard, fastest first.
+    pub async fn candidates(&mut self, model_id: &str) -> Result<Vec<Vec<Candidate>>> {
+        let r = self
+            .registry
+            .discover(DiscoverRequest { model_id: model_id.into() })
+            .await
+            .map_err(|s| self.registry_error(s))?
+            .into_inner();
+        Ok(route::rank(r.num_shards, &r.nodes).await)
+    }
+
+    /// The manifest (from the registry) and the tokenizer (from a shard-0 node, checked against
+    /// the manifest's SHA-256).
+    pub async fn model(&mut self, model_id: &str) -> Result<RemoteModel> {
+        let json = self
+            .registry
+            .get_manifest(GetManifestRequest { model_id: model_id.into() })
+            .await
+            .map_err(|s| self.registry_error(s))?
+            .into_inner()
+            .manifest_json;
+        let manifest = Manifest::from_json(&json).map_err(|e| ClientError::Model(model_id.into(), e))?;
+        let candidates = self.candidates(model_id).await?;
+        let first = candidates
+            .first()
+            .and_then(|c| c.first())
+            .ok_or_else(|| ClientError::NoRoute { model: model_id.into(), shard: 0 })?;
+        let tokenizer_json = node(&first.address)
+            .await
+            .map_err(ClientError::Tokenizer)?
+            .tokenizer(TokenizerRequest {})
+            .await
+            .map_err(|s| ClientError::Tokenizer(s.message().to_string()))?
+            .into_inner()
+            .tokenizer_json;
+        let sha = hex_sha256(tokenizer_json.as_bytes());
+        if sha != manifest.tokenizer.sha256 {
+            return Err(ClientError::Tokenizer(format!("the tokenizer served by {} does not match the manifest", first.address)));
+        }
+        let mut meta = vec![("tokenizer.huggingface.json".to_string(), unfed_gguf::Value::String(tokenizer_json))];
+        if let Some(t) = &manifest.chat_template {
+            meta.push(("tokenizer.chat_template".into(), unfed_gguf::Value::String(t.clone())));
+        }
+        if let Some(&eos) = manifest.end_of_generation.first() {
+            meta.push(("tokenizer.ggml.eos_token_id".into(), unfed_gguf::Value::U32(eos)));
+        }
+        let tokenizer = TextTokenizer::from_metadata(&meta).map_err(|e| ClientError::Tokenizer(e.to_string()))?;
+        Ok(RemoteModel { manifest, tokenizer })
+    }
+
+    /// Generates up to `max_tokens` after `prompt_ids`, calling `on_token` for each new token
+    /// (returning false stops). A broken route is rebuilt from the remaining healthy nodes and
+    /// the session replayed, so greedy output is the same as without the failure.
+    pub async fn generate(
+        &mut self,
+        model: &RemoteModel,
+        prompt_ids: &[u32],
+        max_tokens: usize,
+        sampling: &SamplingParams,
+        on_token: &mut (dyn FnMut(u32) -> bool + Send),
+    ) -> Result<Vec<u32>> {
+        let model_id = model.manifest.model_id.clone();
+        let mut generated: Vec<u32> = Vec::new();
+        let mut excluded: Vec<String> = Vec::new();
+        let mut last_error = String::new();
+        for attempt in 0..=MAX_RESUMES {
+            let candidates = self.candidates(&model_id).await?;
+            let route = pick_route(&model_id, &candidates, &excluded)?;
+            match run_route(&route, &model_id, prompt_ids, &mut generated, max_tokens, sampling, &model.manifest.end_of_generation, on_token).await {
+                Ok(()) => return Ok(generated),
+                Err(e) => {
+                    last_error = e;
+                    // Find out which hops are gone and avoid them next time.
+                    for hop in &route.hops {
+                        if !route::alive(&hop.address).await {
+                            excluded.push(hop.address.clone());
+                        }
+                    }
+                    if attempt < MAX_RESUMES {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+        Err(ClientError::Generation { attempts: MAX_RESUMES + 1, last: last_error })
+    }
+}
+
+/// Runs (or resumes) a generation along one route. `generated` holds the tokens produced so far
+/// and grows as tokens arrive, so a failure part-way loses nothing.
+#[allow(clippy::too_many_arguments)]
+async fn run_route(
+    route: &Route,
+    model_id: &str,
+    prompt: &[u32],
+    generated: &mut Vec<u32>,
+    max_tokens: usize,
+    sampling: &SamplingParams,
+    end: &[u32],
+    on_token: &mut (dyn FnMut(u32) -> bool + Send),
+) -> std::result::Result<(), String> {
+    let first = &route.hops[0];
+    let mut client = node(&first.address).await?;
+    let (send, rx) = mpsc::channel(4);
+    let open = Open {
+        model_id: model_id.into(),
+        shard_index: 0,
+        next: route.hops[1..].iter().map(|h| Hop { address: h.address.clone(), shard_index: h.shard_index }).collect(),
+        sampling: Some(convert::sampling(sampling)),
+    };
+    send.send(SessionRequest { kind: Some(session_request::Kind::Open(open)) }).await.map_err(|_| "stream closed".to_string())?;
+    let mut replies: Streaming<SessionReply> = client.session(ReceiverStream::new(rx)).await.map_err(|s| s.message().to_string())?.into_inner();
+    match replies.message().await.map_err(|s| s.message().to_string())? {
+        Some(SessionReply { kind: Some(session_reply::Kind::Opened(_)) }) => {}
+        _ => return Err("the route did not open".into()),
+    }
+    // First step: the prompt plus anything generated before a failure (replayed).
+    let mut ids: Vec<u32> = prompt.iter().chain(generated.iter()).copied().collect();
+    let mut history = generated.clone();
+    while generated.len() < max_tokens {
+        let step = Step { history: std::mem::take(&mut history), input: Some(step::Input::Tokens(Tokens { ids: std::mem::take(&mut ids) })) };
+        send.send(SessionRequest { kind: Some(session_request::Kind::Step(step)) }).await.map_err(|_| "stream closed".to_string())?;
+        let token = match replies.message().await.map_err(|s| s.message().to_string())? {
+            Some(SessionReply { kind: Some(session_reply::Kind::Token(t)) }) => t.id,
+            _ => return Err("the route closed the session".into()),
+        };
+        if end.contains(&token) {
+            return Ok(());
+        }
+        generated.push(token);
+        if !on_token(token) {
+            return Ok(());
+        }
+        ids = vec![token];
+    }
+    Ok(())
+}
+
+async fn node(address: &str) -> std::result::Result<NodeClient<Channel>, String> {
+    Ok(NodeClient::connect(format!("http://{address}"))
+        .await
+        .map_err(|_| format!("cannot reach node {address}"))?
+        .max_decoding_message_size(MAX_NODE_MESSAGE)
+        .max_encoding_message_size(MAX_NODE_MESSAGE))
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

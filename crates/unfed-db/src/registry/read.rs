@@ -1,0 +1,175 @@
+//! The registry's reads: nodes by key or by model, manifests, nonces.
+
+use rusqlite::{OptionalExtension, Row, params};
+use unfed_identity::Address;
+
+use super::{ManifestRecord, NodeRecord, RegistryDb};
+use crate::DbError;
+use crate::sql::{
+    address_text, bits_u64, read_address, read_hash, read_ordered_u64, read_u32,
+};
+
+const NODE_COLUMNS: &str = "identity, address, model_id, shard_index, onion_key, \
+                            registered_at_ms, last_heartbeat_ms, active_sessions";
+
+/// Raw columns of a `nodes` row, checked by [`RawNode::into_record`].
+struct RawNode {
+    identity: String,
+    address: String,
+    model_id: String,
+    shard_index: i64,
+    onion_key: Vec<u8>,
+    registered_at_ms: i64,
+    last_heartbeat_ms: i64,
+    active_sessions: i64,
+}
+
+impl RawNode {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            identity: r.get(0)?,
+            address: r.get(1)?,
+            model_id: r.get(2)?,
+            shard_index: r.get(3)?,
+            onion_key: r.get(4)?,
+            registered_at_ms: r.get(5)?,
+            last_heartbeat_ms: r.get(6)?,
+            active_sessions: r.get(7)?,
+        })
+    }
+
+    fn into_record(self) -> Result<NodeRecord, DbError> {
+        const T: &str = "nodes";
+        Ok(NodeRecord {
+            identity: read_address(T, &self.identity)?,
+            address: self.address,
+            model_id: self.model_id,
+            shard_index: read_u32(T, "shard_index", self.shard_index)?,
+            onion_key: self.onion_key,
+            registered_at_ms: read_ordered_u64(T, "registered_at_ms", self.registered_at_ms)?,
+            last_heartbeat_ms: read_ordered_u64(T, "last_heartbeat_ms", self.last_heartbeat_ms)?,
+            active_sessions: read_u32(T, "active_sessions", self.active_sessions)?,
+        })
+    }
+}
+
+impl RegistryDb {
+    /// The node registered under `(identity, address)`, if any.
+    pub fn node(&self, identity: &Address, address: &str) -> Result<Option<NodeRecord>, DbError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE identity = ?1 AND address = ?2"),
+                params![address_text(identity), address],
+                RawNode::from_row,
+            )
+            .optional()
+            .map_err(DbError::sql("reading a node"))?
+            .map(RawNode::into_record)
+            .transpose()
+    }
+
+    /// Nodes of `model_id` whose last heartbeat is at or after `heartbeat_since_ms` (0: all),
+    /// by shard index, most recent heartbeat first, then by identity and address.
+    pub fn nodes_for_model(
+        &self,
+        model_id: &str,
+        heartbeat_since_ms: u64,
+    ) -> Result<Vec<NodeRecord>, DbError> {
+        const DOING: &str = "listing a model's nodes";
+        let since = i64::try_from(heartbeat_since_ms).unwrap_or(i64::MAX);
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {NODE_COLUMNS} FROM nodes
+                 WHERE model_id = ?1 AND last_heartbeat_ms >= ?2
+                 ORDER BY shard_index, last_heartbeat_ms DESC, identity, address"
+            ))
+            .map_err(DbError::sql(DOING))?;
+        let rows = stmt
+            .query_map(params![model_id, since], RawNode::from_row)
+            .map_err(DbError::sql(DOING))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row.map_err(DbError::sql(DOING))?.into_record()?);
+        }
+        Ok(out)
+    }
+
+    /// Number of registered nodes (healthy or not).
+    pub fn node_count(&self) -> Result<u64, DbError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM nodes", [], |r| r.get(0))
+            .map_err(DbError::sql("counting nodes"))?;
+        read_ordered_u64("nodes", "count", n)
+    }
+
+    /// The manifest recorded for `model_id`, if any.
+    pub fn manifest(&self, model_id: &str) -> Result<Option<ManifestRecord>, DbError> {
+        let row: Option<(String, Vec<u8>, String)> = self
+            .conn
+            .query_row(
+                "SELECT model_id, sha256, json FROM manifests WHERE model_id = ?1",
+                params![model_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(DbError::sql("reading a manifest"))?;
+        row.map(|(model_id, sha, json)| {
+            Ok(ManifestRecord {
+                model_id,
+                sha256: read_hash("manifests", sha)?,
+                json,
+            })
+        })
+        .transpose()
+    }
+
+    /// Every recorded manifest, by model id.
+    pub fn manifests(&self) -> Result<Vec<ManifestRecord>, DbError> {
+        const DOING: &str = "listing manifests";
+        let mut stmt = self
+            .conn
+            .prepare("SELECT model_id, sha256, json FROM manifests ORDER BY model_id")
+            .map_err(DbError::sql(DOING))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(DbError::sql(DOING))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (model_id, sha, json) = row.map_err(DbError::sql(DOING))?;
+            out.push(ManifestRecord {
+                model_id,
+                sha256: read_hash("manifests", sha)?,
+                json,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether `identity` already used `nonce` (and it has not been pruned).
+    pub fn nonce_seen(&self, identity: &Address, nonce: u64) -> Result<bool, DbError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM seen_nonces WHERE identity = ?1 AND nonce = ?2)",
+                params![address_text(identity), bits_u64(nonce)],
+                |r| r.get(0),
+            )
+            .map_err(DbError::sql("looking up a nonce"))
+    }
+
+    /// Number of remembered nonces.
+    pub fn nonce_count(&self) -> Result<u64, DbError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM seen_nonces", [], |r| r.get(0))
+            .map_err(DbError::sql("counting nonces"))?;
+        read_ordered_u64("seen_nonces", "count", n)
+    }
+}

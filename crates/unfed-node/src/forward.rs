@@ -1,0 +1,198 @@
+//! The forward thread: owns the shard and every session's KV cache, takes jobs from a bounded
+//! queue, and answers each on a oneshot channel. Sessions are bounded in number and evicted when
+//! idle, so a client that vanishes cannot pin memory.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+use tokio::sync::{mpsc, oneshot};
+use unfed_model::{Input, KvCache, LogitsMode, Sampler, SamplingParams, ShardModel};
+
+/// Jobs waiting for the forward thread (callers wait when it is full: backpressure).
+const QUEUE_DEPTH: usize = 32;
+
+/// Limits on the sessions one node holds.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    pub max_sessions: usize,
+    pub idle_timeout: Duration,
+    /// Positions (prompt + generated) one session may reach.
+    pub max_positions: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self { max_sessions: 16, idle_timeout: Duration::from_secs(300), max_positions: 4096 }
+    }
+}
+
+/// What one step gives back.
+#[derive(Debug)]
+pub enum StepOutput {
+    /// Hidden states for the next shard, `rows × cols`.
+    Hidden { rows: usize, cols: usize, values: Vec<f32> },
+    /// The token the last shard picked.
+    Token(u32),
+}
+
+/// A step's input.
+pub enum StepInput {
+    Tokens(Vec<u32>),
+    Hidden { rows: usize, cols: usize, values: Vec<f32> },
+}
+
+enum Job {
+    Open { id: u64, sampling: Option<SamplingParams>, reply: oneshot::Sender<Result<(), String>> },
+    Step { id: u64, input: StepInput, history: Vec<u32>, reply: oneshot::Sender<Result<StepOutput, String>> },
+    Close { id: u64 },
+    Count { reply: oneshot::Sender<usize> },
+}
+
+struct Session {
+    cache: KvCache,
+    sampler: Option<Sampler>,
+    /// Tokens the sampler has picked or been told about (for the repetition penalty).
+    history: Vec<u32>,
+    last_used: Instant,
+}
+
+/// A handle to the forward thread; cloning shares the thread.
+#[derive(Clone)]
+pub struct Forward {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Forward {
+    /// Moves the shard onto its own thread. The thread ends when every handle is dropped.
+    pub fn start(model: ShardModel, limits: SessionLimits) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
+        let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
+        let thread = std::thread::Builder::new()
+            .name("unfed-forward".into())
+            .spawn(move || run(model, limits, rx))?;
+        Ok((Self { jobs }, thread))
+    }
+
+    pub async fn open(&self, id: u64, sampling: Option<SamplingParams>) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Open { id, sampling, reply }).await?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    pub async fn step(&self, id: u64, input: StepInput, history: Vec<u32>) -> Result<StepOutput, String> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Step { id, input, history, reply }).await?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    pub async fn close(&self, id: u64) {
+        let _ = self.jobs.send(Job::Close { id }).await;
+    }
+
+    pub async fn active_sessions(&self) -> usize {
+        let (reply, rx) = oneshot::channel();
+        if self.jobs.send(Job::Count { reply }).await.is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
+    }
+
+    async fn send(&self, job: Job) -> Result<(), String> {
+        self.jobs.send(job).await.map_err(|_| stopped())
+    }
+}
+
+fn stopped() -> String {
+    "the node is shutting down".into()
+}
+
+fn run(model: ShardModel, limits: SessionLimits, mut jobs: mpsc::Receiver<Job>) {
+    let mut sessions: HashMap<u64, Session> = HashMap::new();
+    while let Some(job) = jobs.blocking_recv() {
+        let now = Instant::now();
+        sessions.retain(|_, s| now.duration_since(s.last_used) < limits.idle_timeout);
+        match job {
+            Job::Open { id, sampling, reply } => {
+                let result = if sessions.contains_key(&id) {
+                    Err("session id already in use".to_string())
+                } else if sessions.len() >= limits.max_sessions {
+                    Err(format!("busy: {} sessions open", sessions.len()))
+                } else {
+                    let sampler = match (model.role().head, sampling) {
+                        (true, Some(p)) => Some(Sampler::new(p)),
+                        (true, None) => Some(Sampler::new(SamplingParams::greedy())),
+                        (false, _) => None,
+                    };
+                    sessions.insert(id, Session { cache: model.new_cache(), sampler, history: Vec::new(), last_used: now });
+                    Ok(())
+                };
+                let _ = reply.send(result);
+            }
+            Job::Step { id, input, history, reply } => {
+                let result = match sessions.get_mut(&id) {
+                    None => Err("no such session (closed or idle too long)".to_string()),
+                    Some(s) => {
+                        s.last_used = now;
+                        let r = step(&model, s, input, history, limits.max_positions);
+                        if r.is_err() {
+                            // A failed step may have left the cache half-extended.
+                            sessions.remove(&id);
+                        }
+                        r
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Job::Close { id } => {
+                sessions.remove(&id);
+            }
+            Job::Count { reply } => {
+                let _ = reply.send(sessions.len());
+            }
+        }
+    }
+}
+
+fn step(model: &ShardModel, s: &mut Session, input: StepInput, history: Vec<u32>, max_positions: usize) -> Result<StepOutput, String> {
+    let cfg = model.config();
+    let out = match input {
+        StepInput::Tokens(ids) => {
+            check_room(s, ids.len(), max_positions)?;
+            model.forward(Input::Tokens(&ids), &mut s.cache, LogitsMode::Last)
+        }
+        StepInput::Hidden { rows, cols, values } => {
+            check_room(s, rows, max_positions)?;
+            let h = Tensor::from_vec(values, (rows, cols), &Device::Cpu).map_err(|e| e.to_string())?;
+            model.forward(Input::Hidden(&h), &mut s.cache, LogitsMode::Last)
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    match &mut s.sampler {
+        None => {
+            let values: Vec<f32> = out.flatten_all().and_then(|t| t.to_vec1()).map_err(|e| e.to_string())?;
+            let rows = values.len() / cfg.hidden;
+            Ok(StepOutput::Hidden { rows, cols: cfg.hidden, values })
+        }
+        Some(sampler) => {
+            if !history.is_empty() {
+                // A resumed session: the picks made before, for the penalty and the random state.
+                sampler.skip(history.len());
+                s.history = history;
+            }
+            let mut logits: Vec<f32> = out.flatten_all().and_then(|t| t.to_vec1()).map_err(|e| e.to_string())?;
+            let token = sampler.sample(&mut logits, &s.history);
+            s.history.push(token);
+            Ok(StepOutput::Token(token))
+        }
+    }
+}
+
+fn check_room(s: &Session, n: usize, max_positions: usize) -> Result<(), String> {
+    if n == 0 {
+        return Err("empty step".into());
+    }
+    if s.cache.positions() + n > max_positions {
+        return Err(format!("the session would exceed {max_positions} positions"));
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! A compute node: serves one shard of a split model. At start it checks its shard against the
+//! manifest (bytes and verification vector), moves the shard onto a forward thread, serves
+//! per-session streams, registers with a registry and keeps heartbeating until shut down.
+
+mod forward;
+mod registration;
+mod service;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use unfed_identity::NodeKey;
+use unfed_proto::MAX_NODE_MESSAGE;
+use unfed_proto::node::node_server::NodeServer;
+
+pub use forward::SessionLimits;
+pub use registration::{Announcement, Registration};
+pub use service::{NodeService, NodeState};
+
+/// What can stop a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Shard(#[from] unfed_shard::ShardError),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("registry: {0}")]
+    Registry(String),
+    #[error("serving: {0}")]
+    Serve(String),
+}
+
+/// How to run a node.
+pub struct NodeConfig {
+    pub shards_dir: PathBuf,
+    pub shard_index: u32,
+    /// host:port other nodes and clients use to reach this node.
+    pub advertise: String,
+    /// host:port of the registry; None runs unregistered (tests, private pipelines).
+    pub registry: Option<String>,
+    pub key: NodeKey,
+    pub limits: SessionLimits,
+}
+
+/// Loads the shard (blocking work, off the async workers), then serves until `shutdown`.
+pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+    let dir = config.shards_dir.clone();
+    let index = config.shard_index as usize;
+    let (manifest, manifest_json, shard) = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
+        let manifest = unfed_shard::read_manifest(&dir)?;
+        let manifest_json = manifest.to_json();
+        let shard = unfed_shard::load_verified_shard(&dir, &manifest, index)?;
+        Ok((manifest, manifest_json, shard))
+    })
+    .await
+    .map_err(|e| NodeError::Serve(e.to_string()))??;
+    let tokenizer_json = read_tokenizer(&config.shards_dir, &manifest)?;
+    let role = shard.model.role().clone();
+    let hidden = shard.model.config().hidden;
+    let (forward, forward_thread) = forward::Forward::start(shard.model, config.limits.clone())
+        .map_err(|e| NodeError::Serve(format!("cannot start the forward thread: {e}")))?;
+    let state = Arc::new(NodeState::new(
+        manifest.model_id.clone(),
+        config.shard_index,
+        hidden,
+        role.embedding,
+        role.head,
+        tokenizer_json,
+        config.limits.clone(),
+        forward.clone(),
+    ));
+
+    let registration = match &config.registry {
+        Some(registry) => {
+            let announcement = Announcement {
+                advertise: config.advertise.clone(),
+                model_id: manifest.model_id.clone(),
+                shard_index: config.shard_index,
+                manifest_sha256: Sha256::digest(manifest_json.as_bytes()).into(),
+                manifest_json,
+            };
+            Some(Registration::register(registry, config.key, &announcement).await.map_err(NodeError::Registry)?)
+        }
+        None => None,
+    };
+    let (stop_heartbeats, mut stopped) = tokio::sync::watch::channel(false);
+    let heartbeats = registration.map(|mut reg| {
+        let forward = forward.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(reg.heartbeat_interval) => {
+                        // A missed heartbeat is retried at the next interval; the registry marks
+                        // the node unhealthy only after several.
+                        let _ = reg.heartbeat(forward.active_sessions().await as u32).await;
+                    }
+                    _ = stopped.changed() => break,
+                }
+            }
+            let _ = reg.unregister().await;
+        })
+    });
+
+    let server = tonic::transport::Server::builder()
+        .add_service(
+            NodeServer::new(NodeService::new(state))
+                .max_decoding_message_size(MAX_NODE_MESSAGE)
+                .max_encoding_message_size(MAX_NODE_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown);
+    let served = server.await.map_err(|e| NodeError::Serve(e.to_string()));
+    let _ = stop_heartbeats.send(true);
+    if let Some(h) = heartbeats {
+        let _ = h.await;
+    }
+    drop(forward);
+    // Sessions still draining hold the forward handle a moment longer; do not wait forever.
+    let join = tokio::task::spawn_blocking(move || forward_thread.join());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), join).await;
+    served
+}
+
+fn read_tokenizer(dir: &std::path::Path, manifest: &unfed_shard::Manifest) -> Result<String, NodeError> {
+    let path = unfed_shard::shard_file_path(dir, &manifest.tokenizer.file)?;
+    let text = std::fs::read_to_string(&path).map_err(|e| NodeError::Tokenizer(format!("{}: {e}", path.display())))?;
+    if hex::encode(Sha256::digest(text.as_bytes())) != manifest.tokenizer.sha256 {
+        return Err(NodeError::Tokenizer(format!("{} does not match the manifest's SHA-256", path.display())));
+    }
+    Ok(text)
+}

@@ -1,0 +1,97 @@
+//! A node's relationship with its registry: a signed registration, signed heartbeats at the
+//! interval the registry asks for, and a signed goodbye on shutdown.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tonic::transport::Channel;
+use unfed_identity::NodeKey;
+use unfed_identity::canonical::{Heartbeat, Payload, Register, Unregister};
+use unfed_proto::MAX_REGISTRY_MESSAGE;
+use unfed_proto::registry::SignedPayload;
+use unfed_proto::registry::registry_client::RegistryClient;
+
+/// What a node tells the registry about itself.
+pub struct Announcement {
+    pub advertise: String,
+    pub model_id: String,
+    pub shard_index: u32,
+    pub manifest_json: String,
+    pub manifest_sha256: [u8; 32],
+}
+
+/// A registered node's link to its registry.
+pub struct Registration {
+    client: RegistryClient<Channel>,
+    key: NodeKey,
+    advertise: String,
+    pub heartbeat_interval: Duration,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn signed(key: &NodeKey, payload: &Payload, manifest_json: String) -> SignedPayload {
+    let payload = payload.encode();
+    let signature = key.sign(&payload).to_vec();
+    SignedPayload { payload, signature, manifest_json }
+}
+
+impl Registration {
+    /// Registers with the registry at `registry` (host:port).
+    pub async fn register(registry: &str, key: NodeKey, a: &Announcement) -> Result<Self, String> {
+        let mut client = RegistryClient::connect(format!("http://{registry}"))
+            .await
+            .map_err(|e| format!("cannot reach the registry at {registry}: {e}"))?
+            .max_decoding_message_size(MAX_REGISTRY_MESSAGE)
+            .max_encoding_message_size(MAX_REGISTRY_MESSAGE);
+        let payload = Payload::Register(Register {
+            identity: key.address(),
+            address: a.advertise.clone(),
+            model_id: a.model_id.clone(),
+            shard_index: a.shard_index,
+            manifest_sha256: a.manifest_sha256,
+            onion_key: Vec::new(),
+            timestamp_ms: now_ms(),
+            nonce: rand::random(),
+        });
+        let reply = client
+            .register(signed(&key, &payload, a.manifest_json.clone()))
+            .await
+            .map_err(|s| format!("the registry refused the registration: {}", s.message()))?
+            .into_inner();
+        let heartbeat_interval = Duration::from_millis(reply.heartbeat_interval_ms.clamp(100, 60_000));
+        Ok(Self { client, key, advertise: a.advertise.clone(), heartbeat_interval })
+    }
+
+    /// One signed heartbeat.
+    pub async fn heartbeat(&mut self, active_sessions: u32) -> Result<(), String> {
+        let payload = Payload::Heartbeat(Heartbeat {
+            identity: self.key.address(),
+            address: self.advertise.clone(),
+            active_sessions,
+            timestamp_ms: now_ms(),
+            nonce: rand::random(),
+        });
+        self.client
+            .heartbeat(signed(&self.key, &payload, String::new()))
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("heartbeat refused: {}", s.message()))
+    }
+
+    /// Signs off.
+    pub async fn unregister(mut self) -> Result<(), String> {
+        let payload = Payload::Unregister(Unregister {
+            identity: self.key.address(),
+            address: self.advertise.clone(),
+            timestamp_ms: now_ms(),
+            nonce: rand::random(),
+        });
+        self.client
+            .unregister(signed(&self.key, &payload, String::new()))
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("unregister refused: {}", s.message()))
+    }
+}

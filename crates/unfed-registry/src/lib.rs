@@ -1,0 +1,34 @@
+//! The registry (cluster coordinator): signed node admission, heartbeats, health, model status,
+//! discovery, manifests and cluster policy, with its gRPC service.
+//!
+//! - [`RegistryCore`]: the logic, over a [`unfed_db::RegistryDb`] and an injectable [`Clock`];
+//!   no networking. Every write is a canonical payload (`unfed_identity::canonical`) signed by
+//!   the node's identity, with a timestamp inside the clock-skew window and a nonce never used
+//!   before by that identity (persisted, so a restart does not reopen a replay window).
+//! - [`CoreThread`] / [`CoreHandle`]: the dedicated thread that owns the core and its SQLite
+//!   connection; async code talks to it over a bounded channel.
+//! - [`RegistryService`], [`to_status`], [`serve`]: the tonic service, the one error-to-status
+//!   mapping, and the server loop the `unfed registry` command runs.
+//! - [`ClusterConfig`] (the `--cluster-config` file) and [`RegistryOptions`] (timing).
+//!
+//! The protocol is specified in `docs/protocol.md`, section "Registry".
+
+mod clock;
+mod config;
+mod core;
+mod error;
+mod service;
+mod status;
+mod validate;
+mod worker;
+
+pub use crate::core::{OpenError, Registered, RegistryCore};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{ClusterConfig, ConfigError, MAX_CONFIG_BYTES, RegistryOptions};
+pub use error::RegistryError;
+pub use service::{MAX_CONCURRENT_PER_CONNECTION, RegistryService, ServeError, serve, to_status};
+pub use status::{
+    DiscoveredNode, Discovery, MAX_DISCOVERED_PER_SHARD, ModelStatus, Readiness, ShardCoverage,
+};
+pub use validate::{MAX_MANIFEST_JSON, MAX_MODEL_ID_CHARS, ModelShards, ONION_KEY_LEN};
+pub use worker::{CoreHandle, CoreThread, QUEUE_CAPACITY};

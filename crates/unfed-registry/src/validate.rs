@@ -1,0 +1,142 @@
+//! Checks on what nodes send: `host:port` addresses, model ids, onion keys and manifests.
+
+use sha2::{Digest, Sha256};
+use unfed_shard::Manifest;
+
+use crate::RegistryError;
+
+/// Longest manifest accepted with a registration: it must also fit, with framing, in the
+/// `GetManifest` reply under [`unfed_proto::MAX_REGISTRY_MESSAGE`].
+pub const MAX_MANIFEST_JSON: usize = unfed_proto::MAX_REGISTRY_MESSAGE - 4096;
+/// Longest model id (the same rule as `unfed model split --model-id`).
+pub const MAX_MODEL_ID_CHARS: usize = 128;
+/// Length of an X25519 public key; an empty onion key is accepted until onion routing lands.
+pub const ONION_KEY_LEN: usize = 32;
+
+/// A model's shard layout, as the registry needs it for status and discovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelShards {
+    /// SHA-256 of the manifest text.
+    pub sha256: [u8; 32],
+    /// One `(layer_start, layer_end)` per shard, in shard order (end exclusive).
+    pub layers: Vec<(u32, u32)>,
+}
+
+impl ModelShards {
+    /// Number of shards.
+    pub fn num_shards(&self) -> u32 {
+        u32::try_from(self.layers.len()).unwrap_or(u32::MAX)
+    }
+}
+
+fn field(field: &'static str, problem: impl Into<String>) -> RegistryError {
+    RegistryError::InvalidField {
+        field,
+        problem: problem.into(),
+    }
+}
+
+/// `host:port`: a DNS name or IPv4 address, or a bracketed IPv6 address, and a port 1-65535.
+pub fn check_address(address: &str) -> Result<(), RegistryError> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| field("address", "must be host:port"))?;
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 && !port.starts_with('+') => {}
+        _ => return Err(field("address", format!("port {port:?} is not 1-65535"))),
+    }
+    let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        inner.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    };
+    if !host_ok {
+        return Err(field(
+            "address",
+            "host must be a DNS name, an IPv4 address or a bracketed IPv6 address",
+        ));
+    }
+    Ok(())
+}
+
+/// 1 to 128 characters of `A-Z a-z 0-9 . _ - / :`.
+pub fn check_model_id(model_id: &str) -> Result<(), RegistryError> {
+    let ok = !model_id.is_empty()
+        && model_id.len() <= MAX_MODEL_ID_CHARS
+        && model_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(field(
+            "model_id",
+            format!("must be 1 to {MAX_MODEL_ID_CHARS} characters of A-Z a-z 0-9 . _ - / :"),
+        ))
+    }
+}
+
+/// Empty (no onion routing yet) or a 32-byte X25519 public key.
+pub fn check_onion_key(key: &[u8]) -> Result<(), RegistryError> {
+    if key.is_empty() || key.len() == ONION_KEY_LEN {
+        Ok(())
+    } else {
+        Err(field(
+            "onion_key",
+            format!("must be empty or {ONION_KEY_LEN} bytes, not {}", key.len()),
+        ))
+    }
+}
+
+/// SHA-256 of a manifest's text, after checking its size against [`MAX_MANIFEST_JSON`].
+pub fn manifest_digest(json: &str) -> Result<[u8; 32], RegistryError> {
+    if json.is_empty() {
+        return Err(RegistryError::BadManifest(
+            "no manifest_json sent: a registration carries the model's manifest.json".into(),
+        ));
+    }
+    if json.len() > MAX_MANIFEST_JSON {
+        return Err(RegistryError::BadManifest(format!(
+            "{} bytes, more than the limit of {MAX_MANIFEST_JSON}",
+            json.len()
+        )));
+    }
+    Ok(Sha256::digest(json.as_bytes()).into())
+}
+
+/// Parses a manifest and checks the layout the registry relies on: shards numbered 0, 1, ... in
+/// order, each with a non-empty layer range, contiguous, within the model's layer count.
+pub fn parse_manifest(json: &str, sha256: [u8; 32]) -> Result<(Manifest, ModelShards), String> {
+    let manifest = Manifest::from_json(json)?;
+    if manifest.shards.is_empty() {
+        return Err("it lists no shards".into());
+    }
+    let mut layers = Vec::with_capacity(manifest.shards.len());
+    let mut next_layer = 0usize;
+    for (i, s) in manifest.shards.iter().enumerate() {
+        if s.index != i {
+            return Err(format!("shard at position {i} has index {}", s.index));
+        }
+        if s.layer_start != next_layer || s.layer_end <= s.layer_start {
+            return Err(format!(
+                "shard {i} covers layers {}..{}; expected a non-empty range starting at {next_layer}",
+                s.layer_start, s.layer_end
+            ));
+        }
+        next_layer = s.layer_end;
+        let start = u32::try_from(s.layer_start).map_err(|_| "layer index too large")?;
+        let end = u32::try_from(s.layer_end).map_err(|_| "layer index too large")?;
+        layers.push((start, end));
+    }
+    if next_layer != manifest.config.n_layer {
+        return Err(format!(
+            "shards cover {next_layer} layers but the model has {}",
+            manifest.config.n_layer
+        ));
+    }
+    u32::try_from(layers.len()).map_err(|_| "too many shards")?;
+    Ok((manifest, ModelShards { sha256, layers }))
+}

@@ -1,0 +1,225 @@
+//! `unfed node` and `unfed client`: a compute node serving one shard, and the user's client.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use unfed_client::{Client, RemoteModel};
+use unfed_engine::TextStream;
+use unfed_model::ChatMessage;
+
+use crate::generate::SamplingArgs;
+
+#[derive(Args)]
+pub struct NodeArgs {
+    #[arg(long)]
+    shard_index: u32,
+    /// A split directory (`unfed model split`); only this node's shard file and the manifest
+    /// and tokenizer are needed.
+    #[arg(long)]
+    shards_dir: PathBuf,
+    /// Registry host:port.
+    #[arg(long)]
+    registry: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// host:port that clients and other nodes use (default: the bound address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// The node's identity key file (created with mode 0600 if missing).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    #[arg(long, default_value_t = 16)]
+    max_sessions: usize,
+    /// Seconds an idle session keeps its KV cache.
+    #[arg(long, default_value_t = 300)]
+    idle_timeout: u64,
+    /// Positions (prompt + reply) one session may reach.
+    #[arg(long, default_value_t = 4096)]
+    max_positions: usize,
+}
+
+pub fn node(args: NodeArgs) -> Result<ExitCode> {
+    let key_path = match args.key {
+        Some(k) => k,
+        None => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".unfed/node.key"))
+            .context("no --key and no HOME to keep a key in")?,
+    };
+    if let Some(parent) = key_path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let key = unfed_identity::NodeKey::load_or_create(&key_path)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+        let bound: SocketAddr = listener.local_addr()?;
+        let advertise = args.advertise.unwrap_or_else(|| bound.to_string());
+        eprintln!("node {} for shard {} listening on {bound}", key.address(), args.shard_index);
+        let config = unfed_node::NodeConfig {
+            shards_dir: args.shards_dir,
+            shard_index: args.shard_index,
+            advertise,
+            registry: Some(args.registry),
+            key,
+            limits: unfed_node::SessionLimits {
+                max_sessions: args.max_sessions,
+                idle_timeout: Duration::from_secs(args.idle_timeout),
+                max_positions: args.max_positions,
+            },
+        };
+        unfed_node::run(config, listener, shutdown_signal()).await?;
+        eprintln!("node stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[derive(Args)]
+pub struct ClientArgs {
+    /// Registry host:port.
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    registry: String,
+    /// List the registry's models with READY / INCOMPLETE and shard coverage.
+    #[arg(long)]
+    list_models: bool,
+    /// Model id (default: the only READY model).
+    #[arg(long)]
+    model: Option<String>,
+    /// One message; the reply is streamed to stdout.
+    #[arg(long)]
+    prompt: Option<String>,
+    #[arg(long)]
+    system: Option<String>,
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(subcommand)]
+    mode: Option<ClientMode>,
+}
+
+#[derive(Subcommand)]
+pub enum ClientMode {
+    /// An interactive conversation on stdin/stdout.
+    Chat,
+}
+
+pub fn client(args: ClientArgs) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(client_main(args))
+}
+
+async fn client_main(args: ClientArgs) -> Result<ExitCode> {
+    let mut client = Client::connect(&args.registry).await?;
+    let models = client.list_models().await?;
+    if args.list_models {
+        println!("{:<24} {:<11} shards (healthy nodes)", "model", "status");
+        for m in &models {
+            let shards: Vec<String> = m
+                .shards
+                .iter()
+                .map(|s| format!("{}[{}..{}]:{}", s.shard_index, s.layer_start, s.layer_end, s.healthy_nodes))
+                .collect();
+            println!("{:<24} {:<11} {}", m.model_id, m.status, shards.join(" "));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let model_id = match args.model.clone() {
+        Some(m) => m,
+        None => {
+            let ready: Vec<_> = models.iter().filter(|m| m.status == "READY").collect();
+            match ready[..] {
+                [one] => one.model_id.clone(),
+                [] => bail!("no model is READY on {}", args.registry),
+                _ => bail!("several models are READY; choose one with --model"),
+            }
+        }
+    };
+    let sampling = args.sampling.params()?;
+    let model = client.model(&model_id).await?;
+    let mut conversation: Vec<ChatMessage> = args.system.iter().map(|s| ChatMessage::new("system", s)).collect();
+    match (&args.mode, &args.prompt) {
+        (Some(ClientMode::Chat), _) => {
+            let stdin = std::io::stdin();
+            eprint!("> ");
+            for line in stdin.lock().lines() {
+                let line = line?;
+                if line.trim().is_empty() {
+                    eprint!("> ");
+                    continue;
+                }
+                conversation.push(ChatMessage::new("user", &line));
+                let reply = turn(&mut client, &model, &conversation, args.max_tokens, &sampling).await?;
+                conversation.push(ChatMessage::new("assistant", &reply));
+                eprint!("> ");
+            }
+        }
+        (None, Some(prompt)) => {
+            conversation.push(ChatMessage::new("user", prompt));
+            turn(&mut client, &model, &conversation, args.max_tokens, &sampling).await?;
+        }
+        (None, None) => bail!("give --prompt TEXT, `chat`, or --list-models"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One reply, streamed to stdout; returns its text.
+async fn turn(
+    client: &mut Client,
+    model: &RemoteModel,
+    conversation: &[ChatMessage],
+    max_tokens: usize,
+    sampling: &unfed_model::SamplingParams,
+) -> Result<String> {
+    let template = model.manifest.chat_template.as_deref().context("the model has no chat template")?;
+    let chat = unfed_model::ChatTemplate::new(template, "", "")?;
+    let prompt = model.tokenizer.encode(&chat.render(conversation, true)?)?;
+    let mut stream = TextStream::new();
+    let mut text = String::new();
+    let tokenizer = &model.tokenizer;
+    let mut on_token = |id: u32| {
+        if let Ok(Some(piece)) = stream.push(tokenizer, id) {
+            print!("{piece}");
+            let _ = std::io::stdout().flush();
+            text.push_str(&piece);
+        }
+        true
+    };
+    client.generate(model, &prompt, max_tokens, sampling, &mut on_token).await?;
+    if let Ok(Some(rest)) = stream.finish(tokenizer) {
+        print!("{rest}");
+        text.push_str(&rest);
+    }
+    println!();
+    Ok(text)
+}

@@ -12,7 +12,10 @@ use tonic::Streaming;
 use tonic::transport::Channel;
 use unfed_model::{SamplingParams, TextTokenizer};
 use unfed_proto::node::node_client::NodeClient;
-use unfed_proto::node::{Hop, Open, SessionReply, SessionRequest, Step, Tokens, TokenizerRequest, session_reply, session_request, step};
+use unfed_proto::node::{
+    Hop, Open, SessionReply, SessionRequest, Step, TokenizerRequest, Tokens, session_reply,
+    session_request, step,
+};
 use unfed_proto::registry::registry_client::RegistryClient;
 use unfed_proto::registry::{DiscoverRequest, GetManifestRequest, ListModelsRequest, ModelStatus};
 use unfed_proto::{MAX_NODE_MESSAGE, MAX_REGISTRY_MESSAGE, convert};
@@ -56,19 +59,32 @@ impl Client {
     pub async fn connect(addr: &str) -> Result<Self> {
         let registry = RegistryClient::connect(format!("http://{addr}"))
             .await
-            .map_err(|e| ClientError::Registry { addr: addr.into(), message: format!("cannot connect: {e}") })?
+            .map_err(|e| ClientError::Registry {
+                addr: addr.into(),
+                message: format!("cannot connect: {e}"),
+            })?
             .max_decoding_message_size(MAX_REGISTRY_MESSAGE)
             .max_encoding_message_size(MAX_REGISTRY_MESSAGE);
-        Ok(Self { addr: addr.into(), registry })
+        Ok(Self {
+            addr: addr.into(),
+            registry,
+        })
     }
 
     fn registry_error(&self, s: tonic::Status) -> ClientError {
-        ClientError::Registry { addr: self.addr.clone(), message: s.message().to_string() }
+        ClientError::Registry {
+            addr: self.addr.clone(),
+            message: s.message().to_string(),
+        }
     }
 
     /// Models the registry knows, with READY / INCOMPLETE and shard coverage.
     pub async fn list_models(&mut self) -> Result<Vec<ModelStatus>> {
-        let r = self.registry.list_models(ListModelsRequest {}).await.map_err(|s| self.registry_error(s))?;
+        let r = self
+            .registry
+            .list_models(ListModelsRequest {})
+            .await
+            .map_err(|s| self.registry_error(s))?;
         Ok(r.into_inner().models)
     }
 
@@ -76,7 +92,9 @@ impl Client {
     pub async fn candidates(&mut self, model_id: &str) -> Result<Vec<Vec<Candidate>>> {
         let r = self
             .registry
-            .discover(DiscoverRequest { model_id: model_id.into() })
+            .discover(DiscoverRequest {
+                model_id: model_id.into(),
+            })
             .await
             .map_err(|s| self.registry_error(s))?
             .into_inner();
@@ -88,17 +106,24 @@ impl Client {
     pub async fn model(&mut self, model_id: &str) -> Result<RemoteModel> {
         let json = self
             .registry
-            .get_manifest(GetManifestRequest { model_id: model_id.into() })
+            .get_manifest(GetManifestRequest {
+                model_id: model_id.into(),
+            })
             .await
             .map_err(|s| self.registry_error(s))?
             .into_inner()
             .manifest_json;
-        let manifest = Manifest::from_json(&json).map_err(|e| ClientError::Model(model_id.into(), e))?;
+        let manifest =
+            Manifest::from_json(&json).map_err(|e| ClientError::Model(model_id.into(), e))?;
         let candidates = self.candidates(model_id).await?;
-        let first = candidates
-            .first()
-            .and_then(|c| c.first())
-            .ok_or_else(|| ClientError::NoRoute { model: model_id.into(), shard: 0 })?;
+        let first =
+            candidates
+                .first()
+                .and_then(|c| c.first())
+                .ok_or_else(|| ClientError::NoRoute {
+                    model: model_id.into(),
+                    shard: 0,
+                })?;
         let tokenizer_json = node(&first.address)
             .await
             .map_err(ClientError::Tokenizer)?
@@ -109,17 +134,33 @@ impl Client {
             .tokenizer_json;
         let sha = hex_sha256(tokenizer_json.as_bytes());
         if sha != manifest.tokenizer.sha256 {
-            return Err(ClientError::Tokenizer(format!("the tokenizer served by {} does not match the manifest", first.address)));
+            return Err(ClientError::Tokenizer(format!(
+                "the tokenizer served by {} does not match the manifest",
+                first.address
+            )));
         }
-        let mut meta = vec![("tokenizer.huggingface.json".to_string(), unfed_gguf::Value::String(tokenizer_json))];
+        let mut meta = vec![(
+            "tokenizer.huggingface.json".to_string(),
+            unfed_gguf::Value::String(tokenizer_json),
+        )];
         if let Some(t) = &manifest.chat_template {
-            meta.push(("tokenizer.chat_template".into(), unfed_gguf::Value::String(t.clone())));
+            meta.push((
+                "tokenizer.chat_template".into(),
+                unfed_gguf::Value::String(t.clone()),
+            ));
         }
         if let Some(&eos) = manifest.end_of_generation.first() {
-            meta.push(("tokenizer.ggml.eos_token_id".into(), unfed_gguf::Value::U32(eos)));
+            meta.push((
+                "tokenizer.ggml.eos_token_id".into(),
+                unfed_gguf::Value::U32(eos),
+            ));
         }
-        let tokenizer = TextTokenizer::from_metadata(&meta).map_err(|e| ClientError::Tokenizer(e.to_string()))?;
-        Ok(RemoteModel { manifest, tokenizer })
+        let tokenizer = TextTokenizer::from_metadata(&meta)
+            .map_err(|e| ClientError::Tokenizer(e.to_string()))?;
+        Ok(RemoteModel {
+            manifest,
+            tokenizer,
+        })
     }
 
     /// Generates up to `max_tokens` after `prompt_ids`, calling `on_token` for each new token
@@ -140,7 +181,18 @@ impl Client {
         for attempt in 0..=MAX_RESUMES {
             let candidates = self.candidates(&model_id).await?;
             let route = pick_route(&model_id, &candidates, &excluded)?;
-            match run_route(&route, &model_id, prompt_ids, &mut generated, max_tokens, sampling, &model.manifest.end_of_generation, on_token).await {
+            match run_route(
+                &route,
+                &model_id,
+                prompt_ids,
+                &mut generated,
+                max_tokens,
+                sampling,
+                &model.manifest.end_of_generation,
+                on_token,
+            )
+            .await
+            {
                 Ok(()) => return Ok(generated),
                 Err(e) => {
                     last_error = e;
@@ -156,7 +208,10 @@ impl Client {
                 }
             }
         }
-        Err(ClientError::Generation { attempts: MAX_RESUMES + 1, last: last_error })
+        Err(ClientError::Generation {
+            attempts: MAX_RESUMES + 1,
+            last: last_error,
+        })
     }
 }
 
@@ -179,23 +234,58 @@ async fn run_route(
     let open = Open {
         model_id: model_id.into(),
         shard_index: 0,
-        next: route.hops[1..].iter().map(|h| Hop { address: h.address.clone(), shard_index: h.shard_index }).collect(),
+        next: route.hops[1..]
+            .iter()
+            .map(|h| Hop {
+                address: h.address.clone(),
+                shard_index: h.shard_index,
+            })
+            .collect(),
         sampling: Some(convert::sampling(sampling)),
     };
-    send.send(SessionRequest { kind: Some(session_request::Kind::Open(open)) }).await.map_err(|_| "stream closed".to_string())?;
-    let mut replies: Streaming<SessionReply> = client.session(ReceiverStream::new(rx)).await.map_err(|s| s.message().to_string())?.into_inner();
-    match replies.message().await.map_err(|s| s.message().to_string())? {
-        Some(SessionReply { kind: Some(session_reply::Kind::Opened(_)) }) => {}
+    send.send(SessionRequest {
+        kind: Some(session_request::Kind::Open(open)),
+    })
+    .await
+    .map_err(|_| "stream closed".to_string())?;
+    let mut replies: Streaming<SessionReply> = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    match replies
+        .message()
+        .await
+        .map_err(|s| s.message().to_string())?
+    {
+        Some(SessionReply {
+            kind: Some(session_reply::Kind::Opened(_)),
+        }) => {}
         _ => return Err("the route did not open".into()),
     }
     // First step: the prompt plus anything generated before a failure (replayed).
     let mut ids: Vec<u32> = prompt.iter().chain(generated.iter()).copied().collect();
     let mut history = generated.clone();
     while generated.len() < max_tokens {
-        let step = Step { history: std::mem::take(&mut history), input: Some(step::Input::Tokens(Tokens { ids: std::mem::take(&mut ids) })) };
-        send.send(SessionRequest { kind: Some(session_request::Kind::Step(step)) }).await.map_err(|_| "stream closed".to_string())?;
-        let token = match replies.message().await.map_err(|s| s.message().to_string())? {
-            Some(SessionReply { kind: Some(session_reply::Kind::Token(t)) }) => t.id,
+        let step = Step {
+            history: std::mem::take(&mut history),
+            input: Some(step::Input::Tokens(Tokens {
+                ids: std::mem::take(&mut ids),
+            })),
+        };
+        send.send(SessionRequest {
+            kind: Some(session_request::Kind::Step(step)),
+        })
+        .await
+        .map_err(|_| "stream closed".to_string())?;
+        let token = match replies
+            .message()
+            .await
+            .map_err(|s| s.message().to_string())?
+        {
+            Some(SessionReply {
+                kind: Some(session_reply::Kind::Token(t)),
+            }) => t.id,
             _ => return Err("the route closed the session".into()),
         };
         if end.contains(&token) {

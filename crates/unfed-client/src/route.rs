@@ -29,9 +29,15 @@ pub struct Route {
 pub async fn rank(num_shards: u32, nodes: &[NodeInfo]) -> Vec<Vec<Candidate>> {
     let mut by_shard: Vec<Vec<Candidate>> = vec![Vec::new(); num_shards as usize];
     for n in nodes {
-        let Some(slot) = by_shard.get_mut(n.shard_index as usize) else { continue };
+        let Some(slot) = by_shard.get_mut(n.shard_index as usize) else {
+            continue;
+        };
         if let Some(rtt) = probe(&n.address).await {
-            slot.push(Candidate { address: n.address.clone(), shard_index: n.shard_index, rtt });
+            slot.push(Candidate {
+                address: n.address.clone(),
+                shard_index: n.shard_index,
+                rtt,
+            });
         }
     }
     for slot in &mut by_shard {
@@ -41,7 +47,11 @@ pub async fn rank(num_shards: u32, nodes: &[NodeInfo]) -> Vec<Vec<Candidate>> {
 }
 
 /// The fastest candidate of every shard that is not excluded.
-pub fn pick_route(model: &str, candidates: &[Vec<Candidate>], excluded: &[String]) -> Result<Route> {
+pub fn pick_route(
+    model: &str,
+    candidates: &[Vec<Candidate>],
+    excluded: &[String],
+) -> Result<Route> {
     let hops = candidates
         .iter()
         .enumerate()
@@ -49,11 +59,17 @@ pub fn pick_route(model: &str, candidates: &[Vec<Candidate>], excluded: &[String
             slot.iter()
                 .find(|c| !excluded.contains(&c.address))
                 .cloned()
-                .ok_or(ClientError::NoRoute { model: model.into(), shard: shard as u32 })
+                .ok_or(ClientError::NoRoute {
+                    model: model.into(),
+                    shard: shard as u32,
+                })
         })
         .collect::<Result<Vec<_>>>()?;
     if hops.is_empty() {
-        return Err(ClientError::NoRoute { model: model.into(), shard: 0 });
+        return Err(ClientError::NoRoute {
+            model: model.into(),
+            shard: 0,
+        });
     }
     Ok(Route { hops })
 }
@@ -69,5 +85,9 @@ async fn probe(address: &str) -> Option<Duration> {
         let mut c = crate::node(address).await.ok()?;
         c.health(HealthRequest {}).await.ok()
     };
-    tokio::time::timeout(PROBE_TIMEOUT, attempt).await.ok().flatten().map(|_| start.elapsed())
+    tokio::time::timeout(PROBE_TIMEOUT, attempt)
+        .await
+        .ok()
+        .flatten()
+        .map(|_| start.elapsed())
 }

@@ -62,14 +62,19 @@ fn register_heartbeat_unregister_and_replays() {
         .unwrap();
     assert_eq!(out, RegisterOutcome::Registered { new: false });
     let n = db.node(&a, "h:1").unwrap().unwrap();
-    assert_eq!((n.shard_index, n.registered_at_ms, n.last_heartbeat_ms), (1, 1000, 2000));
+    assert_eq!(
+        (n.shard_index, n.registered_at_ms, n.last_heartbeat_ms),
+        (1, 1000, 2000)
+    );
 
     assert_eq!(
-        db.heartbeat_node(&nonce(a, 3, 3000), &a, "h:1", 3000, 4).unwrap(),
+        db.heartbeat_node(&nonce(a, 3, 3000), &a, "h:1", 3000, 4)
+            .unwrap(),
         UpdateOutcome::Done
     );
     assert_eq!(
-        db.heartbeat_node(&nonce(a, 3, 3000), &a, "h:1", 3500, 4).unwrap(),
+        db.heartbeat_node(&nonce(a, 3, 3000), &a, "h:1", 3500, 4)
+            .unwrap(),
         UpdateOutcome::Replay
     );
     let n = db.node(&a, "h:1").unwrap().unwrap();
@@ -78,7 +83,8 @@ fn register_heartbeat_unregister_and_replays() {
     // Unknown node: refused, and the nonce is not consumed.
     let b = addr(2);
     assert_eq!(
-        db.heartbeat_node(&nonce(b, 9, 3000), &b, "h:1", 3000, 0).unwrap(),
+        db.heartbeat_node(&nonce(b, 9, 3000), &b, "h:1", 3000, 0)
+            .unwrap(),
         UpdateOutcome::NotRegistered
     );
     assert!(!db.nonce_seen(&b, 9).unwrap());
@@ -115,7 +121,10 @@ fn conflicting_manifest_changes_nothing() {
         }
     );
     assert!(db.node(&b, "h:2").unwrap().is_none());
-    assert!(!db.nonce_seen(&b, 1).unwrap(), "a refused request keeps its nonce unused");
+    assert!(
+        !db.nonce_seen(&b, 1).unwrap(),
+        "a refused request keeps its nonce unused"
+    );
     assert_eq!(db.manifests().unwrap(), vec![m1]);
 }
 
@@ -123,13 +132,19 @@ fn conflicting_manifest_changes_nothing() {
 fn nodes_for_model_filters_by_heartbeat_and_orders_by_shard() {
     let mut db = RegistryDb::open_in_memory().unwrap();
     let m = manifest("tiny", "{}");
-    for (i, (shard, at)) in [(2u32, 100u64), (0, 300), (0, 200), (1, 50)].into_iter().enumerate() {
+    for (i, (shard, at)) in [(2u32, 100u64), (0, 300), (0, 200), (1, 50)]
+        .into_iter()
+        .enumerate()
+    {
         let id = addr(i as u8 + 1);
         db.register_node(&nonce(id, 1, at), &m, &node(id, "h:1", shard, at))
             .unwrap();
     }
     let all = db.nodes_for_model("tiny", 0).unwrap();
-    let keys: Vec<(u32, u64)> = all.iter().map(|n| (n.shard_index, n.last_heartbeat_ms)).collect();
+    let keys: Vec<(u32, u64)> = all
+        .iter()
+        .map(|n| (n.shard_index, n.last_heartbeat_ms))
+        .collect();
     assert_eq!(keys, vec![(0, 300), (0, 200), (1, 50), (2, 100)]);
     let recent = db.nodes_for_model("tiny", 100).unwrap();
     assert_eq!(recent.len(), 3);

@@ -208,6 +208,15 @@ fn payload_vectors_encode_decode_sign_and_open() {
 }
 
 #[test]
+fn truncated_vector_message_from_the_doc() {
+    let bytes = register().encode();
+    assert_eq!(
+        Payload::decode(&bytes[..105]).unwrap_err().to_string(),
+        "payload truncated at byte 95: onion_key needs 32 bytes, 10 left"
+    );
+}
+
+#[test]
 fn payload_vector_lengths() {
     let lens: Vec<usize> = vectors().iter().map(|v| v.0.encode().len()).collect();
     assert_eq!(lens, [143, 63, 62]);

@@ -23,7 +23,11 @@ pub struct SessionLimits {
 
 impl Default for SessionLimits {
     fn default() -> Self {
-        Self { max_sessions: 16, idle_timeout: Duration::from_secs(300), max_positions: 4096 }
+        Self {
+            max_sessions: 16,
+            idle_timeout: Duration::from_secs(300),
+            max_positions: 4096,
+        }
     }
 }
 
@@ -31,7 +35,11 @@ impl Default for SessionLimits {
 #[derive(Debug)]
 pub enum StepOutput {
     /// Hidden states for the next shard, `rows × cols`.
-    Hidden { rows: usize, cols: usize, values: Vec<f32> },
+    Hidden {
+        rows: usize,
+        cols: usize,
+        values: Vec<f32>,
+    },
     /// The token the last shard picked.
     Token(u32),
 }
@@ -39,14 +47,31 @@ pub enum StepOutput {
 /// A step's input.
 pub enum StepInput {
     Tokens(Vec<u32>),
-    Hidden { rows: usize, cols: usize, values: Vec<f32> },
+    Hidden {
+        rows: usize,
+        cols: usize,
+        values: Vec<f32>,
+    },
 }
 
 enum Job {
-    Open { id: u64, sampling: Option<SamplingParams>, reply: oneshot::Sender<Result<(), String>> },
-    Step { id: u64, input: StepInput, history: Vec<u32>, reply: oneshot::Sender<Result<StepOutput, String>> },
-    Close { id: u64 },
-    Count { reply: oneshot::Sender<usize> },
+    Open {
+        id: u64,
+        sampling: Option<SamplingParams>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Step {
+        id: u64,
+        input: StepInput,
+        history: Vec<u32>,
+        reply: oneshot::Sender<Result<StepOutput, String>>,
+    },
+    Close {
+        id: u64,
+    },
+    Count {
+        reply: oneshot::Sender<usize>,
+    },
 }
 
 struct Session {
@@ -65,7 +90,10 @@ pub struct Forward {
 
 impl Forward {
     /// Moves the shard onto its own thread. The thread ends when every handle is dropped.
-    pub fn start(model: ShardModel, limits: SessionLimits) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
+    pub fn start(
+        model: ShardModel,
+        limits: SessionLimits,
+    ) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
             .name("unfed-forward".into())
@@ -75,13 +103,29 @@ impl Forward {
 
     pub async fn open(&self, id: u64, sampling: Option<SamplingParams>) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Open { id, sampling, reply }).await?;
+        self.send(Job::Open {
+            id,
+            sampling,
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| stopped())?
     }
 
-    pub async fn step(&self, id: u64, input: StepInput, history: Vec<u32>) -> Result<StepOutput, String> {
+    pub async fn step(
+        &self,
+        id: u64,
+        input: StepInput,
+        history: Vec<u32>,
+    ) -> Result<StepOutput, String> {
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Step { id, input, history, reply }).await?;
+        self.send(Job::Step {
+            id,
+            input,
+            history,
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -112,7 +156,11 @@ fn run(model: ShardModel, limits: SessionLimits, mut jobs: mpsc::Receiver<Job>) 
         let now = Instant::now();
         sessions.retain(|_, s| now.duration_since(s.last_used) < limits.idle_timeout);
         match job {
-            Job::Open { id, sampling, reply } => {
+            Job::Open {
+                id,
+                sampling,
+                reply,
+            } => {
                 let result = if sessions.contains_key(&id) {
                     Err("session id already in use".to_string())
                 } else if sessions.len() >= limits.max_sessions {
@@ -123,12 +171,25 @@ fn run(model: ShardModel, limits: SessionLimits, mut jobs: mpsc::Receiver<Job>) 
                         (true, None) => Some(Sampler::new(SamplingParams::greedy())),
                         (false, _) => None,
                     };
-                    sessions.insert(id, Session { cache: model.new_cache(), sampler, history: Vec::new(), last_used: now });
+                    sessions.insert(
+                        id,
+                        Session {
+                            cache: model.new_cache(),
+                            sampler,
+                            history: Vec::new(),
+                            last_used: now,
+                        },
+                    );
                     Ok(())
                 };
                 let _ = reply.send(result);
             }
-            Job::Step { id, input, history, reply } => {
+            Job::Step {
+                id,
+                input,
+                history,
+                reply,
+            } => {
                 let result = match sessions.get_mut(&id) {
                     None => Err("no such session (closed or idle too long)".to_string()),
                     Some(s) => {
@@ -153,7 +214,13 @@ fn run(model: ShardModel, limits: SessionLimits, mut jobs: mpsc::Receiver<Job>) 
     }
 }
 
-fn step(model: &ShardModel, s: &mut Session, input: StepInput, history: Vec<u32>, max_positions: usize) -> Result<StepOutput, String> {
+fn step(
+    model: &ShardModel,
+    s: &mut Session,
+    input: StepInput,
+    history: Vec<u32>,
+    max_positions: usize,
+) -> Result<StepOutput, String> {
     let cfg = model.config();
     let out = match input {
         StepInput::Tokens(ids) => {
@@ -162,16 +229,24 @@ fn step(model: &ShardModel, s: &mut Session, input: StepInput, history: Vec<u32>
         }
         StepInput::Hidden { rows, cols, values } => {
             check_room(s, rows, max_positions)?;
-            let h = Tensor::from_vec(values, (rows, cols), &Device::Cpu).map_err(|e| e.to_string())?;
+            let h =
+                Tensor::from_vec(values, (rows, cols), &Device::Cpu).map_err(|e| e.to_string())?;
             model.forward(Input::Hidden(&h), &mut s.cache, LogitsMode::Last)
         }
     }
     .map_err(|e| e.to_string())?;
     match &mut s.sampler {
         None => {
-            let values: Vec<f32> = out.flatten_all().and_then(|t| t.to_vec1()).map_err(|e| e.to_string())?;
+            let values: Vec<f32> = out
+                .flatten_all()
+                .and_then(|t| t.to_vec1())
+                .map_err(|e| e.to_string())?;
             let rows = values.len() / cfg.hidden;
-            Ok(StepOutput::Hidden { rows, cols: cfg.hidden, values })
+            Ok(StepOutput::Hidden {
+                rows,
+                cols: cfg.hidden,
+                values,
+            })
         }
         Some(sampler) => {
             if !history.is_empty() {
@@ -179,7 +254,10 @@ fn step(model: &ShardModel, s: &mut Session, input: StepInput, history: Vec<u32>
                 sampler.skip(history.len());
                 s.history = history;
             }
-            let mut logits: Vec<f32> = out.flatten_all().and_then(|t| t.to_vec1()).map_err(|e| e.to_string())?;
+            let mut logits: Vec<f32> = out
+                .flatten_all()
+                .and_then(|t| t.to_vec1())
+                .map_err(|e| e.to_string())?;
             let token = sampler.sample(&mut logits, &s.history);
             s.history.push(token);
             Ok(StepOutput::Token(token))
@@ -192,7 +270,9 @@ fn check_room(s: &Session, n: usize, max_positions: usize) -> Result<(), String>
         return Err("empty step".into());
     }
     if s.cache.positions() + n > max_positions {
-        return Err(format!("the session would exceed {max_positions} positions"));
+        return Err(format!(
+            "the session would exceed {max_positions} positions"
+        ));
     }
     Ok(())
 }

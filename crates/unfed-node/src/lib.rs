@@ -46,17 +46,22 @@ pub struct NodeConfig {
 }
 
 /// Loads the shard (blocking work, off the async workers), then serves until `shutdown`.
-pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+pub async fn run(
+    config: NodeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
     let dir = config.shards_dir.clone();
     let index = config.shard_index as usize;
-    let (manifest, manifest_json, shard) = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
-        let manifest = unfed_shard::read_manifest(&dir)?;
-        let manifest_json = manifest.to_json();
-        let shard = unfed_shard::load_verified_shard(&dir, &manifest, index)?;
-        Ok((manifest, manifest_json, shard))
-    })
-    .await
-    .map_err(|e| NodeError::Serve(e.to_string()))??;
+    let (manifest, manifest_json, shard) =
+        tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
+            let manifest = unfed_shard::read_manifest(&dir)?;
+            let manifest_json = manifest.to_json();
+            let shard = unfed_shard::load_verified_shard(&dir, &manifest, index)?;
+            Ok((manifest, manifest_json, shard))
+        })
+        .await
+        .map_err(|e| NodeError::Serve(e.to_string()))??;
     let tokenizer_json = read_tokenizer(&config.shards_dir, &manifest)?;
     let role = shard.model.role().clone();
     let hidden = shard.model.config().hidden;
@@ -82,7 +87,11 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
                 manifest_sha256: Sha256::digest(manifest_json.as_bytes()).into(),
                 manifest_json,
             };
-            Some(Registration::register(registry, config.key, &announcement).await.map_err(NodeError::Registry)?)
+            Some(
+                Registration::register(registry, config.key, &announcement)
+                    .await
+                    .map_err(NodeError::Registry)?,
+            )
         }
         None => None,
     };
@@ -110,7 +119,10 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
                 .max_decoding_message_size(MAX_NODE_MESSAGE)
                 .max_encoding_message_size(MAX_NODE_MESSAGE),
         )
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown);
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        );
     let served = server.await.map_err(|e| NodeError::Serve(e.to_string()));
     let _ = stop_heartbeats.send(true);
     if let Some(h) = heartbeats {
@@ -123,11 +135,18 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     served
 }
 
-fn read_tokenizer(dir: &std::path::Path, manifest: &unfed_shard::Manifest) -> Result<String, NodeError> {
+fn read_tokenizer(
+    dir: &std::path::Path,
+    manifest: &unfed_shard::Manifest,
+) -> Result<String, NodeError> {
     let path = unfed_shard::shard_file_path(dir, &manifest.tokenizer.file)?;
-    let text = std::fs::read_to_string(&path).map_err(|e| NodeError::Tokenizer(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| NodeError::Tokenizer(format!("{}: {e}", path.display())))?;
     if hex::encode(Sha256::digest(text.as_bytes())) != manifest.tokenizer.sha256 {
-        return Err(NodeError::Tokenizer(format!("{} does not match the manifest's SHA-256", path.display())));
+        return Err(NodeError::Tokenizer(format!(
+            "{} does not match the manifest's SHA-256",
+            path.display()
+        )));
     }
     Ok(text)
 }

@@ -28,13 +28,19 @@ pub struct Registration {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn signed(key: &NodeKey, payload: &Payload, manifest_json: String) -> SignedPayload {
     let payload = payload.encode();
     let signature = key.sign(&payload).to_vec();
-    SignedPayload { payload, signature, manifest_json }
+    SignedPayload {
+        payload,
+        signature,
+        manifest_json,
+    }
 }
 
 impl Registration {
@@ -60,8 +66,14 @@ impl Registration {
             .await
             .map_err(|s| format!("the registry refused the registration: {}", s.message()))?
             .into_inner();
-        let heartbeat_interval = Duration::from_millis(reply.heartbeat_interval_ms.clamp(100, 60_000));
-        Ok(Self { client, key, advertise: a.advertise.clone(), heartbeat_interval })
+        let heartbeat_interval =
+            Duration::from_millis(reply.heartbeat_interval_ms.clamp(100, 60_000));
+        Ok(Self {
+            client,
+            key,
+            advertise: a.advertise.clone(),
+            heartbeat_interval,
+        })
     }
 
     /// One signed heartbeat.

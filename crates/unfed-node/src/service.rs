@@ -14,8 +14,8 @@ use unfed_proto::convert;
 use unfed_proto::node::node_client::NodeClient;
 use unfed_proto::node::node_server::Node;
 use unfed_proto::node::{
-    HealthReply, HealthRequest, Hidden, Open, Opened, SessionReply, SessionRequest, Step, Token, TokenizerReply,
-    TokenizerRequest, session_reply, session_request, step,
+    HealthReply, HealthRequest, Hidden, Open, Opened, SessionReply, SessionRequest, Step, Token,
+    TokenizerReply, TokenizerRequest, session_reply, session_request, step,
 };
 
 use crate::forward::{Forward, SessionLimits, StepInput, StepOutput};
@@ -38,8 +38,27 @@ pub struct NodeState {
 
 impl NodeState {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(model_id: String, shard_index: u32, hidden: usize, embedding: bool, head: bool, tokenizer_json: String, limits: SessionLimits, forward: Forward) -> Self {
-        Self { model_id, shard_index, hidden, embedding, head, tokenizer_json, limits, forward, next_session: AtomicU64::new(1) }
+    pub fn new(
+        model_id: String,
+        shard_index: u32,
+        hidden: usize,
+        embedding: bool,
+        head: bool,
+        tokenizer_json: String,
+        limits: SessionLimits,
+        forward: Forward,
+    ) -> Self {
+        Self {
+            model_id,
+            shard_index,
+            hidden,
+            embedding,
+            head,
+            tokenizer_json,
+            limits,
+            forward,
+            next_session: AtomicU64::new(1),
+        }
     }
 }
 
@@ -61,7 +80,10 @@ type ReplyStream = Pin<Box<dyn Stream<Item = Result<SessionReply, Status>> + Sen
 impl Node for NodeService {
     type SessionStream = ReplyStream;
 
-    async fn session(&self, request: Request<Streaming<SessionRequest>>) -> Result<Response<ReplyStream>, Status> {
+    async fn session(
+        &self,
+        request: Request<Streaming<SessionRequest>>,
+    ) -> Result<Response<ReplyStream>, Status> {
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let state = self.state.clone();
@@ -85,8 +107,13 @@ impl Node for NodeService {
         }))
     }
 
-    async fn tokenizer(&self, _: Request<TokenizerRequest>) -> Result<Response<TokenizerReply>, Status> {
-        Ok(Response::new(TokenizerReply { tokenizer_json: self.state.tokenizer_json.clone() }))
+    async fn tokenizer(
+        &self,
+        _: Request<TokenizerRequest>,
+    ) -> Result<Response<TokenizerReply>, Status> {
+        Ok(Response::new(TokenizerReply {
+            tokenizer_json: self.state.tokenizer_json.clone(),
+        }))
     }
 }
 
@@ -111,18 +138,27 @@ impl Downstream {
             next: open.next[1..].to_vec(),
             sampling: open.sampling,
         };
-        send.send(request(session_request::Kind::Open(next))).await.map_err(|_| relay_lost())?;
+        send.send(request(session_request::Kind::Open(next)))
+            .await
+            .map_err(|_| relay_lost())?;
         let mut replies = client.session(ReceiverStream::new(rx)).await?.into_inner();
         match replies.message().await? {
-            Some(SessionReply { kind: Some(session_reply::Kind::Opened(_)) }) => Ok(Self { send, replies }),
+            Some(SessionReply {
+                kind: Some(session_reply::Kind::Opened(_)),
+            }) => Ok(Self { send, replies }),
             _ => Err(Status::unavailable("the next hop did not open the session")),
         }
     }
 
     async fn step(&mut self, step: Step) -> Result<u32, Status> {
-        self.send.send(request(session_request::Kind::Step(step))).await.map_err(|_| relay_lost())?;
+        self.send
+            .send(request(session_request::Kind::Step(step)))
+            .await
+            .map_err(|_| relay_lost())?;
         match self.replies.message().await? {
-            Some(SessionReply { kind: Some(session_reply::Kind::Token(t)) }) => Ok(t.id),
+            Some(SessionReply {
+                kind: Some(session_reply::Kind::Token(t)),
+            }) => Ok(t.id),
             _ => Err(relay_lost()),
         }
     }
@@ -147,8 +183,14 @@ async fn run_session(
     tx: &mpsc::Sender<Result<SessionReply, Status>>,
 ) -> Result<(), Status> {
     let open = match inbound.message().await? {
-        Some(SessionRequest { kind: Some(session_request::Kind::Open(open)) }) => open,
-        _ => return Err(Status::invalid_argument("a session starts with an Open message")),
+        Some(SessionRequest {
+            kind: Some(session_request::Kind::Open(open)),
+        }) => open,
+        _ => {
+            return Err(Status::invalid_argument(
+                "a session starts with an Open message",
+            ));
+        }
     };
     if open.model_id != state.model_id || open.shard_index != state.shard_index {
         return Err(Status::failed_precondition(format!(
@@ -167,9 +209,19 @@ async fn run_session(
         Some(s) => Some(convert::sampling_params(s).map_err(Status::invalid_argument)?),
         None => None,
     };
-    state.forward.open(id, sampling).await.map_err(Status::resource_exhausted)?;
-    let mut downstream = if state.head { None } else { Some(Downstream::open(&open).await?) };
-    tx.send(reply(session_reply::Kind::Opened(Opened {}))).await.map_err(|_| Status::cancelled("client gone"))?;
+    state
+        .forward
+        .open(id, sampling)
+        .await
+        .map_err(Status::resource_exhausted)?;
+    let mut downstream = if state.head {
+        None
+    } else {
+        Some(Downstream::open(&open).await?)
+    };
+    tx.send(reply(session_reply::Kind::Opened(Opened {})))
+        .await
+        .map_err(|_| Status::cancelled("client gone"))?;
 
     while let Some(msg) = inbound.next().await {
         let step = match msg?.kind {
@@ -179,23 +231,44 @@ async fn run_session(
         let input = match (step.input, state.embedding) {
             (Some(step::Input::Tokens(t)), true) => StepInput::Tokens(t.ids),
             (Some(step::Input::Hidden(h)), false) => {
-                let values = convert::hidden_values(&h, state.hidden).map_err(|e| Status::invalid_argument(e.0))?;
-                StepInput::Hidden { rows: h.rows as usize, cols: h.cols as usize, values }
+                let values = convert::hidden_values(&h, state.hidden)
+                    .map_err(|e| Status::invalid_argument(e.0))?;
+                StepInput::Hidden {
+                    rows: h.rows as usize,
+                    cols: h.cols as usize,
+                    values,
+                }
             }
             (Some(_), true) => return Err(Status::invalid_argument("shard 0 takes token ids")),
-            (Some(_), false) => return Err(Status::invalid_argument("this shard takes hidden states")),
+            (Some(_), false) => {
+                return Err(Status::invalid_argument("this shard takes hidden states"));
+            }
             (None, _) => return Err(Status::invalid_argument("a Step needs an input")),
         };
-        let out = state.forward.step(id, input, step.history.clone()).await.map_err(Status::invalid_argument)?;
+        let out = state
+            .forward
+            .step(id, input, step.history.clone())
+            .await
+            .map_err(Status::invalid_argument)?;
         let token = match (out, downstream.as_mut()) {
             (StepOutput::Token(t), None) => t,
             (StepOutput::Hidden { rows, cols, values }, Some(down)) => {
                 let hidden: Hidden = convert::hidden(rows, cols, &values);
-                down.step(Step { history: step.history, input: Some(step::Input::Hidden(hidden)) }).await?
+                down.step(Step {
+                    history: step.history,
+                    input: Some(step::Input::Hidden(hidden)),
+                })
+                .await?
             }
-            _ => return Err(Status::internal("shard output does not fit its place in the route")),
+            _ => {
+                return Err(Status::internal(
+                    "shard output does not fit its place in the route",
+                ));
+            }
         };
-        tx.send(reply(session_reply::Kind::Token(Token { id: token }))).await.map_err(|_| Status::cancelled("client gone"))?;
+        tx.send(reply(session_reply::Kind::Token(Token { id: token })))
+            .await
+            .map_err(|_| Status::cancelled("client gone"))?;
     }
     Ok(())
 }

@@ -37,12 +37,20 @@ pub mod convert {
     pub fn hidden_values(h: &Hidden, expected_cols: usize) -> Result<Vec<f32>, BadHidden> {
         let (rows, cols) = (h.rows as usize, h.cols as usize);
         if rows == 0 || cols != expected_cols {
-            return Err(BadHidden(format!("hidden states of {rows} x {cols}, expected n x {expected_cols}")));
+            return Err(BadHidden(format!(
+                "hidden states of {rows} x {cols}, expected n x {expected_cols}"
+            )));
         }
         if rows.checked_mul(cols).and_then(|n| n.checked_mul(4)) != Some(h.data.len()) {
-            return Err(BadHidden(format!("{} bytes do not hold {rows} x {cols} f32 values", h.data.len())));
+            return Err(BadHidden(format!(
+                "{} bytes do not hold {rows} x {cols} f32 values",
+                h.data.len()
+            )));
         }
-        Ok(h.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(h.data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
 
     /// Sampling parameters as sent on the wire.

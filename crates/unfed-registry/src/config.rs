@@ -127,10 +127,11 @@ impl ClusterConfig {
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
         let raw: serde_json::Value =
             serde_json::from_str(text).map_err(|e| ConfigError::Parse(format!("not JSON: {e}")))?;
-        if let Some(obj) = raw.as_object() {
-            if let Some(key) = obj.keys().find(|k| SECRET_KEYS.contains(&k.as_str())) {
-                return Err(ConfigError::SecretField(key.clone()));
-            }
+        if let Some(key) = raw
+            .as_object()
+            .and_then(|obj| obj.keys().find(|k| SECRET_KEYS.contains(&k.as_str())))
+        {
+            return Err(ConfigError::SecretField(key.clone()));
         }
         let config: Self =
             serde_json::from_value(raw).map_err(|e| ConfigError::Parse(e.to_string()))?;
@@ -174,8 +175,14 @@ impl ClusterConfig {
                 ));
             }
         }
-        check_contract("escrow_contract_address", self.escrow_contract_address.as_deref())?;
-        check_contract("staking_token_address", self.staking_token_address.as_deref())?;
+        check_contract(
+            "escrow_contract_address",
+            self.escrow_contract_address.as_deref(),
+        )?;
+        check_contract(
+            "staking_token_address",
+            self.staking_token_address.as_deref(),
+        )?;
         let chain = [
             self.chain_rpc_url.is_some(),
             self.escrow_contract_address.is_some(),
@@ -203,7 +210,9 @@ fn check_token_amount(field: &'static str, value: &str) -> Result<(), ConfigErro
     if !digits_only {
         return Err(invalid(
             field,
-            format!("must be a decimal string of token base units, like \"1000000000000000000\", not {value:?}"),
+            format!(
+                "must be a decimal string of token base units, like \"1000000000000000000\", not {value:?}"
+            ),
         ));
     }
     if value.len() > 1 && value.starts_with('0') {

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use unfed_db::{ManifestRecord, NodeRecord, NonceRecord, RegisterOutcome, RegistryDb, UpdateOutcome};
+use unfed_db::{
+    ManifestRecord, NodeRecord, NonceRecord, RegisterOutcome, RegistryDb, UpdateOutcome,
+};
 use unfed_identity::canonical::{Payload, open_signed};
 
 use crate::validate::{
@@ -67,11 +69,12 @@ impl RegistryCore {
         options.validate()?;
         let mut models = BTreeMap::new();
         for m in db.manifests().map_err(RegistryError::from)? {
-            let (_, shards) =
-                parse_manifest(&m.json, m.sha256).map_err(|problem| RegistryError::CorruptManifest {
+            let (_, shards) = parse_manifest(&m.json, m.sha256).map_err(|problem| {
+                RegistryError::CorruptManifest {
                     model_id: m.model_id.clone(),
                     problem,
-                })?;
+                }
+            })?;
             models.insert(m.model_id, shards);
         }
         Ok(Self {
@@ -230,7 +233,12 @@ impl RegistryCore {
     }
 
     /// Authenticates a payload, bounds its timestamp, and forgets nonces too old to matter.
-    fn open(&mut self, payload: &[u8], signature: &[u8], now: u64) -> Result<Payload, RegistryError> {
+    fn open(
+        &mut self,
+        payload: &[u8],
+        signature: &[u8],
+        now: u64,
+    ) -> Result<Payload, RegistryError> {
         let p = open_signed(payload, signature).map_err(RegistryError::from_open)?;
         let skew = self.options.clock_skew_ms();
         if p.timestamp_ms().abs_diff(now) > skew {

@@ -26,9 +26,10 @@ pub const MAX_CONCURRENT_PER_CONNECTION: usize = 64;
 pub fn to_status(err: &RegistryError) -> Status {
     use RegistryError as E;
     match err {
-        E::MalformedPayload(_) | E::WrongKind { .. } | E::InvalidField { .. } | E::BadManifest(_) => {
-            Status::invalid_argument(err.to_string())
-        }
+        E::MalformedPayload(_)
+        | E::WrongKind { .. }
+        | E::InvalidField { .. }
+        | E::BadManifest(_) => Status::invalid_argument(err.to_string()),
         E::BadSignature(_) => Status::unauthenticated(err.to_string()),
         E::WrongSigner { .. } => Status::permission_denied(err.to_string()),
         E::Replay { .. } => Status::already_exists(err.to_string()),
@@ -102,8 +103,11 @@ impl Registry for RegistryService {
                 "heartbeats carry no manifest_json; leave it empty",
             ));
         }
-        self.call(move |core| core.heartbeat(&p.payload, &p.signature).map(|()| HeartbeatReply {}))
-            .await
+        self.call(move |core| {
+            core.heartbeat(&p.payload, &p.signature)
+                .map(|()| HeartbeatReply {})
+        })
+        .await
     }
 
     async fn unregister(
@@ -222,7 +226,11 @@ pub enum ServeError {
 
 /// Serves the registry on `listener` until `shutdown` completes, then lets in-flight requests
 /// finish, stops the database thread and closes the database.
-pub async fn serve<F>(listener: TcpListener, core: RegistryCore, shutdown: F) -> Result<(), ServeError>
+pub async fn serve<F>(
+    listener: TcpListener,
+    core: RegistryCore,
+    shutdown: F,
+) -> Result<(), ServeError>
 where
     F: Future<Output = ()> + Send,
 {

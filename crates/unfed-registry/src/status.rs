@@ -108,12 +108,14 @@ impl RegistryCore {
                 .iter()
                 .zip(counts)
                 .zip(0u32..)
-                .map(|(((layer_start, layer_end), healthy_nodes), shard_index)| ShardCoverage {
-                    shard_index,
-                    layer_start: *layer_start,
-                    layer_end: *layer_end,
-                    healthy_nodes,
-                })
+                .map(
+                    |(((layer_start, layer_end), healthy_nodes), shard_index)| ShardCoverage {
+                        shard_index,
+                        layer_start: *layer_start,
+                        layer_end: *layer_end,
+                        healthy_nodes,
+                    },
+                )
                 .collect();
             out.push(ModelStatus {
                 model_id: model_id.clone(),

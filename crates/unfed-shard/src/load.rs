@@ -20,8 +20,15 @@ pub struct VerifiedShard {
 
 /// Loads shard `index` of the split in `dir`, refusing it unless its bytes match the manifest
 /// and its verification vector reproduces (exactly, or within the manifest's tolerance).
-pub fn load_verified_shard(dir: &Path, manifest: &Manifest, index: usize) -> Result<VerifiedShard, ShardError> {
-    let bad = |path: &Path, problem: String| ShardError::Manifest { path: path.to_path_buf(), problem };
+pub fn load_verified_shard(
+    dir: &Path,
+    manifest: &Manifest,
+    index: usize,
+) -> Result<VerifiedShard, ShardError> {
+    let bad = |path: &Path, problem: String| ShardError::Manifest {
+        path: path.to_path_buf(),
+        problem,
+    };
     let entry = manifest
         .shards
         .iter()
@@ -42,21 +49,46 @@ pub fn load_verified_shard(dir: &Path, manifest: &Manifest, index: usize) -> Res
             ),
         ));
     }
-    let shard_err = |source| ShardError::Shard { index, path: path.clone(), source };
+    let shard_err = |source| ShardError::Shard {
+        index,
+        path: path.clone(),
+        source,
+    };
     let checkpoint = Checkpoint::open(&path).map_err(shard_err)?;
     let model = ShardModel::load(&checkpoint).map_err(shard_err)?;
     if model.role().layers != entry.layers() {
-        return Err(bad(&path, format!("shard {index} holds layers {:?}, the manifest says {:?}", model.role().layers, entry.layers())));
+        return Err(bad(
+            &path,
+            format!(
+                "shard {index} holds layers {:?}, the manifest says {:?}",
+                model.role().layers,
+                entry.layers()
+            ),
+        ));
     }
     let vector = manifest
         .verification
         .vectors
         .iter()
         .find(|v| v.shard == index)
-        .ok_or_else(|| bad(&path, format!("the manifest has no verification vector for shard {index}")))?;
+        .ok_or_else(|| {
+            bad(
+                &path,
+                format!("the manifest has no verification vector for shard {index}"),
+            )
+        })?;
     let out = vectors::run(&model, &vector.input).map_err(shard_err)?;
-    if let Comparison::Mismatch(why) = vectors::compare(vector, &out, &manifest.verification.tolerance) {
-        return Err(bad(&path, format!("shard {index} fails its verification vector: {why}")));
+    if let Comparison::Mismatch(why) =
+        vectors::compare(vector, &out, &manifest.verification.tolerance)
+    {
+        return Err(bad(
+            &path,
+            format!("shard {index} fails its verification vector: {why}"),
+        ));
     }
-    Ok(VerifiedShard { model, checkpoint, path })
+    Ok(VerifiedShard {
+        model,
+        checkpoint,
+        path,
+    })
 }

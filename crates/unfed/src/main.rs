@@ -4,7 +4,9 @@ mod bench;
 mod generate;
 mod model_cmd;
 mod net_cmd;
+mod registry_cmd;
 mod resolve;
+mod testnet_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +37,11 @@ enum Command {
     Node(net_cmd::NodeArgs),
     /// Use the network: list models, or generate through a route of nodes.
     Client(net_cmd::ClientArgs),
+    /// Run the cluster coordinator (admission, discovery, health, manifests, pricing).
+    Registry(registry_cmd::RegistryArgs),
+    /// The whole local network in one command.
+    #[command(subcommand)]
+    Testnet(testnet_cmd::TestnetCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +57,8 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Node(args) => net_cmd::node(args),
         Command::Client(args) => net_cmd::client(args),
+        Command::Registry(args) => registry_cmd::run(args),
+        Command::Testnet(cmd) => testnet_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -64,7 +64,11 @@ pub fn node(args: NodeArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
         let bound: SocketAddr = listener.local_addr()?;
         let advertise = args.advertise.unwrap_or_else(|| bound.to_string());
-        eprintln!("node {} for shard {} listening on {bound}", key.address(), args.shard_index);
+        eprintln!(
+            "node {} for shard {} listening on {bound}",
+            key.address(),
+            args.shard_index
+        );
         let config = unfed_node::NodeConfig {
             shards_dir: args.shards_dir,
             shard_index: args.shard_index,
@@ -88,13 +92,14 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -148,7 +153,12 @@ async fn client_main(args: ClientArgs) -> Result<ExitCode> {
             let shards: Vec<String> = m
                 .shards
                 .iter()
-                .map(|s| format!("{}[{}..{}]:{}", s.shard_index, s.layer_start, s.layer_end, s.healthy_nodes))
+                .map(|s| {
+                    format!(
+                        "{}[{}..{}]:{}",
+                        s.shard_index, s.layer_start, s.layer_end, s.healthy_nodes
+                    )
+                })
                 .collect();
             println!("{:<24} {:<11} {}", m.model_id, m.status, shards.join(" "));
         }
@@ -167,7 +177,11 @@ async fn client_main(args: ClientArgs) -> Result<ExitCode> {
     };
     let sampling = args.sampling.params()?;
     let model = client.model(&model_id).await?;
-    let mut conversation: Vec<ChatMessage> = args.system.iter().map(|s| ChatMessage::new("system", s)).collect();
+    let mut conversation: Vec<ChatMessage> = args
+        .system
+        .iter()
+        .map(|s| ChatMessage::new("system", s))
+        .collect();
     match (&args.mode, &args.prompt) {
         (Some(ClientMode::Chat), _) => {
             let stdin = std::io::stdin();
@@ -179,14 +193,28 @@ async fn client_main(args: ClientArgs) -> Result<ExitCode> {
                     continue;
                 }
                 conversation.push(ChatMessage::new("user", &line));
-                let reply = turn(&mut client, &model, &conversation, args.max_tokens, &sampling).await?;
+                let reply = turn(
+                    &mut client,
+                    &model,
+                    &conversation,
+                    args.max_tokens,
+                    &sampling,
+                )
+                .await?;
                 conversation.push(ChatMessage::new("assistant", &reply));
                 eprint!("> ");
             }
         }
         (None, Some(prompt)) => {
             conversation.push(ChatMessage::new("user", prompt));
-            turn(&mut client, &model, &conversation, args.max_tokens, &sampling).await?;
+            turn(
+                &mut client,
+                &model,
+                &conversation,
+                args.max_tokens,
+                &sampling,
+            )
+            .await?;
         }
         (None, None) => bail!("give --prompt TEXT, `chat`, or --list-models"),
     }
@@ -201,7 +229,11 @@ async fn turn(
     max_tokens: usize,
     sampling: &unfed_model::SamplingParams,
 ) -> Result<String> {
-    let template = model.manifest.chat_template.as_deref().context("the model has no chat template")?;
+    let template = model
+        .manifest
+        .chat_template
+        .as_deref()
+        .context("the model has no chat template")?;
     let chat = unfed_model::ChatTemplate::new(template, "", "")?;
     let prompt = model.tokenizer.encode(&chat.render(conversation, true)?)?;
     let mut stream = TextStream::new();
@@ -215,7 +247,9 @@ async fn turn(
         }
         true
     };
-    client.generate(model, &prompt, max_tokens, sampling, &mut on_token).await?;
+    client
+        .generate(model, &prompt, max_tokens, sampling, &mut on_token)
+        .await?;
     if let Ok(Some(rest)) = stream.finish(tokenizer) {
         print!("{rest}");
         text.push_str(&rest);

@@ -5,9 +5,7 @@ use unfed_identity::Address;
 
 use super::{ManifestRecord, NodeRecord, RegistryDb};
 use crate::DbError;
-use crate::sql::{
-    address_text, bits_u64, read_address, read_hash, read_ordered_u64, read_u32,
-};
+use crate::sql::{address_text, bits_u64, read_address, read_hash, read_ordered_u64, read_u32};
 
 const NODE_COLUMNS: &str = "identity, address, model_id, shard_index, onion_key, \
                             registered_at_ms, last_heartbeat_ms, active_sessions";

@@ -91,7 +91,13 @@ impl TestNode {
         self.next_nonce
     }
 
-    pub fn register_payload(&mut self, model_id: &str, shard: u32, manifest: &str, ts: u64) -> Payload {
+    pub fn register_payload(
+        &mut self,
+        model_id: &str,
+        shard: u32,
+        manifest: &str,
+        ts: u64,
+    ) -> Payload {
         Payload::Register(Register {
             identity: self.key.address(),
             address: self.address.clone(),

@@ -1,0 +1,287 @@
+//! A whole network in one test process on 127.0.0.1 port 0: a registry, compute nodes for a
+//! tiny generated model split in 3 shards, and the client — checked against the single-process
+//! engine, including a node killed in the middle of a generation.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use unfed_client::Client;
+use unfed_engine::{Event, GenerateRequest, Pipeline, generate};
+use unfed_model::testing::{TinySpec, write_tiny_gguf};
+use unfed_model::{Checkpoint, SamplingParams, ShardModel, TextTokenizer};
+use unfed_proto::node::HealthRequest;
+use unfed_proto::node::node_client::NodeClient;
+
+const PROMPT: &[u32] = &[72, 101, 108, 108, 111, 44, 32, 119];
+const MAX_TOKENS: usize = 24;
+
+struct Net {
+    _dir: tempfile::TempDir,
+    model: PathBuf,
+    registry: String,
+    /// Each node runs on a runtime of its own, so that dropping it kills the node abruptly.
+    nodes: Arc<Mutex<HashMap<String, (u32, tokio::runtime::Runtime)>>>,
+    _registry_rt: tokio::runtime::Runtime,
+}
+
+fn start(replicas: &[usize]) -> Net {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    write_tiny_gguf(
+        &model,
+        &TinySpec {
+            n_layer: 6,
+            ..TinySpec::default()
+        },
+    )
+    .unwrap();
+    let shards = dir.path().join("shards");
+    let opts = unfed_shard::SplitOptions {
+        num_shards: replicas.len(),
+        model_id: Some("tiny".into()),
+        force: false,
+    };
+    unfed_shard::split(&model, &shards, &opts).unwrap();
+
+    let registry_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = registry_rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let registry = listener.local_addr().unwrap().to_string();
+    let config = unfed_registry::ClusterConfig::from_json(include_str!(
+        "../../../configs/cluster.example.json"
+    ))
+    .unwrap();
+    let options = unfed_registry::RegistryOptions {
+        heartbeat_interval: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let db = unfed_db::RegistryDb::open(dir.path().join("registry.db")).unwrap();
+    let core = unfed_registry::RegistryCore::new(
+        config,
+        options,
+        db,
+        Arc::new(unfed_registry::SystemClock),
+    )
+    .unwrap();
+    registry_rt.spawn(unfed_registry::serve(
+        listener,
+        core,
+        std::future::pending(),
+    ));
+
+    let nodes = Arc::new(Mutex::new(HashMap::new()));
+    for (shard, &n) in replicas.iter().enumerate() {
+        for _ in 0..n {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .unwrap();
+            let address = listener.local_addr().unwrap().to_string();
+            let config = unfed_node::NodeConfig {
+                shards_dir: shards.clone(),
+                shard_index: shard as u32,
+                advertise: address.clone(),
+                registry: Some(registry.clone()),
+                key: unfed_identity::NodeKey::generate(),
+                limits: unfed_node::SessionLimits::default(),
+            };
+            rt.spawn(async move {
+                unfed_node::run(config, listener, std::future::pending())
+                    .await
+                    .unwrap()
+            });
+            nodes.lock().unwrap().insert(address, (shard as u32, rt));
+        }
+    }
+    Net {
+        _dir: dir,
+        model,
+        registry,
+        nodes,
+        _registry_rt: registry_rt,
+    }
+}
+
+/// What the single-process engine generates for the prompt.
+fn reference(model: &Path) -> Vec<u32> {
+    let ck = Checkpoint::open(model).unwrap();
+    let tok = TextTokenizer::from_metadata(ck.metadata()).unwrap();
+    let pipeline = Pipeline::new(vec![ShardModel::load(&ck).unwrap()]).unwrap();
+    let req = GenerateRequest {
+        prompt_ids: PROMPT.to_vec(),
+        max_tokens: MAX_TOKENS,
+        sampling: SamplingParams::greedy(),
+        ignore_eos: false,
+    };
+    let mut ids = Vec::new();
+    generate(&pipeline, &tok, &req, &mut |e| {
+        if let Event::Token { id, .. } = e {
+            ids.push(id);
+        }
+        true
+    })
+    .unwrap();
+    ids
+}
+
+async fn wait_ready(client: &mut Client) {
+    for _ in 0..200 {
+        let models = client.list_models().await.unwrap();
+        if models
+            .iter()
+            .any(|m| m.model_id == "tiny" && m.status == "READY")
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the model never became READY");
+}
+
+/// Runs the client side on a runtime of its own; the network is built and torn down outside it.
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_network_generates_what_the_engine_generates() {
+    let net = start(&[1, 1, 1]);
+    let expected = reference(&net.model);
+    client_runtime().block_on(network_generates(&net, expected));
+}
+
+async fn network_generates(net: &Net, expected: Vec<u32>) {
+    assert!(expected.len() > 4);
+    let mut client = Client::connect(&net.registry).await.unwrap();
+    wait_ready(&mut client).await;
+    let models = client.list_models().await.unwrap();
+    assert_eq!(models[0].shards.len(), 3);
+    let model = client.model("tiny").await.unwrap();
+    let got = client
+        .generate(
+            &model,
+            PROMPT,
+            MAX_TOKENS,
+            &SamplingParams::greedy(),
+            &mut |_| true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(got, expected);
+    // Several sessions at once.
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        let registry = net.registry.clone();
+        handles.push(tokio::spawn(async move {
+            let mut c = Client::connect(&registry).await.unwrap();
+            let m = c.model("tiny").await.unwrap();
+            c.generate(
+                &m,
+                PROMPT,
+                MAX_TOKENS,
+                &SamplingParams::greedy(),
+                &mut |_| true,
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    for h in handles {
+        assert_eq!(h.await.unwrap(), expected);
+    }
+}
+
+#[test]
+fn killing_a_node_mid_generation_resumes_on_its_replica() {
+    let net = start(&[1, 2, 1]);
+    let expected = reference(&net.model);
+    client_runtime().block_on(failover(&net, expected));
+}
+
+async fn failover(net: &Net, expected: Vec<u32>) {
+    let mut client = Client::connect(&net.registry).await.unwrap();
+    wait_ready(&mut client).await;
+    let model = client.model("tiny").await.unwrap();
+
+    // A watcher kills whichever shard-1 replica holds the session once 5 tokens have arrived.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let killed: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let replicas: Vec<String> = net
+        .nodes
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, (s, _))| *s == 1)
+        .map(|(a, _)| a.clone())
+        .collect();
+    let watcher = {
+        let (seen, killed, nodes) = (seen.clone(), killed.clone(), net.nodes.clone());
+        tokio::spawn(async move {
+            while seen.load(Ordering::SeqCst) < 5 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            for addr in replicas {
+                let mut c = NodeClient::connect(format!("http://{addr}")).await.unwrap();
+                if c.health(HealthRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .active_sessions
+                    > 0
+                {
+                    let (_, rt) = nodes.lock().unwrap().remove(&addr).unwrap();
+                    rt.shutdown_background();
+                    *killed.lock().unwrap() = Some(addr);
+                    return;
+                }
+            }
+        })
+    };
+    let mut on_token = |_: u32| {
+        if seen.fetch_add(1, Ordering::SeqCst) + 1 == 5 {
+            // Hold the generation here until the watcher has killed the node.
+            for _ in 0..200 {
+                if killed.lock().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        true
+    };
+    let got = client
+        .generate(
+            &model,
+            PROMPT,
+            MAX_TOKENS,
+            &SamplingParams::greedy(),
+            &mut on_token,
+        )
+        .await
+        .unwrap();
+    watcher.await.unwrap();
+    assert!(
+        killed.lock().unwrap().is_some(),
+        "the watcher found no replica holding the session"
+    );
+    assert_eq!(
+        got, expected,
+        "the resumed generation differs from an undisturbed one"
+    );
+}

@@ -1,0 +1,286 @@
+//! `unfed testnet up | down`: the whole local network in one command — fetch and split the model,
+//! start a registry and the compute nodes as child processes on loopback, wait until the model
+//! is READY — and stop exactly what was started.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+
+use crate::resolve;
+
+/// Where `up` records what it started, for `down`.
+const STATE_FILE: &str = "testnet.json";
+
+#[derive(Subcommand)]
+pub enum TestnetCommand {
+    /// Start a registry and compute nodes on 127.0.0.1.
+    Up(UpArgs),
+    /// Stop what `up` started.
+    Down {
+        #[arg(long, default_value = "testnet")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    #[arg(long, default_value = "smollm2-135m")]
+    model: String,
+    #[arg(long, default_value_t = 3)]
+    shards: usize,
+    /// Nodes per shard.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Working directory: shards, keys, databases, logs.
+    #[arg(long, default_value = "testnet")]
+    dir: PathBuf,
+    #[arg(long, default_value_t = 50050)]
+    registry_port: u16,
+    /// Once READY, also ask this through the network and print the reply.
+    #[arg(long)]
+    prompt: Option<String>,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    #[arg(long)]
+    store: Option<PathBuf>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct State {
+    registry: String,
+    pids: Vec<u32>,
+}
+
+pub fn run(cmd: TestnetCommand) -> Result<ExitCode> {
+    match cmd {
+        TestnetCommand::Up(args) => up(args),
+        TestnetCommand::Down { dir } => down(&dir),
+    }
+}
+
+fn up(args: UpArgs) -> Result<ExitCode> {
+    let dir = &args.dir;
+    if dir.join(STATE_FILE).exists() {
+        bail!(
+            "a testnet already runs from {} (stop it with `unfed testnet down --dir {}`)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    for sub in ["logs", "keys"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    let source = resolve::model_path(&args.model, args.store.as_deref())?;
+    let shards_dir = dir.join("shards");
+    let model_id = unfed_store::find(&args.model)
+        .map(|s| s.name.to_string())
+        .unwrap_or_else(|_| args.model.clone());
+    let current = unfed_shard::read_manifest(&shards_dir).ok();
+    if current.is_none_or(|m| m.model_id != model_id || m.shards.len() != args.shards) {
+        eprintln!("splitting {} into {} shards", args.model, args.shards);
+        let opts = unfed_shard::SplitOptions {
+            num_shards: args.shards,
+            model_id: Some(model_id.clone()),
+            force: true,
+        };
+        unfed_shard::split(&source, &shards_dir, &opts)?;
+    }
+    let cluster = dir.join("cluster.json");
+    if !cluster.exists() {
+        std::fs::write(
+            &cluster,
+            include_str!("../../../configs/cluster.example.json"),
+        )?;
+    }
+    let exe = std::env::current_exe()?;
+    let registry = format!("127.0.0.1:{}", args.registry_port);
+    let mut pids = Vec::new();
+    let reg = spawn(
+        &exe,
+        dir,
+        "registry",
+        &[
+            "registry",
+            "--port",
+            &args.registry_port.to_string(),
+            "--cluster-config",
+            path(&cluster)?,
+            "--db",
+            path(&dir.join("registry.db"))?,
+            "--heartbeat-interval-ms",
+            "1000",
+        ],
+    )?;
+    pids.push(reg);
+    save(
+        dir,
+        &State {
+            registry: registry.clone(),
+            pids: pids.clone(),
+        },
+    )?;
+    wait_for_port(&registry, Duration::from_secs(15)).with_context(|| {
+        format!(
+            "the registry did not start; see {}",
+            dir.join("logs/registry.log").display()
+        )
+    })?;
+    for shard in 0..args.shards {
+        for replica in 0..args.replicas {
+            let name = format!("node-{shard}-{replica}");
+            let key = dir.join("keys").join(format!("{name}.key"));
+            let pid = spawn(
+                &exe,
+                dir,
+                &name,
+                &[
+                    "node",
+                    "--shard-index",
+                    &shard.to_string(),
+                    "--shards-dir",
+                    path(&shards_dir)?,
+                    "--registry",
+                    &registry,
+                    "--port",
+                    "0",
+                    "--key",
+                    path(&key)?,
+                ],
+            )?;
+            pids.push(pid);
+            save(
+                dir,
+                &State {
+                    registry: registry.clone(),
+                    pids: pids.clone(),
+                },
+            )?;
+        }
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime
+        .block_on(wait_ready(&registry, &model_id, Duration::from_secs(180)))
+        .with_context(|| {
+            format!(
+                "the model did not become READY; logs are in {}",
+                dir.join("logs").display()
+            )
+        })?;
+    eprintln!(
+        "testnet READY: {model_id} in {} shards x {} replicas, registry {registry}",
+        args.shards, args.replicas
+    );
+    eprintln!("  ask:   unfed client --registry {registry} --prompt \"Hello!\"");
+    eprintln!("  chat:  unfed client --registry {registry} chat");
+    eprintln!("  stop:  unfed testnet down --dir {}", dir.display());
+    if let Some(prompt) = args.prompt {
+        let status = Command::new(&exe)
+            .args([
+                "client",
+                "--registry",
+                &registry,
+                "--prompt",
+                &prompt,
+                "--max-tokens",
+                &args.max_tokens.to_string(),
+            ])
+            .status()?;
+        if !status.success() {
+            bail!("the client failed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn path(p: &Path) -> Result<&str> {
+    p.to_str()
+        .with_context(|| format!("{} is not valid UTF-8", p.display()))
+}
+
+/// Starts a child in its own process group (so a terminal's Ctrl-C does not reach it), output
+/// to `logs/NAME.log`.
+fn spawn(exe: &Path, dir: &Path, name: &str, args: &[&str]) -> Result<u32> {
+    let log = std::fs::File::create(dir.join("logs").join(format!("{name}.log")))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+    Ok(child.id())
+}
+
+fn save(dir: &Path, state: &State) -> Result<()> {
+    std::fs::write(dir.join(STATE_FILE), serde_json::to_string_pretty(state)?)?;
+    Ok(())
+}
+
+fn wait_for_port(addr: &str, limit: Duration) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("nothing listens on {addr} after {limit:?}")
+}
+
+async fn wait_ready(registry: &str, model_id: &str, limit: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if let Ok(mut c) = unfed_client::Client::connect(registry).await
+            && let Ok(models) = c.list_models().await
+            && models
+                .iter()
+                .any(|m| m.model_id == model_id && m.status == "READY")
+        {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            bail!("not READY after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn down(dir: &Path) -> Result<ExitCode> {
+    let file = dir.join(STATE_FILE);
+    let state: State = serde_json::from_str(
+        &std::fs::read_to_string(&file)
+            .with_context(|| format!("no testnet runs from {}", dir.display()))?,
+    )?;
+    let exe = std::env::current_exe()?;
+    let ours = |pid: u32| -> bool {
+        // Only signal processes that are still the ones we started (pids get reused).
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| {
+                String::from_utf8_lossy(&c)
+                    .contains(exe.file_name().and_then(|n| n.to_str()).unwrap_or("unfed"))
+            })
+            .unwrap_or(false)
+    };
+    // Nodes first (they unregister), the registry last.
+    for pid in state.pids.iter().rev().filter(|p| ours(**p)) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    let start = Instant::now();
+    while state.pids.iter().any(|p| ours(*p)) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for pid in state.pids.iter().filter(|p| ours(**p)) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    std::fs::remove_file(&file)?;
+    eprintln!("stopped {} processes", state.pids.len());
+    Ok(ExitCode::SUCCESS)
+}

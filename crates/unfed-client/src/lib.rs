@@ -47,6 +47,7 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 pub struct Client {
     addr: String,
     registry: RegistryClient<Channel>,
+    ignore_eos: bool,
 }
 
 /// A model as the client needs it: manifest, tokenizer, and where its shards are served.
@@ -68,7 +69,13 @@ impl Client {
         Ok(Self {
             addr: addr.into(),
             registry,
+            ignore_eos: false,
         })
+    }
+
+    /// Keep generating through end-of-generation tokens (benchmarks want a fixed count).
+    pub fn set_ignore_eos(&mut self, ignore: bool) {
+        self.ignore_eos = ignore;
     }
 
     fn registry_error(&self, s: tonic::Status) -> ClientError {
@@ -181,6 +188,7 @@ impl Client {
         for attempt in 0..=MAX_RESUMES {
             let candidates = self.candidates(&model_id).await?;
             let route = pick_route(&model_id, &candidates, &excluded)?;
+            let end: &[u32] = if self.ignore_eos { &[] } else { &model.manifest.end_of_generation };
             match run_route(
                 &route,
                 &model_id,
@@ -188,7 +196,7 @@ impl Client {
                 &mut generated,
                 max_tokens,
                 sampling,
-                &model.manifest.end_of_generation,
+                end,
                 on_token,
             )
             .await

@@ -120,7 +120,8 @@ pub async fn run(
                 .max_encoding_message_size(MAX_NODE_MESSAGE),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Per-token messages are small: never let Nagle's algorithm hold them back.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         );
     let served = server.await.map_err(|e| NodeError::Serve(e.to_string()));

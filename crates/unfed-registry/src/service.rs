@@ -5,7 +5,6 @@
 use std::future::Future;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 use unfed_proto::MAX_REGISTRY_MESSAGE;
 use unfed_proto::registry::registry_server::{Registry, RegistryServer};
@@ -239,7 +238,10 @@ where
         .concurrency_limit_per_connection(MAX_CONCURRENT_PER_CONNECTION)
         .tcp_nodelay(true)
         .add_service(RegistryService::new(thread.handle()).into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await;
     // Dropping the core (returned by the thread) closes the database.
     drop(thread.shutdown().await);

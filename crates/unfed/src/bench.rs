@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{Result, bail};
 use clap::Args;
@@ -33,6 +34,68 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also measure the split model served by a loopback network (`unfed testnet up`: a
+    /// registry and one node process per shard) through the client.
+    #[arg(long)]
+    network: bool,
+}
+
+/// One way of running the model.
+enum Path {
+    Local(Loaded),
+    Network(Network),
+}
+
+/// A loopback testnet and a client connected to it; dropping it stops the testnet.
+struct Network {
+    runtime: tokio::runtime::Runtime,
+    client: unfed_client::Client,
+    model: unfed_client::RemoteModel,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        if let (Ok(exe), Some(dir)) = (std::env::current_exe(), self.dir.path().join("testnet").to_str()) {
+            let _ = std::process::Command::new(exe).args(["testnet", "down", "--dir", dir]).status();
+        }
+    }
+}
+
+impl Path {
+    fn description(&self) -> String {
+        match self {
+            Path::Local(l) => l.description.clone(),
+            Path::Network(n) => format!("network, {} shards", n.model.manifest.shards.len()),
+        }
+    }
+}
+
+fn start_network(model: &str, shards: usize, store: Option<&std::path::Path>) -> Result<Network> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port().to_string();
+    let tn = dir.path().join("testnet");
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["testnet", "up", "--model", model, "--shards", &shards.to_string(), "--registry-port", &port]);
+    cmd.arg("--dir").arg(&tn);
+    if let Some(s) = store {
+        cmd.arg("--store").arg(s);
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    let status = cmd.status()?;
+    if !status.success() {
+        bail!("the testnet did not start");
+    }
+    let registry = format!("127.0.0.1:{port}");
+    let (client, model) = runtime.block_on(async {
+        let mut client = unfed_client::Client::connect(&registry).await?;
+        client.set_ignore_eos(true);
+        let id = client.list_models().await?.first().map(|m| m.model_id.clone()).unwrap_or_default();
+        let model = client.model(&id).await?;
+        anyhow::Ok((client, model))
+    })?;
+    Ok(Network { runtime, client, model, dir })
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
@@ -45,7 +108,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Some(f) => std::fs::read_to_string(f)?,
         None => unfed_engine::BENCH_PROMPT.to_string(),
     };
-    let mut paths = vec![resolve::load_model(&path)?];
+    let mut paths = vec![Path::Local(resolve::load_model(&path)?)];
     let _split_dir = if args.shards > 0 {
         let dir = tempfile::tempdir()?;
         let opts = unfed_shard::SplitOptions {
@@ -54,12 +117,19 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             force: false,
         };
         unfed_shard::split(&path, dir.path(), &opts)?;
-        paths.push(resolve::load_shards(dir.path())?);
+        paths.push(Path::Local(resolve::load_shards(dir.path())?));
         Some(dir)
     } else {
         None
     };
-    let prompt_ids = paths[0].tokenizer.encode(&prompt)?;
+    if args.network {
+        if args.shards == 0 {
+            bail!("--network needs --shards of at least 1");
+        }
+        paths.push(Path::Network(start_network(&args.model, args.shards, args.store.as_deref())?));
+    }
+    let Path::Local(first) = &paths[0] else { unreachable!("the whole model comes first") };
+    let prompt_ids = first.tokenizer.encode(&prompt)?;
     let req = GenerateRequest {
         prompt_ids,
         max_tokens: args.generate,
@@ -69,7 +139,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut stats: Vec<Vec<Stats>> = vec![Vec::new(); paths.len()];
     let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); paths.len()];
     for round in 0..=args.runs {
-        for (i, p) in paths.iter().enumerate() {
+        for (i, p) in paths.iter_mut().enumerate() {
             let (s, ids) = run_once(p, &req)?;
             if round == 0 {
                 outputs[i] = ids; // warm-up
@@ -89,7 +159,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         .map(|(p, s)| {
             let prefill = median(s.iter().map(Stats::prefill_tokens_per_s).collect());
             let decode = median(s.iter().map(Stats::decode_tokens_per_s).collect());
-            (p.description.clone(), prefill, decode)
+            (p.description(), prefill, decode)
         })
         .collect();
     let identical = outputs.windows(2).all(|w| w[0] == w[1]);
@@ -115,12 +185,13 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 args.generate
             );
         }
-        if let [(_, wp, wd), (_, sp, sd)] = &rows[..] {
-            println!(
-                "\nsharded / whole: prefill {:.3}x, decode {:.3}x; greedy tokens identical: {identical}",
-                sp / wp,
-                sd / wd
-            );
+        let (_, wp, wd) = &rows[0];
+        for (d, p, t) in &rows[1..] {
+            println!("{d} / whole model: prefill {:.3}x, decode {:.3}x", p / wp, t / wd);
+        }
+        println!("greedy tokens identical on every path: {identical}");
+        if args.network {
+            println!("(network prefill includes discovery and opening the route)");
         }
     }
     eprintln!(
@@ -130,15 +201,40 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_once(p: &Loaded, req: &GenerateRequest) -> Result<(Stats, Vec<u32>)> {
+fn run_once(p: &mut Path, req: &GenerateRequest) -> Result<(Stats, Vec<u32>)> {
     let mut ids = Vec::with_capacity(req.max_tokens);
-    let stats = generate(&p.pipeline, &p.tokenizer, req, &mut |e| {
-        if let unfed_engine::Event::Token { id, .. } = e {
-            ids.push(id);
+    match p {
+        Path::Local(l) => {
+            let stats = generate(&l.pipeline, &l.tokenizer, req, &mut |e| {
+                if let unfed_engine::Event::Token { id, .. } = e {
+                    ids.push(id);
+                }
+                true
+            })?;
+            Ok((stats, ids))
         }
-        true
-    })?;
-    Ok((stats, ids))
+        Path::Network(n) => {
+            let mut times = Vec::with_capacity(req.max_tokens);
+            let start = Instant::now();
+            let Network { runtime, client, model, .. } = n;
+            let mut on_token = |id: u32| {
+                times.push(Instant::now());
+                ids.push(id);
+                true
+            };
+            runtime.block_on(client.generate(model, &req.prompt_ids, req.max_tokens, &req.sampling, &mut on_token))?;
+            let (first, last) = (times[0], times[times.len() - 1]);
+            let stats = Stats {
+                prompt_tokens: req.prompt_ids.len(),
+                generated_tokens: ids.len(),
+                prefill: first - start,
+                decode_steps: ids.len() - 1,
+                decode: last - first,
+                stop: unfed_engine::StopReason::MaxTokens,
+            };
+            Ok((stats, ids))
+        }
+    }
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {

@@ -11,6 +11,9 @@ use clap::{Args, Subcommand};
 
 use crate::resolve;
 
+/// candle's setting for how long idle compute threads spin before they sleep.
+const SPIN_LIMIT_ENV: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+
 /// Where `up` records what it started, for `down`.
 const STATE_FILE: &str = "testnet.json";
 
@@ -209,6 +212,11 @@ fn spawn(exe: &Path, dir: &Path, name: &str, args: &[&str]) -> Result<u32> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
+    // Every node of a testnet shares this machine's cores: compute threads that spin-wait long
+    // after their work steal the next node's CPU (docs/benchmarks.md), so keep the spin short.
+    if std::env::var_os(SPIN_LIMIT_ENV).is_none() {
+        cmd.env(SPIN_LIMIT_ENV, "1000");
+    }
     #[cfg(unix)]
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let child = cmd.spawn().with_context(|| format!("starting {name}"))?;

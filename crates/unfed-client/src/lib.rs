@@ -188,7 +188,11 @@ impl Client {
         for attempt in 0..=MAX_RESUMES {
             let candidates = self.candidates(&model_id).await?;
             let route = pick_route(&model_id, &candidates, &excluded)?;
-            let end: &[u32] = if self.ignore_eos { &[] } else { &model.manifest.end_of_generation };
+            let end: &[u32] = if self.ignore_eos {
+                &[]
+            } else {
+                &model.manifest.end_of_generation
+            };
             match run_route(
                 &route,
                 &model_id,

@@ -293,7 +293,14 @@ fn malformed_and_oversized_messages_get_clear_errors_and_the_node_keeps_serving(
 
     let net = start(&[1, 1, 1]);
     let expected = reference(&net.model);
-    let shard1 = net.nodes.lock().unwrap().iter().find(|(_, (s, _))| *s == 1).map(|(a, _)| a.clone()).unwrap();
+    let shard1 = net
+        .nodes
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(_, (s, _))| *s == 1)
+        .map(|(a, _)| a.clone())
+        .unwrap();
     client_runtime().block_on(async {
         let mut client = Client::connect(&net.registry).await.unwrap();
         wait_ready(&mut client).await;
@@ -325,11 +332,31 @@ fn malformed_and_oversized_messages_get_clear_errors_and_the_node_keeps_serving(
             }
         };
         let open = |shard: u32, next: Vec<unfed_proto::node::Hop>| SessionRequest {
-            kind: Some(session_request::Kind::Open(Open { model_id: "tiny".into(), shard_index: shard, next, sampling: None })),
+            kind: Some(session_request::Kind::Open(Open {
+                model_id: "tiny".into(),
+                shard_index: shard,
+                next,
+                sampling: None,
+            })),
         };
-        let step = |input| SessionRequest { kind: Some(session_request::Kind::Step(Step { history: vec![], input: Some(input) })) };
-        let hop2 = net.nodes.lock().unwrap().iter().find(|(_, (s, _))| *s == 2).map(|(a, _)| a.clone()).unwrap();
-        let next = vec![unfed_proto::node::Hop { address: hop2, shard_index: 2 }];
+        let step = |input| SessionRequest {
+            kind: Some(session_request::Kind::Step(Step {
+                history: vec![],
+                input: Some(input),
+            })),
+        };
+        let hop2 = net
+            .nodes
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, (s, _))| *s == 2)
+            .map(|(a, _)| a.clone())
+            .unwrap();
+        let next = vec![unfed_proto::node::Hop {
+            address: hop2,
+            shard_index: 2,
+        }];
 
         let s = session(vec![step(step::Input::Tokens(Tokens { ids: vec![1] }))]).await;
         assert!(s.message().contains("starts with an Open"), "{s:?}");
@@ -337,21 +364,54 @@ fn malformed_and_oversized_messages_get_clear_errors_and_the_node_keeps_serving(
         assert!(s.message().contains("serves shard 1"), "{s:?}");
         let s = session(vec![open(1, vec![])]).await;
         assert!(s.message().contains("needs a next hop"), "{s:?}");
-        let bad_shape = Hidden { rows: 2, cols: 7, data: vec![0; 56] };
-        let s = session(vec![open(1, next.clone()), step(step::Input::Hidden(bad_shape))]).await;
+        let bad_shape = Hidden {
+            rows: 2,
+            cols: 7,
+            data: vec![0; 56],
+        };
+        let s = session(vec![
+            open(1, next.clone()),
+            step(step::Input::Hidden(bad_shape)),
+        ])
+        .await;
         assert!(s.message().contains("expected n x 64"), "{s:?}");
-        let short = Hidden { rows: 2, cols: 64, data: vec![0; 12] };
-        let s = session(vec![open(1, next.clone()), step(step::Input::Hidden(short))]).await;
+        let short = Hidden {
+            rows: 2,
+            cols: 64,
+            data: vec![0; 12],
+        };
+        let s = session(vec![
+            open(1, next.clone()),
+            step(step::Input::Hidden(short)),
+        ])
+        .await;
         assert!(s.message().contains("do not hold"), "{s:?}");
-        let s = session(vec![open(1, next.clone()), step(step::Input::Tokens(Tokens { ids: vec![1] }))]).await;
+        let s = session(vec![
+            open(1, next.clone()),
+            step(step::Input::Tokens(Tokens { ids: vec![1] })),
+        ])
+        .await;
         assert!(s.message().contains("takes hidden states"), "{s:?}");
-        let huge = Hidden { rows: 1, cols: 64, data: vec![0; unfed_proto::MAX_NODE_MESSAGE + 1] };
+        let huge = Hidden {
+            rows: 1,
+            cols: 64,
+            data: vec![0; unfed_proto::MAX_NODE_MESSAGE + 1],
+        };
         let s = session(vec![open(1, next.clone()), step(step::Input::Hidden(huge))]).await;
         assert_eq!(s.code(), tonic::Code::OutOfRange, "{s:?}");
 
         // Still serving.
         let model = client.model("tiny").await.unwrap();
-        let got = client.generate(&model, PROMPT, MAX_TOKENS, &SamplingParams::greedy(), &mut |_| true).await.unwrap();
+        let got = client
+            .generate(
+                &model,
+                PROMPT,
+                MAX_TOKENS,
+                &SamplingParams::greedy(),
+                &mut |_| true,
+            )
+            .await
+            .unwrap();
         assert_eq!(got, expected);
     });
 }

@@ -56,8 +56,13 @@ struct Network {
 
 impl Drop for Network {
     fn drop(&mut self) {
-        if let (Ok(exe), Some(dir)) = (std::env::current_exe(), self.dir.path().join("testnet").to_str()) {
-            let _ = std::process::Command::new(exe).args(["testnet", "down", "--dir", dir]).status();
+        if let (Ok(exe), Some(dir)) = (
+            std::env::current_exe(),
+            self.dir.path().join("testnet").to_str(),
+        ) {
+            let _ = std::process::Command::new(exe)
+                .args(["testnet", "down", "--dir", dir])
+                .status();
         }
     }
 }
@@ -73,11 +78,23 @@ impl Path {
 
 fn start_network(model: &str, shards: usize, store: Option<&std::path::Path>) -> Result<Network> {
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port()
+        .to_string();
     let tn = dir.path().join("testnet");
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["testnet", "up", "--model", model, "--shards", &shards.to_string(), "--registry-port", &port]);
+    cmd.args([
+        "testnet",
+        "up",
+        "--model",
+        model,
+        "--shards",
+        &shards.to_string(),
+        "--registry-port",
+        &port,
+    ]);
     cmd.arg("--dir").arg(&tn);
     if let Some(s) = store {
         cmd.arg("--store").arg(s);
@@ -91,11 +108,21 @@ fn start_network(model: &str, shards: usize, store: Option<&std::path::Path>) ->
     let (client, model) = runtime.block_on(async {
         let mut client = unfed_client::Client::connect(&registry).await?;
         client.set_ignore_eos(true);
-        let id = client.list_models().await?.first().map(|m| m.model_id.clone()).unwrap_or_default();
+        let id = client
+            .list_models()
+            .await?
+            .first()
+            .map(|m| m.model_id.clone())
+            .unwrap_or_default();
         let model = client.model(&id).await?;
         anyhow::Ok((client, model))
     })?;
-    Ok(Network { runtime, client, model, dir })
+    Ok(Network {
+        runtime,
+        client,
+        model,
+        dir,
+    })
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
@@ -126,9 +153,15 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         if args.shards == 0 {
             bail!("--network needs --shards of at least 1");
         }
-        paths.push(Path::Network(start_network(&args.model, args.shards, args.store.as_deref())?));
+        paths.push(Path::Network(start_network(
+            &args.model,
+            args.shards,
+            args.store.as_deref(),
+        )?));
     }
-    let Path::Local(first) = &paths[0] else { unreachable!("the whole model comes first") };
+    let Path::Local(first) = &paths[0] else {
+        unreachable!("the whole model comes first")
+    };
     let prompt_ids = first.tokenizer.encode(&prompt)?;
     let req = GenerateRequest {
         prompt_ids,
@@ -187,7 +220,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         }
         let (_, wp, wd) = &rows[0];
         for (d, p, t) in &rows[1..] {
-            println!("{d} / whole model: prefill {:.3}x, decode {:.3}x", p / wp, t / wd);
+            println!(
+                "{d} / whole model: prefill {:.3}x, decode {:.3}x",
+                p / wp,
+                t / wd
+            );
         }
         println!("greedy tokens identical on every path: {identical}");
         if args.network {
@@ -216,13 +253,24 @@ fn run_once(p: &mut Path, req: &GenerateRequest) -> Result<(Stats, Vec<u32>)> {
         Path::Network(n) => {
             let mut times = Vec::with_capacity(req.max_tokens);
             let start = Instant::now();
-            let Network { runtime, client, model, .. } = n;
+            let Network {
+                runtime,
+                client,
+                model,
+                ..
+            } = n;
             let mut on_token = |id: u32| {
                 times.push(Instant::now());
                 ids.push(id);
                 true
             };
-            runtime.block_on(client.generate(model, &req.prompt_ids, req.max_tokens, &req.sampling, &mut on_token))?;
+            runtime.block_on(client.generate(
+                model,
+                &req.prompt_ids,
+                req.max_tokens,
+                &req.sampling,
+                &mut on_token,
+            ))?;
             let (first, last) = (times[0], times[times.len() - 1]);
             let stats = Stats {
                 prompt_tokens: req.prompt_ids.len(),

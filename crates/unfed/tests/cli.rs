@@ -214,18 +214,51 @@ fn qwen_whole_and_sharded_greedy_replies_are_identical_and_coherent() {
 fn smollm2_testnet_reply_equals_the_single_process_reply() {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
     let tn = dir.path().join("testnet");
     let prompt = "What is the capital of France? Answer in one sentence.";
-    ok(&["testnet", "up", "--dir", s(&tn), "--registry-port", &port, "--shards", "3"]);
+    ok(&[
+        "testnet",
+        "up",
+        "--dir",
+        s(&tn),
+        "--registry-port",
+        &port,
+        "--shards",
+        "3",
+    ]);
     let registry = format!("127.0.0.1:{port}");
     let listed = unfed(&["client", "--registry", &registry, "--list-models"]);
-    let network = unfed(&["client", "--registry", &registry, "--prompt", prompt, "--max-tokens", "80"]);
+    let network = unfed(&[
+        "client",
+        "--registry",
+        &registry,
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "80",
+    ]);
     ok(&["testnet", "down", "--dir", s(&tn)]);
     let listed = String::from_utf8(listed.stdout).unwrap();
-    assert!(listed.contains("smollm2-135m") && listed.contains("READY"), "{listed}");
+    assert!(
+        listed.contains("smollm2-135m") && listed.contains("READY"),
+        "{listed}"
+    );
     assert!(network.status.success());
-    let local = ok(&["generate", "--model", "smollm2-135m", "--prompt", prompt, "--max-tokens", "80"]);
+    let local = ok(&[
+        "generate",
+        "--model",
+        "smollm2-135m",
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "80",
+    ]);
     assert_eq!(String::from_utf8(network.stdout).unwrap(), local);
     assert!(local.contains("Paris"));
 }

@@ -19,6 +19,8 @@ pub struct SessionLimits {
     pub idle_timeout: Duration,
     /// Positions (prompt + generated) one session may reach.
     pub max_positions: usize,
+    /// Bytes of keys and values all sessions together may hold.
+    pub max_kv_bytes: usize,
 }
 
 impl Default for SessionLimits {
@@ -27,6 +29,7 @@ impl Default for SessionLimits {
             max_sessions: 16,
             idle_timeout: Duration::from_secs(300),
             max_positions: 4096,
+            max_kv_bytes: 1 << 30,
         }
     }
 }
@@ -152,6 +155,10 @@ fn stopped() -> String {
 
 fn run(model: ShardModel, limits: SessionLimits, mut jobs: mpsc::Receiver<Job>) {
     let mut sessions: HashMap<u64, Session> = HashMap::new();
+    let cfg = model.config();
+    // f32 keys and values of every layer of this shard, per position.
+    let kv_bytes_per_position = model.role().layers.len() * 2 * cfg.n_kv_head * cfg.head_dim * 4;
+    let max_total_positions = limits.max_kv_bytes / kv_bytes_per_position.max(1);
     while let Some(job) = jobs.blocking_recv() {
         let now = Instant::now();
         sessions.retain(|_, s| now.duration_since(s.last_used) < limits.idle_timeout);
@@ -190,11 +197,24 @@ fn run(model: ShardModel, limits: SessionLimits, mut jobs: mpsc::Receiver<Job>) 
                 history,
                 reply,
             } => {
+                let held: usize = sessions.values().map(|s| s.cache.positions()).sum();
+                let new = match &input {
+                    StepInput::Tokens(ids) => ids.len(),
+                    StepInput::Hidden { rows, .. } => *rows,
+                };
                 let result = match sessions.get_mut(&id) {
                     None => Err("no such session (closed or idle too long)".to_string()),
+                    Some(_) if new == 0 => Err("empty step".to_string()),
+                    Some(s) if s.cache.positions() + new > limits.max_positions => Err(format!(
+                        "the session would exceed {} positions",
+                        limits.max_positions
+                    )),
+                    Some(_) if held + new > max_total_positions => {
+                        Err("busy: the node's KV-cache memory is full; try again later".to_string())
+                    }
                     Some(s) => {
                         s.last_used = now;
-                        let r = step(&model, s, input, history, limits.max_positions);
+                        let r = step(&model, s, input, history);
                         if r.is_err() {
                             // A failed step may have left the cache half-extended.
                             sessions.remove(&id);
@@ -219,16 +239,13 @@ fn step(
     s: &mut Session,
     input: StepInput,
     history: Vec<u32>,
-    max_positions: usize,
 ) -> Result<StepOutput, String> {
     let cfg = model.config();
     let out = match input {
         StepInput::Tokens(ids) => {
-            check_room(s, ids.len(), max_positions)?;
             model.forward(Input::Tokens(&ids), &mut s.cache, LogitsMode::Last)
         }
         StepInput::Hidden { rows, cols, values } => {
-            check_room(s, rows, max_positions)?;
             let h =
                 Tensor::from_vec(values, (rows, cols), &Device::Cpu).map_err(|e| e.to_string())?;
             model.forward(Input::Hidden(&h), &mut s.cache, LogitsMode::Last)
@@ -263,16 +280,4 @@ fn step(
             Ok(StepOutput::Token(token))
         }
     }
-}
-
-fn check_room(s: &Session, n: usize, max_positions: usize) -> Result<(), String> {
-    if n == 0 {
-        return Err("empty step".into());
-    }
-    if s.cache.positions() + n > max_positions {
-        return Err(format!(
-            "the session would exceed {max_positions} positions"
-        ));
-    }
-    Ok(())
 }

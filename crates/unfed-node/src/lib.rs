@@ -16,7 +16,7 @@ use unfed_identity::NodeKey;
 use unfed_proto::MAX_NODE_MESSAGE;
 use unfed_proto::node::node_server::NodeServer;
 
-pub use forward::SessionLimits;
+pub use forward::{Forward, SessionLimits, StepInput, StepOutput};
 pub use registration::{Announcement, Registration};
 pub use service::{NodeService, NodeState};
 

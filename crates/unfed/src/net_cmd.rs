@@ -44,6 +44,9 @@ pub struct NodeArgs {
     /// Positions (prompt + reply) one session may reach.
     #[arg(long, default_value_t = 4096)]
     max_positions: usize,
+    /// Memory all sessions' KV caches together may use, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    max_kv_mib: usize,
 }
 
 pub fn node(args: NodeArgs) -> Result<ExitCode> {
@@ -79,6 +82,7 @@ pub fn node(args: NodeArgs) -> Result<ExitCode> {
                 max_sessions: args.max_sessions,
                 idle_timeout: Duration::from_secs(args.idle_timeout),
                 max_positions: args.max_positions,
+                max_kv_bytes: args.max_kv_mib << 20,
             },
         };
         unfed_node::run(config, listener, shutdown_signal()).await?;

@@ -24,7 +24,7 @@ pub use service::{NodeService, NodeState};
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error(transparent)]
-    Shard(#[from] unfed_shard::ShardError),
+    Shard(#[from] Box<unfed_shard::ShardError>),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("registry: {0}")]
@@ -55,9 +55,10 @@ pub async fn run(
     let index = config.shard_index as usize;
     let (manifest, manifest_json, shard) =
         tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
-            let manifest = unfed_shard::read_manifest(&dir)?;
+            let manifest = unfed_shard::read_manifest(&dir).map_err(Box::new)?;
             let manifest_json = manifest.to_json();
-            let shard = unfed_shard::load_verified_shard(&dir, &manifest, index)?;
+            let shard =
+                unfed_shard::load_verified_shard(&dir, &manifest, index).map_err(Box::new)?;
             Ok((manifest, manifest_json, shard))
         })
         .await
@@ -140,7 +141,7 @@ fn read_tokenizer(
     dir: &std::path::Path,
     manifest: &unfed_shard::Manifest,
 ) -> Result<String, NodeError> {
-    let path = unfed_shard::shard_file_path(dir, &manifest.tokenizer.file)?;
+    let path = unfed_shard::shard_file_path(dir, &manifest.tokenizer.file).map_err(Box::new)?;
     let text = std::fs::read_to_string(&path)
         .map_err(|e| NodeError::Tokenizer(format!("{}: {e}", path.display())))?;
     if hex::encode(Sha256::digest(text.as_bytes())) != manifest.tokenizer.sha256 {

@@ -40,7 +40,8 @@ pub struct BenchArgs {
     network: bool,
 }
 
-/// One way of running the model.
+/// One way of running the model (a few per run: their size does not matter).
+#[allow(clippy::large_enum_variant)]
 enum Path {
     Local(Loaded),
     Network(Network),
@@ -153,11 +154,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         if args.shards == 0 {
             bail!("--network needs --shards of at least 1");
         }
-        paths.push(Path::Network(start_network(
-            &args.model,
-            args.shards,
-            args.store.as_deref(),
-        )?));
+        let network = start_network(&args.model, args.shards, args.store.as_deref())?;
+        paths.push(Path::Network(network));
     }
     let Path::Local(first) = &paths[0] else {
         unreachable!("the whole model comes first")

@@ -49,7 +49,8 @@ impl Arch {
 }
 
 /// Hyper-parameters of a decoder-only transformer.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     pub arch: Arch,
     pub n_layer: usize,

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use unfed_model::{Arch, ModelConfig};
+use unfed_model::ModelConfig;
 
 use crate::ShardError;
 
@@ -31,7 +31,7 @@ pub struct Manifest {
     /// `general.architecture` of the model (`llama`, `qwen2`).
     pub architecture: String,
     /// The model's hyper-parameters, as the runtime reads them.
-    pub config: ManifestConfig,
+    pub config: ModelConfig,
     /// The model has no `output.weight`: its head reuses `token_embd.weight`.
     pub tied_embeddings: bool,
     /// The checkpoint the shards were cut from.
@@ -46,41 +46,6 @@ pub struct Manifest {
     pub end_of_generation: Vec<u32>,
     /// Fixed inputs and the outputs each shard must produce from them.
     pub verification: Verification,
-}
-
-/// The model configuration (mirrors [`ModelConfig`] field by field).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ManifestConfig {
-    pub arch: Arch,
-    pub n_layer: usize,
-    pub hidden: usize,
-    pub ffn: usize,
-    pub n_head: usize,
-    pub n_kv_head: usize,
-    pub head_dim: usize,
-    pub vocab: usize,
-    pub context_length: usize,
-    pub rope_theta: f32,
-    pub rms_eps: f64,
-}
-
-impl From<&ModelConfig> for ManifestConfig {
-    fn from(c: &ModelConfig) -> Self {
-        Self {
-            arch: c.arch,
-            n_layer: c.n_layer,
-            hidden: c.hidden,
-            ffn: c.ffn,
-            n_head: c.n_head,
-            n_kv_head: c.n_kv_head,
-            head_dim: c.head_dim,
-            vocab: c.vocab,
-            context_length: c.context_length,
-            rope_theta: c.rope_theta,
-            rms_eps: c.rms_eps,
-        }
-    }
 }
 
 /// Where the shards came from.

@@ -12,8 +12,8 @@ use crate::ShardError;
 use crate::files::{sync_dir, write_atomic, write_bytes_atomic};
 use crate::hash::{FileDigest, digest_concatenation};
 use crate::manifest::{
-    MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, ManifestConfig, ShardEntry,
-    SourceFile, SourceInfo, TokenizerEntry, Verification,
+    MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, ShardEntry, SourceFile, SourceInfo,
+    TokenizerEntry, Verification,
 };
 use crate::plan::{self, Part};
 use crate::vectors;
@@ -146,7 +146,7 @@ pub fn split(source: &Path, out_dir: &Path, opts: &SplitOptions) -> Result<Manif
         version: MANIFEST_VERSION,
         model_id,
         architecture: config.arch.name().into(),
-        config: ManifestConfig::from(&config),
+        config: config.clone(),
         tied_embeddings: tied,
         source: source_info,
         shards,

@@ -100,7 +100,10 @@ fn up(args: UpArgs) -> Result<ExitCode> {
     }
     let exe = std::env::current_exe()?;
     let registry = format!("127.0.0.1:{}", args.registry_port);
-    let mut pids = Vec::new();
+    let mut state = State {
+        registry: registry.clone(),
+        pids: Vec::new(),
+    };
     let reg = spawn(
         &exe,
         dir,
@@ -117,14 +120,8 @@ fn up(args: UpArgs) -> Result<ExitCode> {
             "1000",
         ],
     )?;
-    pids.push(reg);
-    save(
-        dir,
-        &State {
-            registry: registry.clone(),
-            pids: pids.clone(),
-        },
-    )?;
+    state.pids.push(reg);
+    save(dir, &state)?;
     wait_for_port(&registry, Duration::from_secs(15)).with_context(|| {
         format!(
             "the registry did not start; see {}",
@@ -153,14 +150,8 @@ fn up(args: UpArgs) -> Result<ExitCode> {
                     path(&key)?,
                 ],
             )?;
-            pids.push(pid);
-            save(
-                dir,
-                &State {
-                    registry: registry.clone(),
-                    pids: pids.clone(),
-                },
-            )?;
+            state.pids.push(pid);
+            save(dir, &state)?;
         }
     }
     let runtime = tokio::runtime::Runtime::new()?;

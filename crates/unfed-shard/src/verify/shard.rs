@@ -10,7 +10,7 @@ use unfed_model::{Checkpoint, ShardModel};
 
 use crate::files::Resolved;
 use crate::hash::{CHUNK_SIZE, digest_file};
-use crate::manifest::{Manifest, ManifestConfig, ShardEntry, VectorInput, VerificationVector};
+use crate::manifest::{Manifest, ShardEntry, VectorInput, VerificationVector};
 use crate::plan::{self, Part};
 use crate::report::{CheckStatus, VerifyReport};
 use crate::vectors::{self, Comparison};
@@ -192,7 +192,7 @@ pub(super) fn gguf(
         }
     }
     match ck.config() {
-        Ok(c) if ManifestConfig::from(&c) == m.config => {}
+        Ok(c) if c == m.config => {}
         Ok(c) => problems.push(format!("model config {c:?} differs from the manifest's")),
         Err(e) => problems.push(format!("model config: {e}")),
     }

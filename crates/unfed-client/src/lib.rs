@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
-use unfed_model::{SamplingParams, TextTokenizer};
+use unfed_model::{ChatTemplate, SamplingParams, TextTokenizer};
 use unfed_proto::node::node_client::NodeClient;
 use unfed_proto::node::{
     Hop, Open, SessionReply, SessionRequest, Step, TokenizerRequest, Tokens, session_reply,
@@ -54,6 +54,8 @@ pub struct Client {
 pub struct RemoteModel {
     pub manifest: Manifest,
     pub tokenizer: TextTokenizer,
+    /// The model's chat template, if it has one.
+    pub chat: Option<ChatTemplate>,
 }
 
 impl Client {
@@ -147,7 +149,7 @@ impl Client {
             )));
         }
         let mut meta = vec![(
-            "tokenizer.huggingface.json".to_string(),
+            unfed_model::checkpoint::HF_TOKENIZER_KEY.to_string(),
             unfed_gguf::Value::String(tokenizer_json),
         )];
         if let Some(t) = &manifest.chat_template {
@@ -162,11 +164,13 @@ impl Client {
                 unfed_gguf::Value::U32(eos),
             ));
         }
-        let tokenizer = TextTokenizer::from_metadata(&meta)
-            .map_err(|e| ClientError::Tokenizer(e.to_string()))?;
+        let bad = |e: unfed_model::ModelError| ClientError::Tokenizer(e.to_string());
+        let tokenizer = TextTokenizer::from_metadata(&meta).map_err(bad)?;
+        let chat = ChatTemplate::from_metadata(&meta, &tokenizer).map_err(bad)?;
         Ok(RemoteModel {
             manifest,
             tokenizer,
+            chat,
         })
     }
 

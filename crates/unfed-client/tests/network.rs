@@ -364,6 +364,10 @@ fn malformed_and_oversized_messages_get_clear_errors_and_the_node_keeps_serving(
         assert!(s.message().contains("serves shard 1"), "{s:?}");
         let s = session(vec![open(1, vec![])]).await;
         assert!(s.message().contains("needs a next hop"), "{s:?}");
+        // A route may not repeat or loop: one hop per following shard, in order.
+        let looping = vec![next[0].clone(), next[0].clone()];
+        let s = session(vec![open(1, looping)]).await;
+        assert!(s.message().contains("must be shards [2]"), "{s:?}");
         let bad_shape = Hidden {
             rows: 2,
             cols: 7,

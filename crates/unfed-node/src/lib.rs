@@ -64,16 +64,14 @@ pub async fn run(
         .await
         .map_err(|e| NodeError::Serve(e.to_string()))??;
     let tokenizer_json = read_tokenizer(&config.shards_dir, &manifest)?;
-    let role = shard.model.role().clone();
     let hidden = shard.model.config().hidden;
     let (forward, forward_thread) = forward::Forward::start(shard.model, config.limits.clone())
         .map_err(|e| NodeError::Serve(format!("cannot start the forward thread: {e}")))?;
     let state = Arc::new(NodeState::new(
         manifest.model_id.clone(),
         config.shard_index,
+        manifest.shards.len() as u32,
         hidden,
-        role.embedding,
-        role.head,
         tokenizer_json,
         config.limits.clone(),
         forward.clone(),

@@ -27,6 +27,8 @@ const STREAM_BUFFER: usize = 4;
 pub struct NodeState {
     pub model_id: String,
     pub shard_index: u32,
+    /// Shards in the model's manifest: a route has exactly one hop per shard.
+    pub num_shards: u32,
     pub hidden: usize,
     pub embedding: bool,
     pub head: bool,
@@ -37,13 +39,11 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         model_id: String,
         shard_index: u32,
+        num_shards: u32,
         hidden: usize,
-        embedding: bool,
-        head: bool,
         tokenizer_json: String,
         limits: SessionLimits,
         forward: Forward,
@@ -51,9 +51,10 @@ impl NodeState {
         Self {
             model_id,
             shard_index,
+            num_shards,
             hidden,
-            embedding,
-            head,
+            embedding: shard_index == 0,
+            head: shard_index + 1 == num_shards,
             tokenizer_json,
             limits,
             forward,
@@ -198,11 +199,17 @@ async fn run_session(
             state.shard_index, state.model_id, open.shard_index, open.model_id
         )));
     }
-    if state.head != open.next.is_empty() {
+    // The rest of the route is exactly the following shards, in order: a client cannot make a
+    // node open more (or looping) connections than the model has shards.
+    let expected: Vec<u32> = (state.shard_index + 1..state.num_shards).collect();
+    let given: Vec<u32> = open.next.iter().map(|h| h.shard_index).collect();
+    if given != expected {
         return Err(Status::invalid_argument(if state.head {
-            "the last shard has no next hop"
+            "the last shard has no next hop".to_string()
+        } else if open.next.is_empty() {
+            "this shard needs a next hop".to_string()
         } else {
-            "this shard needs a next hop"
+            format!("the next hops must be shards {expected:?}, not {given:?}")
         }));
     }
     let sampling = match &open.sampling {

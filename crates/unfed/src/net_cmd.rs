@@ -233,12 +233,10 @@ async fn turn(
     max_tokens: usize,
     sampling: &unfed_model::SamplingParams,
 ) -> Result<String> {
-    let template = model
-        .manifest
-        .chat_template
-        .as_deref()
+    let chat = model
+        .chat
+        .as_ref()
         .context("the model has no chat template")?;
-    let chat = unfed_model::ChatTemplate::new(template, "", "")?;
     let prompt = model.tokenizer.encode(&chat.render(conversation, true)?)?;
     let mut stream = TextStream::new();
     let mut text = String::new();

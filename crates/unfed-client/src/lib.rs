@@ -18,7 +18,7 @@ use unfed_proto::node::{
 };
 use unfed_proto::registry::registry_client::RegistryClient;
 use unfed_proto::registry::{DiscoverRequest, GetManifestRequest, ListModelsRequest, ModelStatus};
-use unfed_proto::{MAX_NODE_MESSAGE, MAX_REGISTRY_MESSAGE, convert};
+use unfed_proto::{MAX_REGISTRY_MESSAGE, convert};
 use unfed_shard::Manifest;
 
 pub use route::{Candidate, Route, pick_route};
@@ -317,11 +317,7 @@ async fn run_route(
 }
 
 async fn node(address: &str) -> std::result::Result<NodeClient<Channel>, String> {
-    Ok(NodeClient::connect(format!("http://{address}"))
-        .await
-        .map_err(|_| format!("cannot reach node {address}"))?
-        .max_decoding_message_size(MAX_NODE_MESSAGE)
-        .max_encoding_message_size(MAX_NODE_MESSAGE))
+    unfed_proto::connect_node(address).await
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {

@@ -9,9 +9,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
-use unfed_proto::MAX_NODE_MESSAGE;
 use unfed_proto::convert;
-use unfed_proto::node::node_client::NodeClient;
 use unfed_proto::node::node_server::Node;
 use unfed_proto::node::{
     HealthReply, HealthRequest, Hidden, Open, Opened, SessionReply, SessionRequest, Step, Token,
@@ -127,11 +125,9 @@ struct Downstream {
 impl Downstream {
     async fn open(open: &Open) -> Result<Self, Status> {
         let hop = &open.next[0];
-        let mut client = NodeClient::connect(format!("http://{}", hop.address))
+        let mut client = unfed_proto::connect_node(&hop.address)
             .await
-            .map_err(|_| Status::unavailable(format!("cannot reach the next hop {}", hop.address)))?
-            .max_decoding_message_size(MAX_NODE_MESSAGE)
-            .max_encoding_message_size(MAX_NODE_MESSAGE);
+            .map_err(Status::unavailable)?;
         let (send, rx) = mpsc::channel(STREAM_BUFFER);
         let next = Open {
             model_id: open.model_id.clone(),

@@ -79,3 +79,24 @@ pub mod convert {
         Ok(p)
     }
 }
+
+/// How long opening a connection to a node may take.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A client for the node at `address` (host:port), with the message limits and a bounded
+/// connection time. The error names the address only.
+pub async fn connect_node(
+    address: &str,
+) -> Result<node::node_client::NodeClient<tonic::transport::Channel>, String> {
+    let unreachable = || format!("cannot reach node {address}");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|_| format!("`{address}` is not a host:port address"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|_| unreachable())?;
+    Ok(node::node_client::NodeClient::new(channel)
+        .max_decoding_message_size(MAX_NODE_MESSAGE)
+        .max_encoding_message_size(MAX_NODE_MESSAGE))
+}

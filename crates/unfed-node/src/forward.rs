@@ -209,6 +209,11 @@ fn run(model: ShardModel, limits: SessionLimits, mut jobs: mpsc::Receiver<Job>) 
                         "the session would exceed {} positions",
                         limits.max_positions
                     )),
+                    // Only a resumed session's first step (a replay) names earlier picks, and
+                    // never more of them than the positions it replays.
+                    Some(s) if !history.is_empty() && (s.cache.positions() != 0 || history.len() > new) => {
+                        Err("history is only accepted with a session's first step, and no longer than it".to_string())
+                    }
                     Some(_) if held + new > max_total_positions => {
                         Err("busy: the node's KV-cache memory is full; try again later".to_string())
                     }

@@ -9,7 +9,9 @@ mod service;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::FutureExt;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use unfed_identity::NodeKey;
@@ -19,6 +21,11 @@ use unfed_proto::node::node_server::NodeServer;
 pub use forward::{Forward, SessionLimits, StepInput, StepOutput};
 pub use registration::{Announcement, Registration};
 pub use service::{NodeService, NodeState};
+
+/// How long a call to the registry may take.
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long open sessions may keep a stopping node alive.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What can stop a node.
 #[derive(Debug, thiserror::Error)]
@@ -53,18 +60,21 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     let dir = config.shards_dir.clone();
     let index = config.shard_index as usize;
-    let (manifest, manifest_json, shard) =
+    let (manifest, manifest_json, shard, tokenizer_json) =
         tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
             let manifest = unfed_shard::read_manifest(&dir).map_err(Box::new)?;
             let manifest_json = manifest.to_json();
             let shard =
                 unfed_shard::load_verified_shard(&dir, &manifest, index).map_err(Box::new)?;
-            Ok((manifest, manifest_json, shard))
+            let tokenizer_json = read_tokenizer(&dir, &manifest)?;
+            Ok((manifest, manifest_json, shard, tokenizer_json))
         })
         .await
         .map_err(|e| NodeError::Serve(e.to_string()))??;
-    let tokenizer_json = read_tokenizer(&config.shards_dir, &manifest)?;
     let hidden = shard.model.config().hidden;
+    // The largest step a session may send: its whole position budget of hidden states.
+    let max_message = (config.limits.max_positions * hidden * 4 + (1 << 20)).min(MAX_NODE_MESSAGE);
+    let max_streams = (2 * config.limits.max_sessions).min(u32::MAX as usize) as u32;
     let (forward, forward_thread) = forward::Forward::start(shard.model, config.limits.clone())
         .map_err(|e| NodeError::Serve(format!("cannot start the forward thread: {e}")))?;
     let state = Arc::new(NodeState::new(
@@ -94,44 +104,63 @@ pub async fn run(
         }
         None => None,
     };
-    let (stop_heartbeats, mut stopped) = tokio::sync::watch::channel(false);
+    // Shutdown stops the heartbeats (and unregisters) at once, then drains the server.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signal = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
     let heartbeats = registration.map(|mut reg| {
-        let forward = forward.clone();
+        let state = state.clone();
+        let mut stopped = stopped.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(reg.heartbeat_interval) => {
                         // A missed heartbeat is retried at the next interval; the registry marks
                         // the node unhealthy only after several.
-                        let _ = reg.heartbeat(forward.active_sessions().await as u32).await;
+                        let beat = reg.heartbeat(state.active_sessions() as u32);
+                        let _ = tokio::time::timeout(REGISTRY_TIMEOUT, beat).await;
                     }
-                    _ = stopped.changed() => break,
+                    _ = stopped.wait_for(|s| *s).map(|_| ()) => break,
                 }
             }
-            let _ = reg.unregister().await;
+            let _ = tokio::time::timeout(REGISTRY_TIMEOUT, reg.unregister()).await;
         })
     });
 
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(max_streams))
         .add_service(
             NodeServer::new(NodeService::new(state))
-                .max_decoding_message_size(MAX_NODE_MESSAGE)
+                .max_decoding_message_size(max_message)
                 .max_encoding_message_size(MAX_NODE_MESSAGE),
         )
         .serve_with_incoming_shutdown(
             // Per-token messages are small: never let Nagle's algorithm hold them back.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
+            until_stopped(stopped.clone()),
         );
-    let served = server.await.map_err(|e| NodeError::Serve(e.to_string()));
-    let _ = stop_heartbeats.send(true);
+    // Open sessions get a short grace period once shutdown begins, not forever.
+    let drain_deadline = async {
+        until_stopped(stopped).await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    let served = tokio::select! {
+        r = server => r.map_err(|e| NodeError::Serve(e.to_string())),
+        _ = drain_deadline => Ok(()),
+    };
+    signal.abort();
     if let Some(h) = heartbeats {
         let _ = h.await;
     }
     drop(forward);
     // Sessions still draining hold the forward handle a moment longer; do not wait forever.
     let join = tokio::task::spawn_blocking(move || forward_thread.join());
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), join).await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, join).await;
     served
 }
 

@@ -4,8 +4,9 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -20,6 +21,10 @@ use crate::forward::{Forward, SessionLimits, StepInput, StepOutput};
 
 /// Messages buffered per direction of a session stream.
 const STREAM_BUFFER: usize = 4;
+/// How long the next hop may take to open its part of a route.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the rest of the route may take for one step (a long prompt's prefill included).
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What the service knows about the shard it serves.
 pub struct NodeState {
@@ -34,6 +39,8 @@ pub struct NodeState {
     pub limits: SessionLimits,
     pub forward: Forward,
     next_session: AtomicU64,
+    /// One permit per session a node serves at once, taken before anything is read.
+    permits: Arc<Semaphore>,
 }
 
 impl NodeState {
@@ -46,6 +53,7 @@ impl NodeState {
         limits: SessionLimits,
         forward: Forward,
     ) -> Self {
+        let limits_sessions = limits.max_sessions;
         Self {
             model_id,
             shard_index,
@@ -57,7 +65,15 @@ impl NodeState {
             limits,
             forward,
             next_session: AtomicU64::new(1),
+            permits: Arc::new(Semaphore::new(limits_sessions)),
         }
+    }
+}
+
+impl NodeState {
+    /// Sessions open now (counted without waiting for the forward thread).
+    pub fn active_sessions(&self) -> usize {
+        self.limits.max_sessions - self.permits.available_permits()
     }
 }
 
@@ -83,11 +99,18 @@ impl Node for NodeService {
         &self,
         request: Request<Streaming<SessionRequest>>,
     ) -> Result<Response<ReplyStream>, Status> {
+        let permit = self
+            .state
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::resource_exhausted("busy: every session slot is taken"))?;
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let state = self.state.clone();
         let id = state.next_session.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
+            let _permit = permit;
             let result = run_session(&state, id, inbound, &tx).await;
             state.forward.close(id).await;
             if let Err(status) = result {
@@ -101,7 +124,7 @@ impl Node for NodeService {
         Ok(Response::new(HealthReply {
             model_id: self.state.model_id.clone(),
             shard_index: self.state.shard_index,
-            active_sessions: self.state.forward.active_sessions().await as u32,
+            active_sessions: self.state.active_sessions() as u32,
             max_sessions: self.state.limits.max_sessions as u32,
         }))
     }
@@ -139,7 +162,7 @@ impl Downstream {
             .await
             .map_err(|_| relay_lost())?;
         let mut replies = client.session(ReceiverStream::new(rx)).await?.into_inner();
-        match replies.message().await? {
+        match within(OPEN_TIMEOUT, replies.message()).await?? {
             Some(SessionReply {
                 kind: Some(session_reply::Kind::Opened(_)),
             }) => Ok(Self { send, replies }),
@@ -152,13 +175,20 @@ impl Downstream {
             .send(request(session_request::Kind::Step(step)))
             .await
             .map_err(|_| relay_lost())?;
-        match self.replies.message().await? {
+        match within(STEP_TIMEOUT, self.replies.message()).await?? {
             Some(SessionReply {
                 kind: Some(session_reply::Kind::Token(t)),
             }) => Ok(t.id),
             _ => Err(relay_lost()),
         }
     }
+}
+
+/// Waits for `f` at most `limit`; a hop that takes longer counts as gone.
+async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Result<T, Status> {
+    tokio::time::timeout(limit, f)
+        .await
+        .map_err(|_| Status::deadline_exceeded("the next hop did not answer in time"))
 }
 
 fn relay_lost() -> Status {
@@ -222,11 +252,18 @@ async fn run_session(
     } else {
         Some(Downstream::open(&open).await?)
     };
-    tx.send(reply(session_reply::Kind::Opened(Opened {})))
-        .await
-        .map_err(|_| Status::cancelled("client gone"))?;
+    send_up(
+        tx,
+        session_reply::Kind::Opened(Opened {}),
+        state.limits.idle_timeout,
+    )
+    .await?;
 
-    while let Some(msg) = inbound.next().await {
+    loop {
+        let Ok(msg) = tokio::time::timeout(state.limits.idle_timeout, inbound.next()).await else {
+            return Err(Status::deadline_exceeded("the session was idle too long"));
+        };
+        let Some(msg) = msg else { break };
         let step = match msg?.kind {
             Some(session_request::Kind::Step(step)) => step,
             _ => return Err(Status::invalid_argument("expected a Step")),
@@ -252,7 +289,13 @@ async fn run_session(
             .forward
             .step(id, input, step.history.clone())
             .await
-            .map_err(Status::invalid_argument)?;
+            .map_err(|e| {
+                if e.starts_with("busy") {
+                    Status::resource_exhausted(e)
+                } else {
+                    Status::invalid_argument(e)
+                }
+            })?;
         let token = match (out, downstream.as_mut()) {
             (StepOutput::Token(t), None) => t,
             (StepOutput::Hidden { rows, cols, values }, Some(down)) => {
@@ -269,9 +312,24 @@ async fn run_session(
                 ));
             }
         };
-        tx.send(reply(session_reply::Kind::Token(Token { id: token })))
-            .await
-            .map_err(|_| Status::cancelled("client gone"))?;
+        send_up(
+            tx,
+            session_reply::Kind::Token(Token { id: token }),
+            state.limits.idle_timeout,
+        )
+        .await?;
     }
     Ok(())
+}
+
+/// Sends a reply upstream, giving up on a reader that stops reading.
+async fn send_up(
+    tx: &mpsc::Sender<Result<SessionReply, Status>>,
+    kind: session_reply::Kind,
+    limit: Duration,
+) -> Result<(), Status> {
+    match tokio::time::timeout(limit, tx.send(reply(kind))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Status::cancelled("the client stopped reading")),
+    }
 }

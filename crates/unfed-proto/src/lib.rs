@@ -65,6 +65,9 @@ pub mod convert {
         }
     }
 
+    /// The longest look-back a peer may ask the repetition penalty for.
+    pub const MAX_REPEAT_LAST_N: usize = 4096;
+
     /// Sampling parameters from the wire, validated.
     pub fn sampling_params(s: &Sampling) -> Result<unfed_model::SamplingParams, String> {
         let p = unfed_model::SamplingParams {
@@ -76,6 +79,9 @@ pub mod convert {
             seed: s.seed,
         };
         p.validate()?;
+        if p.repeat_last_n > MAX_REPEAT_LAST_N {
+            return Err(format!("repeat_last_n is at most {MAX_REPEAT_LAST_N}"));
+        }
         Ok(p)
     }
 }

@@ -23,6 +23,11 @@ use unfed_shard::Manifest;
 
 pub use route::{Candidate, Route, pick_route};
 
+/// How long a route may take to open.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one step may take along the whole route (a long prompt's prefill included).
+const STEP_TIMEOUT: Duration = Duration::from_secs(180);
+
 /// Times the client resumes a generation on other nodes before giving up.
 const MAX_RESUMES: usize = 3;
 
@@ -107,7 +112,7 @@ impl Client {
             .await
             .map_err(|s| self.registry_error(s))?
             .into_inner();
-        Ok(route::rank(r.num_shards, &r.nodes).await)
+        Ok(route::rank(model_id, r.num_shards, &r.nodes).await)
     }
 
     /// The manifest (from the registry) and the tokenizer (from a shard-0 node, checked against
@@ -269,11 +274,7 @@ async fn run_route(
         .await
         .map_err(|s| s.message().to_string())?
         .into_inner();
-    match replies
-        .message()
-        .await
-        .map_err(|s| s.message().to_string())?
-    {
+    match next_reply(&mut replies, OPEN_TIMEOUT).await? {
         Some(SessionReply {
             kind: Some(session_reply::Kind::Opened(_)),
         }) => {}
@@ -294,11 +295,7 @@ async fn run_route(
         })
         .await
         .map_err(|_| "stream closed".to_string())?;
-        let token = match replies
-            .message()
-            .await
-            .map_err(|s| s.message().to_string())?
-        {
+        let token = match next_reply(&mut replies, STEP_TIMEOUT).await? {
             Some(SessionReply {
                 kind: Some(session_reply::Kind::Token(t)),
             }) => t.id,
@@ -314,6 +311,18 @@ async fn run_route(
         ids = vec![token];
     }
     Ok(())
+}
+
+/// The next reply on a session stream, or why there is none (errors, and a route that stays
+/// silent past `limit`, count as a broken route).
+async fn next_reply(
+    replies: &mut Streaming<SessionReply>,
+    limit: Duration,
+) -> std::result::Result<Option<SessionReply>, String> {
+    match tokio::time::timeout(limit, replies.message()).await {
+        Ok(r) => r.map_err(|s| s.message().to_string()),
+        Err(_) => Err(format!("the route did not answer within {limit:?}")),
+    }
 }
 
 async fn node(address: &str) -> std::result::Result<NodeClient<Channel>, String> {

@@ -25,20 +25,27 @@ pub struct Route {
     pub hops: Vec<Candidate>,
 }
 
-/// Probes every discovered node and groups the reachable ones by shard, fastest first.
-pub async fn rank(num_shards: u32, nodes: &[NodeInfo]) -> Vec<Vec<Candidate>> {
-    let mut by_shard: Vec<Vec<Candidate>> = vec![Vec::new(); num_shards as usize];
-    for n in nodes {
-        let Some(slot) = by_shard.get_mut(n.shard_index as usize) else {
-            continue;
-        };
-        if let Some(rtt) = probe(&n.address).await {
-            slot.push(Candidate {
+/// Probes every discovered node (all at once) and groups the ones that answer for the right
+/// shard with a free session slot by shard, fastest first.
+pub async fn rank(model_id: &str, num_shards: u32, nodes: &[NodeInfo]) -> Vec<Vec<Candidate>> {
+    let probes = nodes
+        .iter()
+        .filter(|n| n.shard_index < num_shards)
+        .map(|n| async move {
+            let rtt = probe(&n.address, model_id, n.shard_index).await?;
+            Some(Candidate {
                 address: n.address.clone(),
                 shard_index: n.shard_index,
                 rtt,
-            });
-        }
+            })
+        });
+    let mut by_shard: Vec<Vec<Candidate>> = vec![Vec::new(); num_shards as usize];
+    for c in futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        by_shard[c.shard_index as usize].push(c);
     }
     for slot in &mut by_shard {
         slot.sort_by_key(|c| c.rtt);
@@ -76,11 +83,6 @@ pub fn pick_route(
 
 /// Whether a node answers a health probe.
 pub async fn alive(address: &str) -> bool {
-    probe(address).await.is_some()
-}
-
-async fn probe(address: &str) -> Option<Duration> {
-    let start = Instant::now();
     let attempt = async {
         let mut c = crate::node(address).await.ok()?;
         c.health(HealthRequest {}).await.ok()
@@ -89,5 +91,23 @@ async fn probe(address: &str) -> Option<Duration> {
         .await
         .ok()
         .flatten()
-        .map(|_| start.elapsed())
+        .is_some()
+}
+
+/// The round trip of a health probe, if the node answers in time, serves `shard` of
+/// `model_id` and has a free session slot.
+async fn probe(address: &str, model_id: &str, shard: u32) -> Option<Duration> {
+    let start = Instant::now();
+    let attempt = async {
+        let mut c = crate::node(address).await.ok()?;
+        c.health(HealthRequest {}).await.ok()
+    };
+    let h = tokio::time::timeout(PROBE_TIMEOUT, attempt)
+        .await
+        .ok()
+        .flatten()?
+        .into_inner();
+    let fits =
+        h.model_id == model_id && h.shard_index == shard && h.active_sessions < h.max_sessions;
+    fits.then(|| start.elapsed())
 }

@@ -125,10 +125,18 @@ async fn idle_sessions_are_evicted() {
 async fn sampler_history_only_with_a_replayed_first_step() {
     let (_d, f) = forward(limits(), true);
     f.open(1, Some(SamplingParams::greedy())).await.unwrap();
-    let err = f.step(1, StepInput::Tokens(vec![1, 2]), vec![5, 6, 7]).await.unwrap_err();
+    let err = f
+        .step(1, StepInput::Tokens(vec![1, 2]), vec![5, 6, 7])
+        .await
+        .unwrap_err();
     assert!(err.contains("history"), "{err}");
     f.open(2, Some(SamplingParams::greedy())).await.unwrap();
-    f.step(2, StepInput::Tokens(vec![1, 2, 3]), vec![2, 3]).await.unwrap();
-    let err = f.step(2, StepInput::Tokens(vec![4]), vec![4]).await.unwrap_err();
+    f.step(2, StepInput::Tokens(vec![1, 2, 3]), vec![2, 3])
+        .await
+        .unwrap();
+    let err = f
+        .step(2, StepInput::Tokens(vec![4]), vec![4])
+        .await
+        .unwrap_err();
     assert!(err.contains("history"), "{err}");
 }

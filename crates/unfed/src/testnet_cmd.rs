@@ -54,7 +54,50 @@ pub struct UpArgs {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct State {
     registry: String,
-    pids: Vec<u32>,
+    /// The registry first, then the nodes.
+    processes: Vec<Started>,
+}
+
+/// A started child: its pid and its start time, so that a reused pid is never signalled.
+#[derive(Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct Started {
+    pid: u32,
+    start_ticks: u64,
+}
+
+impl Started {
+    fn of(pid: u32) -> Self {
+        Self {
+            pid,
+            start_ticks: start_ticks(pid).unwrap_or(0),
+        }
+    }
+
+    /// Whether the process is still the one we started (and not a zombie).
+    fn running(&self) -> bool {
+        self.start_ticks != 0 && start_ticks(self.pid) == Some(self.start_ticks)
+    }
+
+    fn signal(&self, sig: &str) {
+        if self.running() {
+            let _ = Command::new("kill")
+                .args([sig, &self.pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot; None for a
+/// process that is gone or a zombie.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
 }
 
 pub fn run(cmd: TestnetCommand) -> Result<ExitCode> {
@@ -102,7 +145,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
     let registry = format!("127.0.0.1:{}", args.registry_port);
     let mut state = State {
         registry: registry.clone(),
-        pids: Vec::new(),
+        processes: Vec::new(),
     };
     let reg = spawn(
         &exe,
@@ -120,7 +163,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
             "1000",
         ],
     )?;
-    state.pids.push(reg);
+    state.processes.push(Started::of(reg));
     save(dir, &state)?;
     wait_for_port(&registry, Duration::from_secs(15)).with_context(|| {
         format!(
@@ -150,7 +193,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
                     path(&key)?,
                 ],
             )?;
-            state.pids.push(pid);
+            state.processes.push(Started::of(pid));
             save(dir, &state)?;
         }
     }
@@ -248,38 +291,30 @@ async fn wait_ready(registry: &str, model_id: &str, limit: Duration) -> Result<(
     }
 }
 
+/// TERM, a grace period, then KILL for whatever is still running.
+fn stop(processes: &[Started]) {
+    processes.iter().for_each(|p| p.signal("-TERM"));
+    let start = Instant::now();
+    while processes.iter().any(Started::running) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    processes.iter().for_each(|p| p.signal("-KILL"));
+}
+
 fn down(dir: &Path) -> Result<ExitCode> {
     let file = dir.join(STATE_FILE);
     let state: State = serde_json::from_str(
         &std::fs::read_to_string(&file)
             .with_context(|| format!("no testnet runs from {}", dir.display()))?,
     )?;
-    let exe = std::env::current_exe()?;
-    let ours = |pid: u32| -> bool {
-        // Only signal processes that are still the ones we started (pids get reused).
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| {
-                String::from_utf8_lossy(&c)
-                    .contains(exe.file_name().and_then(|n| n.to_str()).unwrap_or("unfed"))
-            })
-            .unwrap_or(false)
-    };
-    // Nodes first (they unregister), the registry last.
-    for pid in state.pids.iter().rev().filter(|p| ours(**p)) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-    }
-    let start = Instant::now();
-    while state.pids.iter().any(|p| ours(*p)) && start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    for pid in state.pids.iter().filter(|p| ours(**p)) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-    }
+    let (registry, nodes) = state
+        .processes
+        .split_first()
+        .context("the state file lists no processes")?;
+    // Nodes first, so that they unregister while the registry still runs; the registry last.
+    stop(nodes);
+    stop(std::slice::from_ref(registry));
     std::fs::remove_file(&file)?;
-    eprintln!("stopped {} processes", state.pids.len());
+    eprintln!("stopped {} processes", state.processes.len());
     Ok(ExitCode::SUCCESS)
 }

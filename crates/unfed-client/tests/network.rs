@@ -24,7 +24,7 @@ struct Net {
     registry: String,
     /// Each node runs on a runtime of its own, so that dropping it kills the node abruptly.
     nodes: Arc<Mutex<HashMap<String, (u32, tokio::runtime::Runtime)>>>,
-    _registry_rt: tokio::runtime::Runtime,
+    registry_rt: Option<tokio::runtime::Runtime>,
 }
 
 fn start(replicas: &[usize]) -> Net {
@@ -46,36 +46,7 @@ fn start(replicas: &[usize]) -> Net {
     };
     unfed_shard::split(&model, &shards, &opts).unwrap();
 
-    let registry_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = registry_rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let registry = listener.local_addr().unwrap().to_string();
-    let config = unfed_registry::ClusterConfig::from_json(include_str!(
-        "../../../configs/cluster.example.json"
-    ))
-    .unwrap();
-    let options = unfed_registry::RegistryOptions {
-        heartbeat_interval: Duration::from_millis(200),
-        ..Default::default()
-    };
-    let db = unfed_db::RegistryDb::open(dir.path().join("registry.db")).unwrap();
-    let core = unfed_registry::RegistryCore::new(
-        config,
-        options,
-        db,
-        Arc::new(unfed_registry::SystemClock),
-    )
-    .unwrap();
-    registry_rt.spawn(unfed_registry::serve(
-        listener,
-        core,
-        std::future::pending(),
-    ));
+    let (registry_rt, registry) = start_registry("127.0.0.1:0", &dir.path().join("registry.db"));
 
     let nodes = Arc::new(Mutex::new(HashMap::new()));
     for (shard, &n) in replicas.iter().enumerate() {
@@ -110,8 +81,48 @@ fn start(replicas: &[usize]) -> Net {
         model,
         registry,
         nodes,
-        _registry_rt: registry_rt,
+        registry_rt: Some(registry_rt),
     }
+}
+
+/// A registry on its own runtime, listening on `addr`, over the database at `db`.
+fn start_registry(addr: &str, db: &Path) -> (tokio::runtime::Runtime, String) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // A registry that just died may hold its port a moment longer.
+    let listener = (0..100)
+        .find_map(|_| {
+            rt.block_on(tokio::net::TcpListener::bind(addr))
+                .inspect_err(|_| std::thread::sleep(Duration::from_millis(50)))
+                .ok()
+        })
+        .expect("the registry's address never became free");
+    let registry = listener.local_addr().unwrap().to_string();
+    let config = unfed_registry::ClusterConfig::from_json(include_str!(
+        "../../../configs/cluster.example.json"
+    ))
+    .unwrap();
+    let options = unfed_registry::RegistryOptions {
+        heartbeat_interval: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let db = unfed_db::RegistryDb::open(db).unwrap();
+    let core = unfed_registry::RegistryCore::new(
+        config,
+        options,
+        db,
+        Arc::new(unfed_registry::SystemClock),
+    )
+    .unwrap();
+    rt.spawn(unfed_registry::serve(
+        listener,
+        core,
+        std::future::pending(),
+    ));
+    (rt, registry)
 }
 
 /// What the single-process engine generates for the prompt.
@@ -417,5 +428,24 @@ fn malformed_and_oversized_messages_get_clear_errors_and_the_node_keeps_serving(
             .await
             .unwrap();
         assert_eq!(got, expected);
+    });
+}
+
+#[test]
+fn nodes_register_again_with_a_registry_that_lost_its_database() {
+    let mut net = start(&[1, 1, 1]);
+    let rt = client_runtime();
+    rt.block_on(async {
+        let mut client = Client::connect(&net.registry).await.unwrap();
+        wait_ready(&mut client).await;
+    });
+    // The registry dies and comes back on the same address with an empty database.
+    net.registry_rt.take().unwrap().shutdown_background();
+    let fresh = net._dir.path().join("fresh.db");
+    let (registry_rt, _) = start_registry(&net.registry, &fresh);
+    net.registry_rt = Some(registry_rt);
+    rt.block_on(async {
+        let mut client = Client::connect(&net.registry).await.unwrap();
+        wait_ready(&mut client).await;
     });
 }

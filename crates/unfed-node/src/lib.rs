@@ -19,7 +19,7 @@ use unfed_proto::MAX_NODE_MESSAGE;
 use unfed_proto::node::node_server::NodeServer;
 
 pub use forward::{Forward, SessionLimits, StepInput, StepOutput};
-pub use registration::{Announcement, Registration};
+pub use registration::{Announcement, HeartbeatError, Registration};
 pub use service::{NodeService, NodeState};
 
 /// How long a call to the registry may take.
@@ -96,11 +96,10 @@ pub async fn run(
                 manifest_sha256: Sha256::digest(manifest_json.as_bytes()).into(),
                 manifest_json,
             };
-            Some(
-                Registration::register(registry, config.key, &announcement)
-                    .await
-                    .map_err(NodeError::Registry)?,
-            )
+            let reg = Registration::register(registry, config.key, &announcement)
+                .await
+                .map_err(NodeError::Registry)?;
+            Some((reg, announcement))
         }
         None => None,
     };
@@ -110,7 +109,7 @@ pub async fn run(
         shutdown.await;
         let _ = stop.send(true);
     });
-    let heartbeats = registration.map(|mut reg| {
+    let heartbeats = registration.map(|(mut reg, announcement)| {
         let state = state.clone();
         let mut stopped = stopped.clone();
         tokio::spawn(async move {
@@ -120,7 +119,9 @@ pub async fn run(
                         // A missed heartbeat is retried at the next interval; the registry marks
                         // the node unhealthy only after several.
                         let beat = reg.heartbeat(state.active_sessions() as u32);
-                        let _ = tokio::time::timeout(REGISTRY_TIMEOUT, beat).await;
+                        if let Ok(Err(HeartbeatError::Forgotten)) = tokio::time::timeout(REGISTRY_TIMEOUT, beat).await {
+                            let _ = tokio::time::timeout(REGISTRY_TIMEOUT, reg.announce(&announcement)).await;
+                        }
                     }
                     _ = stopped.wait_for(|s| *s).map(|_| ()) => break,
                 }

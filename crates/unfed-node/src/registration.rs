@@ -19,6 +19,14 @@ pub struct Announcement {
     pub manifest_sha256: [u8; 32],
 }
 
+/// Why a heartbeat failed.
+#[derive(Debug)]
+pub enum HeartbeatError {
+    /// The registry no longer knows the node (its database was reset): register again.
+    Forgotten,
+    Other(String),
+}
+
 /// A registered node's link to its registry.
 pub struct Registration {
     client: RegistryClient<Channel>,
@@ -46,13 +54,25 @@ fn signed(key: &NodeKey, payload: &Payload, manifest_json: String) -> SignedPayl
 impl Registration {
     /// Registers with the registry at `registry` (host:port).
     pub async fn register(registry: &str, key: NodeKey, a: &Announcement) -> Result<Self, String> {
-        let mut client = RegistryClient::connect(format!("http://{registry}"))
+        let client = RegistryClient::connect(format!("http://{registry}"))
             .await
             .map_err(|e| format!("cannot reach the registry at {registry}: {e}"))?
             .max_decoding_message_size(MAX_REGISTRY_MESSAGE)
             .max_encoding_message_size(MAX_REGISTRY_MESSAGE);
+        let mut reg = Self {
+            client,
+            key,
+            advertise: a.advertise.clone(),
+            heartbeat_interval: Duration::from_secs(5),
+        };
+        reg.announce(a).await?;
+        Ok(reg)
+    }
+
+    /// Sends a signed registration (again, if the registry has forgotten the node).
+    pub async fn announce(&mut self, a: &Announcement) -> Result<(), String> {
         let payload = Payload::Register(Register {
-            identity: key.address(),
+            identity: self.key.address(),
             address: a.advertise.clone(),
             model_id: a.model_id.clone(),
             shard_index: a.shard_index,
@@ -61,23 +81,19 @@ impl Registration {
             timestamp_ms: now_ms(),
             nonce: rand::random(),
         });
-        let reply = client
-            .register(signed(&key, &payload, a.manifest_json.clone()))
+        let reply = self
+            .client
+            .register(signed(&self.key, &payload, a.manifest_json.clone()))
             .await
             .map_err(|s| format!("the registry refused the registration: {}", s.message()))?
             .into_inner();
-        let heartbeat_interval =
+        self.heartbeat_interval =
             Duration::from_millis(reply.heartbeat_interval_ms.clamp(100, 60_000));
-        Ok(Self {
-            client,
-            key,
-            advertise: a.advertise.clone(),
-            heartbeat_interval,
-        })
+        Ok(())
     }
 
     /// One signed heartbeat.
-    pub async fn heartbeat(&mut self, active_sessions: u32) -> Result<(), String> {
+    pub async fn heartbeat(&mut self, active_sessions: u32) -> Result<(), HeartbeatError> {
         let payload = Payload::Heartbeat(Heartbeat {
             identity: self.key.address(),
             address: self.advertise.clone(),
@@ -89,7 +105,10 @@ impl Registration {
             .heartbeat(signed(&self.key, &payload, String::new()))
             .await
             .map(|_| ())
-            .map_err(|s| format!("heartbeat refused: {}", s.message()))
+            .map_err(|s| match s.code() {
+                tonic::Code::NotFound => HeartbeatError::Forgotten,
+                _ => HeartbeatError::Other(s.message().to_string()),
+            })
     }
 
     /// Signs off.

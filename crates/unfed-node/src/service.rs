@@ -53,7 +53,7 @@ impl NodeState {
         limits: SessionLimits,
         forward: Forward,
     ) -> Self {
-        let limits_sessions = limits.max_sessions;
+        let permits = Arc::new(Semaphore::new(limits.max_sessions));
         Self {
             model_id,
             shard_index,
@@ -65,12 +65,10 @@ impl NodeState {
             limits,
             forward,
             next_session: AtomicU64::new(1),
-            permits: Arc::new(Semaphore::new(limits_sessions)),
+            permits,
         }
     }
-}
 
-impl NodeState {
     /// Sessions open now (counted without waiting for the forward thread).
     pub fn active_sessions(&self) -> usize {
         self.limits.max_sessions - self.permits.available_permits()

@@ -13,8 +13,8 @@ mod sql;
 
 pub use error::DbError;
 pub use registry::{
-    ManifestRecord, NodeRecord, NonceRecord, REGISTRY_SCHEMA_VERSION, RegisterOutcome, RegistryDb,
-    UpdateOutcome,
+    ManifestRecord, NodeRecord, NonceRecord, Pruned, REGISTRY_SCHEMA_VERSION, RegisterLimits,
+    RegisterOutcome, RegistryDb, RegistryLimit, UpdateOutcome,
 };
 
 /// Result of a database operation.

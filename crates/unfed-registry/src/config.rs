@@ -1,5 +1,6 @@
 //! The cluster configuration (`--cluster-config cluster.json`: name, prices, staking rules,
-//! optional chain settings) and the registry's runtime options (heartbeat timing, clock skew).
+//! optional chain settings) and the registry's runtime options (heartbeat timing, clock skew,
+//! growth caps).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -247,7 +248,16 @@ pub struct RegistryOptions {
     pub healthy_intervals: u32,
     /// Signed timestamps may differ from the registry's clock by at most this much.
     pub clock_skew: Duration,
+    /// Most model ids (manifests) held; registering a new one beyond it is refused.
+    pub max_models: u32,
+    /// Most node rows (addresses) one identity may hold.
+    pub max_nodes_per_identity: u32,
+    /// Most node rows in all.
+    pub max_nodes: u32,
 }
+
+/// Node rows and orphaned manifests are pruned after this many health windows.
+pub const STALE_HEALTH_WINDOWS: u64 = 10;
 
 impl Default for RegistryOptions {
     fn default() -> Self {
@@ -255,6 +265,9 @@ impl Default for RegistryOptions {
             heartbeat_interval: Duration::from_secs(5),
             healthy_intervals: 3,
             clock_skew: Duration::from_secs(60),
+            max_models: 64,
+            max_nodes_per_identity: 16,
+            max_nodes: 4096,
         }
     }
 }
@@ -271,12 +284,27 @@ impl RegistryOptions {
             .saturating_mul(u64::from(self.healthy_intervals))
     }
 
+    /// How long a node may go without a heartbeat before its row is pruned, and a manifest
+    /// without node rows before it is pruned: [`STALE_HEALTH_WINDOWS`] health windows.
+    pub fn stale_after_ms(&self) -> u64 {
+        self.health_window_ms().saturating_mul(STALE_HEALTH_WINDOWS)
+    }
+
+    /// The growth caps, as the database checks them.
+    pub fn register_limits(&self) -> unfed_db::RegisterLimits {
+        unfed_db::RegisterLimits {
+            max_models: self.max_models,
+            max_nodes_per_identity: self.max_nodes_per_identity,
+            max_nodes: self.max_nodes,
+        }
+    }
+
     /// The clock skew window in milliseconds (saturating).
     pub fn clock_skew_ms(&self) -> u64 {
         duration_ms(self.clock_skew)
     }
 
-    /// Checks that the options make sense (non-zero interval, intervals and skew).
+    /// Checks that the options make sense (non-zero interval, intervals, skew and caps).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.heartbeat_interval_ms() == 0 {
             return Err(invalid("heartbeat_interval", "must be at least 1 ms"));
@@ -286,6 +314,15 @@ impl RegistryOptions {
         }
         if self.clock_skew_ms() == 0 {
             return Err(invalid("clock_skew", "must be at least 1 ms"));
+        }
+        for (field, value) in [
+            ("max_models", self.max_models),
+            ("max_nodes_per_identity", self.max_nodes_per_identity),
+            ("max_nodes", self.max_nodes),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
         }
         Ok(())
     }

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use unfed_db::{
-    ManifestRecord, NodeRecord, NonceRecord, RegisterOutcome, RegistryDb, UpdateOutcome,
+    ManifestRecord, NodeRecord, NonceRecord, RegisterOutcome, RegistryDb, RegistryLimit,
+    UpdateOutcome,
 };
 use unfed_identity::canonical::{Payload, open_signed};
 
@@ -177,7 +178,8 @@ impl RegistryCore {
             last_heartbeat_ms: now,
             active_sessions: 0,
         };
-        match self.db.register_node(&nonce, &manifest, &node)? {
+        let limits = self.options.register_limits();
+        match self.db.register_node(&nonce, &manifest, &node, &limits)? {
             RegisterOutcome::Registered { new } => {
                 self.models.entry(r.model_id).or_insert(shards);
                 Ok(Registered {
@@ -195,6 +197,17 @@ impl RegistryCore {
                     existing: hex::encode(existing_sha256),
                 })
             }
+            RegisterOutcome::LimitReached { limit, max } => Err(match limit {
+                RegistryLimit::Models => RegistryError::TooManyModels {
+                    model_id: r.model_id,
+                    max,
+                },
+                RegistryLimit::NodesPerIdentity => RegistryError::TooManyNodesForIdentity {
+                    identity: r.identity,
+                    max,
+                },
+                RegistryLimit::Nodes => RegistryError::TooManyNodes { max },
+            }),
         }
     }
 
@@ -228,11 +241,15 @@ impl RegistryCore {
             nonce: u.nonce,
             timestamp_ms: u.timestamp_ms,
         };
-        let outcome = self.db.unregister_node(&nonce, &u.identity, &u.address)?;
+        let outcome = self
+            .db
+            .unregister_node(&nonce, &u.identity, &u.address, now)?;
         update_result(outcome, nonce, u.address)
     }
 
-    /// Authenticates a payload, bounds its timestamp, and forgets nonces too old to matter.
+    /// Authenticates a payload, bounds its timestamp, and forgets nonces too old to matter,
+    /// nodes silent for [`RegistryOptions::stale_after_ms`] and manifests left without nodes
+    /// for as long.
     fn open(
         &mut self,
         payload: &[u8],
@@ -250,6 +267,12 @@ impl RegistryCore {
         }
         // Anything signed before `now - skew` is refused above, so its nonce can go.
         self.db.prune_nonces(now.saturating_sub(skew))?;
+        let pruned = self
+            .db
+            .prune_stale(now.saturating_sub(self.options.stale_after_ms()), now)?;
+        for model_id in &pruned.manifests {
+            self.models.remove(model_id);
+        }
         Ok(p)
     }
 }

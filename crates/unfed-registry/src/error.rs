@@ -95,6 +95,40 @@ pub enum RegistryError {
         address: String,
     },
 
+    /// Registering a new model id would exceed `max_models`.
+    #[error(
+        "registry full: it already holds its maximum of {max} models, so model {model_id:?} \
+         cannot be added (models already registered still accept nodes)"
+    )]
+    TooManyModels {
+        /// The refused model.
+        model_id: String,
+        /// The cap.
+        max: u32,
+    },
+
+    /// A new address of an identity that already has `max_nodes_per_identity` nodes.
+    #[error(
+        "{identity} already has its maximum of {max} registered nodes: unregister one, or \
+         re-register an address it already has"
+    )]
+    TooManyNodesForIdentity {
+        /// The signer.
+        identity: Address,
+        /// The cap.
+        max: u32,
+    },
+
+    /// A new node row would exceed `max_nodes`.
+    #[error(
+        "registry full: it already holds its maximum of {max} nodes; try again once nodes \
+         unregister or expire (registered nodes can still re-register)"
+    )]
+    TooManyNodes {
+        /// The cap.
+        max: u32,
+    },
+
     /// The model has no manifest in this registry.
     #[error("unknown model {0:?}: no node has registered it")]
     UnknownModel(String),

@@ -9,7 +9,8 @@
 //!   connection; async code talks to it over a bounded channel.
 //! - [`RegistryService`], [`to_status`], [`serve`]: the tonic service, the one error-to-status
 //!   mapping, and the server loop the `unfed registry` command runs.
-//! - [`ClusterConfig`] (the `--cluster-config` file) and [`RegistryOptions`] (timing).
+//! - [`ClusterConfig`] (the `--cluster-config` file) and [`RegistryOptions`] (timing,
+//!   growth caps).
 //!
 //! The protocol is specified in `docs/protocol.md`, section "Registry".
 
@@ -24,7 +25,9 @@ mod worker;
 
 pub use crate::core::{OpenError, Registered, RegistryCore};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{ClusterConfig, ConfigError, MAX_CONFIG_BYTES, RegistryOptions};
+pub use config::{
+    ClusterConfig, ConfigError, MAX_CONFIG_BYTES, RegistryOptions, STALE_HEALTH_WINDOWS,
+};
 pub use error::RegistryError;
 pub use service::{MAX_CONCURRENT_PER_CONNECTION, RegistryService, ServeError, serve, to_status};
 pub use status::{

@@ -36,6 +36,9 @@ pub fn to_status(err: &RegistryError) -> Status {
             Status::failed_precondition(err.to_string())
         }
         E::NotRegistered { .. } | E::UnknownModel(_) => Status::not_found(err.to_string()),
+        E::TooManyModels { .. } | E::TooManyNodesForIdentity { .. } | E::TooManyNodes { .. } => {
+            Status::resource_exhausted(err.to_string())
+        }
         E::Storage(_) | E::CorruptManifest { .. } => {
             Status::internal("internal registry error; the request was not applied")
         }

@@ -90,12 +90,9 @@ impl RegistryCore {
         let mut out = Vec::with_capacity(self.models.len());
         for (model_id, shards) in &self.models {
             let mut counts = vec![0u32; shards.layers.len()];
-            for node in self.db.nodes_for_model(model_id, since)? {
-                if let Some(c) = usize::try_from(node.shard_index)
-                    .ok()
-                    .and_then(|i| counts.get_mut(i))
-                {
-                    *c = c.saturating_add(1);
+            for (shard, n) in self.db.node_counts_for_model(model_id, since)? {
+                if let Some(c) = usize::try_from(shard).ok().and_then(|i| counts.get_mut(i)) {
+                    *c = u32::try_from(n).unwrap_or(u32::MAX);
                 }
             }
             let readiness = if counts.iter().all(|&c| c > 0) {
@@ -132,29 +129,23 @@ impl RegistryCore {
             .models
             .get(model_id)
             .ok_or_else(|| RegistryError::UnknownModel(shorten(model_id)))?;
-        let mut per_shard = vec![0usize; shards.layers.len()];
-        let mut nodes = Vec::new();
-        for n in self.db.nodes_for_model(model_id, self.healthy_since_ms())? {
-            let Some(count) = usize::try_from(n.shard_index)
-                .ok()
-                .and_then(|i| per_shard.get_mut(i))
-            else {
-                continue;
-            };
-            if *count >= MAX_DISCOVERED_PER_SHARD {
-                continue;
-            }
-            *count += 1;
-            nodes.push(DiscoveredNode {
+        let num_shards = shards.num_shards();
+        let nodes = self
+            .db
+            .nodes_for_model(model_id, self.healthy_since_ms(), MAX_DISCOVERED_PER_SHARD)?
+            .into_iter()
+            // Rows always name a shard of their model's manifest; skip any that would not.
+            .filter(|n| n.shard_index < num_shards)
+            .map(|n| DiscoveredNode {
                 identity: n.identity,
                 address: n.address,
                 shard_index: n.shard_index,
                 last_heartbeat_ms: n.last_heartbeat_ms,
-            });
-        }
+            })
+            .collect();
         Ok(Discovery {
             model_id: model_id.to_owned(),
-            num_shards: shards.num_shards(),
+            num_shards,
             nodes,
         })
     }

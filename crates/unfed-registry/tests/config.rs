@@ -150,7 +150,20 @@ fn registry_options_defaults_and_checks() {
     assert_eq!(o.heartbeat_interval_ms(), 5000);
     assert_eq!(o.health_window_ms(), 15_000);
     assert_eq!(o.clock_skew_ms(), 60_000);
+    assert_eq!(
+        (o.max_models, o.max_nodes_per_identity, o.max_nodes),
+        (64, 16, 4096)
+    );
+    assert_eq!(o.stale_after_ms(), 150_000);
     o.validate().unwrap();
+    let no_nodes = RegistryOptions { max_nodes: 0, ..o };
+    assert!(
+        no_nodes
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_nodes")
+    );
     let zero = RegistryOptions {
         healthy_intervals: 0,
         ..o

@@ -1,5 +1,6 @@
 //! The registry core without networking: manifest checks, field checks, health, readiness,
-//! nonce pruning, reload from the database, and the error-to-status mapping.
+//! nonce pruning, growth caps, pruning of silent nodes and orphaned manifests, the discovery
+//! cap, reload from the database, and the error-to-status mapping.
 
 mod common;
 
@@ -217,10 +218,10 @@ fn old_nonces_are_pruned_but_never_replayable() {
     let first = node.register(0, T0);
     reg(&mut core, &first).unwrap();
     assert_eq!(core.db().nonce_count().unwrap(), 1);
-    // 61 s later the first nonce is pruned by the next request...
+    // 61 s later the first nonce is pruned by the next request (a registration: the silent
+    // node's row itself was pruned after 30 s)...
     clock.set_ms(T0 + 61_000);
-    let hb = node.heartbeat(T0 + 61_000);
-    core.heartbeat(&hb.payload, &hb.signature).unwrap();
+    assert!(reg(&mut core, &node.register(0, T0 + 61_000)).unwrap().new);
     assert_eq!(core.db().nonce_count().unwrap(), 1);
     // ...and replaying it fails on its timestamp instead.
     let err = reg(&mut core, &first).unwrap_err();
@@ -286,4 +287,169 @@ fn status_mapping_hides_storage_details() {
     for (err, code) in cases {
         assert_eq!(to_status(&err).code(), code, "{err}");
     }
+}
+
+/// A core with the test options and these caps.
+fn capped_core(
+    clock: &ManualClock,
+    max_models: u32,
+    max_nodes_per_identity: u32,
+    max_nodes: u32,
+) -> unfed_registry::RegistryCore {
+    let options = unfed_registry::RegistryOptions {
+        max_models,
+        max_nodes_per_identity,
+        max_nodes,
+        ..common::options()
+    };
+    unfed_registry::RegistryCore::new(
+        common::config(),
+        options,
+        RegistryDb::open_in_memory().unwrap(),
+        std::sync::Arc::new(clock.clone()),
+    )
+    .unwrap()
+}
+
+#[test]
+fn growth_caps_refuse_new_rows_with_resource_exhausted() {
+    let clock = ManualClock::new(T0);
+    let mut core = capped_core(&clock, 1, 2, 3);
+    let mut a = TestNode::new(8501);
+    let mut b = TestNode::new(8502);
+    let mut c = TestNode::new(8503);
+
+    reg(&mut core, &a.register(0, T0)).unwrap();
+    a.address = "127.0.0.1:8511".into();
+    reg(&mut core, &a.register(1, T0)).unwrap();
+    // A third address of the same identity.
+    a.address = "127.0.0.1:8521".into();
+    let err = reg(&mut core, &a.register(2, T0)).unwrap_err();
+    assert!(
+        matches!(err, RegistryError::TooManyNodesForIdentity { max: 2, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("maximum of 2 registered nodes"),
+        "{err}"
+    );
+    assert_eq!(to_status(&err).code(), Code::ResourceExhausted);
+    // Re-registering an address it has is a refresh, allowed at the cap.
+    a.address = "127.0.0.1:8501".into();
+    let refreshed = reg(&mut core, &a.register(2, T0)).unwrap();
+    assert!(!refreshed.new);
+
+    // A second model id is over max_models = 1.
+    let p = b.register_payload("other", 0, manifest_other(), T0);
+    let err = reg(&mut core, &b.sign(&p, manifest_other())).unwrap_err();
+    assert!(
+        matches!(err, RegistryError::TooManyModels { max: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("\"other\""), "{err}");
+    assert_eq!(to_status(&err).code(), Code::ResourceExhausted);
+    assert_eq!(core.list_models().unwrap().len(), 1);
+
+    // The third row fills the registry; a fourth from anyone is refused.
+    reg(&mut core, &b.register(0, T0)).unwrap();
+    let err = reg(&mut core, &c.register(0, T0)).unwrap_err();
+    assert!(
+        matches!(err, RegistryError::TooManyNodes { max: 3 }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("maximum of 3 nodes"), "{err}");
+    assert_eq!(to_status(&err).code(), Code::ResourceExhausted);
+    // Refreshes still work; refusals consumed no nonce (4 accepted registrations).
+    assert!(!reg(&mut core, &b.register(1, T0)).unwrap().new);
+    assert_eq!(core.db().nonce_count().unwrap(), 5);
+    assert_eq!(core.db().node_count().unwrap(), 3);
+}
+
+#[test]
+fn silent_nodes_and_orphaned_manifests_are_pruned() {
+    // Test options: healthy for 3 s, so rows are pruned after 30 s.
+    let clock = ManualClock::new(T0);
+    let mut core = core(RegistryDb::open_in_memory().unwrap(), &clock);
+    let mut a = TestNode::new(8601);
+    let mut b = TestNode::new(8602);
+    let mut c = TestNode::new(8603);
+    reg(&mut core, &a.register(0, T0)).unwrap();
+    let p = b.register_payload("other", 0, manifest_other(), T0);
+    reg(&mut core, &b.sign(&p, manifest_other())).unwrap();
+    // `other` loses its only node at T0 + 1 s.
+    clock.set_ms(T0 + 1000);
+    let u = b.unregister(T0 + 1000);
+    core.unregister(&u.payload, &u.signature).unwrap();
+
+    // Exactly 30 s after its last heartbeat, a is still registered (and pruning needs a write).
+    clock.set_ms(T0 + 30_000);
+    reg(&mut core, &c.register(1, T0 + 30_000)).unwrap();
+    assert!(
+        core.db()
+            .node(&a.key.address(), &a.address)
+            .unwrap()
+            .is_some()
+    );
+    // 1 ms later the next write prunes it; its heartbeat then finds nothing.
+    clock.set_ms(T0 + 30_001);
+    let hb = a.heartbeat(T0 + 30_001);
+    let err = core.heartbeat(&hb.payload, &hb.signature).unwrap_err();
+    assert!(matches!(err, RegistryError::NotRegistered { .. }), "{err}");
+    assert_eq!(core.db().node_count().unwrap(), 1);
+    assert_eq!(core.list_models().unwrap().len(), 2);
+
+    // `other` has had no node for 30 s at T0 + 31 s; 1 ms later it goes.
+    clock.set_ms(T0 + 31_000);
+    let hb = c.heartbeat(T0 + 31_000);
+    core.heartbeat(&hb.payload, &hb.signature).unwrap();
+    assert!(core.manifest_json("other").is_ok());
+    clock.set_ms(T0 + 31_001);
+    let hb = c.heartbeat(T0 + 31_001);
+    core.heartbeat(&hb.payload, &hb.signature).unwrap();
+    let err = core.manifest_json("other").unwrap_err();
+    assert!(matches!(err, RegistryError::UnknownModel(_)), "{err}");
+    assert!(core.discover("other").is_err());
+    let models: Vec<String> = core
+        .list_models()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.model_id)
+        .collect();
+    assert_eq!(models, vec!["tiny"]);
+    // `tiny` still has c, so it stays; the pruned model id can be registered again.
+    let p = b.register_payload("other", 1, manifest_other(), T0 + 31_001);
+    assert!(reg(&mut core, &b.sign(&p, manifest_other())).unwrap().new);
+    assert_eq!(core.list_models().unwrap().len(), 2);
+}
+
+#[test]
+fn discovery_returns_at_most_64_per_shard_but_counts_all() {
+    let clock = ManualClock::new(T0);
+    let mut core = core(RegistryDb::open_in_memory().unwrap(), &clock);
+    let n = unfed_registry::MAX_DISCOVERED_PER_SHARD + 2;
+    let mut nodes: Vec<TestNode> = (0..n).map(|i| TestNode::new(9000 + i as u16)).collect();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        // Later nodes heartbeat more recently.
+        clock.set_ms(T0 + i as u64);
+        reg(&mut core, &node.register(0, T0 + i as u64)).unwrap();
+    }
+    reg(&mut core, &TestNode::new(9500).register(1, T0 + n as u64)).unwrap();
+    let d = core.discover("tiny").unwrap();
+    let shard0: Vec<u64> = d
+        .nodes
+        .iter()
+        .filter(|n| n.shard_index == 0)
+        .map(|n| n.last_heartbeat_ms)
+        .collect();
+    assert_eq!(shard0.len(), unfed_registry::MAX_DISCOVERED_PER_SHARD);
+    // The most recent ones, most recent first.
+    assert_eq!(shard0[0], T0 + n as u64 - 1);
+    assert_eq!(*shard0.last().unwrap(), T0 + 2);
+    assert_eq!(d.nodes.iter().filter(|n| n.shard_index == 1).count(), 1);
+    let counts: Vec<u32> = core.list_models().unwrap()[0]
+        .shards
+        .iter()
+        .map(|s| s.healthy_nodes)
+        .collect();
+    assert_eq!(counts, vec![n as u32, 1, 0]);
 }

@@ -18,11 +18,12 @@ use crate::migrate::{Migration, migrate};
 use crate::sql::open_connection;
 
 /// The schema version this build writes.
-pub const REGISTRY_SCHEMA_VERSION: u32 = 1;
+pub const REGISTRY_SCHEMA_VERSION: u32 = 2;
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: "
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: "
 CREATE TABLE nodes (
     identity          TEXT    NOT NULL,
     address           TEXT    NOT NULL,
@@ -51,7 +52,22 @@ CREATE TABLE seen_nonces (
 ) WITHOUT ROWID;
 CREATE INDEX seen_nonces_by_time ON seen_nonces (timestamp_ms);
 ",
-}];
+    },
+    // Bounded growth: `last_used_ms` is when a node row of the model was last added, moved away
+    // or removed, so a manifest left without nodes can be pruned once it has been orphaned long
+    // enough; stale nodes are found by heartbeat time.
+    Migration {
+        version: 2,
+        sql: "
+ALTER TABLE manifests ADD COLUMN last_used_ms INTEGER NOT NULL DEFAULT 0;
+UPDATE manifests SET last_used_ms = MAX(
+    added_at_ms,
+    COALESCE((SELECT MAX(n.last_heartbeat_ms) FROM nodes n
+              WHERE n.model_id = manifests.model_id), 0));
+CREATE INDEX nodes_by_heartbeat ON nodes (last_heartbeat_ms);
+",
+    },
+];
 
 /// An admitted node, keyed by `(identity, address)`: one identity may serve several addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +112,48 @@ pub struct NonceRecord {
     pub timestamp_ms: u64,
 }
 
+/// Caps checked by [`RegistryDb::register_node`] in its transaction, so that state cannot grow
+/// without bound. Refreshing an existing `(identity, address)` row is never refused by the
+/// node caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegisterLimits {
+    /// Most manifests (model ids) held; a new model id beyond it is refused.
+    pub max_models: u32,
+    /// Most node rows one identity may hold.
+    pub max_nodes_per_identity: u32,
+    /// Most node rows in all.
+    pub max_nodes: u32,
+}
+
+impl RegisterLimits {
+    /// No caps (for tests and tools).
+    pub const UNLIMITED: Self = Self {
+        max_models: u32::MAX,
+        max_nodes_per_identity: u32::MAX,
+        max_nodes: u32::MAX,
+    };
+}
+
+/// Which cap of [`RegisterLimits`] refused a registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryLimit {
+    /// [`RegisterLimits::max_models`].
+    Models,
+    /// [`RegisterLimits::max_nodes_per_identity`].
+    NodesPerIdentity,
+    /// [`RegisterLimits::max_nodes`].
+    Nodes,
+}
+
+/// What [`RegistryDb::prune_stale`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Node rows removed.
+    pub nodes: usize,
+    /// Model ids whose manifest was removed, by model id.
+    pub manifests: Vec<String>,
+}
+
 /// What [`RegistryDb::register_node`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegisterOutcome {
@@ -110,6 +168,13 @@ pub enum RegisterOutcome {
     ManifestConflict {
         /// SHA-256 of the manifest already recorded.
         existing_sha256: [u8; 32],
+    },
+    /// A cap of [`RegisterLimits`] is reached; nothing changed.
+    LimitReached {
+        /// Which cap.
+        limit: RegistryLimit,
+        /// Its value.
+        max: u32,
     },
 }
 

@@ -67,28 +67,72 @@ impl RegistryDb {
     }
 
     /// Nodes of `model_id` whose last heartbeat is at or after `heartbeat_since_ms` (0: all),
-    /// by shard index, most recent heartbeat first, then by identity and address.
+    /// at most `per_shard` of each shard (the most recent ones; the cap is applied in SQL, so
+    /// the other rows are never loaded), by shard index, most recent heartbeat first, then by
+    /// identity and address.
     pub fn nodes_for_model(
         &self,
         model_id: &str,
         heartbeat_since_ms: u64,
+        per_shard: usize,
     ) -> Result<Vec<NodeRecord>, DbError> {
         const DOING: &str = "listing a model's nodes";
         let since = i64::try_from(heartbeat_since_ms).unwrap_or(i64::MAX);
+        let per_shard = i64::try_from(per_shard).unwrap_or(i64::MAX);
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
-                "SELECT {NODE_COLUMNS} FROM nodes
-                 WHERE model_id = ?1 AND last_heartbeat_ms >= ?2
+                "SELECT {NODE_COLUMNS} FROM (
+                     SELECT {NODE_COLUMNS}, ROW_NUMBER() OVER (
+                         PARTITION BY shard_index
+                         ORDER BY last_heartbeat_ms DESC, identity, address
+                     ) AS rank
+                     FROM nodes
+                     WHERE model_id = ?1 AND last_heartbeat_ms >= ?2
+                 )
+                 WHERE rank <= ?3
                  ORDER BY shard_index, last_heartbeat_ms DESC, identity, address"
             ))
             .map_err(DbError::sql(DOING))?;
         let rows = stmt
-            .query_map(params![model_id, since], RawNode::from_row)
+            .query_map(params![model_id, since, per_shard], RawNode::from_row)
             .map_err(DbError::sql(DOING))?;
         let mut out = Vec::new();
         for row in rows {
             out.push(row.map_err(DbError::sql(DOING))?.into_record()?);
+        }
+        Ok(out)
+    }
+
+    /// How many nodes of `model_id` have a last heartbeat at or after `heartbeat_since_ms`, per
+    /// shard index, by shard index (shards without such nodes are left out).
+    pub fn node_counts_for_model(
+        &self,
+        model_id: &str,
+        heartbeat_since_ms: u64,
+    ) -> Result<Vec<(u32, u64)>, DbError> {
+        const DOING: &str = "counting a model's nodes";
+        let since = i64::try_from(heartbeat_since_ms).unwrap_or(i64::MAX);
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT shard_index, COUNT(*) FROM nodes
+                 WHERE model_id = ?1 AND last_heartbeat_ms >= ?2
+                 GROUP BY shard_index ORDER BY shard_index",
+            )
+            .map_err(DbError::sql(DOING))?;
+        let rows = stmt
+            .query_map(params![model_id, since], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(DbError::sql(DOING))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (shard, n) = row.map_err(DbError::sql(DOING))?;
+            out.push((
+                read_u32("nodes", "shard_index", shard)?,
+                read_ordered_u64("nodes", "count", n)?,
+            ));
         }
         Ok(out)
     }

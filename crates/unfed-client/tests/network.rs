@@ -147,6 +147,20 @@ fn reference(model: &Path) -> Vec<u32> {
     ids
 }
 
+/// A greedy generation of the test prompt through the network.
+async fn greedy(client: &mut Client, model: &unfed_client::RemoteModel) -> Vec<u32> {
+    client
+        .generate(
+            model,
+            PROMPT,
+            MAX_TOKENS,
+            &SamplingParams::greedy(),
+            &mut |_| true,
+        )
+        .await
+        .unwrap()
+}
+
 async fn wait_ready(client: &mut Client) {
     for _ in 0..200 {
         let models = client.list_models().await.unwrap();
@@ -184,16 +198,7 @@ async fn network_generates(net: &Net, expected: Vec<u32>) {
     let models = client.list_models().await.unwrap();
     assert_eq!(models[0].shards.len(), 3);
     let model = client.model("tiny").await.unwrap();
-    let got = client
-        .generate(
-            &model,
-            PROMPT,
-            MAX_TOKENS,
-            &SamplingParams::greedy(),
-            &mut |_| true,
-        )
-        .await
-        .unwrap();
+    let got = greedy(&mut client, &model).await;
     assert_eq!(got, expected);
     // Several sessions at once.
     let mut handles = Vec::new();
@@ -202,15 +207,7 @@ async fn network_generates(net: &Net, expected: Vec<u32>) {
         handles.push(tokio::spawn(async move {
             let mut c = Client::connect(&registry).await.unwrap();
             let m = c.model("tiny").await.unwrap();
-            c.generate(
-                &m,
-                PROMPT,
-                MAX_TOKENS,
-                &SamplingParams::greedy(),
-                &mut |_| true,
-            )
-            .await
-            .unwrap()
+            greedy(&mut c, &m).await
         }));
     }
     for h in handles {
@@ -417,16 +414,7 @@ fn malformed_and_oversized_messages_get_clear_errors_and_the_node_keeps_serving(
 
         // Still serving.
         let model = client.model("tiny").await.unwrap();
-        let got = client
-            .generate(
-                &model,
-                PROMPT,
-                MAX_TOKENS,
-                &SamplingParams::greedy(),
-                &mut |_| true,
-            )
-            .await
-            .unwrap();
+        let got = greedy(&mut client, &model).await;
         assert_eq!(got, expected);
     });
 }

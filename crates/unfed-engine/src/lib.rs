@@ -16,9 +16,9 @@ pub use text_stream::TextStream;
 /// both engines process the same tokens.
 pub const BENCH_PROMPT: &str = include_str!("bench_prompt.txt");
 
-/// Threads the forward pass uses (`RAYON_NUM_THREADS`, else the physical cores).
+/// Threads the forward pass uses (`UNFED_THREADS`, else the CPUs available).
 pub fn compute_threads() -> usize {
-    candle_core::utils::get_num_threads()
+    unfed_kernels::pool::threads()
 }
 
 /// What can go wrong in the engine.

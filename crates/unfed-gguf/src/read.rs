@@ -180,7 +180,7 @@ impl GgufFile {
 /// A GGUF file mapped into memory, with its parsed header.
 pub struct MappedGguf {
     pub header: GgufFile,
-    map: memmap2::Mmap,
+    map: std::sync::Arc<memmap2::Mmap>,
 }
 
 impl MappedGguf {
@@ -194,13 +194,26 @@ impl MappedGguf {
         // GGUF readers (llama.cpp included) accept. Every slice taken is bounds-checked.
         let map = unsafe { memmap2::Mmap::map(&file)? };
         let header = GgufFile::parse(&map)?;
-        Ok(Self { header, map })
+        Ok(Self {
+            header,
+            map: std::sync::Arc::new(map),
+        })
     }
 
     /// The raw bytes of a tensor, exactly as stored.
     pub fn data(&self, tensor: &TensorInfo) -> &[u8] {
+        &self.map[self.range(tensor)]
+    }
+
+    /// The whole mapping, to keep tensor bytes alive beyond this value (with [`Self::range`]).
+    pub fn shared_map(&self) -> std::sync::Arc<memmap2::Mmap> {
+        self.map.clone()
+    }
+
+    /// Where a tensor's bytes lie in the mapping.
+    pub fn range(&self, tensor: &TensorInfo) -> std::ops::Range<usize> {
         let start = (self.header.data_offset + tensor.offset) as usize;
-        &self.map[start..start + tensor.size as usize]
+        start..start + tensor.size as usize
     }
 
     /// The raw bytes of the tensor called `name`.

@@ -137,6 +137,22 @@ impl Checkpoint {
         }
     }
 
+    /// A tensor's type, GGUF dims and bytes as a kernel operand: the mapped file's pages
+    /// themselves for GGUF (no copy; they stay mapped while the result lives), a converted copy
+    /// otherwise.
+    pub fn tensor_bytes(&self, name: &str) -> Result<(GgmlType, Vec<u64>, unfed_kernels::Bytes)> {
+        let raw = self.tensor(name)?;
+        let bytes = match (&self.inner, raw.data) {
+            (Inner::Gguf(g), Cow::Borrowed(_)) => {
+                let t = g.header.tensor(name).expect("the tensor was just read");
+                unfed_kernels::Bytes::shared(g.shared_map(), g.range(t))
+                    .expect("a tensor's range lies inside its file")
+            }
+            (_, data) => unfed_kernels::Bytes::owned(data.into_owned()),
+        };
+        Ok((raw.ty, raw.dims, bytes))
+    }
+
     /// The model configuration, checked for consistency with the tensors present.
     pub fn config(&self) -> Result<ModelConfig> {
         let vocab_hint = self

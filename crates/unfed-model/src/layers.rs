@@ -50,9 +50,15 @@ struct Linear {
 }
 
 impl Linear {
-    fn load(ck: &Checkpoint, prefix: &str, shape: (usize, usize), bias: bool) -> Result<Self> {
+    fn load(
+        ck: &Checkpoint,
+        prefix: &str,
+        shape: (usize, usize),
+        bias: bool,
+        exact: bool,
+    ) -> Result<Self> {
         let name = format!("{prefix}.weight");
-        let weight = matrix(ck, &name, shape)?;
+        let weight = matrix(ck, &name, shape, exact)?;
         let bias = if bias {
             let b = dense(ck, &format!("{prefix}.bias"))?;
             if b.dims() != [shape.0] {
@@ -91,7 +97,8 @@ pub(crate) struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    pub fn load(ck: &Checkpoint, cfg: &ModelConfig, index: usize) -> Result<Self> {
+    /// `exact`: weights dequantized to f32, so products are exact (the reference path).
+    pub fn load(ck: &Checkpoint, cfg: &ModelConfig, index: usize, exact: bool) -> Result<Self> {
         let p = |n: &str| format!("blk.{index}.{n}");
         let (h, f) = (cfg.hidden, cfg.ffn);
         let q_dim = cfg.n_head * cfg.head_dim;
@@ -99,14 +106,14 @@ impl DecoderLayer {
         let bias = cfg.arch.qkv_bias();
         Ok(Self {
             attn_norm: RmsNorm::load(ck, &p("attn_norm.weight"), cfg)?,
-            q: Linear::load(ck, &p("attn_q"), (q_dim, h), bias)?,
-            k: Linear::load(ck, &p("attn_k"), (kv_dim, h), bias)?,
-            v: Linear::load(ck, &p("attn_v"), (kv_dim, h), bias)?,
-            o: Linear::load(ck, &p("attn_output"), (h, q_dim), false)?,
+            q: Linear::load(ck, &p("attn_q"), (q_dim, h), bias, exact)?,
+            k: Linear::load(ck, &p("attn_k"), (kv_dim, h), bias, exact)?,
+            v: Linear::load(ck, &p("attn_v"), (kv_dim, h), bias, exact)?,
+            o: Linear::load(ck, &p("attn_output"), (h, q_dim), false, exact)?,
             ffn_norm: RmsNorm::load(ck, &p("ffn_norm.weight"), cfg)?,
-            gate: Linear::load(ck, &p("ffn_gate"), (f, h), false)?,
-            up: Linear::load(ck, &p("ffn_up"), (f, h), false)?,
-            down: Linear::load(ck, &p("ffn_down"), (h, f), false)?,
+            gate: Linear::load(ck, &p("ffn_gate"), (f, h), false, exact)?,
+            up: Linear::load(ck, &p("ffn_up"), (f, h), false, exact)?,
+            down: Linear::load(ck, &p("ffn_down"), (h, f), false, exact)?,
             n_head: cfg.n_head,
             n_kv_head: cfg.n_kv_head,
             head_dim: cfg.head_dim,
@@ -211,13 +218,23 @@ pub(crate) fn qtensor(ck: &Checkpoint, name: &str) -> Result<QTensor> {
     })
 }
 
-/// A `[rows, cols]` weight as a quantized matmul, shape-checked.
-pub(crate) fn matrix(ck: &Checkpoint, name: &str, shape: (usize, usize)) -> Result<QMatMul> {
+/// A `[rows, cols]` weight as a quantized matmul (or, `exact`, dequantized to f32),
+/// shape-checked.
+pub(crate) fn matrix(
+    ck: &Checkpoint,
+    name: &str,
+    shape: (usize, usize),
+    exact: bool,
+) -> Result<QMatMul> {
     let t = qtensor(ck, name)?;
     if t.shape().dims() != [shape.0, shape.1] {
         return Err(shape_error(name, t.shape().dims(), &[shape.0, shape.1]));
     }
-    Ok(QMatMul::from_qtensor(t)?)
+    Ok(if exact {
+        QMatMul::Tensor(t.dequantize(&Device::Cpu)?)
+    } else {
+        QMatMul::from_qtensor(t)?
+    })
 }
 
 /// A tensor dequantized to f32.

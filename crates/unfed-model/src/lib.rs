@@ -8,6 +8,7 @@
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
+mod cpu;
 mod layers;
 mod rope;
 pub mod sampling;
@@ -19,7 +20,7 @@ pub use chat::{ChatMessage, ChatTemplate};
 pub use checkpoint::{Checkpoint, RawTensor};
 pub use config::{Arch, ModelConfig};
 pub use sampling::{Sampler, SamplingParams};
-pub use shard::{Input, KvCache, LogitsMode, ShardModel, ShardRole};
+pub use shard::{Compute, Input, KvCache, LogitsMode, ShardModel, ShardRole};
 pub use tokenizer::TextTokenizer;
 
 /// What can go wrong loading or running a model.

@@ -11,8 +11,11 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use unfed_gguf::Value;
 
+use unfed_kernels::QMatrix;
+
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
+use crate::cpu::{self, CpuCache, CpuLayer, RopeRows};
 use crate::layers::{self, DecoderLayer, LayerCache, RmsNorm};
 use crate::rope::RopeTables;
 use crate::{ModelError, Result};
@@ -88,8 +91,14 @@ pub enum LogitsMode {
 pub struct KvCache {
     /// The shard's global layer range, so a cache is never used with another shard.
     range: Range<usize>,
-    layers: Vec<LayerCache>,
+    layers: LayerCaches,
     positions: usize,
+}
+
+#[derive(Debug, Clone)]
+enum LayerCaches {
+    Kernels(Vec<CpuCache>),
+    Candle(Vec<LayerCache>),
 }
 
 impl KvCache {
@@ -103,11 +112,47 @@ impl KvCache {
 pub struct ShardModel {
     config: ModelConfig,
     role: ShardRole,
-    embedding: Option<QTensor>,
-    layers: Vec<DecoderLayer>,
+    embedding: Option<Weights<QTensor>>,
+    layers: Layers,
     norm: Option<RmsNorm>,
-    head: Option<QMatMul>,
+    head: Option<Weights<QMatMul>>,
     device: Device,
+    compute: Compute,
+}
+
+/// A matrix for the CPU kernels, or for candle where they lack its type.
+enum Weights<C> {
+    Kernels(QMatrix),
+    Candle(C),
+}
+
+/// The layers on the CPU kernels when every matrix has a kernel, else all on candle.
+enum Layers {
+    Kernels(Vec<CpuLayer>),
+    Candle(Vec<DecoderLayer>),
+}
+
+/// How a shard computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compute {
+    /// The `unfed-kernels` CPU kernels, for every layer whose matrices they cover (all layers or
+    /// none); candle for the rest.
+    Kernels,
+    /// candle's tensor operations throughout (any weight type; the GPU path).
+    Candle,
+    /// candle with every matrix dequantized to f32: exact products, slow; the reference the
+    /// quantized paths are measured against.
+    Reference,
+}
+
+impl Compute {
+    /// [`Compute::Kernels`], unless `UNFED_ENGINE=candle` asks for candle (to compare).
+    pub fn from_env() -> Compute {
+        match std::env::var("UNFED_ENGINE").as_deref() {
+            Ok("candle") => Compute::Candle,
+            _ => Compute::Kernels,
+        }
+    }
 }
 
 impl ShardModel {
@@ -121,6 +166,11 @@ impl ShardModel {
 
     /// Loads a chosen part of a checkpoint (which must contain the needed tensors).
     pub fn load_role(ck: &Checkpoint, role: ShardRole) -> Result<Self> {
+        Self::load_role_with(ck, role, Compute::from_env())
+    }
+
+    /// [`Self::load_role`] on a chosen compute path.
+    pub fn load_role_with(ck: &Checkpoint, role: ShardRole, compute: Compute) -> Result<Self> {
         let config = ck.config()?;
         if role.layers.start >= role.layers.end || role.layers.end > config.n_layer {
             return Err(ModelError::Config(format!(
@@ -128,31 +178,61 @@ impl ShardModel {
                 role.layers, config.n_layer
             )));
         }
+        let kernels = compute == Compute::Kernels;
         let embedding = if role.embedding {
-            let t = layers::qtensor(ck, "token_embd.weight")?;
-            check_shape(
-                "token_embd.weight",
-                t.shape().dims(),
-                &[config.vocab, config.hidden],
-            )?;
-            Some(t)
+            let name = "token_embd.weight";
+            let shape = (config.vocab, config.hidden);
+            Some(match cpu::load_matrix(ck, name, shape)? {
+                Some(m) if kernels => Weights::Kernels(m),
+                _ => {
+                    let t = layers::qtensor(ck, name)?;
+                    check_shape(name, t.shape().dims(), &[shape.0, shape.1])?;
+                    Weights::Candle(t)
+                }
+            })
         } else {
             None
         };
-        let layers = role
-            .layers
-            .clone()
-            .map(|i| DecoderLayer::load(ck, &config, i))
-            .collect::<Result<Vec<_>>>()?;
+        let on_kernels = if kernels {
+            role.layers
+                .clone()
+                .map(|i| CpuLayer::load(ck, &config, i))
+                .collect::<Result<Option<Vec<_>>>>()?
+        } else {
+            None
+        };
+        let compute = match (compute, &on_kernels) {
+            (Compute::Kernels, None) => Compute::Candle,
+            (c, _) => c,
+        };
+        let layers = match on_kernels {
+            Some(l) => Layers::Kernels(l),
+            None => Layers::Candle(
+                role.layers
+                    .clone()
+                    .map(|i| DecoderLayer::load(ck, &config, i, compute == Compute::Reference))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+        };
         let (norm, head) = if role.head {
             let name = if ck.tensor_info("output.weight").is_some() {
                 "output.weight"
             } else {
                 "token_embd.weight"
             };
+            let shape = (config.vocab, config.hidden);
+            let head = match cpu::load_matrix(ck, name, shape)? {
+                Some(m) if kernels => Weights::Kernels(m),
+                _ => Weights::Candle(layers::matrix(
+                    ck,
+                    name,
+                    shape,
+                    compute == Compute::Reference,
+                )?),
+            };
             (
                 Some(RmsNorm::load(ck, "output_norm.weight", &config)?),
-                Some(layers::matrix(ck, name, (config.vocab, config.hidden))?),
+                Some(head),
             )
         } else {
             (None, None)
@@ -165,6 +245,7 @@ impl ShardModel {
             norm,
             head,
             device: Device::Cpu,
+            compute,
         })
     }
 
@@ -176,11 +257,20 @@ impl ShardModel {
         &self.role
     }
 
+    /// The path the layers run on.
+    pub fn compute(&self) -> Compute {
+        self.compute
+    }
+
     /// A fresh, empty cache for one session.
     pub fn new_cache(&self) -> KvCache {
+        let n = self.role.layers.len();
         KvCache {
             range: self.role.layers.clone(),
-            layers: vec![LayerCache::default(); self.layers.len()],
+            layers: match self.layers {
+                Layers::Kernels(_) => LayerCaches::Kernels(vec![CpuCache::default(); n]),
+                Layers::Candle(_) => LayerCaches::Candle(vec![LayerCache::default(); n]),
+            },
             positions: 0,
         }
     }
@@ -198,7 +288,7 @@ impl ShardModel {
                 "the cache belongs to a different shard".into(),
             ));
         }
-        let mut x = match (input, &self.embedding) {
+        let x = match (input, &self.embedding) {
             (Input::Tokens(ids), Some(emb)) => {
                 if ids.is_empty() {
                     return Err(ModelError::Input("no tokens".into()));
@@ -209,7 +299,18 @@ impl ShardModel {
                         self.config.vocab
                     )));
                 }
-                emb.embedding(&Tensor::new(ids, &self.device)?)?
+                match emb {
+                    Weights::Kernels(m) => {
+                        let hidden = self.config.hidden;
+                        let mut rows = vec![0f32; ids.len() * hidden];
+                        for (&id, row) in ids.iter().zip(rows.chunks_exact_mut(hidden)) {
+                            m.dequantize_row(id as usize, row)
+                                .map_err(|e| ModelError::Input(format!("embedding lookup: {e}")))?;
+                        }
+                        Tensor::from_vec(rows, (ids.len(), hidden), &self.device)?
+                    }
+                    Weights::Candle(t) => t.embedding(&Tensor::new(ids, &self.device)?)?,
+                }
             }
             (Input::Hidden(h), None) => {
                 let (t, d) = h
@@ -233,9 +334,8 @@ impl ShardModel {
                     "this shard takes tokens, not hidden states".into(),
                 ));
             }
-        }
-        .unsqueeze(0)?;
-        let t = x.dim(1)?;
+        };
+        let t = x.dim(0)?;
         let past = cache.positions;
         if past + t > self.config.context_length {
             return Err(ModelError::Input(format!(
@@ -244,30 +344,58 @@ impl ShardModel {
                 self.config.context_length
             )));
         }
-        let rope = RopeTables::new(
-            self.config.rope_theta,
-            self.config.head_dim,
-            past,
-            t,
-            &self.device,
-        )?;
-        let mask = if t > 1 {
-            Some(layers::causal_mask(t, past, &self.device)?)
-        } else {
-            None
+        let x = match (&self.layers, &mut cache.layers) {
+            (Layers::Kernels(layers), LayerCaches::Kernels(caches)) => {
+                let mut v = x.flatten_all()?.to_vec1::<f32>()?;
+                let rope = RopeRows::new(self.config.rope_theta, self.config.head_dim, past, t);
+                for (layer, lc) in layers.iter().zip(caches.iter_mut()) {
+                    layer.forward(&mut v, t, &rope, lc);
+                }
+                Tensor::from_vec(v, (t, self.config.hidden), &self.device)?
+            }
+            (Layers::Candle(layers), LayerCaches::Candle(caches)) => {
+                let rope = RopeTables::new(
+                    self.config.rope_theta,
+                    self.config.head_dim,
+                    past,
+                    t,
+                    &self.device,
+                )?;
+                let mask = if t > 1 {
+                    Some(layers::causal_mask(t, past, &self.device)?)
+                } else {
+                    None
+                };
+                let mut x = x.unsqueeze(0)?;
+                for (layer, lc) in layers.iter().zip(caches.iter_mut()) {
+                    x = layer.forward(&x, &rope, mask.as_ref(), lc)?;
+                }
+                x.squeeze(0)?
+            }
+            _ => {
+                return Err(ModelError::Input(
+                    "the cache was made for another compute path".into(),
+                ));
+            }
         };
-        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(&x, &rope, mask.as_ref(), lc)?;
-        }
         cache.positions += t;
-        let x = x.squeeze(0)?;
         match (&self.norm, &self.head) {
             (Some(norm), Some(head)) => {
                 let x = match mode {
                     LogitsMode::Last => x.narrow(0, t - 1, 1)?,
                     LogitsMode::All => x,
                 };
-                Ok(head.forward(&norm.forward(&x)?)?)
+                let x = norm.forward(&x)?;
+                Ok(match head {
+                    Weights::Kernels(m) => {
+                        let rows = x.dim(0)?;
+                        let mut logits = vec![0f32; rows * m.rows()];
+                        m.matmul(&x.flatten_all()?.to_vec1::<f32>()?, rows, &mut logits)
+                            .map_err(|e| ModelError::Input(format!("output head: {e}")))?;
+                        Tensor::from_vec(logits, (rows, m.rows()), &self.device)?
+                    }
+                    Weights::Candle(q) => q.forward(&x)?,
+                })
             }
             _ => Ok(x),
         }

@@ -47,9 +47,12 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
-        // SAFETY: nothing else runs yet; the variable is read by the compute thread pool when it
-        // is first used, which is later.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
+        // SAFETY: nothing else runs yet; the variables are read by the compute thread pools
+        // (ours, and candle's for what runs on candle) when first used, which is later.
+        unsafe {
+            std::env::set_var("UNFED_THREADS", n.max(1).to_string());
+            std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+        }
     }
     let result = match cli.command {
         Command::Model(cmd) => model_cmd::run(cmd),

@@ -1,0 +1,279 @@
+//! A quantized weight matrix and its products with activations.
+
+use std::cell::Cell;
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::act::{ActBlock, quantize_rows};
+use crate::formats::{QuantType, dequantize_row};
+use crate::pool::Pool;
+use crate::{Isa, KernelError, portable};
+
+/// Immutable bytes: owned, or a range of something shared (a memory-mapped file).
+#[derive(Clone)]
+pub struct Bytes {
+    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    range: Range<usize>,
+}
+
+impl Bytes {
+    pub fn owned(bytes: Vec<u8>) -> Bytes {
+        let range = 0..bytes.len();
+        Bytes {
+            owner: Arc::new(bytes),
+            range,
+        }
+    }
+
+    /// `range` of `owner`'s bytes; `None` if it lies outside them.
+    pub fn shared(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, range: Range<usize>) -> Option<Bytes> {
+        let len = (*owner).as_ref().len();
+        (range.start <= range.end && range.end <= len).then_some(Bytes { owner, range })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &(*self.owner).as_ref()[self.range.clone()]
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bytes({} bytes)", self.range.len())
+    }
+}
+
+/// A `rows × cols` matrix of quantized weights in GGUF layout (row-major, whole blocks per row).
+#[derive(Debug, Clone)]
+pub struct QMatrix {
+    ty: QuantType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    data: Bytes,
+}
+
+impl QMatrix {
+    pub fn new(ty: QuantType, rows: usize, cols: usize, data: Bytes) -> Result<Self, KernelError> {
+        if cols == 0 || !cols.is_multiple_of(ty.block_len()) {
+            return Err(KernelError::Columns {
+                ty: ty.name(),
+                cols,
+                block: ty.block_len(),
+            });
+        }
+        let row_bytes = cols / ty.block_len() * ty.block_bytes();
+        let got = data.as_slice().len();
+        if Some(got) != rows.checked_mul(row_bytes) {
+            return Err(KernelError::Bytes {
+                ty: ty.name(),
+                rows,
+                cols,
+                want: rows.saturating_mul(row_bytes),
+                got,
+            });
+        }
+        Ok(QMatrix {
+            ty,
+            rows,
+            cols,
+            row_bytes,
+            data,
+        })
+    }
+
+    pub fn ty(&self) -> QuantType {
+        self.ty
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Row `row` in f32 (`out`: `cols` values).
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) -> Result<(), KernelError> {
+        if row >= self.rows {
+            return Err(KernelError::Row {
+                row,
+                rows: self.rows,
+            });
+        }
+        if out.len() != self.cols {
+            return Err(KernelError::Output {
+                got: out.len(),
+                want: self.cols,
+            });
+        }
+        dequantize_row(self.ty, self.row(row), out);
+        Ok(())
+    }
+
+    /// `y = x Wᵀ` for `tokens` rows of `x` (`[tokens, cols]`), `y`: `[tokens, rows]`, on the
+    /// global pool with the detected instruction set.
+    pub fn matmul(&self, x: &[f32], tokens: usize, y: &mut [f32]) -> Result<(), KernelError> {
+        matmul_many(
+            &[self],
+            x,
+            tokens,
+            &mut [y],
+            crate::pool::global(),
+            Isa::detect(),
+        )
+    }
+
+    fn row(&self, r: usize) -> &[u8] {
+        &self.data.as_slice()[r * self.row_bytes..][..self.row_bytes]
+    }
+}
+
+/// The most matrices one [`matmul_many`] call takes.
+pub const MAX_MATS: usize = 4;
+
+/// `ys[i] = x Wᵢᵀ` for matrices sharing their column count (a layer's q/k/v, or gate/up): the
+/// activations are quantized once and every row of every matrix is one job for the pool.
+/// Each output value is computed by one thread in a fixed order, so results do not depend on
+/// the thread count.
+pub fn matmul_many(
+    mats: &[&QMatrix],
+    x: &[f32],
+    tokens: usize,
+    ys: &mut [&mut [f32]],
+    pool: &Pool,
+    isa: Isa,
+) -> Result<(), KernelError> {
+    let Some(cols) = mats.first().map(|m| m.cols) else {
+        return Ok(());
+    };
+    if mats.len() > MAX_MATS || ys.len() != mats.len() {
+        return Err(KernelError::Matrices {
+            got: mats.len().max(ys.len()),
+            max: MAX_MATS,
+        });
+    }
+    // A caller may name an instruction set this CPU lacks; never run it.
+    let isa = isa.min(Isa::best());
+    if mats.iter().any(|m| m.cols != cols) || x.len() != tokens * cols {
+        return Err(KernelError::Input {
+            got: x.len(),
+            tokens,
+            cols,
+        });
+    }
+    for (m, y) in mats.iter().zip(ys.iter()) {
+        if y.len() != tokens * m.rows {
+            return Err(KernelError::Output {
+                got: y.len(),
+                want: tokens * m.rows,
+            });
+        }
+    }
+    if tokens == 0 {
+        return Ok(());
+    }
+    let mut acts = ACTS.take();
+    quantize_rows(x, cols, &mut acts);
+    let runs = cols / 32;
+    let total_rows: usize = mats.iter().map(|m| m.rows).sum();
+    let per_chunk = total_rows.div_ceil(pool.threads() * 8).max(4);
+    let mut chunks = [0usize; MAX_MATS];
+    let mut outs = [OutPtr(std::ptr::null_mut()); MAX_MATS];
+    for (i, (m, y)) in mats.iter().zip(ys.iter_mut()).enumerate() {
+        chunks[i] = m.rows.div_ceil(per_chunk);
+        outs[i] = OutPtr(y.as_mut_ptr());
+    }
+    let acts_ref = &acts[..];
+    pool.run(chunks.iter().sum(), &|mut c| {
+        let mut i = 0;
+        while c >= chunks[i] {
+            c -= chunks[i];
+            i += 1;
+        }
+        let m = mats[i];
+        let rows = c * per_chunk..((c + 1) * per_chunk).min(m.rows);
+        let act_row = |t: usize| &acts_ref[t * runs..(t + 1) * runs];
+        let mut t0 = 0;
+        while t0 < tokens {
+            let n = (tokens - t0).min(4);
+            for r in rows.clone() {
+                let w = m.row(r);
+                let put = |j: usize, v: f32| {
+                    // SAFETY: (token, row) pairs are disjoint between chunks, and `ys` outlives
+                    // the job.
+                    unsafe { *outs[i].0.add((t0 + j) * m.rows + r) = v };
+                };
+                match n {
+                    4 => row_dot(isa, m.ty, w, [0, 1, 2, 3].map(|j| act_row(t0 + j)), runs)
+                        .into_iter()
+                        .enumerate()
+                        .for_each(|(j, v)| put(j, v)),
+                    2 | 3 => {
+                        row_dot(isa, m.ty, w, [0, 1].map(|j| act_row(t0 + j)), runs)
+                            .into_iter()
+                            .enumerate()
+                            .for_each(|(j, v)| put(j, v));
+                        if n == 3 {
+                            put(2, row_dot(isa, m.ty, w, [act_row(t0 + 2)], runs)[0]);
+                        }
+                    }
+                    _ => put(0, row_dot(isa, m.ty, w, [act_row(t0)], runs)[0]),
+                }
+            }
+            t0 += n;
+        }
+    });
+    ACTS.set(acts);
+    Ok(())
+}
+
+thread_local! {
+    /// The calling thread's quantized activations, reused between products.
+    static ACTS: Cell<Vec<ActBlock>> = const { Cell::new(Vec::new()) };
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: each job chunk writes a disjoint set of elements.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// One weight row against `T` token rows, on `isa`.
+pub(crate) fn row_dot<const T: usize>(
+    isa: Isa,
+    ty: QuantType,
+    row: &[u8],
+    acts: [&[ActBlock]; T],
+    runs: usize,
+) -> [f32; T] {
+    debug_assert!(acts.iter().all(|a| a.len() >= runs));
+    debug_assert_eq!(row.len() * ty.block_len(), runs * 32 * ty.block_bytes());
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! on {
+            ($isa:ident) => {{
+                use crate::x86::$isa as k;
+                let (w, a) = (row.as_ptr(), acts.map(|a| a.as_ptr()));
+                // SAFETY: the CPU supports `isa` (`Isa::detect`/`available`), the row holds
+                // `runs` runs of `ty` and every activation row at least `runs` blocks.
+                unsafe {
+                    match ty {
+                        QuantType::Q4_0 => k::q4_0(w, a, runs),
+                        QuantType::Q4_1 => k::q4_1(w, a, runs),
+                        QuantType::Q5_0 => k::q5_0(w, a, runs),
+                        QuantType::Q8_0 => k::q8_0(w, a, runs),
+                        QuantType::Q4K => k::q4k(w, a, runs),
+                        QuantType::Q6K => k::q6k(w, a, runs),
+                    }
+                }
+            }};
+        }
+        match isa {
+            Isa::Avx2 => return on!(avx2),
+            Isa::Avx512Vnni => return on!(vnni),
+            Isa::Portable => {}
+        }
+    }
+    portable::row_dot(ty, row, acts, runs)
+}

@@ -1,0 +1,259 @@
+//! x86-64 row kernels: one weight row against `T` token rows of 8-bit activations.
+//!
+//! Each weight run of 32 is unpacked once into a 256-bit register of small integers and meets
+//! every token's activations through an integer dot product — `vpmaddubsw` + `vpmaddwd` on AVX2,
+//! one `vpdpbusd` with AVX-512 VNNI — scaled into a float accumulator per token. Weight offsets
+//! (Q4_0's 8, Q5_0's 16, Q4_1/Q4_K minimums) are applied once per run through the activation
+//! sums, so 4- and 5-bit weights enter the integer product unsigned. The same source is compiled
+//! twice, once per instruction set, by the macro below.
+
+use crate::act::ActBlock;
+
+macro_rules! row_kernels {
+    ($isa:ident, $features:literal, |$w:ident, $a:ident| $dot:expr) => {
+        pub(crate) mod $isa {
+            use super::ActBlock;
+            use crate::formats::q4k_scale_min;
+            use std::arch::x86_64::*;
+
+            /// Sum of `u8 × i8` products, four adjacent pairs per 32-bit lane.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn dot_u8i8($w: __m256i, $a: __m256i) -> __m256i {
+                $dot
+            }
+
+            /// Sum of `i8 × i8` products, four adjacent pairs per 32-bit lane.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn dot_i8i8(w: __m256i, a: __m256i) -> __m256i {
+                dot_u8i8(_mm256_abs_epi8(w), _mm256_sign_epi8(a, w))
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn hsum(v: __m256) -> f32 {
+                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn f16_at(p: *const u8) -> f32 {
+                unsafe { half::f16::from_bits(p.cast::<u16>().read_unaligned()).to_f32() }
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn load_act(a: &ActBlock) -> __m256i {
+                unsafe { _mm256_loadu_si256(a.q.as_ptr().cast()) }
+            }
+
+            /// 16 bytes of packed nibbles → 32 bytes: low nibbles first, then high nibbles.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn nibbles(p: *const u8) -> __m256i {
+                unsafe {
+                    let qs = _mm_loadu_si128(p.cast());
+                    let both = _mm256_set_m128i(_mm_srli_epi16(qs, 4), qs);
+                    _mm256_and_si256(both, _mm256_set1_epi8(0xF))
+                }
+            }
+
+            /// Byte `i` is 0xFF where bit `i` of `bits` is set, else 0.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn bytes_from_bits(bits: u32) -> __m256i {
+                let v = _mm256_set1_epi32(bits as i32);
+                let spread = _mm256_shuffle_epi8(
+                    v,
+                    _mm256_set_epi64x(
+                        0x0303030303030303,
+                        0x0202020202020202,
+                        0x0101010101010101,
+                        0,
+                    ),
+                );
+                let probe = _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+                _mm256_cmpeq_epi8(probe, _mm256_set1_epi64x(-1))
+            }
+
+            /// The 32-weight block kinds: `load` gives the weights as bytes, the scale and the
+            /// factor of the activation sum; `$signed` says the bytes are signed.
+            macro_rules! block32_kernel {
+                ($name:ident, $bytes:expr, $signed:expr, |$b:ident| $load:expr) => {
+                    #[target_feature(enable = $features)]
+                    pub(crate) unsafe fn $name<const T: usize>(
+                        row: *const u8,
+                        acts: [*const ActBlock; T],
+                        runs: usize,
+                    ) -> [f32; T] {
+                        let mut acc = [_mm256_setzero_ps(); T];
+                        let mut offset = [0f32; T];
+                        for r in 0..runs {
+                            let $b = unsafe { row.add(r * $bytes) };
+                            let (w, d, m): (__m256i, f32, f32) = unsafe { $load };
+                            for j in 0..T {
+                                let a = unsafe { &*acts[j].add(r) };
+                                let x = unsafe { load_act(a) };
+                                let p = if $signed {
+                                    dot_i8i8(w, x)
+                                } else {
+                                    dot_u8i8(w, x)
+                                };
+                                acc[j] = _mm256_fmadd_ps(
+                                    _mm256_cvtepi32_ps(p),
+                                    _mm256_set1_ps(d * a.d),
+                                    acc[j],
+                                );
+                                offset[j] += m * a.s;
+                            }
+                        }
+                        let mut out = [0f32; T];
+                        for j in 0..T {
+                            out[j] = hsum(acc[j]) + offset[j];
+                        }
+                        out
+                    }
+                };
+            }
+
+            block32_kernel!(q4_0, 18, false, |b| {
+                let d = f16_at(b);
+                (nibbles(b.add(2)), d, -8.0 * d)
+            });
+            block32_kernel!(q4_1, 20, false, |b| {
+                (nibbles(b.add(4)), f16_at(b), f16_at(b.add(2)))
+            });
+            block32_kernel!(q5_0, 22, false, |b| {
+                let d = f16_at(b);
+                let high = bytes_from_bits(b.add(2).cast::<u32>().read_unaligned());
+                let w = _mm256_or_si256(
+                    nibbles(b.add(6)),
+                    _mm256_and_si256(high, _mm256_set1_epi8(0x10)),
+                );
+                (w, d, -16.0 * d)
+            });
+            block32_kernel!(q8_0, 34, true, |b| {
+                (_mm256_loadu_si256(b.add(2).cast()), f16_at(b), 0.0)
+            });
+
+            /// Q4_K: 256 weights in 8 runs, each with a 6-bit scale and minimum.
+            #[target_feature(enable = $features)]
+            pub(crate) unsafe fn q4k<const T: usize>(
+                row: *const u8,
+                acts: [*const ActBlock; T],
+                runs: usize,
+            ) -> [f32; T] {
+                let mask = _mm256_set1_epi8(0xF);
+                let mut acc = [_mm256_setzero_ps(); T];
+                let mut offset = [0f32; T];
+                for blk in 0..runs / 8 {
+                    let b = unsafe { row.add(blk * 144) };
+                    let (d, dmin) = unsafe { (f16_at(b), f16_at(b.add(2))) };
+                    let scales = unsafe { std::slice::from_raw_parts(b.add(4), 12) };
+                    for g in 0..4 {
+                        let qs = unsafe { _mm256_loadu_si256(b.add(16 + 32 * g).cast()) };
+                        let halves = [
+                            _mm256_and_si256(qs, mask),
+                            _mm256_and_si256(_mm256_srli_epi16(qs, 4), mask),
+                        ];
+                        for (h, w) in halves.into_iter().enumerate() {
+                            let (sc, m) = q4k_scale_min(scales, 2 * g + h);
+                            let (ds, dm) = (d * sc as f32, -dmin * m as f32);
+                            for j in 0..T {
+                                let a = unsafe { &*acts[j].add(blk * 8 + 2 * g + h) };
+                                let p = dot_u8i8(w, unsafe { load_act(a) });
+                                acc[j] = _mm256_fmadd_ps(
+                                    _mm256_cvtepi32_ps(p),
+                                    _mm256_set1_ps(ds * a.d),
+                                    acc[j],
+                                );
+                                offset[j] += dm * a.s;
+                            }
+                        }
+                    }
+                }
+                let mut out = [0f32; T];
+                for j in 0..T {
+                    out[j] = hsum(acc[j]) + offset[j];
+                }
+                out
+            }
+
+            /// Q6_K: 256 signed 6-bit weights in 16 runs of 16, each with an 8-bit scale.
+            #[target_feature(enable = $features)]
+            pub(crate) unsafe fn q6k<const T: usize>(
+                row: *const u8,
+                acts: [*const ActBlock; T],
+                runs: usize,
+            ) -> [f32; T] {
+                let m4 = _mm256_set1_epi8(0xF);
+                let m2 = _mm256_set1_epi8(3);
+                let bias = _mm256_set1_epi8(32);
+                let mut acc = [_mm256_setzero_ps(); T];
+                for blk in 0..runs / 8 {
+                    let b = unsafe { row.add(blk * 210) };
+                    let d = unsafe { f16_at(b.add(208)) };
+                    for half in 0..2 {
+                        let (ql0, ql1, qh) = unsafe {
+                            (
+                                _mm256_loadu_si256(b.add(64 * half).cast()),
+                                _mm256_loadu_si256(b.add(64 * half + 32).cast()),
+                                _mm256_loadu_si256(b.add(128 + 32 * half).cast()),
+                            )
+                        };
+                        let hs = [
+                            qh,
+                            _mm256_srli_epi16(qh, 2),
+                            _mm256_srli_epi16(qh, 4),
+                            _mm256_srli_epi16(qh, 6),
+                        ];
+                        let lows = [
+                            _mm256_and_si256(ql0, m4),
+                            _mm256_and_si256(ql1, m4),
+                            _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                            _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                        ];
+                        let sc = unsafe { b.add(192 + 8 * half).cast::<i8>() };
+                        for g in 0..4 {
+                            let high = _mm256_slli_epi16(_mm256_and_si256(hs[g], m2), 4);
+                            let w = _mm256_sub_epi8(_mm256_or_si256(lows[g], high), bias);
+                            let aw = _mm256_abs_epi8(w);
+                            let scales = unsafe {
+                                _mm256_set_m128i(
+                                    _mm_set1_epi16(*sc.add(2 * g + 1) as i16),
+                                    _mm_set1_epi16(*sc.add(2 * g) as i16),
+                                )
+                            };
+                            for j in 0..T {
+                                let a = unsafe { &*acts[j].add(blk * 8 + 4 * half + g) };
+                                let x = _mm256_sign_epi8(unsafe { load_act(a) }, w);
+                                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, x), scales);
+                                acc[j] = _mm256_fmadd_ps(
+                                    _mm256_cvtepi32_ps(p),
+                                    _mm256_set1_ps(d * a.d),
+                                    acc[j],
+                                );
+                            }
+                        }
+                    }
+                }
+                let mut out = [0f32; T];
+                for j in 0..T {
+                    out[j] = hsum(acc[j]);
+                }
+                out
+            }
+        }
+    };
+}
+
+row_kernels!(avx2, "avx2,fma", |w, a| _mm256_madd_epi16(
+    _mm256_maddubs_epi16(w, a),
+    _mm256_set1_epi16(1)
+));
+row_kernels!(vnni, "avx2,fma,avx512vnni,avx512vl", |w, a| {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
+});

@@ -14,6 +14,7 @@ described at the top of bench_llamacpp.py.
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -28,6 +29,16 @@ def run_json(cmd):
     return json.loads(out.stdout)
 
 
+def peak_rss_mib(cmd):
+    """Runs `cmd` alone and returns its peak resident set (ru_maxrss of that child), MiB."""
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"{cmd[0]} exited with {child.returncode}")
+    return usage.ru_maxrss / 1024.0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--unfed", default=str(ROOT / "target/release/unfed"))
@@ -38,10 +49,12 @@ def main():
     args = ap.parse_args()
 
     rows = []
+    mems = []
     for model in args.models:
         path = subprocess.run([args.unfed, "model", "fetch", model], check=True, capture_output=True, text=True).stdout.strip()
         ours = {"whole model": ([], []), "3 shards": ([], [])}
         ref = ([], [])
+        mem_ours, mem_ref, mem_ref_model = [], [], []
         quant = ""
         for _ in range(args.rounds):
             u = run_json([args.unfed, "--threads", str(args.threads), "bench", "--model", path, "--shards", "3",
@@ -54,17 +67,29 @@ def main():
                           str(args.threads), "--prompt-file", str(PROMPT), "--gen", str(args.gen), "--runs", "1", "--json"])
             ref[0].append(l["median"]["prefill_tok_s"])
             ref[1].append(l["median"]["decode_tok_s"])
+            mem_ref.append(l["median"]["peak_rss_mib"])
+            mem_ref_model.append(l["median"]["peak_rss_mib"] - l["rss_before_load_mib"])
+            # Peak memory of the same workload as a plain generation (the bench loads the model
+            # twice, whole and split).
+            mem_ours.append(peak_rss_mib([args.unfed, "--threads", str(args.threads), "generate", "--model", path,
+                                          "--raw", "--prompt", PROMPT.read_text(), "--max-tokens", str(args.gen)]))
         lp, ld = statistics.median(ref[0]), statistics.median(ref[1])
         rows.append((model, quant, "llama.cpp", lp, ld, 1.0, 1.0))
         for name, (p, d) in ours.items():
             mp, md = statistics.median(p), statistics.median(d)
             rows.append((model, quant, f"unfed, {name}", mp, md, mp / lp, md / ld))
+        mems.append((model, statistics.median(mem_ours), statistics.median(mem_ref), statistics.median(mem_ref_model)))
 
     print(f"threads {args.threads}, {args.gen} generated tokens, medians of {args.rounds} alternating rounds\n")
     print("| model | quant | engine | prefill tok/s | decode tok/s | prefill vs llama.cpp | decode vs llama.cpp |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for m, q, e, p, d, rp, rd in rows:
         print(f"| {m} | {q} | {e} | {p:.1f} | {d:.1f} | {rp:.2f}x | {rd:.2f}x |")
+    print("\npeak resident memory, MiB (llama.cpp: whole Python process, and less what it held before loading the model)\n")
+    print("| model | unfed generate | llama.cpp process | llama.cpp model share | unfed / llama.cpp process | unfed / model share |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for m, u, r, rm in mems:
+        print(f"| {m} | {u:.1f} | {r:.1f} | {rm:.1f} | {u / r:.2f}x | {u / rm:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ mod formats;
 mod matrix;
 pub mod pool;
 mod portable;
+pub mod testing;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

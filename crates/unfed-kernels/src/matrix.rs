@@ -191,35 +191,50 @@ pub fn matmul_many(
             c -= chunks[i];
             i += 1;
         }
-        let m = mats[i];
+        let (mat, m) = (i, mats[i]);
         let rows = c * per_chunk..((c + 1) * per_chunk).min(m.rows);
         let act_row = |t: usize| &acts_ref[t * runs..(t + 1) * runs];
+        if tokens == 1 {
+            // One token: the weights stream through once; row kernels do that fastest.
+            for r in rows {
+                let v = row_dot(isa, m.ty, m.row(r), [act_row(0)], runs)[0];
+                // SAFETY: rows are disjoint between chunks, and `ys` outlives the job.
+                unsafe { *outs[mat].0.add(r) = v };
+            }
+            return;
+        }
         let mut t0 = 0;
         while t0 < tokens {
             let n = (tokens - t0).min(4);
-            for r in rows.clone() {
-                let w = m.row(r);
-                let put = |j: usize, v: f32| {
+            let mut r = rows.start;
+            while r < rows.end {
+                let tile = if rows.end - r >= 4 { 4 } else { 1 };
+                let put = |i: usize, j: usize, v: f32| {
                     // SAFETY: (token, row) pairs are disjoint between chunks, and `ys` outlives
                     // the job.
-                    unsafe { *outs[i].0.add((t0 + j) * m.rows + r) = v };
+                    unsafe { *outs[mat].0.add((t0 + j) * m.rows + r + i) = v };
                 };
-                match n {
-                    4 => row_dot(isa, m.ty, w, [0, 1, 2, 3].map(|j| act_row(t0 + j)), runs)
-                        .into_iter()
-                        .enumerate()
-                        .for_each(|(j, v)| put(j, v)),
-                    2 | 3 => {
-                        row_dot(isa, m.ty, w, [0, 1].map(|j| act_row(t0 + j)), runs)
-                            .into_iter()
-                            .enumerate()
-                            .for_each(|(j, v)| put(j, v));
-                        if n == 3 {
-                            put(2, row_dot(isa, m.ty, w, [act_row(t0 + 2)], runs)[0]);
+                macro_rules! go {
+                    ($r:literal, $t:literal) => {{
+                        let w: [&[u8]; $r] = std::array::from_fn(|i| m.row(r + i));
+                        let a: [&[ActBlock]; $t] = std::array::from_fn(|j| act_row(t0 + j));
+                        let out = tile_dot(isa, m.ty, w, a, runs);
+                        for (i, row) in out.iter().enumerate() {
+                            row.iter().enumerate().for_each(|(j, &v)| put(i, j, v));
                         }
-                    }
-                    _ => put(0, row_dot(isa, m.ty, w, [act_row(t0)], runs)[0]),
+                    }};
                 }
+                match (tile, n) {
+                    (4, 4) => go!(4, 4),
+                    (4, 3) => go!(4, 3),
+                    (4, 2) => go!(4, 2),
+                    (4, _) => go!(4, 1),
+                    (_, 4) => go!(1, 4),
+                    (_, 3) => go!(1, 3),
+                    (_, 2) => go!(1, 2),
+                    _ => go!(1, 1),
+                }
+                r += tile;
             }
             t0 += n;
         }
@@ -239,8 +254,50 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// `R` weight rows against `T` token rows, on `isa`.
+pub(crate) fn tile_dot<const R: usize, const T: usize>(
+    isa: Isa,
+    ty: QuantType,
+    rows: [&[u8]; R],
+    acts: [&[ActBlock]; T],
+    runs: usize,
+) -> [[f32; T]; R] {
+    debug_assert!(acts.iter().all(|a| a.len() >= runs));
+    debug_assert!(
+        rows.iter()
+            .all(|r| r.len() * ty.block_len() == runs * 32 * ty.block_bytes())
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! on {
+            ($isa:ident) => {{
+                use crate::x86::$isa as k;
+                let (w, a) = (rows.map(|r| r.as_ptr()), acts.map(|a| a.as_ptr()));
+                // SAFETY: the CPU supports `isa` (`Isa::best` caps it), every row holds `runs`
+                // runs of `ty` and every activation row at least `runs` blocks.
+                unsafe {
+                    match ty {
+                        QuantType::Q4_0 => k::tile_q4_0(w, a, runs),
+                        QuantType::Q4_1 => k::tile_q4_1(w, a, runs),
+                        QuantType::Q5_0 => k::tile_q5_0(w, a, runs),
+                        QuantType::Q8_0 => k::tile_q8_0(w, a, runs),
+                        QuantType::Q4K => k::tile_q4k(w, a, runs),
+                        QuantType::Q6K => k::tile_q6k(w, a, runs),
+                    }
+                }
+            }};
+        }
+        match isa {
+            Isa::Avx2 => return on!(avx2),
+            Isa::Avx512Vnni => return on!(vnni),
+            Isa::Portable => {}
+        }
+    }
+    rows.map(|row| portable::row_dot(ty, row, acts, runs))
+}
+
 /// One weight row against `T` token rows, on `isa`.
-pub(crate) fn row_dot<const T: usize>(
+fn row_dot<const T: usize>(
     isa: Isa,
     ty: QuantType,
     row: &[u8],
@@ -248,15 +305,13 @@ pub(crate) fn row_dot<const T: usize>(
     runs: usize,
 ) -> [f32; T] {
     debug_assert!(acts.iter().all(|a| a.len() >= runs));
-    debug_assert_eq!(row.len() * ty.block_len(), runs * 32 * ty.block_bytes());
     #[cfg(target_arch = "x86_64")]
     {
         macro_rules! on {
             ($isa:ident) => {{
                 use crate::x86::$isa as k;
                 let (w, a) = (row.as_ptr(), acts.map(|a| a.as_ptr()));
-                // SAFETY: the CPU supports `isa` (`Isa::detect`/`available`), the row holds
-                // `runs` runs of `ty` and every activation row at least `runs` blocks.
+                // SAFETY: as in `tile_dot`.
                 unsafe {
                     match ty {
                         QuantType::Q4_0 => k::q4_0(w, a, runs),

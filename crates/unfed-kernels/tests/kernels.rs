@@ -8,27 +8,13 @@ use candle_core::quantized::{GgmlDType, ggml_file::qtensor_from_ggml};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use unfed_kernels::pool::Pool;
+use unfed_kernels::testing::random_weights;
 use unfed_kernels::{
     ActBlock, Bytes, Isa, QMatrix, QuantType, dequantize_row, matmul_many, unpack32,
 };
 
-/// Random blocks of `ty` whose f16 scale fields hold moderate finite values.
 fn random_rows(ty: QuantType, rows: usize, cols: usize, rng: &mut StdRng) -> Vec<u8> {
-    let blocks = rows * cols / ty.block_len();
-    let mut bytes = vec![0u8; blocks * ty.block_bytes()];
-    rng.fill(&mut bytes[..]);
-    let scale_fields: &[usize] = match ty {
-        QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => &[0],
-        QuantType::Q4_1 | QuantType::Q4K => &[0, 2],
-        QuantType::Q6K => &[208],
-    };
-    for b in bytes.chunks_exact_mut(ty.block_bytes()) {
-        for &at in scale_fields {
-            let v: f32 = rng.random_range(0.001..0.05) * if rng.random() { 1.0 } else { -1.0 };
-            b[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
-        }
-    }
-    bytes
+    random_weights(ty, rows, cols, rng.random())
 }
 
 fn candle_type(ty: QuantType) -> GgmlDType {
@@ -165,29 +151,28 @@ proptest! {
     }
 }
 
+/// Thread counts change how rows are grouped into tiles; no value may change with them.
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     let mut rng = StdRng::seed_from_u64(3);
-    let (rows, cols, tokens) = (100, 256, 7);
-    let w = random_rows(QuantType::Q4K, rows, cols, &mut rng);
-    let m = QMatrix::new(QuantType::Q4K, rows, cols, Bytes::owned(w)).unwrap();
-    let x: Vec<f32> = (0..tokens * cols)
-        .map(|_| rng.random_range(-1.0..1.0))
-        .collect();
-    let run = |threads: usize| {
-        let mut y = vec![0f32; rows * tokens];
-        matmul_many(
-            &[&m],
-            &x,
-            tokens,
-            &mut [&mut y[..]],
-            &Pool::new(threads),
-            Isa::detect(),
-        )
-        .unwrap();
-        y
-    };
-    assert_eq!(run(1), run(4));
+    let (rows, cols, tokens) = (101, 256, 7);
+    for ty in QuantType::ALL {
+        let w = random_rows(ty, rows, cols, &mut rng);
+        let m = QMatrix::new(ty, rows, cols, Bytes::owned(w)).unwrap();
+        let x: Vec<f32> = (0..tokens * cols)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let run = |threads: usize| {
+            let mut y = vec![0f32; rows * tokens];
+            let pool = Pool::new(threads);
+            matmul_many(&[&m], &x, tokens, &mut [&mut y[..]], &pool, Isa::detect()).unwrap();
+            y
+        };
+        let one = run(1);
+        for threads in [2, 3, 5] {
+            assert_eq!(one, run(threads), "{} with {threads} threads", ty.name());
+        }
+    }
 }
 
 #[test]

@@ -78,6 +78,25 @@ pub(crate) struct CpuCache {
     cap: usize,
 }
 
+/// Buffers of one layer step, reused by every layer and step of a session (decode allocates
+/// nothing once they have grown to size).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Scratch {
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    o: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+}
+
+/// `v` as `len` zeros, reusing its allocation.
+fn zeroed(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    v.clear();
+    v.resize(len, 0.0);
+    v
+}
+
 /// cos and sin for positions `start..start+len`, `[len][head_dim/2]` (see `rope`).
 pub(crate) struct RopeRows {
     cos: Vec<f32>,
@@ -160,21 +179,36 @@ impl CpuLayer {
     }
 
     /// Runs the layer on `t` new positions of `x` (`[t, hidden]`, updated in place).
-    pub fn forward(&self, x: &mut [f32], t: usize, rope: &RopeRows, cache: &mut CpuCache) {
+    pub fn forward(
+        &self,
+        x: &mut [f32],
+        t: usize,
+        rope: &RopeRows,
+        cache: &mut CpuCache,
+        scratch: &mut Scratch,
+    ) {
         let pool = pool::global();
         let isa = Isa::detect();
         let hidden = x.len() / t;
         let (d, nh, nkv) = (self.head_dim, self.n_head, self.n_kv_head);
         let (q_dim, kv_dim) = (nh * d, nkv * d);
 
-        let mut h = vec![0f32; x.len()];
-        rms_norm(x, &self.attn_norm, self.eps, &mut h);
-        let mut qkv = vec![0f32; t * (q_dim + 2 * kv_dim)];
+        let Scratch {
+            h,
+            qkv,
+            attn,
+            o,
+            g,
+            u,
+        } = scratch;
+        let h = zeroed(h, x.len());
+        rms_norm(x, &self.attn_norm, self.eps, h);
+        let qkv = zeroed(qkv, t * (q_dim + 2 * kv_dim));
         {
             let (q, kv) = qkv.split_at_mut(t * q_dim);
             let (k, v) = kv.split_at_mut(t * kv_dim);
             let mats = [&self.qkv[0], &self.qkv[1], &self.qkv[2]];
-            product(&mats, &h, t, &mut [q, k, v], pool, isa);
+            product(&mats, h, t, &mut [q, k, v], pool, isa);
             if let Some(bias) = &self.qkv_bias {
                 let (bq, bkv) = bias.split_at(q_dim);
                 let (bk, bv) = bkv.split_at(kv_dim);
@@ -192,26 +226,28 @@ impl CpuLayer {
             }
             cache.append(k, v, t, nkv, d);
         }
-        let mut attn = vec![0f32; t * q_dim];
-        attend(&qkv[..t * q_dim], cache, t, nh, nkv, d, &mut attn, pool);
-        let mut o = vec![0f32; t * hidden];
-        product(&[&self.o], &attn, t, &mut [&mut o], pool, isa);
-        x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
+        let attn = zeroed(attn, t * q_dim);
+        attend(&qkv[..t * q_dim], cache, t, nh, nkv, d, attn, pool);
+        let o = zeroed(o, t * hidden);
+        product(&[&self.o], attn, t, &mut [&mut *o], pool, isa);
+        x.iter_mut().zip(o.iter()).for_each(|(x, o)| *x += o);
 
-        rms_norm(x, &self.ffn_norm, self.eps, &mut h);
+        rms_norm(x, &self.ffn_norm, self.eps, h);
         let ffn = self.gate.rows();
-        let (mut g, mut u) = (vec![0f32; t * ffn], vec![0f32; t * ffn]);
+        let (g, u) = (zeroed(g, t * ffn), zeroed(u, t * ffn));
         product(
             &[&self.gate, &self.up],
-            &h,
+            h,
             t,
-            &mut [&mut g, &mut u],
+            &mut [&mut *g, &mut *u],
             pool,
             isa,
         );
-        g.iter_mut().zip(&u).for_each(|(g, u)| *g = silu(*g) * u);
-        product(&[&self.down], &g, t, &mut [&mut o], pool, isa);
-        x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
+        g.iter_mut()
+            .zip(u.iter())
+            .for_each(|(g, u)| *g = silu(*g) * u);
+        product(&[&self.down], g, t, &mut [&mut *o], pool, isa);
+        x.iter_mut().zip(o.iter()).for_each(|(x, o)| *x += o);
     }
 }
 

@@ -15,7 +15,7 @@ use unfed_kernels::QMatrix;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
-use crate::cpu::{self, CpuCache, CpuLayer, RopeRows};
+use crate::cpu::{self, CpuCache, CpuLayer, RopeRows, Scratch};
 use crate::layers::{self, DecoderLayer, LayerCache, RmsNorm};
 use crate::rope::RopeTables;
 use crate::{ModelError, Result};
@@ -93,6 +93,7 @@ pub struct KvCache {
     range: Range<usize>,
     layers: LayerCaches,
     positions: usize,
+    scratch: Scratch,
 }
 
 #[derive(Debug, Clone)]
@@ -272,6 +273,7 @@ impl ShardModel {
                 Layers::Candle(_) => LayerCaches::Candle(vec![LayerCache::default(); n]),
             },
             positions: 0,
+            scratch: Scratch::default(),
         }
     }
 
@@ -349,7 +351,7 @@ impl ShardModel {
                 let mut v = x.flatten_all()?.to_vec1::<f32>()?;
                 let rope = RopeRows::new(self.config.rope_theta, self.config.head_dim, past, t);
                 for (layer, lc) in layers.iter().zip(caches.iter_mut()) {
-                    layer.forward(&mut v, t, &rope, lc);
+                    layer.forward(&mut v, t, &rope, lc, &mut cache.scratch);
                 }
                 Tensor::from_vec(v, (t, self.config.hidden), &self.device)?
             }

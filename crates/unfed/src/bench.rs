@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// registry and one node process per shard) through the client.
     #[arg(long)]
     network: bool,
+    /// Measure only the quantized matrix kernels (GMAC/s per weight type and instruction set,
+    /// for 1 token and for this many), no model needed.
+    #[arg(long, value_name = "BATCH", num_args = 0..=1, default_missing_value = "64")]
+    kernels: Option<usize>,
 }
 
 /// One way of running the model (a few per run: their size does not matter).
@@ -127,6 +131,10 @@ fn start_network(model: &str, shards: usize, store: Option<&std::path::Path>) ->
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    if let Some(batch) = args.kernels {
+        crate::bench_kernels::run(batch.max(1));
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.runs == 0 || args.generate == 0 {
         bail!("--runs and --gen must be at least 1");
     }

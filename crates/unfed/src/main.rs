@@ -1,6 +1,7 @@
 //! The `unfed` binary: one subcommand per role. Results go to stdout, diagnostics to stderr.
 
 mod bench;
+mod bench_kernels;
 mod generate;
 mod model_cmd;
 mod net_cmd;

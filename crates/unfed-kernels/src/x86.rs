@@ -92,31 +92,44 @@ macro_rules! row_kernels {
                         acts: [*const ActBlock; T],
                         runs: usize,
                     ) -> [f32; T] {
-                        let mut acc = [_mm256_setzero_ps(); T];
-                        let mut offset = [0f32; T];
-                        for r in 0..runs {
-                            let $b = unsafe { row.add(r * $bytes) };
-                            _mm_prefetch::<_MM_HINT_T0>($b.wrapping_add(1024).cast());
-                            let (w, d, m): (__m256i, f32, f32) = unsafe { $load };
-                            for j in 0..T {
-                                let a = unsafe { &*acts[j].add(r) };
-                                let x = unsafe { load_act(a) };
-                                let p = if $signed {
-                                    dot_i8i8(w, x)
-                                } else {
-                                    dot_u8i8(w, x)
-                                };
-                                acc[j] = _mm256_fmadd_ps(
-                                    _mm256_cvtepi32_ps(p),
-                                    _mm256_set1_ps(d * a.d),
-                                    acc[j],
-                                );
-                                offset[j] += m * a.s;
+                        // Four accumulator sets, taken in turn by consecutive runs, so that
+                        // no run waits for the previous run's sum.
+                        let mut acc = [[_mm256_setzero_ps(); T]; 4];
+                        let mut offset = [[0f32; T]; 4];
+                        for r0 in (0..runs).step_by(4) {
+                            for u in 0..4 {
+                                let r = r0 + u;
+                                if r >= runs {
+                                    break;
+                                }
+                                let $b = unsafe { row.add(r * $bytes) };
+                                _mm_prefetch::<_MM_HINT_T0>($b.wrapping_add(1024).cast());
+                                let (w, d, m): (__m256i, f32, f32) = unsafe { $load };
+                                for j in 0..T {
+                                    let a = unsafe { &*acts[j].add(r) };
+                                    let x = unsafe { load_act(a) };
+                                    let p = if $signed {
+                                        dot_i8i8(w, x)
+                                    } else {
+                                        dot_u8i8(w, x)
+                                    };
+                                    acc[u][j] = _mm256_fmadd_ps(
+                                        _mm256_cvtepi32_ps(p),
+                                        _mm256_set1_ps(d * a.d),
+                                        acc[u][j],
+                                    );
+                                    offset[u][j] += m * a.s;
+                                }
                             }
                         }
                         let mut out = [0f32; T];
                         for j in 0..T {
-                            out[j] = hsum(acc[j]) + offset[j];
+                            let sum = _mm256_add_ps(
+                                _mm256_add_ps(acc[0][j], acc[1][j]),
+                                _mm256_add_ps(acc[2][j], acc[3][j]),
+                            );
+                            let off = (offset[0][j] + offset[1][j]) + (offset[2][j] + offset[3][j]);
+                            out[j] = hsum(sum) + off;
                         }
                         out
                     }

@@ -13,6 +13,8 @@ mod portable;
 pub mod testing;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_wide;
 
 pub use act::{ActBlock, quantize_rows};
 pub use formats::{QuantType, Unpacked32, dequantize_row, unpack32};

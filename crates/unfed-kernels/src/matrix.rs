@@ -287,6 +287,21 @@ pub(crate) fn tile_dot<const R: usize, const T: usize>(
                 }
             }};
         }
+        if isa == Isa::Avx512Vnni && runs % 2 == 0 && crate::x86_wide::available() {
+            use crate::x86_wide as k;
+            let (w, a) = (rows.map(|r| r.as_ptr()), acts.map(|a| a.as_ptr()));
+            // SAFETY: as above, and the CPU has the wide kernels' features.
+            return unsafe {
+                match ty {
+                    QuantType::Q4_0 => k::q4_0(w, a, runs),
+                    QuantType::Q4_1 => k::q4_1(w, a, runs),
+                    QuantType::Q5_0 => k::q5_0(w, a, runs),
+                    QuantType::Q8_0 => k::q8_0(w, a, runs),
+                    QuantType::Q4K => k::q4k(w, a, runs),
+                    QuantType::Q6K => k::q6k(w, a, runs),
+                }
+            };
+        }
         match isa {
             Isa::Avx2 => return on!(avx2),
             Isa::Avx512Vnni => return on!(vnni),

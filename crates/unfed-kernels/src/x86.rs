@@ -269,7 +269,7 @@ macro_rules! row_kernels {
 
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn load_q4_0(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
+            pub(crate) unsafe fn load_q4_0(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
                 unsafe {
                     let b = row.add(r * 18);
                     let d = f16_at(b);
@@ -279,7 +279,7 @@ macro_rules! row_kernels {
 
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn load_q4_1(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
+            pub(crate) unsafe fn load_q4_1(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
                 unsafe {
                     let b = row.add(r * 20);
                     (
@@ -292,7 +292,7 @@ macro_rules! row_kernels {
 
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn load_q5_0(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
+            pub(crate) unsafe fn load_q5_0(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
                 unsafe {
                     let b = row.add(r * 22);
                     let d = f16_at(b);
@@ -307,7 +307,7 @@ macro_rules! row_kernels {
 
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn load_q8_0(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
+            pub(crate) unsafe fn load_q8_0(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
                 unsafe {
                     let b = row.add(r * 34);
                     (
@@ -322,7 +322,7 @@ macro_rules! row_kernels {
             /// and minimum.
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn load_q4k(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
+            pub(crate) unsafe fn load_q4k(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
                 unsafe {
                     let (blk, sub) = (r / 8, r % 8);
                     let b = row.add(blk * 144);
@@ -342,7 +342,7 @@ macro_rules! row_kernels {
             /// Q6_K: signed 6-bit weights (offset 32 removed) with a scale per 16.
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn load_q6k(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
+            pub(crate) unsafe fn load_q6k(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
                 unsafe {
                     let (blk, sub) = (r / 8, r % 8);
                     let (half, g) = (sub / 4, sub % 4);

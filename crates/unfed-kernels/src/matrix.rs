@@ -174,7 +174,7 @@ pub fn matmul_many(
         return Ok(());
     }
     let mut acts = ACTS.take();
-    quantize_rows(x, cols, &mut acts);
+    quantize_rows(x, cols, &mut acts, pool);
     let runs = cols / 32;
     let total_rows: usize = mats.iter().map(|m| m.rows).sum();
     let per_chunk = total_rows.div_ceil(pool.threads() * 8).max(4);
@@ -287,7 +287,7 @@ pub(crate) fn tile_dot<const R: usize, const T: usize>(
                 }
             }};
         }
-        if isa == Isa::Avx512Vnni && runs % 2 == 0 && crate::x86_wide::available() {
+        if isa == Isa::Avx512Vnni && runs.is_multiple_of(2) && crate::x86_wide::available() {
             use crate::x86_wide as k;
             let (w, a) = (rows.map(|r| r.as_ptr()), acts.map(|a| a.as_ptr()));
             // SAFETY: as above, and the CPU has the wide kernels' features.

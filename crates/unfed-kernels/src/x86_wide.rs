@@ -156,7 +156,7 @@ macro_rules! wide_kernel {
             acts: [*const ActBlock; T],
             runs: usize,
         ) -> [[f32; T]; R] {
-            debug_assert!(runs % 2 == 0);
+            debug_assert!(runs.is_multiple_of(2));
             let mut acc = [[_mm512_setzero_ps(); T]; R];
             let mut offset = [_mm_setzero_ps(); R];
             for r in (0..runs).step_by(2) {

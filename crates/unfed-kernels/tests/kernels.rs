@@ -198,3 +198,13 @@ fn activation_rounding_is_within_half_a_step() {
     }
     assert!((a.s - a.d * a.q.iter().map(|&q| q as i32).sum::<i32>() as f32).abs() < 1e-6);
 }
+
+#[test]
+fn non_finite_activations_poison_the_block() {
+    let mut x = [0.5f32; 32];
+    x[7] = f32::NAN;
+    assert!(ActBlock::quantize(&x).d.is_nan());
+    x[7] = f32::INFINITY;
+    assert!(ActBlock::quantize(&x).d.is_nan());
+    assert_eq!(ActBlock::quantize(&[0.0; 32]).d, 0.0);
+}

@@ -254,6 +254,22 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// Calls the kernel for `ty` in module `$k`: `$k::q4_0(w, a, runs)` and so on.
+#[cfg(target_arch = "x86_64")]
+macro_rules! per_type {
+    ($k:path, $ty:expr, $w:expr, $a:expr, $runs:expr) => {{
+        use $k as k;
+        match $ty {
+            QuantType::Q4_0 => k::q4_0($w, $a, $runs),
+            QuantType::Q4_1 => k::q4_1($w, $a, $runs),
+            QuantType::Q5_0 => k::q5_0($w, $a, $runs),
+            QuantType::Q8_0 => k::q8_0($w, $a, $runs),
+            QuantType::Q4K => k::q4k($w, $a, $runs),
+            QuantType::Q6K => k::q6k($w, $a, $runs),
+        }
+    }};
+}
+
 /// `R` weight rows against `T` token rows, on `isa`.
 pub(crate) fn tile_dot<const R: usize, const T: usize>(
     isa: Isa,
@@ -269,43 +285,19 @@ pub(crate) fn tile_dot<const R: usize, const T: usize>(
     );
     #[cfg(target_arch = "x86_64")]
     {
-        macro_rules! on {
-            ($isa:ident) => {{
-                use crate::x86::$isa as k;
-                let (w, a) = (rows.map(|r| r.as_ptr()), acts.map(|a| a.as_ptr()));
-                // SAFETY: the CPU supports `isa` (`Isa::best` caps it), every row holds `runs`
-                // runs of `ty` and every activation row at least `runs` blocks.
-                unsafe {
-                    match ty {
-                        QuantType::Q4_0 => k::tile_q4_0(w, a, runs),
-                        QuantType::Q4_1 => k::tile_q4_1(w, a, runs),
-                        QuantType::Q5_0 => k::tile_q5_0(w, a, runs),
-                        QuantType::Q8_0 => k::tile_q8_0(w, a, runs),
-                        QuantType::Q4K => k::tile_q4k(w, a, runs),
-                        QuantType::Q6K => k::tile_q6k(w, a, runs),
-                    }
+        let (w, a) = (rows.map(|r| r.as_ptr()), acts.map(|a| a.as_ptr()));
+        // SAFETY: the CPU supports `isa` (`Isa::best` caps it; the wide kernels check their
+        // own features), every row holds `runs` runs of `ty` and every activation row at least
+        // `runs` blocks.
+        unsafe {
+            match isa {
+                Isa::Avx512Vnni if runs.is_multiple_of(2) && crate::x86_wide::available() => {
+                    return per_type!(crate::x86_wide, ty, w, a, runs);
                 }
-            }};
-        }
-        if isa == Isa::Avx512Vnni && runs.is_multiple_of(2) && crate::x86_wide::available() {
-            use crate::x86_wide as k;
-            let (w, a) = (rows.map(|r| r.as_ptr()), acts.map(|a| a.as_ptr()));
-            // SAFETY: as above, and the CPU has the wide kernels' features.
-            return unsafe {
-                match ty {
-                    QuantType::Q4_0 => k::q4_0(w, a, runs),
-                    QuantType::Q4_1 => k::q4_1(w, a, runs),
-                    QuantType::Q5_0 => k::q5_0(w, a, runs),
-                    QuantType::Q8_0 => k::q8_0(w, a, runs),
-                    QuantType::Q4K => k::q4k(w, a, runs),
-                    QuantType::Q6K => k::q6k(w, a, runs),
-                }
-            };
-        }
-        match isa {
-            Isa::Avx2 => return on!(avx2),
-            Isa::Avx512Vnni => return on!(vnni),
-            Isa::Portable => {}
+                Isa::Avx512Vnni => return per_type!(crate::x86::vnni::tile, ty, w, a, runs),
+                Isa::Avx2 => return per_type!(crate::x86::avx2::tile, ty, w, a, runs),
+                Isa::Portable => {}
+            }
         }
     }
     rows.map(|row| portable::row_dot(ty, row, acts, runs))
@@ -322,27 +314,14 @@ fn row_dot<const T: usize>(
     debug_assert!(acts.iter().all(|a| a.len() >= runs));
     #[cfg(target_arch = "x86_64")]
     {
-        macro_rules! on {
-            ($isa:ident) => {{
-                use crate::x86::$isa as k;
-                let (w, a) = (row.as_ptr(), acts.map(|a| a.as_ptr()));
-                // SAFETY: as in `tile_dot`.
-                unsafe {
-                    match ty {
-                        QuantType::Q4_0 => k::q4_0(w, a, runs),
-                        QuantType::Q4_1 => k::q4_1(w, a, runs),
-                        QuantType::Q5_0 => k::q5_0(w, a, runs),
-                        QuantType::Q8_0 => k::q8_0(w, a, runs),
-                        QuantType::Q4K => k::q4k(w, a, runs),
-                        QuantType::Q6K => k::q6k(w, a, runs),
-                    }
-                }
-            }};
-        }
-        match isa {
-            Isa::Avx2 => return on!(avx2),
-            Isa::Avx512Vnni => return on!(vnni),
-            Isa::Portable => {}
+        let (w, a) = (row.as_ptr(), acts.map(|a| a.as_ptr()));
+        // SAFETY: as in `tile_dot`.
+        unsafe {
+            match isa {
+                Isa::Avx512Vnni => return per_type!(crate::x86::vnni, ty, w, a, runs),
+                Isa::Avx2 => return per_type!(crate::x86::avx2, ty, w, a, runs),
+                Isa::Portable => {}
+            }
         }
     }
     portable::row_dot(ty, row, acts, runs)

@@ -264,175 +264,181 @@ macro_rules! row_kernels {
                 out
             }
 
-            // Each loader gives run `r` of a row as (weights as bytes, per-lane scale of the
-            // integer dot product's eight 4-element sums, factor of the activation sum).
+            /// Tiles: `R` rows against `T` tokens.
+            pub(crate) mod tile {
+                use super::*;
 
-            #[inline]
-            #[target_feature(enable = $features)]
-            pub(crate) unsafe fn load_q4_0(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
-                unsafe {
-                    let b = row.add(r * 18);
-                    let d = f16_at(b);
-                    (nibbles(b.add(2)), _mm256_set1_ps(d), -8.0 * d)
+                // Each loader gives run `r` of a row as (weights as bytes, per-lane scale of the
+                // integer dot product's eight 4-element sums, factor of the activation sum).
+
+                #[inline]
+                #[target_feature(enable = $features)]
+                pub(crate) unsafe fn load_q4_0(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
+                    unsafe {
+                        let b = row.add(r * 18);
+                        let d = f16_at(b);
+                        (nibbles(b.add(2)), _mm256_set1_ps(d), -8.0 * d)
+                    }
                 }
-            }
 
-            #[inline]
-            #[target_feature(enable = $features)]
-            pub(crate) unsafe fn load_q4_1(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
-                unsafe {
-                    let b = row.add(r * 20);
-                    (
-                        nibbles(b.add(4)),
-                        _mm256_set1_ps(f16_at(b)),
-                        f16_at(b.add(2)),
-                    )
+                #[inline]
+                #[target_feature(enable = $features)]
+                pub(crate) unsafe fn load_q4_1(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
+                    unsafe {
+                        let b = row.add(r * 20);
+                        (
+                            nibbles(b.add(4)),
+                            _mm256_set1_ps(f16_at(b)),
+                            f16_at(b.add(2)),
+                        )
+                    }
                 }
-            }
 
-            #[inline]
-            #[target_feature(enable = $features)]
-            pub(crate) unsafe fn load_q5_0(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
-                unsafe {
-                    let b = row.add(r * 22);
-                    let d = f16_at(b);
-                    let high = bytes_from_bits(b.add(2).cast::<u32>().read_unaligned());
-                    let w = _mm256_or_si256(
-                        nibbles(b.add(6)),
-                        _mm256_and_si256(high, _mm256_set1_epi8(0x10)),
-                    );
-                    (w, _mm256_set1_ps(d), -16.0 * d)
+                #[inline]
+                #[target_feature(enable = $features)]
+                pub(crate) unsafe fn load_q5_0(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
+                    unsafe {
+                        let b = row.add(r * 22);
+                        let d = f16_at(b);
+                        let high = bytes_from_bits(b.add(2).cast::<u32>().read_unaligned());
+                        let w = _mm256_or_si256(
+                            nibbles(b.add(6)),
+                            _mm256_and_si256(high, _mm256_set1_epi8(0x10)),
+                        );
+                        (w, _mm256_set1_ps(d), -16.0 * d)
+                    }
                 }
-            }
 
-            #[inline]
-            #[target_feature(enable = $features)]
-            pub(crate) unsafe fn load_q8_0(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
-                unsafe {
-                    let b = row.add(r * 34);
-                    (
-                        _mm256_loadu_si256(b.add(2).cast()),
-                        _mm256_set1_ps(f16_at(b)),
-                        0.0,
-                    )
+                #[inline]
+                #[target_feature(enable = $features)]
+                pub(crate) unsafe fn load_q8_0(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
+                    unsafe {
+                        let b = row.add(r * 34);
+                        (
+                            _mm256_loadu_si256(b.add(2).cast()),
+                            _mm256_set1_ps(f16_at(b)),
+                            0.0,
+                        )
+                    }
                 }
-            }
 
-            /// Q4_K: runs are the 8 sub-blocks of a 256-weight block, each with a 6-bit scale
-            /// and minimum.
-            #[inline]
-            #[target_feature(enable = $features)]
-            pub(crate) unsafe fn load_q4k(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
-                unsafe {
-                    let (blk, sub) = (r / 8, r % 8);
-                    let b = row.add(blk * 144);
-                    let (d, dmin) = (f16_at(b), f16_at(b.add(2)));
-                    let (sc, m) = q4k_scale_min(std::slice::from_raw_parts(b.add(4), 12), sub);
-                    let qs = _mm256_loadu_si256(b.add(16 + 32 * (sub / 2)).cast());
-                    let qs = if sub % 2 == 0 {
-                        qs
-                    } else {
-                        _mm256_srli_epi16(qs, 4)
-                    };
-                    let w = _mm256_and_si256(qs, _mm256_set1_epi8(0xF));
-                    (w, _mm256_set1_ps(d * sc as f32), -dmin * m as f32)
+                /// Q4_K: runs are the 8 sub-blocks of a 256-weight block, each with a 6-bit scale
+                /// and minimum.
+                #[inline]
+                #[target_feature(enable = $features)]
+                pub(crate) unsafe fn load_q4k(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
+                    unsafe {
+                        let (blk, sub) = (r / 8, r % 8);
+                        let b = row.add(blk * 144);
+                        let (d, dmin) = (f16_at(b), f16_at(b.add(2)));
+                        let (sc, m) = q4k_scale_min(std::slice::from_raw_parts(b.add(4), 12), sub);
+                        let qs = _mm256_loadu_si256(b.add(16 + 32 * (sub / 2)).cast());
+                        let qs = if sub % 2 == 0 {
+                            qs
+                        } else {
+                            _mm256_srli_epi16(qs, 4)
+                        };
+                        let w = _mm256_and_si256(qs, _mm256_set1_epi8(0xF));
+                        (w, _mm256_set1_ps(d * sc as f32), -dmin * m as f32)
+                    }
                 }
-            }
 
-            /// Q6_K: signed 6-bit weights (offset 32 removed) with a scale per 16.
-            #[inline]
-            #[target_feature(enable = $features)]
-            pub(crate) unsafe fn load_q6k(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
-                unsafe {
-                    let (blk, sub) = (r / 8, r % 8);
-                    let (half, g) = (sub / 4, sub % 4);
-                    let b = row.add(blk * 210);
-                    let d = f16_at(b.add(208));
-                    let ql = _mm256_loadu_si256(b.add(64 * half + 32 * (g % 2)).cast());
-                    let ql = if g < 2 { ql } else { _mm256_srli_epi16(ql, 4) };
-                    let qh = _mm256_loadu_si256(b.add(128 + 32 * half).cast());
-                    let qh = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * g as i32));
-                    let high = _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4);
-                    let q = _mm256_or_si256(_mm256_and_si256(ql, _mm256_set1_epi8(0xF)), high);
-                    let w = _mm256_sub_epi8(q, _mm256_set1_epi8(32));
-                    let sc = b.add(192 + 8 * half).cast::<i8>();
-                    let (sa, sb) = (d * *sc.add(2 * g) as f32, d * *sc.add(2 * g + 1) as f32);
-                    (w, _mm256_set_m128(_mm_set1_ps(sb), _mm_set1_ps(sa)), 0.0)
+                /// Q6_K: signed 6-bit weights (offset 32 removed) with a scale per 16.
+                #[inline]
+                #[target_feature(enable = $features)]
+                pub(crate) unsafe fn load_q6k(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
+                    unsafe {
+                        let (blk, sub) = (r / 8, r % 8);
+                        let (half, g) = (sub / 4, sub % 4);
+                        let b = row.add(blk * 210);
+                        let d = f16_at(b.add(208));
+                        let ql = _mm256_loadu_si256(b.add(64 * half + 32 * (g % 2)).cast());
+                        let ql = if g < 2 { ql } else { _mm256_srli_epi16(ql, 4) };
+                        let qh = _mm256_loadu_si256(b.add(128 + 32 * half).cast());
+                        let qh = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * g as i32));
+                        let high = _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4);
+                        let q = _mm256_or_si256(_mm256_and_si256(ql, _mm256_set1_epi8(0xF)), high);
+                        let w = _mm256_sub_epi8(q, _mm256_set1_epi8(32));
+                        let sc = b.add(192 + 8 * half).cast::<i8>();
+                        let (sa, sb) = (d * *sc.add(2 * g) as f32, d * *sc.add(2 * g + 1) as f32);
+                        (w, _mm256_set_m128(_mm_set1_ps(sb), _mm_set1_ps(sa)), 0.0)
+                    }
                 }
-            }
 
-            /// `R` weight rows against `T` (≤ 4) token rows, `runs` runs of 32. For a given `T`,
-            /// every (row, token) value goes through the same operations whatever `R`, so how
-            /// rows are grouped (which depends on the thread count) never changes a result.
-            macro_rules! tile_kernel {
-                ($name:ident, $load:ident, $signed:expr) => {
-                    #[target_feature(enable = $features)]
-                    pub(crate) unsafe fn $name<const R: usize, const T: usize>(
-                        rows: [*const u8; R],
-                        acts: [*const ActBlock; T],
-                        runs: usize,
-                    ) -> [[f32; T]; R] {
-                        let mut acc = [[_mm256_setzero_ps(); T]; R];
-                        // Offsets: lanes are tokens; a single token keeps a plain float.
-                        let mut offset = [_mm_setzero_ps(); R];
-                        let mut offset1 = [0f32; R];
-                        for r in 0..runs {
-                            let mut x = [_mm256_setzero_si256(); T];
-                            let mut da = [_mm256_setzero_ps(); T];
-                            let mut sums = [0f32; 4];
-                            for j in 0..T {
-                                let a = unsafe { &*acts[j].add(r) };
-                                x[j] = unsafe { load_act(a) };
-                                da[j] = _mm256_set1_ps(a.d);
-                                sums[j] = a.s;
-                            }
-                            let sums_v = if T > 1 && !$signed {
-                                unsafe { _mm_loadu_ps(sums.as_ptr()) }
-                            } else {
-                                _mm_setzero_ps()
-                            };
-                            for i in 0..R {
-                                let (w, dv, m) = unsafe { $load(rows[i], r) };
-                                let wu = if $signed { _mm256_abs_epi8(w) } else { w };
+                /// `R` weight rows against `T` (≤ 4) token rows, `runs` runs of 32. For a given `T`,
+                /// every (row, token) value goes through the same operations whatever `R`, so how
+                /// rows are grouped (which depends on the thread count) never changes a result.
+                macro_rules! tile_kernel {
+                    ($name:ident, $load:ident, $signed:expr) => {
+                        #[target_feature(enable = $features)]
+                        pub(crate) unsafe fn $name<const R: usize, const T: usize>(
+                            rows: [*const u8; R],
+                            acts: [*const ActBlock; T],
+                            runs: usize,
+                        ) -> [[f32; T]; R] {
+                            let mut acc = [[_mm256_setzero_ps(); T]; R];
+                            // Offsets: lanes are tokens; a single token keeps a plain float.
+                            let mut offset = [_mm_setzero_ps(); R];
+                            let mut offset1 = [0f32; R];
+                            for r in 0..runs {
+                                let mut x = [_mm256_setzero_si256(); T];
+                                let mut da = [_mm256_setzero_ps(); T];
+                                let mut sums = [0f32; 4];
                                 for j in 0..T {
-                                    let xj = if $signed {
-                                        _mm256_sign_epi8(x[j], w)
-                                    } else {
-                                        x[j]
-                                    };
-                                    let p = _mm256_cvtepi32_ps(dot_u8i8(wu, xj));
-                                    acc[i][j] =
-                                        _mm256_fmadd_ps(p, _mm256_mul_ps(dv, da[j]), acc[i][j]);
+                                    let a = unsafe { &*acts[j].add(r) };
+                                    x[j] = unsafe { load_act(a) };
+                                    da[j] = _mm256_set1_ps(a.d);
+                                    sums[j] = a.s;
                                 }
-                                if !$signed {
-                                    if T == 1 {
-                                        offset1[i] += m * sums[0];
-                                    } else {
-                                        offset[i] = _mm_fmadd_ps(_mm_set1_ps(m), sums_v, offset[i]);
+                                let sums_v = if T > 1 && !$signed {
+                                    unsafe { _mm_loadu_ps(sums.as_ptr()) }
+                                } else {
+                                    _mm_setzero_ps()
+                                };
+                                for i in 0..R {
+                                    let (w, dv, m) = unsafe { $load(rows[i], r) };
+                                    let wu = if $signed { _mm256_abs_epi8(w) } else { w };
+                                    for j in 0..T {
+                                        let xj = if $signed {
+                                            _mm256_sign_epi8(x[j], w)
+                                        } else {
+                                            x[j]
+                                        };
+                                        let p = _mm256_cvtepi32_ps(dot_u8i8(wu, xj));
+                                        acc[i][j] =
+                                            _mm256_fmadd_ps(p, _mm256_mul_ps(dv, da[j]), acc[i][j]);
+                                    }
+                                    if !$signed {
+                                        if T == 1 {
+                                            offset1[i] += m * sums[0];
+                                        } else {
+                                            offset[i] =
+                                                _mm_fmadd_ps(_mm_set1_ps(m), sums_v, offset[i]);
+                                        }
                                     }
                                 }
                             }
-                        }
-                        let mut out = [[0f32; T]; R];
-                        for i in 0..R {
-                            let mut o = [0f32; 4];
-                            unsafe { _mm_storeu_ps(o.as_mut_ptr(), offset[i]) };
-                            o[0] += offset1[i];
-                            for j in 0..T {
-                                out[i][j] = hsum(acc[i][j]) + o[j];
+                            let mut out = [[0f32; T]; R];
+                            for i in 0..R {
+                                let mut o = [0f32; 4];
+                                unsafe { _mm_storeu_ps(o.as_mut_ptr(), offset[i]) };
+                                o[0] += offset1[i];
+                                for j in 0..T {
+                                    out[i][j] = hsum(acc[i][j]) + o[j];
+                                }
                             }
+                            out
                         }
-                        out
-                    }
-                };
-            }
+                    };
+                }
 
-            tile_kernel!(tile_q4_0, load_q4_0, false);
-            tile_kernel!(tile_q4_1, load_q4_1, false);
-            tile_kernel!(tile_q5_0, load_q5_0, false);
-            tile_kernel!(tile_q8_0, load_q8_0, true);
-            tile_kernel!(tile_q4k, load_q4k, false);
-            tile_kernel!(tile_q6k, load_q6k, true);
+                tile_kernel!(q4_0, load_q4_0, false);
+                tile_kernel!(q4_1, load_q4_1, false);
+                tile_kernel!(q5_0, load_q5_0, false);
+                tile_kernel!(q8_0, load_q8_0, true);
+                tile_kernel!(q4k, load_q4k, false);
+                tile_kernel!(q6k, load_q6k, true);
+            }
         }
     };
 }

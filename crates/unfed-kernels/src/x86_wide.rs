@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 
 use crate::act::ActBlock;
 use crate::formats::q4k_scale_min;
-use crate::x86::vnni::{load_q6k, load_q8_0};
+use crate::x86::vnni::tile::{load_q6k, load_q8_0};
 
 /// Q8_0 as unsigned bytes: `w + 128`.
 #[inline]

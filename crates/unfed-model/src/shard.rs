@@ -183,8 +183,8 @@ impl ShardModel {
         let embedding = if role.embedding {
             let name = "token_embd.weight";
             let shape = (config.vocab, config.hidden);
-            Some(match cpu::load_matrix(ck, name, shape)? {
-                Some(m) if kernels => Weights::Kernels(m),
+            Some(match kernel_matrix(ck, name, shape, kernels)? {
+                Some(m) => Weights::Kernels(m),
                 _ => {
                     let t = layers::qtensor(ck, name)?;
                     check_shape(name, t.shape().dims(), &[shape.0, shape.1])?;
@@ -222,8 +222,8 @@ impl ShardModel {
                 "token_embd.weight"
             };
             let shape = (config.vocab, config.hidden);
-            let head = match cpu::load_matrix(ck, name, shape)? {
-                Some(m) if kernels => Weights::Kernels(m),
+            let head = match kernel_matrix(ck, name, shape, kernels)? {
+                Some(m) => Weights::Kernels(m),
                 _ => Weights::Candle(layers::matrix(
                     ck,
                     name,
@@ -401,6 +401,20 @@ impl ShardModel {
             }
             _ => Ok(x),
         }
+    }
+}
+
+/// The matrix for the kernels when they run and cover its type.
+fn kernel_matrix(
+    ck: &Checkpoint,
+    name: &str,
+    shape: (usize, usize),
+    kernels: bool,
+) -> Result<Option<QMatrix>> {
+    if kernels {
+        cpu::load_matrix(ck, name, shape)
+    } else {
+        Ok(None)
     }
 }
 

@@ -9,8 +9,7 @@
 use std::arch::x86_64::*;
 
 use crate::act::ActBlock;
-use crate::formats::q4k_scale_min;
-use crate::x86::vnni::tile::{load_q6k, load_q8_0};
+use crate::x86::vnni::tile::load_q8_0;
 
 /// Q8_0 as unsigned bytes: `w + 128`.
 #[inline]
@@ -18,14 +17,6 @@ use crate::x86::vnni::tile::{load_q6k, load_q8_0};
 unsafe fn load_q8_0_u(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
     let (w, d, _) = unsafe { load_q8_0(row, r) };
     (_mm256_xor_si256(w, _mm256_set1_epi8(-128)), d, 0.0)
-}
-
-/// Q6_K as its unsigned 6-bit values: `w + 32`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
-unsafe fn load_q6k_u(row: *const u8, r: usize) -> (__m256i, __m256, f32) {
-    let (w, d, _) = unsafe { load_q6k(row, r) };
-    (_mm256_add_epi8(w, _mm256_set1_epi8(32)), d, 0.0)
 }
 
 /// Whether this CPU runs the wide kernels.
@@ -58,7 +49,6 @@ macro_rules! pair_of {
 }
 
 pair_of!(pair_q8_0, load_q8_0_u);
-pair_of!(pair_q6k, load_q6k_u);
 
 /// Two consecutive blocks' 16 bytes of packed nibbles (at `at` in blocks of `bytes`) → 64
 /// bytes: block 0's low then high nibbles, then block 1's.
@@ -123,21 +113,63 @@ unsafe fn pair_q5_0(row: *const u8, r: usize) -> Pair {
     }
 }
 
-/// Q4_K: runs `r` (even) and `r + 1` are the low and high nibbles of the same 32 bytes.
+/// Q4_K: runs `r` (even) and `r + 1` are the low and high nibbles of the same 32 bytes; their
+/// 6-bit scales and minimums come from adjacent scale bytes (see `q4k_scale_min`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
 unsafe fn pair_q4k(row: *const u8, r: usize) -> Pair {
     unsafe {
-        let (blk, sub) = (r / 8, r % 8);
+        let (blk, j) = (r / 8, r % 8);
         let b = row.add(blk * 144);
         let (d, dmin) = (f16_at(b), f16_at(b.add(2)));
-        let scales = std::slice::from_raw_parts(b.add(4), 12);
-        let ((s0, m0), (s1, m1)) = (q4k_scale_min(scales, sub), q4k_scale_min(scales, sub + 1));
-        let qs = _mm256_loadu_si256(b.add(16 + 16 * sub).cast());
+        let s = b.add(4);
+        let byte = |i: usize| *s.add(i) as u32;
+        // Sub-blocks j and j + 1: scales in the low bytes, minimums in the high bytes.
+        let (sm0, sm1) = if j < 4 {
+            (
+                (byte(j) & 63) | (byte(j + 4) & 63) << 8,
+                (byte(j + 1) & 63) | (byte(j + 5) & 63) << 8,
+            )
+        } else {
+            let pick = |i: usize| {
+                ((byte(i + 4) & 0xF) | (byte(i - 4) >> 6) << 4)
+                    | ((byte(i + 4) >> 4) | (byte(i) >> 6) << 4) << 8
+            };
+            (pick(j), pick(j + 1))
+        };
+        let qs = _mm256_loadu_si256(b.add(16 + 16 * j).cast());
         let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qs), _mm256_srli_epi16(qs, 4));
         let w = _mm512_and_si512(both, _mm512_set1_epi8(0xF));
-        let dv = scales2(d * s0 as f32, d * s1 as f32);
-        (w, dv, -dmin * m0 as f32, -dmin * m1 as f32)
+        let dv = scales2(d * (sm0 & 0xFF) as f32, d * (sm1 & 0xFF) as f32);
+        (w, dv, -dmin * (sm0 >> 8) as f32, -dmin * (sm1 >> 8) as f32)
+    }
+}
+
+/// Q6_K: runs `r` (even) and `r + 1` take their low four bits from 64 consecutive bytes (same
+/// nibble), their top two bits from the same 32 bytes (shifted by 2 more for `r + 1`), and four
+/// scales, one per 16 weights, from 4 consecutive bytes. Unsigned (`w + 32`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
+unsafe fn pair_q6k(row: *const u8, r: usize) -> Pair {
+    unsafe {
+        let (blk, sub) = (r / 8, r % 8);
+        let (half, g) = (sub / 4, sub % 4);
+        let b = row.add(blk * 210);
+        let d = f16_at(b.add(208));
+        let ql = _mm512_loadu_si512(b.add(64 * half).cast());
+        let ql = if g < 2 { ql } else { _mm512_srli_epi16(ql, 4) };
+        let low = _mm512_and_si512(ql, _mm512_set1_epi8(0xF));
+        let qh = _mm256_loadu_si256(b.add(128 + 32 * half).cast());
+        let qh = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * g as i32));
+        let qh = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2));
+        let high = _mm512_slli_epi16(_mm512_and_si512(qh, _mm512_set1_epi8(3)), 4);
+        let w = _mm512_or_si512(low, high);
+        let sc = b.add(192 + 8 * half + 2 * g).cast::<i32>().read_unaligned();
+        let sc = _mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(sc)));
+        let sc = _mm_mul_ps(sc, _mm_set1_ps(d));
+        let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+        let dv = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(sc));
+        (w, dv, 0.0, 0.0)
     }
 }
 

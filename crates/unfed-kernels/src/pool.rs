@@ -2,13 +2,18 @@
 //! the caller.
 //!
 //! Between the many small jobs of one forward pass, workers spin briefly so that the next job
-//! starts without a wake-up; once the pass is over they sleep on a condition variable. That is
-//! what lets several engine processes share a few cores (a loopback network runs one process
-//! per shard, and only one of them computes at a time) without their idle workers burning the
-//! cores the busy one needs.
+//! starts without a wake-up; once the pass is over they sleep on a condition variable (at once,
+//! when the owner calls [`Pool::rest`]). That is what lets several engine processes share a few
+//! cores (a loopback network runs one process per shard, and only one of them computes at a
+//! time) without their idle workers burning the cores the busy one needs.
+//!
+//! A job ends when its last chunk is done, not when every worker has looked at it: a worker that
+//! is asleep, or that the operating system has descheduled, never holds the caller up. Workers
+//! claim chunks from one atomic word that holds the job's epoch beside the next chunk index, so
+//! a worker that comes late to a finished job fails its claim and never touches the job.
 
 use std::cell::{Cell, UnsafeCell};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,10 +34,12 @@ impl Pool {
     pub fn new(threads: usize) -> Pool {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
-            epoch: AtomicUsize::new(0),
+            claim: AtomicU64::new(claim_word(0, CLOSED)),
+            chunks: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
             job: UnsafeCell::new(None),
-            active: AtomicUsize::new(0),
             sleeping: AtomicUsize::new(0),
+            resting: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
             lock: Mutex::new(()),
@@ -69,51 +76,56 @@ impl Pool {
             (0..chunks).for_each(f);
             return;
         }
+        assert!(chunks < CLOSED as usize, "too many chunks for one job");
         let _one_at_a_time = self.caller.lock().unwrap_or_else(|e| e.into_inner());
         let s = &*self.shared;
-        let job = Job {
-            // SAFETY: the reference is only used until every worker has left this job, which
-            // `run` waits for before returning (see `active`).
-            f: unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), JobFn>(f) },
-            chunks,
-            next: AtomicUsize::new(0),
-        };
-        // SAFETY: no worker reads the slot now: all left the previous job (`active` was 0).
-        unsafe { *s.job.get() = Some(job) };
-        s.active.store(self.workers.len(), Ordering::SeqCst);
-        s.epoch.fetch_add(1, Ordering::SeqCst);
-        if s.sleeping.load(Ordering::SeqCst) > 0 {
+        // SAFETY: the reference is only used by threads that claimed a chunk of this job, and
+        // `run` returns only after every claimed chunk is done (see `done`).
+        let f = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), JobFn>(f) };
+        // SAFETY: the previous job is closed, so no thread can claim a chunk of it and read
+        // the slot; the next claim of this job is possible only after the store below.
+        unsafe { *s.job.get() = Some(f) };
+        s.chunks.store(chunks, SeqCst);
+        s.done.store(0, SeqCst);
+        s.resting.store(false, SeqCst);
+        let epoch = epoch_of(s.claim.load(SeqCst)).wrapping_add(1);
+        s.claim.store(claim_word(epoch, 0), SeqCst);
+        if s.sleeping.load(SeqCst) > 0 {
             let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
-        // SAFETY: written above; workers only read it.
-        let job = unsafe { (*s.job.get()).as_ref().expect("job just set") };
-        // Workers may still hold `f` if the caller's share panics: wait for them either way.
-        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work_on(job)));
-        IN_JOB.set(false);
+        // A panicking chunk still counts as done (see `work_on`), so nobody waits forever.
+        work_on(s, epoch);
         let mut spins = 0u32;
-        while s.active.load(Ordering::Acquire) != 0 {
+        while s.done.load(SeqCst) != chunks {
             spins += 1;
-            if spins < 1 << 16 {
+            if spins < 1 << 12 {
                 std::hint::spin_loop();
             } else {
                 std::thread::yield_now();
             }
         }
-        if let Err(panic) = mine {
-            std::panic::resume_unwind(panic);
+        // Every chunk is claimed and done: close the job so that no late worker claims more.
+        s.claim.store(claim_word(epoch, CLOSED), SeqCst);
+        if s.panicked.swap(false, SeqCst) {
+            panic!("a chunk of a compute job panicked");
         }
-        if s.panicked.swap(false, Ordering::SeqCst) {
-            panic!("a compute worker panicked");
-        }
+    }
+
+    /// Sends idle workers to sleep now instead of after their spin: for a caller that knows no
+    /// job follows soon (a node whose step is done waits for the network, and another process
+    /// on the same cores may need them).
+    pub fn rest(&self) {
+        self.shared.resting.store(true, SeqCst);
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
         let s = &*self.shared;
-        s.stop.store(true, Ordering::SeqCst);
-        s.epoch.fetch_add(1, Ordering::SeqCst);
+        s.stop.store(true, SeqCst);
+        let epoch = epoch_of(s.claim.load(SeqCst)).wrapping_add(1);
+        s.claim.store(claim_word(epoch, CLOSED), SeqCst);
         {
             let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
@@ -147,79 +159,99 @@ thread_local! {
 
 type JobFn = &'static (dyn Fn(usize) + Sync);
 
-struct Job {
-    f: JobFn,
-    chunks: usize,
-    next: AtomicUsize,
+/// The chunk index of a closed job (no chunk can be claimed).
+const CLOSED: u32 = u32::MAX;
+
+fn claim_word(epoch: u32, next: u32) -> u64 {
+    (u64::from(epoch) << 32) | u64::from(next)
+}
+
+fn epoch_of(word: u64) -> u32 {
+    (word >> 32) as u32
 }
 
 struct Shared {
-    epoch: AtomicUsize,
-    job: UnsafeCell<Option<Job>>,
-    /// Workers that have not yet left the current job.
-    active: AtomicUsize,
+    /// The current job's epoch (high half) and its next unclaimed chunk (low half).
+    claim: AtomicU64,
+    /// Chunks of the current job.
+    chunks: AtomicUsize,
+    /// Chunks of the current job that have finished.
+    done: AtomicUsize,
+    job: UnsafeCell<Option<JobFn>>,
     sleeping: AtomicUsize,
+    resting: AtomicBool,
     stop: AtomicBool,
     panicked: AtomicBool,
     lock: Mutex<()>,
     wake: Condvar,
 }
 
-// SAFETY: `job` is written only by the caller holding `Pool::caller` while no worker is inside
-// a job, and read by workers only between an epoch change and their decrement of `active`.
+// SAFETY: `job` is written only by the caller holding `Pool::caller` while the previous job is
+// closed, and read only by a thread that has claimed a chunk of the current job, before that
+// chunk counts as done (the caller waits for that before it closes the job).
 unsafe impl Sync for Shared {}
 
-fn work_on(job: &Job) {
+/// Claims and runs chunks of job `epoch` until none is left; returns at once for a job that is
+/// over (a later epoch, or closed). A chunk that panics is recorded in `panicked` and counts as
+/// done; the caller of `run` re-raises it.
+fn work_on(s: &Shared, epoch: u32) {
     IN_JOB.set(true);
+    let mut word = s.claim.load(SeqCst);
     loop {
-        let i = job.next.fetch_add(1, Ordering::Relaxed);
-        if i >= job.chunks {
+        let next = word as u32;
+        if epoch_of(word) != epoch || next == CLOSED || next as usize >= s.chunks.load(SeqCst) {
             break;
         }
-        (job.f)(i);
+        match s.claim.compare_exchange_weak(word, word + 1, SeqCst, SeqCst) {
+            Ok(_) => {
+                // SAFETY: we hold an unfinished chunk of this job, so the slot holds its `f`.
+                let f = unsafe { (*s.job.get()).expect("a claimed job has its function") };
+                let run = std::panic::AssertUnwindSafe(|| f(next as usize));
+                if std::panic::catch_unwind(run).is_err() {
+                    // Recorded before the chunk counts as done, so the caller sees it.
+                    s.panicked.store(true, SeqCst);
+                }
+                s.done.fetch_add(1, SeqCst);
+                word = s.claim.load(SeqCst);
+            }
+            Err(now) => word = now,
+        }
     }
     IN_JOB.set(false);
 }
 
 fn worker(s: &Shared) {
-    let mut seen = 0usize;
+    // The epoch `Pool::new` starts at: a worker that starts late still sees every later change
+    // (the stop signal included).
+    let mut seen = 0u32;
     loop {
         let started = Instant::now();
         let mut polls = 0u32;
         let epoch = loop {
-            let e = s.epoch.load(Ordering::Acquire);
+            let e = epoch_of(s.claim.load(SeqCst));
             if e != seen {
                 break e;
             }
             polls += 1;
-            if polls.is_multiple_of(64) && started.elapsed() > SPIN {
+            if polls.is_multiple_of(64) && (s.resting.load(SeqCst) || started.elapsed() > SPIN)
+            {
                 // Announce the sleep before the last look at the epoch: a caller that bumps it
                 // afterwards sees `sleeping` and notifies under the lock.
                 let mut g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
-                s.sleeping.fetch_add(1, Ordering::SeqCst);
-                while s.epoch.load(Ordering::SeqCst) == seen {
+                s.sleeping.fetch_add(1, SeqCst);
+                while epoch_of(s.claim.load(SeqCst)) == seen {
                     g = s.wake.wait(g).unwrap_or_else(|e| e.into_inner());
                 }
-                s.sleeping.fetch_sub(1, Ordering::SeqCst);
-                break s.epoch.load(Ordering::Acquire);
+                s.sleeping.fetch_sub(1, SeqCst);
+                break epoch_of(s.claim.load(SeqCst));
             }
             std::hint::spin_loop();
         };
         seen = epoch;
-        if s.stop.load(Ordering::SeqCst) {
+        if s.stop.load(SeqCst) {
             return;
         }
-        // SAFETY: the caller set the job before bumping the epoch and keeps it until `active`
-        // drops to zero, which happens only after this worker's decrement below.
-        let job = unsafe { (*s.job.get()).as_ref() };
-        if let Some(job) = job {
-            // A panicking chunk must not leave the caller waiting forever; the caller re-raises.
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work_on(job))).is_err() {
-                IN_JOB.set(false);
-                s.panicked.store(true, Ordering::SeqCst);
-            }
-        }
-        s.active.fetch_sub(1, Ordering::Release);
+        work_on(s, epoch);
     }
 }
 
@@ -233,9 +265,9 @@ mod tests {
         for chunks in [0, 1, 2, 7, 100] {
             let hits: Vec<AtomicUsize> = (0..chunks).map(|_| AtomicUsize::new(0)).collect();
             pool.run(chunks, &|i| {
-                hits[i].fetch_add(1, Ordering::Relaxed);
+                hits[i].fetch_add(1, SeqCst);
             });
-            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            assert!(hits.iter().all(|h| h.load(SeqCst) == 1));
         }
     }
 
@@ -246,10 +278,10 @@ mod tests {
         for _ in 0..3 {
             std::thread::sleep(SPIN * 20);
             pool.run(64, &|i| {
-                total.fetch_add(i, Ordering::Relaxed);
+                total.fetch_add(i, SeqCst);
             });
         }
-        assert_eq!(total.load(Ordering::Relaxed), 3 * (63 * 64 / 2));
+        assert_eq!(total.load(SeqCst), 3 * (63 * 64 / 2));
     }
 
     #[test]
@@ -258,9 +290,42 @@ mod tests {
         let total = AtomicUsize::new(0);
         pool.run(4, &|_| {
             pool.run(4, &|_| {
-                total.fetch_add(1, Ordering::Relaxed);
+                total.fetch_add(1, SeqCst);
             })
         });
-        assert_eq!(total.load(Ordering::Relaxed), 16);
+        assert_eq!(total.load(SeqCst), 16);
+    }
+
+    #[test]
+    fn many_jobs_of_every_size_run_each_chunk_once() {
+        for threads in [2, 3, 4] {
+            let pool = Pool::new(threads);
+            for round in 0..2000usize {
+                let chunks = (round * 7919) % 37;
+                let hits: Vec<AtomicUsize> = (0..chunks).map(|_| AtomicUsize::new(0)).collect();
+                pool.run(chunks, &|i| {
+                    hits[i].fetch_add(1, SeqCst);
+                });
+                assert!(hits.iter().all(|h| h.load(SeqCst) == 1), "round {round}");
+                if round % 500 == 0 {
+                    pool.rest();
+                    std::thread::sleep(SPIN * 2);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_panicking_chunk_reaches_the_caller_and_the_pool_goes_on() {
+        let pool = Pool::new(3);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run(16, &|i| assert!(i != 11, "chunk 11 fails"));
+        }));
+        assert!(r.is_err());
+        let total = AtomicUsize::new(0);
+        pool.run(16, &|i| {
+            total.fetch_add(i, SeqCst);
+        });
+        assert_eq!(total.load(SeqCst), 120);
     }
 }

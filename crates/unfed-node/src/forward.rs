@@ -228,6 +228,10 @@ fn run(model: ShardModel, limits: SessionLimits, mut jobs: mpsc::Receiver<Job>) 
                     }
                 };
                 let _ = reply.send(result);
+                if jobs.is_empty() {
+                    // The rest of the route computes next, maybe on these very cores.
+                    unfed_kernels::pool::global().rest();
+                }
             }
             Job::Close { id } => {
                 sessions.remove(&id);

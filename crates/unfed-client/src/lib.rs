@@ -1,7 +1,8 @@
 //! The user's client: discovers a model through a registry, picks one node per shard by health
-//! and measured latency, opens a session stream along the route, and generates — resuming on a
+//! and measured latency, builds an onion circuit along the route, and generates — resuming on a
 //! replica (replaying the token history) when a node dies mid-generation.
 
+mod circuit;
 mod route;
 
 use std::time::Duration;
@@ -13,14 +14,14 @@ use tonic::transport::Channel;
 use unfed_model::{ChatTemplate, SamplingParams, TextTokenizer};
 use unfed_proto::node::node_client::NodeClient;
 use unfed_proto::node::{
-    Hop, Open, SessionReply, SessionRequest, Step, TokenizerRequest, Tokens, session_reply,
-    session_request, step,
+    Open, SessionReply, SessionRequest, TokenizerRequest, session_reply, session_request,
 };
 use unfed_proto::registry::registry_client::RegistryClient;
 use unfed_proto::registry::{DiscoverRequest, GetManifestRequest, ListModelsRequest, ModelStatus};
-use unfed_proto::{MAX_REGISTRY_MESSAGE, convert};
+use unfed_proto::MAX_REGISTRY_MESSAGE;
 use unfed_shard::Manifest;
 
+pub use circuit::ClientCircuit;
 pub use route::{Candidate, Route, pick_route};
 
 /// How long a route may take to open.
@@ -251,18 +252,12 @@ async fn run_route(
 ) -> std::result::Result<(), String> {
     let first = &route.hops[0];
     let mut client = node(&first.address).await?;
+    let mut circuit = circuit::ClientCircuit::build(route, sampling)?;
     let (send, rx) = mpsc::channel(4);
     let open = Open {
         model_id: model_id.into(),
         shard_index: 0,
-        next: route.hops[1..]
-            .iter()
-            .map(|h| Hop {
-                address: h.address.clone(),
-                shard_index: h.shard_index,
-            })
-            .collect(),
-        sampling: Some(convert::sampling(sampling)),
+        onion: circuit.header(),
     };
     send.send(SessionRequest {
         kind: Some(session_request::Kind::Open(open)),
@@ -284,21 +279,16 @@ async fn run_route(
     let mut ids: Vec<u32> = prompt.iter().chain(generated.iter()).copied().collect();
     let mut history = generated.clone();
     while generated.len() < max_tokens {
-        let step = Step {
-            history: std::mem::take(&mut history),
-            input: Some(step::Input::Tokens(Tokens {
-                ids: std::mem::take(&mut ids),
-            })),
-        };
+        let frame = circuit.step(std::mem::take(&mut ids), std::mem::take(&mut history))?;
         send.send(SessionRequest {
-            kind: Some(session_request::Kind::Step(step)),
+            kind: Some(session_request::Kind::Frame(frame)),
         })
         .await
         .map_err(|_| "stream closed".to_string())?;
         let token = match next_reply(&mut replies, STEP_TIMEOUT).await? {
             Some(SessionReply {
-                kind: Some(session_reply::Kind::Token(t)),
-            }) => t.id,
+                kind: Some(session_reply::Kind::Cell(cell)),
+            }) => circuit.token(&cell)?,
             _ => return Err("the route closed the session".into()),
         };
         if end.contains(&token) {

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use unfed_onion::OnionPublicKey;
 use unfed_proto::node::HealthRequest;
 use unfed_proto::registry::NodeInfo;
 
@@ -16,6 +17,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Candidate {
     pub address: String,
     pub shard_index: u32,
+    /// The node's onion key from its signed registration.
+    pub onion_key: OnionPublicKey,
     pub rtt: Duration,
 }
 
@@ -31,11 +34,17 @@ pub async fn rank(model_id: &str, num_shards: u32, nodes: &[NodeInfo]) -> Vec<Ve
     let probes = nodes
         .iter()
         .filter(|n| n.shard_index < num_shards)
-        .map(|n| async move {
+        .filter_map(|n| {
+            // A node without a valid onion key cannot be part of a circuit.
+            let key = <[u8; 32]>::try_from(n.onion_key.as_slice()).ok()?;
+            Some((n, OnionPublicKey::from_bytes(key).ok()?))
+        })
+        .map(|(n, onion_key)| async move {
             let rtt = probe(&n.address, model_id, n.shard_index).await?;
             Some(Candidate {
                 address: n.address.clone(),
                 shard_index: n.shard_index,
+                onion_key,
                 rtt,
             })
         });

@@ -297,24 +297,20 @@ async fn failover(net: &Net, expected: Vec<u32>) {
 #[test]
 fn malformed_and_oversized_messages_get_clear_errors_and_the_node_keeps_serving() {
     use tokio_stream::wrappers::ReceiverStream;
-    use unfed_proto::node::{Hidden, Open, SessionRequest, Step, Tokens, session_request, step};
+    use unfed_client::{ClientCircuit, Route};
+    use unfed_proto::node::{Hidden, Open, SessionRequest, Tokens, session_request, step};
 
     let net = start(&[1, 1, 1]);
     let expected = reference(&net.model);
-    let shard1 = net
-        .nodes
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|(_, (s, _))| *s == 1)
-        .map(|(a, _)| a.clone())
-        .unwrap();
     client_runtime().block_on(async {
         let mut client = Client::connect(&net.registry).await.unwrap();
         wait_ready(&mut client).await;
-        // Sends a sequence of messages on a fresh session stream; returns the first error.
+        let candidates = client.candidates("tiny").await.unwrap();
+        let (hop1, hop2) = (candidates[1][0].clone(), candidates[2][0].clone());
+        // Sends a sequence of messages to shard 1 on a fresh session stream; returns the first
+        // error.
         let session = |msgs: Vec<SessionRequest>| {
-            let addr = shard1.clone();
+            let addr = hop1.address.clone();
             async move {
                 let mut c = NodeClient::connect(format!("http://{addr}"))
                     .await
@@ -339,77 +335,69 @@ fn malformed_and_oversized_messages_get_clear_errors_and_the_node_keeps_serving(
                 }
             }
         };
-        let open = |shard: u32, next: Vec<unfed_proto::node::Hop>| SessionRequest {
+        let open = |shard: u32, onion: Vec<u8>| SessionRequest {
             kind: Some(session_request::Kind::Open(Open {
                 model_id: "tiny".into(),
                 shard_index: shard,
-                next,
-                sampling: None,
+                onion,
             })),
         };
-        let step = |input| SessionRequest {
-            kind: Some(session_request::Kind::Step(Step {
-                history: vec![],
-                input: Some(input),
-            })),
+        let frame = |f: Vec<u8>| SessionRequest {
+            kind: Some(session_request::Kind::Frame(f)),
         };
-        let hop2 = net
-            .nodes
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(_, (s, _))| *s == 2)
-            .map(|(a, _)| a.clone())
-            .unwrap();
-        let next = vec![unfed_proto::node::Hop {
-            address: hop2,
-            shard_index: 2,
-        }];
+        // A circuit that starts at shard 1 (as shard 0 would build it for us).
+        let circuit = |hops: Vec<unfed_client::Candidate>| {
+            ClientCircuit::build(&Route { hops }, &SamplingParams::greedy()).unwrap()
+        };
+        let sub_route = vec![hop1.clone(), hop2.clone()];
 
-        let s = session(vec![step(step::Input::Tokens(Tokens { ids: vec![1] }))]).await;
+        let s = session(vec![frame(vec![1, 2, 3])]).await;
         assert!(s.message().contains("starts with an Open"), "{s:?}");
-        let s = session(vec![open(0, next.clone())]).await;
+        let s = session(vec![open(0, circuit(sub_route.clone()).header())]).await;
         assert!(s.message().contains("serves shard 1"), "{s:?}");
-        let s = session(vec![open(1, vec![])]).await;
+        let s = session(vec![open(1, vec![7; 100])]).await;
+        assert!(s.message().contains("circuit setup refused"), "{s:?}");
+        let mut tampered = circuit(sub_route.clone()).header();
+        tampered[700] ^= 1;
+        let s = session(vec![open(1, tampered)]).await;
+        assert!(s.message().contains("circuit setup refused"), "{s:?}");
+        // A header built for someone else's key does not open here.
+        let s = session(vec![open(1, circuit(vec![hop2.clone()]).header())]).await;
+        assert!(s.message().contains("circuit setup refused"), "{s:?}");
+        // A circuit whose header says shard 1 is the last hop.
+        let s = session(vec![open(1, circuit(vec![hop1.clone()]).header())]).await;
         assert!(s.message().contains("needs a next hop"), "{s:?}");
-        // A route may not repeat or loop: one hop per following shard, in order.
-        let looping = vec![next[0].clone(), next[0].clone()];
-        let s = session(vec![open(1, looping)]).await;
-        assert!(s.message().contains("must be shards [2]"), "{s:?}");
-        let bad_shape = Hidden {
-            rows: 2,
-            cols: 7,
-            data: vec![0; 56],
+        // Replaying a setup header is refused, even after its first use ended.
+        let once = circuit(sub_route.clone()).header();
+        let s = session(vec![open(1, once.clone()), frame(vec![0; 40])]).await;
+        assert!(s.message().contains("step frame refused"), "{s:?}");
+        let s = session(vec![open(1, once)]).await;
+        assert!(s.message().contains("replay"), "{s:?}");
+
+        let hidden = |rows: u32, cols: u32, bytes: usize| {
+            step::Input::Hidden(Hidden {
+                rows,
+                cols,
+                data: vec![0; bytes],
+            })
         };
-        let s = session(vec![
-            open(1, next.clone()),
-            step(step::Input::Hidden(bad_shape)),
-        ])
-        .await;
+        let bad_step = |input: step::Input| {
+            let mut c = circuit(sub_route.clone());
+            let header = c.header();
+            let f = c.frame(input, vec![]).unwrap();
+            vec![open(1, header), frame(f)]
+        };
+        let s = session(bad_step(hidden(2, 7, 56))).await;
         assert!(s.message().contains("expected n x 64"), "{s:?}");
-        let short = Hidden {
-            rows: 2,
-            cols: 64,
-            data: vec![0; 12],
-        };
-        let s = session(vec![
-            open(1, next.clone()),
-            step(step::Input::Hidden(short)),
-        ])
-        .await;
+        let s = session(bad_step(hidden(2, 64, 12))).await;
         assert!(s.message().contains("do not hold"), "{s:?}");
+        let s = session(bad_step(step::Input::Tokens(Tokens { ids: vec![1] }))).await;
+        assert!(s.message().contains("takes hidden states"), "{s:?}");
         let s = session(vec![
-            open(1, next.clone()),
-            step(step::Input::Tokens(Tokens { ids: vec![1] })),
+            open(1, circuit(sub_route.clone()).header()),
+            frame(vec![0; unfed_proto::MAX_NODE_MESSAGE + 1]),
         ])
         .await;
-        assert!(s.message().contains("takes hidden states"), "{s:?}");
-        let huge = Hidden {
-            rows: 1,
-            cols: 64,
-            data: vec![0; unfed_proto::MAX_NODE_MESSAGE + 1],
-        };
-        let s = session(vec![open(1, next.clone()), step(step::Input::Hidden(huge))]).await;
         assert_eq!(s.code(), tonic::Code::OutOfRange, "{s:?}");
 
         // Still serving.

@@ -2,6 +2,7 @@
 //! manifest (bytes and verification vector), moves the shard onto a forward thread, serves
 //! per-session streams, registers with a registry and keeps heartbeating until shut down.
 
+pub mod circuit;
 mod forward;
 mod registration;
 mod service;
@@ -95,6 +96,7 @@ pub async fn run(
                 shard_index: config.shard_index,
                 manifest_sha256: Sha256::digest(manifest_json.as_bytes()).into(),
                 manifest_json,
+                onion_key: state.onion_public_key().to_bytes(),
             };
             let reg = Registration::register(registry, config.key, &announcement)
                 .await

@@ -17,6 +17,8 @@ pub struct Announcement {
     pub shard_index: u32,
     pub manifest_json: String,
     pub manifest_sha256: [u8; 32],
+    /// The node's public onion key (X25519), signed with the rest.
+    pub onion_key: [u8; 32],
 }
 
 /// Why a heartbeat failed.
@@ -77,7 +79,7 @@ impl Registration {
             model_id: a.model_id.clone(),
             shard_index: a.shard_index,
             manifest_sha256: a.manifest_sha256,
-            onion_key: Vec::new(),
+            onion_key: a.onion_key.to_vec(),
             timestamp_ms: now_ms(),
             nonce: rand::random(),
         });

@@ -1,21 +1,25 @@
-//! The gRPC face of a node: one bidirectional stream per session; a node that is not the last
-//! shard opens its own stream to the next hop and relays the replies back.
+//! The gRPC face of a node: one bidirectional stream per session, set up by an onion header;
+//! a node that is not the last shard opens its own stream to the next hop its header names and
+//! relays the reply cells back, adding its layer.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
+use unfed_onion::{OnionHop, OnionPublicKey, OnionSecretKey, Peeled};
 use unfed_proto::convert;
 use unfed_proto::node::node_server::Node;
 use unfed_proto::node::{
-    HealthReply, HealthRequest, Hidden, Open, Opened, SessionReply, SessionRequest, Step, Token,
+    HealthReply, HealthRequest, Hidden, Open, Opened, SessionReply, SessionRequest,
     TokenizerReply, TokenizerRequest, session_reply, session_request, step,
 };
+
+use crate::circuit::{CircuitError, HopCircuit, Place};
 
 use crate::forward::{Forward, SessionLimits, StepInput, StepOutput};
 
@@ -25,6 +29,8 @@ const STREAM_BUFFER: usize = 4;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the rest of the route may take for one step (a long prompt's prefill included).
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Circuit setups one onion key accepts (each leaves a 32-byte replay tag).
+const REPLAY_CAPACITY: usize = unfed_onion::ReplayCache::DEFAULT_CAPACITY;
 
 /// What the service knows about the shard it serves.
 pub struct NodeState {
@@ -38,6 +44,9 @@ pub struct NodeState {
     pub tokenizer_json: String,
     pub limits: SessionLimits,
     pub forward: Forward,
+    /// This node's onion key and the replay tags of every circuit set up with it.
+    onion: Mutex<OnionHop>,
+    onion_public: OnionPublicKey,
     next_session: AtomicU64,
     /// One permit per session a node serves at once, taken before anything is read.
     permits: Arc<Semaphore>,
@@ -54,6 +63,10 @@ impl NodeState {
         forward: Forward,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(limits.max_sessions));
+        // A fresh onion key per start: circuits set up before a restart cannot be replayed
+        // against it, so the replay cache needs no persistence.
+        let onion_key = OnionSecretKey::generate(&mut rand::rng());
+        let onion_public = onion_key.public_key();
         Self {
             model_id,
             shard_index,
@@ -64,9 +77,23 @@ impl NodeState {
             tokenizer_json,
             limits,
             forward,
+            onion: Mutex::new(OnionHop::new(onion_key, REPLAY_CAPACITY)),
+            onion_public,
             next_session: AtomicU64::new(1),
             permits,
         }
+    }
+
+    /// The public onion key clients build circuits with (registered, signed, with the node).
+    pub fn onion_public_key(&self) -> OnionPublicKey {
+        self.onion_public
+    }
+
+    /// Peels this hop's layer of a circuit header, refusing replays.
+    fn peel(&self, header: &[u8]) -> Result<Peeled, Status> {
+        let mut hop = self.onion.lock().unwrap_or_else(|e| e.into_inner());
+        hop.process(header)
+            .map_err(|e| Status::invalid_argument(format!("circuit setup refused: {e}")))
     }
 
     /// Sessions open now (counted without waiting for the forward thread).
@@ -144,19 +171,12 @@ struct Downstream {
 }
 
 impl Downstream {
-    async fn open(open: &Open) -> Result<Self, Status> {
-        let hop = &open.next[0];
-        let mut client = unfed_proto::connect_node(&hop.address)
+    async fn open(address: &str, open: Open) -> Result<Self, Status> {
+        let mut client = unfed_proto::connect_node(address)
             .await
             .map_err(Status::unavailable)?;
         let (send, rx) = mpsc::channel(STREAM_BUFFER);
-        let next = Open {
-            model_id: open.model_id.clone(),
-            shard_index: hop.shard_index,
-            next: open.next[1..].to_vec(),
-            sampling: open.sampling,
-        };
-        send.send(request(session_request::Kind::Open(next)))
+        send.send(request(session_request::Kind::Open(open)))
             .await
             .map_err(|_| relay_lost())?;
         let mut replies = client.session(ReceiverStream::new(rx)).await?.into_inner();
@@ -168,15 +188,16 @@ impl Downstream {
         }
     }
 
-    async fn step(&mut self, step: Step) -> Result<u32, Status> {
+    /// Sends one link frame; returns the reply cell.
+    async fn step(&mut self, frame: Vec<u8>) -> Result<Vec<u8>, Status> {
         self.send
-            .send(request(session_request::Kind::Step(step)))
+            .send(request(session_request::Kind::Frame(frame)))
             .await
             .map_err(|_| relay_lost())?;
         match within(STEP_TIMEOUT, self.replies.message()).await?? {
             Some(SessionReply {
-                kind: Some(session_reply::Kind::Token(t)),
-            }) => Ok(t.id),
+                kind: Some(session_reply::Kind::Cell(cell)),
+            }) => Ok(cell),
             _ => Err(relay_lost()),
         }
     }
@@ -187,6 +208,14 @@ async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> 
     tokio::time::timeout(limit, f)
         .await
         .map_err(|_| Status::deadline_exceeded("the next hop did not answer in time"))
+}
+
+/// A circuit error as the peer sees it: what was wrong with its input, or (sealing) ours.
+fn refused(e: CircuitError) -> Status {
+    match e {
+        CircuitError::Seal(_) => Status::internal(e.to_string()),
+        _ => Status::invalid_argument(e.to_string()),
+    }
 }
 
 fn relay_lost() -> Status {
@@ -223,32 +252,27 @@ async fn run_session(
             state.shard_index, state.model_id, open.shard_index, open.model_id
         )));
     }
-    // The rest of the route is exactly the following shards, in order: a client cannot make a
-    // node open more (or looping) connections than the model has shards.
-    let expected: Vec<u32> = (state.shard_index + 1..state.num_shards).collect();
-    let given: Vec<u32> = open.next.iter().map(|h| h.shard_index).collect();
-    if given != expected {
-        return Err(Status::invalid_argument(if state.head {
-            "the last shard has no next hop".to_string()
-        } else if open.next.is_empty() {
-            "this shard needs a next hop".to_string()
-        } else {
-            format!("the next hops must be shards {expected:?}, not {given:?}")
-        }));
-    }
-    let sampling = match &open.sampling {
-        Some(s) => Some(convert::sampling_params(s).map_err(Status::invalid_argument)?),
-        None => None,
+    let peeled = state.peel(&open.onion)?;
+    let (mut circuit, place) = HopCircuit::setup(&peeled, state.head).map_err(refused)?;
+    let (sampling, next) = match place {
+        Place::Last { sampling } => (Some(sampling), None),
+        Place::Relay { next_hop, header } => (None, Some((next_hop, header))),
     };
     state
         .forward
         .open(id, sampling)
         .await
         .map_err(Status::resource_exhausted)?;
-    let mut downstream = if state.head {
-        None
-    } else {
-        Some(Downstream::open(&open).await?)
+    let mut downstream = match next {
+        None => None,
+        Some((address, header)) => {
+            let onward = Open {
+                model_id: open.model_id.clone(),
+                shard_index: state.shard_index + 1,
+                onion: header,
+            };
+            Some(Downstream::open(&address, onward).await?)
+        }
     };
     send_up(
         tx,
@@ -262,11 +286,12 @@ async fn run_session(
             return Err(Status::deadline_exceeded("the session was idle too long"));
         };
         let Some(msg) = msg else { break };
-        let step = match msg?.kind {
-            Some(session_request::Kind::Step(step)) => step,
-            _ => return Err(Status::invalid_argument("expected a Step")),
+        let frame = match msg?.kind {
+            Some(session_request::Kind::Frame(frame)) => frame,
+            _ => return Err(Status::invalid_argument("expected a step frame")),
         };
-        let input = match (step.input, state.embedding) {
+        let (input, onward) = circuit.open_step(&frame).map_err(refused)?;
+        let input = match (input, state.embedding) {
             (Some(step::Input::Tokens(t)), true) => StepInput::Tokens(t.ids),
             (Some(step::Input::Hidden(h)), false) => {
                 let values = convert::hidden_values(&h, state.hidden)
@@ -285,7 +310,7 @@ async fn run_session(
         };
         let out = state
             .forward
-            .step(id, input, step.history.clone())
+            .step(id, input, onward.history)
             .await
             .map_err(|e| {
                 if e.starts_with("busy") {
@@ -294,15 +319,15 @@ async fn run_session(
                     Status::invalid_argument(e)
                 }
             })?;
-        let token = match (out, downstream.as_mut()) {
-            (StepOutput::Token(t), None) => t,
+        let cell = match (out, downstream.as_mut()) {
+            (StepOutput::Token(t), None) => circuit.seal_token(t).map_err(refused)?,
             (StepOutput::Hidden { rows, cols, values }, Some(down)) => {
                 let hidden: Hidden = convert::hidden(rows, cols, &values);
-                down.step(Step {
-                    history: step.history,
-                    input: Some(step::Input::Hidden(hidden)),
-                })
-                .await?
+                let frame = circuit
+                    .seal_next(hidden, onward.onward)
+                    .map_err(refused)?;
+                let cell = down.step(frame).await?;
+                circuit.relay_reply(&cell).map_err(|_| relay_lost())?
             }
             _ => {
                 return Err(Status::internal(
@@ -310,12 +335,7 @@ async fn run_session(
                 ));
             }
         };
-        send_up(
-            tx,
-            session_reply::Kind::Token(Token { id: token }),
-            state.limits.idle_timeout,
-        )
-        .await?;
+        send_up(tx, session_reply::Kind::Cell(cell), state.limits.idle_timeout).await?;
     }
     Ok(())
 }

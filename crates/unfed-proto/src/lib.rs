@@ -18,7 +18,7 @@ pub const MAX_NODE_MESSAGE: usize = 64 << 20;
 
 /// Conversions between wire messages and the runtime's types.
 pub mod convert {
-    use crate::node::{Hidden, Sampling};
+    use crate::node::Hidden;
 
     /// What can be wrong with a hidden-state message.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,36 +53,122 @@ pub mod convert {
             .collect())
     }
 
-    /// Sampling parameters as sent on the wire.
-    pub fn sampling(p: &unfed_model::SamplingParams) -> Sampling {
-        Sampling {
-            temperature: p.temperature,
-            top_k: p.top_k as u32,
-            top_p: p.top_p,
-            repeat_penalty: p.repeat_penalty,
-            repeat_last_n: p.repeat_last_n as u32,
-            seed: p.seed,
-        }
-    }
-
     /// The longest look-back a peer may ask the repetition penalty for.
     pub const MAX_REPEAT_LAST_N: usize = 4096;
+}
 
-    /// Sampling parameters from the wire, validated.
-    pub fn sampling_params(s: &Sampling) -> Result<unfed_model::SamplingParams, String> {
-        let p = unfed_model::SamplingParams {
-            temperature: s.temperature,
-            top_k: s.top_k as usize,
-            top_p: s.top_p,
-            repeat_penalty: s.repeat_penalty,
-            repeat_last_n: s.repeat_last_n as usize,
-            seed: s.seed,
-        };
-        p.validate()?;
-        if p.repeat_last_n > MAX_REPEAT_LAST_N {
-            return Err(format!("repeat_last_n is at most {MAX_REPEAT_LAST_N}"));
+/// What the client tells each hop inside its onion layer (the 64-byte hop payload of
+/// `unfed-onion`), and the reply cell's plaintext. Layout in docs/protocol.md, "Circuits".
+pub mod circuit {
+    /// Bytes of a hop payload.
+    pub const PAYLOAD_LEN: usize = 64;
+    /// Bytes of a link secret.
+    pub const LINK_SECRET_LEN: usize = 32;
+    /// Output privacy mode `off`: the last shard samples and returns the token.
+    pub const MODE_OFF: u8 = 0;
+    /// Bytes of a token reply's plaintext (u32, little-endian).
+    pub const TOKEN_REPLY_LEN: usize = 4;
+
+    use crate::node::{Onward, Step};
+    use prost::Message;
+
+    /// The plaintext of a link frame.
+    pub fn encode_step(step: &Step) -> Vec<u8> {
+        step.encode_to_vec()
+    }
+
+    /// A link frame's plaintext, decoded.
+    pub fn decode_step(bytes: &[u8]) -> Result<Step, String> {
+        Step::decode(bytes).map_err(|e| format!("a step frame that is not a Step: {e}"))
+    }
+
+    /// The plaintext of an onward frame.
+    pub fn encode_onward(onward: &Onward) -> Vec<u8> {
+        onward.encode_to_vec()
+    }
+
+    /// An onward frame's plaintext, decoded.
+    pub fn decode_onward(bytes: &[u8]) -> Result<Onward, String> {
+        Onward::decode(bytes).map_err(|e| format!("an onward frame that is not an Onward: {e}"))
+    }
+
+    /// A relay's payload: the secrets of its incoming and outgoing links.
+    pub fn relay_payload(
+        incoming: &[u8; LINK_SECRET_LEN],
+        outgoing: &[u8; LINK_SECRET_LEN],
+    ) -> [u8; PAYLOAD_LEN] {
+        let mut p = [0u8; PAYLOAD_LEN];
+        p[..32].copy_from_slice(incoming);
+        p[32..].copy_from_slice(outgoing);
+        p
+    }
+
+    /// The last shard's payload: its incoming link's secret, the output mode and the sampling
+    /// parameters.
+    pub fn last_payload(
+        incoming: &[u8; LINK_SECRET_LEN],
+        mode: u8,
+        s: &unfed_model::SamplingParams,
+    ) -> [u8; PAYLOAD_LEN] {
+        let mut p = [0u8; PAYLOAD_LEN];
+        p[..32].copy_from_slice(incoming);
+        p[32] = mode;
+        p[33..37].copy_from_slice(&s.temperature.to_le_bytes());
+        p[37..41].copy_from_slice(&(s.top_k.min(u32::MAX as usize) as u32).to_le_bytes());
+        p[41..45].copy_from_slice(&s.top_p.to_le_bytes());
+        p[45..49].copy_from_slice(&s.repeat_penalty.to_le_bytes());
+        p[49..53].copy_from_slice(&(s.repeat_last_n.min(u32::MAX as usize) as u32).to_le_bytes());
+        p[53..61].copy_from_slice(&s.seed.to_le_bytes());
+        p
+    }
+
+    /// The link secrets of a relay's payload: (incoming, outgoing).
+    pub fn parse_relay_payload(
+        p: &[u8; PAYLOAD_LEN],
+    ) -> ([u8; LINK_SECRET_LEN], [u8; LINK_SECRET_LEN]) {
+        let mut incoming = [0u8; LINK_SECRET_LEN];
+        let mut outgoing = [0u8; LINK_SECRET_LEN];
+        incoming.copy_from_slice(&p[..32]);
+        outgoing.copy_from_slice(&p[32..]);
+        (incoming, outgoing)
+    }
+
+    /// The last shard's payload: incoming link secret and validated sampling parameters. A mode
+    /// this version does not implement is refused, never served as another.
+    pub fn parse_last_payload(
+        p: &[u8; PAYLOAD_LEN],
+    ) -> Result<([u8; LINK_SECRET_LEN], unfed_model::SamplingParams), String> {
+        let mut incoming = [0u8; LINK_SECRET_LEN];
+        incoming.copy_from_slice(&p[..32]);
+        if p[32] != MODE_OFF {
+            return Err(format!(
+                "output privacy mode {} is not supported by this node",
+                p[32]
+            ));
         }
-        Ok(p)
+        if p[61..].iter().any(|&b| b != 0) {
+            return Err("the hop payload has unknown fields".into());
+        }
+        let f32_at = |i: usize| f32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+        let u32_at = |i: usize| u32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&p[53..61]);
+        let s = unfed_model::SamplingParams {
+            temperature: f32_at(33),
+            top_k: u32_at(37) as usize,
+            top_p: f32_at(41),
+            repeat_penalty: f32_at(45),
+            repeat_last_n: u32_at(49) as usize,
+            seed: u64::from_le_bytes(seed),
+        };
+        s.validate()?;
+        if s.repeat_last_n > super::convert::MAX_REPEAT_LAST_N {
+            return Err(format!(
+                "repeat_last_n is at most {}",
+                super::convert::MAX_REPEAT_LAST_N
+            ));
+        }
+        Ok((incoming, s))
     }
 }
 

@@ -175,6 +175,7 @@ impl Registry for RegistryService {
                         address: n.address,
                         shard_index: n.shard_index,
                         last_heartbeat_ms: n.last_heartbeat_ms,
+                        onion_key: n.onion_key,
                     })
                     .collect(),
             })

@@ -63,6 +63,8 @@ pub struct DiscoveredNode {
     pub shard_index: u32,
     /// Registry time of its last heartbeat, ms since the epoch.
     pub last_heartbeat_ms: u64,
+    /// Its X25519 onion key, as signed in its registration.
+    pub onion_key: Vec<u8>,
 }
 
 /// The healthy nodes of a model.
@@ -141,6 +143,7 @@ impl RegistryCore {
                 address: n.address,
                 shard_index: n.shard_index,
                 last_heartbeat_ms: n.last_heartbeat_ms,
+                onion_key: n.onion_key,
             })
             .collect();
         Ok(Discovery {

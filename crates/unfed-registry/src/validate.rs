@@ -10,7 +10,7 @@ use crate::RegistryError;
 pub const MAX_MANIFEST_JSON: usize = unfed_proto::MAX_REGISTRY_MESSAGE - 4096;
 /// Longest model id (the same rule as `unfed model split --model-id`).
 pub const MAX_MODEL_ID_CHARS: usize = 128;
-/// Length of an X25519 public key; an empty onion key is accepted until onion routing lands.
+/// Length of an X25519 public key.
 pub const ONION_KEY_LEN: usize = 32;
 
 /// A model's shard layout, as the registry needs it for status and discovery.
@@ -79,14 +79,14 @@ pub fn check_model_id(model_id: &str) -> Result<(), RegistryError> {
     }
 }
 
-/// Empty (no onion routing yet) or a 32-byte X25519 public key.
+/// A 32-byte X25519 public key: clients build circuits with it, so a node cannot serve without.
 pub fn check_onion_key(key: &[u8]) -> Result<(), RegistryError> {
-    if key.is_empty() || key.len() == ONION_KEY_LEN {
+    if key.len() == ONION_KEY_LEN {
         Ok(())
     } else {
         Err(field(
             "onion_key",
-            format!("must be empty or {ONION_KEY_LEN} bytes, not {}", key.len()),
+            format!("must be {ONION_KEY_LEN} bytes, not {}", key.len()),
         ))
     }
 }

@@ -83,6 +83,8 @@ fn payload_fields_are_checked() {
         ("address", |r| r.address = "[::1:80".into()),
         ("model_id", |r| r.model_id = "bad id!".into()),
         ("onion_key", |r| r.onion_key = vec![1; 31]),
+        // A node without an onion key cannot be part of a circuit.
+        ("onion_key", |r| r.onion_key.clear()),
     ];
     for (field, edit) in cases {
         let Payload::Register(mut r) = node.register_payload("tiny", 0, manifest3(), T0) else {
@@ -96,13 +98,12 @@ fn payload_fields_are_checked() {
         }
         assert_eq!(to_status(&err).code(), Code::InvalidArgument);
     }
-    // Bracketed IPv6 and DNS names are fine; so is an empty onion key.
+    // Bracketed IPv6 and DNS names are fine.
     for address in ["[::1]:50051", "node-1.example.org:443"] {
         let Payload::Register(mut r) = node.register_payload("tiny", 0, manifest3(), T0) else {
             unreachable!()
         };
         r.address = address.into();
-        r.onion_key.clear();
         reg(&mut core, &node.sign(&Payload::Register(r), manifest3())).unwrap();
     }
 }

@@ -1,0 +1,121 @@
+//! The client's side of an onion circuit: builds the setup header for a route, seals each
+//! step for the first hop with the layered onward frames for every hop, and strips the reply
+//! cells that come back. Protocol: docs/protocol.md, "Circuits".
+
+use unfed_model::SamplingParams;
+use unfed_onion::{
+    BuiltCircuit, Direction, HopPayload, ReplyUnwrapper, RouteHop, SessionKeys, SessionSender,
+};
+use unfed_proto::circuit as wire;
+use unfed_proto::node::{Onward, Step, Tokens, step};
+use zeroize::Zeroizing;
+
+use crate::route::Route;
+
+/// One generation's circuit, from the client's end.
+pub struct ClientCircuit {
+    header: Vec<u8>,
+    /// Frames to the first hop.
+    link: SessionSender,
+    /// One per hop: the frames only that hop can open, nested inside each step.
+    onward: Vec<SessionSender>,
+    replies: ReplyUnwrapper,
+}
+
+impl ClientCircuit {
+    /// Fresh keys for every hop: a link secret per pair of consecutive hops (and one between
+    /// the client and the first hop), the last shard's sampling parameters in its own layer.
+    pub fn build(route: &Route, sampling: &SamplingParams) -> Result<Self, String> {
+        let n = route.hops.len();
+        let links: Vec<Zeroizing<[u8; 32]>> =
+            (0..n).map(|_| Zeroizing::new(rand::random())).collect();
+        let hops: Vec<RouteHop> = route
+            .hops
+            .iter()
+            .enumerate()
+            .map(|(i, hop)| {
+                let last = i + 1 == n;
+                let payload = if last {
+                    wire::last_payload(&links[i], wire::MODE_OFF, sampling)
+                } else {
+                    wire::relay_payload(&links[i], &links[i + 1])
+                };
+                RouteHop {
+                    public_key: hop.onion_key,
+                    next_hop: if last {
+                        Vec::new()
+                    } else {
+                        route.hops[i + 1].address.as_bytes().to_vec()
+                    },
+                    payload: HopPayload(payload),
+                }
+            })
+            .collect();
+        let BuiltCircuit {
+            header, hop_keys, ..
+        } = unfed_onion::build(&mut rand::rng(), &hops)
+            .map_err(|e| format!("cannot build the circuit: {e}"))?;
+        let replies = ReplyUnwrapper::new(&hop_keys).map_err(|e| e.to_string())?;
+        Ok(Self {
+            header: header.to_vec(),
+            link: SessionKeys::for_link(&links[0]).sender(Direction::Forward),
+            onward: hop_keys
+                .iter()
+                .map(|k| k.sender(Direction::Forward))
+                .collect(),
+            replies,
+        })
+    }
+
+    /// The setup header for the first hop.
+    pub fn header(&self) -> Vec<u8> {
+        self.header.clone()
+    }
+
+    /// The frame for one step: `ids` for shard 0; `history` (a resumed session's earlier picks)
+    /// for the last shard only, inside its own layer.
+    pub fn step(&mut self, ids: Vec<u32>, history: Vec<u32>) -> Result<Vec<u8>, String> {
+        self.frame(step::Input::Tokens(Tokens { ids }), history)
+    }
+
+    /// The frame for one step with any input (a circuit whose first hop is a later shard takes
+    /// hidden states: tests and tools that drive part of a route).
+    pub fn frame(&mut self, input: step::Input, history: Vec<u32>) -> Result<Vec<u8>, String> {
+        let last = self.onward.len() - 1;
+        let mut onward = Vec::new();
+        let mut history = Some(history);
+        for (i, sender) in self.onward.iter_mut().enumerate().rev() {
+            let layer = Onward {
+                onward,
+                history: if i == last {
+                    history.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+            };
+            onward = sender
+                .seal(&wire::encode_onward(&layer))
+                .map_err(|e| e.to_string())?;
+        }
+        let step = Step {
+            input: Some(input),
+            onward,
+        };
+        self.link
+            .seal(&wire::encode_step(&step))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The token in a reply cell, which must come from the last shard.
+    pub fn token(&mut self, cell: &[u8]) -> Result<u32, String> {
+        let plain = self
+            .replies
+            .unwrap_from_last(cell)
+            .map_err(|e| format!("a reply cell was refused: {e}"))?;
+        let bytes: [u8; wire::TOKEN_REPLY_LEN] = plain
+            .as_slice()
+            .try_into()
+            .map_err(|_| "a reply cell that holds no token".to_string())?;
+        Ok(u32::from_le_bytes(bytes))
+    }
+}

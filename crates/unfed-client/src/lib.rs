@@ -12,13 +12,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
 use unfed_model::{ChatTemplate, SamplingParams, TextTokenizer};
+use unfed_proto::MAX_REGISTRY_MESSAGE;
 use unfed_proto::node::node_client::NodeClient;
 use unfed_proto::node::{
     Open, SessionReply, SessionRequest, TokenizerRequest, session_reply, session_request,
 };
 use unfed_proto::registry::registry_client::RegistryClient;
 use unfed_proto::registry::{DiscoverRequest, GetManifestRequest, ListModelsRequest, ModelStatus};
-use unfed_proto::MAX_REGISTRY_MESSAGE;
 use unfed_shard::Manifest;
 
 pub use circuit::ClientCircuit;

@@ -46,7 +46,10 @@ fn set_up(h: &mut Hops, header: Vec<u8>) -> Vec<HopCircuit> {
         let peeled = hop.process(&header).expect("peels");
         let (c, place) = HopCircuit::setup(&peeled, i + 1 == n).expect("fits its shard");
         match place {
-            Place::Relay { next_hop, header: next } => {
+            Place::Relay {
+                next_hop,
+                header: next,
+            } => {
                 assert_eq!(next_hop, format!("127.0.0.1:{}", 50062 + i));
                 header = next;
             }
@@ -67,7 +70,10 @@ fn travel(hops: &mut [HopCircuit], first: Vec<u8>, token: u32) -> (Vec<Vec<u8>>,
     }
     let last = hops.len() - 1;
     let (input, _) = hops[last].open_step(frames.last().unwrap()).unwrap();
-    assert!(matches!(input, Some(step::Input::Hidden(_)) | Some(step::Input::Tokens(_))));
+    assert!(matches!(
+        input,
+        Some(step::Input::Hidden(_)) | Some(step::Input::Tokens(_))
+    ));
     let mut cell = hops[last].seal_token(token).unwrap();
     for hop in hops[..last].iter_mut().rev() {
         cell = hop.relay_reply(&cell).unwrap();
@@ -84,7 +90,11 @@ fn steps_travel_the_route_and_tokens_come_back_for_every_route_length() {
         for (round, token) in [7u32, 49151, 0].into_iter().enumerate() {
             let first = client.step(vec![1, 2, 3], vec![]).unwrap();
             let (frames, cell) = travel(&mut circuits, first, token);
-            assert_eq!(client.token(&cell).unwrap(), token, "{n} hops, round {round}");
+            assert_eq!(
+                client.token(&cell).unwrap(),
+                token,
+                "{n} hops, round {round}"
+            );
             // No link carries the bytes of another.
             for (a, fa) in frames.iter().enumerate() {
                 for fb in &frames[a + 1..] {
@@ -184,5 +194,8 @@ fn a_hop_refuses_a_step_without_its_own_layer_from_the_client() {
         data: vec![0; 4 * HIDDEN],
     };
     let frame = c[0].seal_next(hidden, Vec::new()).unwrap();
-    assert!(matches!(c[1].open_step(&frame), Err(CircuitError::Onward(_))));
+    assert!(matches!(
+        c[1].open_step(&frame),
+        Err(CircuitError::Onward(_))
+    ));
 }

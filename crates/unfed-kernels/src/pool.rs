@@ -202,7 +202,10 @@ fn work_on(s: &Shared, epoch: u32) {
         if epoch_of(word) != epoch || next == CLOSED || next as usize >= s.chunks.load(SeqCst) {
             break;
         }
-        match s.claim.compare_exchange_weak(word, word + 1, SeqCst, SeqCst) {
+        match s
+            .claim
+            .compare_exchange_weak(word, word + 1, SeqCst, SeqCst)
+        {
             Ok(_) => {
                 // SAFETY: we hold an unfinished chunk of this job, so the slot holds its `f`.
                 let f = unsafe { (*s.job.get()).expect("a claimed job has its function") };
@@ -233,8 +236,7 @@ fn worker(s: &Shared) {
                 break e;
             }
             polls += 1;
-            if polls.is_multiple_of(64) && (s.resting.load(SeqCst) || started.elapsed() > SPIN)
-            {
+            if polls.is_multiple_of(64) && (s.resting.load(SeqCst) || started.elapsed() > SPIN) {
                 // Announce the sleep before the last look at the epoch: a caller that bumps it
                 // afterwards sees `sleeping` and notifies under the lock.
                 let mut g = s.lock.lock().unwrap_or_else(|e| e.into_inner());

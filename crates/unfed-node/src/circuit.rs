@@ -106,7 +106,10 @@ impl HopCircuit {
 
     /// The link frame to the next hop: this hop's hidden states and the next hop's layer.
     pub fn seal_next(&mut self, hidden: Hidden, onward: Vec<u8>) -> Result<Vec<u8>, CircuitError> {
-        let link = self.link_out.as_mut().ok_or(CircuitError::LastHasNoNextHop)?;
+        let link = self
+            .link_out
+            .as_mut()
+            .ok_or(CircuitError::LastHasNoNextHop)?;
         let next = Step {
             input: Some(step::Input::Hidden(hidden)),
             onward,

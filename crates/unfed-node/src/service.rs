@@ -15,8 +15,8 @@ use unfed_onion::{OnionHop, OnionPublicKey, OnionSecretKey, Peeled};
 use unfed_proto::convert;
 use unfed_proto::node::node_server::Node;
 use unfed_proto::node::{
-    HealthReply, HealthRequest, Hidden, Open, Opened, SessionReply, SessionRequest,
-    TokenizerReply, TokenizerRequest, session_reply, session_request, step,
+    HealthReply, HealthRequest, Hidden, Open, Opened, SessionReply, SessionRequest, TokenizerReply,
+    TokenizerRequest, session_reply, session_request, step,
 };
 
 use crate::circuit::{CircuitError, HopCircuit, Place};
@@ -323,9 +323,7 @@ async fn run_session(
             (StepOutput::Token(t), None) => circuit.seal_token(t).map_err(refused)?,
             (StepOutput::Hidden { rows, cols, values }, Some(down)) => {
                 let hidden: Hidden = convert::hidden(rows, cols, &values);
-                let frame = circuit
-                    .seal_next(hidden, onward.onward)
-                    .map_err(refused)?;
+                let frame = circuit.seal_next(hidden, onward.onward).map_err(refused)?;
                 let cell = down.step(frame).await?;
                 circuit.relay_reply(&cell).map_err(|_| relay_lost())?
             }
@@ -335,7 +333,12 @@ async fn run_session(
                 ));
             }
         };
-        send_up(tx, session_reply::Kind::Cell(cell), state.limits.idle_timeout).await?;
+        send_up(
+            tx,
+            session_reply::Kind::Cell(cell),
+            state.limits.idle_timeout,
+        )
+        .await?;
     }
     Ok(())
 }

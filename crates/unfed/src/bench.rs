@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// for 1 token and for this many), no model needed.
     #[arg(long, value_name = "BATCH", num_args = 0..=1, default_missing_value = "64")]
     kernels: Option<usize>,
+    /// Measure only what onion circuits cost: the circuit work of one step through `--shards`
+    /// hops next to the whole model's decode time per token, and the setup of one circuit.
+    #[arg(long)]
+    onion: bool,
 }
 
 /// One way of running the model (a few per run: their size does not matter).
@@ -144,6 +148,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Some(f) => std::fs::read_to_string(f)?,
         None => unfed_engine::BENCH_PROMPT.to_string(),
     };
+    if args.onion {
+        let loaded = resolve::load_model(&path)?;
+        let ids = loaded.tokenizer.encode(&prompt)?;
+        crate::bench_onion::run(&loaded, ids, args.shards.max(1), args.runs)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut paths = vec![Path::Local(resolve::load_model(&path)?)];
     let _split_dir = if args.shards > 0 {
         let dir = tempfile::tempdir()?;

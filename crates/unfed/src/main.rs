@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_kernels;
+mod bench_onion;
 mod generate;
 mod model_cmd;
 mod net_cmd;

@@ -367,6 +367,18 @@ fn malformed_and_oversized_messages_get_clear_errors_and_the_node_keeps_serving(
         // A circuit whose header says shard 1 is the last hop.
         let s = session(vec![open(1, circuit(vec![hop1.clone()]).header())]).await;
         assert!(s.message().contains("needs a next hop"), "{s:?}");
+        // A relay connects only to a node the registry lists for the next shard.
+        let mut stranger = hop2.clone();
+        stranger.address = "127.0.0.1:9".into();
+        let s = session(vec![open(
+            1,
+            circuit(vec![hop1.clone(), stranger]).header(),
+        )])
+        .await;
+        assert!(
+            s.message().contains("not a node the registry lists"),
+            "{s:?}"
+        );
         // Replaying a setup header is refused, even after its first use ended.
         let once = circuit(sub_route.clone()).header();
         let s = session(vec![open(1, once.clone()), frame(vec![0; 40])]).await;

@@ -78,15 +78,18 @@ pub async fn run(
     let max_streams = (2 * config.limits.max_sessions).min(u32::MAX as usize) as u32;
     let (forward, forward_thread) = forward::Forward::start(shard.model, config.limits.clone())
         .map_err(|e| NodeError::Serve(format!("cannot start the forward thread: {e}")))?;
-    let state = Arc::new(NodeState::new(
-        manifest.model_id.clone(),
-        config.shard_index,
-        manifest.shards.len() as u32,
-        hidden,
-        tokenizer_json,
-        config.limits.clone(),
-        forward.clone(),
-    ));
+    let state = Arc::new(
+        NodeState::new(
+            manifest.model_id.clone(),
+            config.shard_index,
+            manifest.shards.len() as u32,
+            hidden,
+            tokenizer_json,
+            config.limits.clone(),
+            forward.clone(),
+        )
+        .with_registry(config.registry.clone()),
+    );
 
     let registration = match &config.registry {
         Some(registry) => {

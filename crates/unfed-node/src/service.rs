@@ -29,6 +29,8 @@ const STREAM_BUFFER: usize = 4;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the rest of the route may take for one step (a long prompt's prefill included).
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a relay may ask the registry again about a next hop it does not know.
+const HOP_REFRESH: Duration = Duration::from_secs(2);
 /// Circuit setups one onion key accepts (each leaves a 32-byte replay tag).
 const REPLAY_CAPACITY: usize = unfed_onion::ReplayCache::DEFAULT_CAPACITY;
 
@@ -47,6 +49,10 @@ pub struct NodeState {
     /// This node's onion key and the replay tags of every circuit set up with it.
     onion: Mutex<OnionHop>,
     onion_public: OnionPublicKey,
+    /// The registry whose discovery says which next hops a relay may connect to (None: any).
+    registry: Option<String>,
+    /// Its last answer: when, and the (address, shard) of every node of this model.
+    known_hops: tokio::sync::Mutex<(Option<std::time::Instant>, Vec<(String, u32)>)>,
     next_session: AtomicU64,
     /// One permit per session a node serves at once, taken before anything is read.
     permits: Arc<Semaphore>,
@@ -79,8 +85,61 @@ impl NodeState {
             forward,
             onion: Mutex::new(OnionHop::new(onion_key, REPLAY_CAPACITY)),
             onion_public,
+            registry: None,
+            known_hops: tokio::sync::Mutex::new((None, Vec::new())),
             next_session: AtomicU64::new(1),
             permits,
+        }
+    }
+
+    /// Relay only to nodes that `registry` lists for the following shard.
+    pub fn with_registry(mut self, registry: Option<String>) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Whether a relay may connect to `address` for `shard`: with a registry, only a node it
+    /// lists for that shard of this model (asked again when the address is not in its last
+    /// answer, at most every [`HOP_REFRESH`]), so a client cannot make a node connect to an
+    /// address of its choosing.
+    async fn check_next_hop(&self, address: &str, shard: u32) -> Result<(), Status> {
+        let Some(registry) = &self.registry else {
+            return Ok(());
+        };
+        let known = |hops: &[(String, u32)]| hops.iter().any(|(a, s)| a == address && *s == shard);
+        let mut cache = self.known_hops.lock().await;
+        let fresh = cache.0.is_some_and(|t| t.elapsed() < HOP_REFRESH);
+        if !known(&cache.1) && !fresh {
+            let mut client = unfed_proto::registry::registry_client::RegistryClient::connect(
+                format!("http://{registry}"),
+            )
+            .await
+            .map_err(|_| Status::unavailable("cannot reach the registry to check the next hop"))?
+            .max_decoding_message_size(unfed_proto::MAX_REGISTRY_MESSAGE);
+            let reply = within(
+                OPEN_TIMEOUT,
+                client.discover(unfed_proto::registry::DiscoverRequest {
+                    model_id: self.model_id.clone(),
+                }),
+            )
+            .await?
+            .map_err(|s| Status::unavailable(format!("registry: {}", s.message())))?
+            .into_inner();
+            *cache = (
+                Some(std::time::Instant::now()),
+                reply
+                    .nodes
+                    .into_iter()
+                    .map(|n| (n.address, n.shard_index))
+                    .collect(),
+            );
+        }
+        if known(&cache.1) {
+            Ok(())
+        } else {
+            Err(Status::invalid_argument(format!(
+                "the next hop is not a node the registry lists for shard {shard}"
+            )))
         }
     }
 
@@ -266,6 +325,9 @@ async fn run_session(
     let mut downstream = match next {
         None => None,
         Some((address, header)) => {
+            state
+                .check_next_hop(&address, state.shard_index + 1)
+                .await?;
             let onward = Open {
                 model_id: open.model_id.clone(),
                 shard_index: state.shard_index + 1,

@@ -51,8 +51,8 @@ pub struct NodeState {
     onion_public: OnionPublicKey,
     /// The registry whose discovery says which next hops a relay may connect to (None: any).
     registry: Option<String>,
-    /// Its last answer: when, and the (address, shard) of every node of this model.
-    known_hops: tokio::sync::Mutex<(Option<std::time::Instant>, Vec<(String, u32)>)>,
+    /// Its last answer.
+    known_hops: tokio::sync::Mutex<KnownHops>,
     next_session: AtomicU64,
     /// One permit per session a node serves at once, taken before anything is read.
     permits: Arc<Semaphore>,
@@ -86,7 +86,7 @@ impl NodeState {
             onion: Mutex::new(OnionHop::new(onion_key, REPLAY_CAPACITY)),
             onion_public,
             registry: None,
-            known_hops: tokio::sync::Mutex::new((None, Vec::new())),
+            known_hops: tokio::sync::Mutex::new(KnownHops::default()),
             next_session: AtomicU64::new(1),
             permits,
         }
@@ -108,8 +108,8 @@ impl NodeState {
         };
         let known = |hops: &[(String, u32)]| hops.iter().any(|(a, s)| a == address && *s == shard);
         let mut cache = self.known_hops.lock().await;
-        let fresh = cache.0.is_some_and(|t| t.elapsed() < HOP_REFRESH);
-        if !known(&cache.1) && !fresh {
+        let fresh = cache.asked.is_some_and(|t| t.elapsed() < HOP_REFRESH);
+        if !known(&cache.hops) && !fresh {
             let mut client = unfed_proto::registry::registry_client::RegistryClient::connect(
                 format!("http://{registry}"),
             )
@@ -125,16 +125,16 @@ impl NodeState {
             .await?
             .map_err(|s| Status::unavailable(format!("registry: {}", s.message())))?
             .into_inner();
-            *cache = (
-                Some(std::time::Instant::now()),
-                reply
+            *cache = KnownHops {
+                asked: Some(std::time::Instant::now()),
+                hops: reply
                     .nodes
                     .into_iter()
                     .map(|n| (n.address, n.shard_index))
                     .collect(),
-            );
+            };
         }
-        if known(&cache.1) {
+        if known(&cache.hops) {
             Ok(())
         } else {
             Err(Status::invalid_argument(format!(
@@ -159,6 +159,14 @@ impl NodeState {
     pub fn active_sessions(&self) -> usize {
         self.limits.max_sessions - self.permits.available_permits()
     }
+}
+
+/// The registry's last answer about this model's nodes.
+#[derive(Default)]
+struct KnownHops {
+    asked: Option<std::time::Instant>,
+    /// (address, shard) of every node it listed.
+    hops: Vec<(String, u32)>,
 }
 
 /// The tonic service.

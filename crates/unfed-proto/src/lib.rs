@@ -162,13 +162,58 @@ pub mod circuit {
             seed: u64::from_le_bytes(seed),
         };
         s.validate()?;
-        if s.repeat_last_n > super::convert::MAX_REPEAT_LAST_N {
+        if s.repeat_last_n > crate::convert::MAX_REPEAT_LAST_N {
             return Err(format!(
                 "repeat_last_n is at most {}",
-                super::convert::MAX_REPEAT_LAST_N
+                crate::convert::MAX_REPEAT_LAST_N
             ));
         }
         Ok((incoming, s))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn sampling() -> unfed_model::SamplingParams {
+            unfed_model::SamplingParams {
+                temperature: 0.7,
+                top_k: 40,
+                top_p: 0.9,
+                repeat_penalty: 1.1,
+                repeat_last_n: 64,
+                seed: 0x0123_4567_89ab_cdef,
+            }
+        }
+
+        #[test]
+        fn payloads_round_trip() {
+            let (a, b) = ([1u8; 32], [2u8; 32]);
+            assert_eq!(parse_relay_payload(&relay_payload(&a, &b)), (a, b));
+            let (incoming, s) =
+                parse_last_payload(&last_payload(&a, MODE_OFF, &sampling())).unwrap();
+            assert_eq!((incoming, s), (a, sampling()));
+        }
+
+        #[test]
+        fn unknown_modes_fields_and_bad_sampling_are_refused() {
+            let a = [1u8; 32];
+            let e = parse_last_payload(&last_payload(&a, 2, &sampling())).unwrap_err();
+            assert!(e.contains("mode 2 is not supported"), "{e}");
+            let mut p = last_payload(&a, MODE_OFF, &sampling());
+            p[63] = 1;
+            assert!(
+                parse_last_payload(&p)
+                    .unwrap_err()
+                    .contains("unknown fields")
+            );
+            let mut bad = sampling();
+            bad.top_p = 2.0;
+            assert!(parse_last_payload(&last_payload(&a, MODE_OFF, &bad)).is_err());
+            bad = sampling();
+            bad.repeat_last_n = crate::convert::MAX_REPEAT_LAST_N + 1;
+            assert!(parse_last_payload(&last_payload(&a, MODE_OFF, &bad)).is_err());
+        }
     }
 }
 

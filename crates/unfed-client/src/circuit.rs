@@ -4,7 +4,8 @@
 
 use unfed_model::SamplingParams;
 use unfed_onion::{
-    BuiltCircuit, Direction, HopPayload, ReplyUnwrapper, RouteHop, SessionKeys, SessionSender,
+    BuiltCircuit, Direction, HopPayload, OnionPublicKey, ReplyUnwrapper, RouteHop, SessionKeys,
+    SessionSender,
 };
 use unfed_proto::circuit as wire;
 use unfed_proto::node::{Onward, Step, Tokens, step};
@@ -15,8 +16,10 @@ use crate::route::Route;
 /// One generation's circuit, from the client's end.
 pub struct ClientCircuit {
     header: Vec<u8>,
-    /// Frames to the first hop.
+    /// Frames to the entry node (shard 0).
     link: SessionSender,
+    /// With a guard: the outer frames to it, around each frame for the entry node.
+    guard_link: Option<SessionSender>,
     /// One per hop: the frames only that hop can open, nested inside each step.
     onward: Vec<SessionSender>,
     replies: ReplyUnwrapper,
@@ -24,42 +27,56 @@ pub struct ClientCircuit {
 
 impl ClientCircuit {
     /// Fresh keys for every hop: a link secret per pair of consecutive hops (and one between
-    /// the client and the first hop), the last shard's sampling parameters in its own layer.
-    pub fn build(route: &Route, sampling: &SamplingParams) -> Result<Self, String> {
+    /// the client and the entry node), the last shard's sampling parameters in its own layer.
+    /// With a `guard` (its onion key), the circuit starts at the guard, whose layer names the
+    /// entry node and holds only the secret of the client's link to the guard.
+    pub fn build(
+        route: &Route,
+        guard: Option<OnionPublicKey>,
+        sampling: &SamplingParams,
+    ) -> Result<Self, String> {
         let n = route.hops.len();
+        if n == 0 {
+            return Err("a circuit needs at least one node".into());
+        }
         let links: Vec<Zeroizing<[u8; 32]>> =
             (0..n).map(|_| Zeroizing::new(rand::random())).collect();
-        let hops: Vec<RouteHop> = route
-            .hops
-            .iter()
-            .enumerate()
-            .map(|(i, hop)| {
-                let last = i + 1 == n;
-                let payload = if last {
-                    wire::last_payload(&links[i], wire::MODE_OFF, sampling)
+        let guard_secret: Zeroizing<[u8; 32]> = Zeroizing::new(rand::random());
+        let guard_hop = guard.map(|public_key| RouteHop {
+            public_key,
+            next_hop: route.hops[0].address.as_bytes().to_vec(),
+            payload: HopPayload(wire::relay_payload(&guard_secret, &[0; 32])),
+        });
+        let nodes = route.hops.iter().enumerate().map(|(i, hop)| {
+            let last = i + 1 == n;
+            let payload = if last {
+                wire::last_payload(&links[i], wire::MODE_OFF, sampling)
+            } else {
+                wire::relay_payload(&links[i], &links[i + 1])
+            };
+            RouteHop {
+                public_key: hop.onion_key,
+                next_hop: if last {
+                    Vec::new()
                 } else {
-                    wire::relay_payload(&links[i], &links[i + 1])
-                };
-                RouteHop {
-                    public_key: hop.onion_key,
-                    next_hop: if last {
-                        Vec::new()
-                    } else {
-                        route.hops[i + 1].address.as_bytes().to_vec()
-                    },
-                    payload: HopPayload(payload),
-                }
-            })
-            .collect();
+                    route.hops[i + 1].address.as_bytes().to_vec()
+                },
+                payload: HopPayload(payload),
+            }
+        });
+        let hops: Vec<RouteHop> = guard_hop.into_iter().chain(nodes).collect();
         let BuiltCircuit {
             header, hop_keys, ..
         } = unfed_onion::build(&mut rand::rng(), &hops)
             .map_err(|e| format!("cannot build the circuit: {e}"))?;
         let replies = ReplyUnwrapper::new(&hop_keys).map_err(|e| e.to_string())?;
+        let guarded = usize::from(guard.is_some());
         Ok(Self {
             header: header.to_vec(),
             link: SessionKeys::for_link(&links[0]).sender(Direction::Forward),
-            onward: hop_keys
+            guard_link: guard
+                .map(|_| SessionKeys::for_link(&guard_secret).sender(Direction::Forward)),
+            onward: hop_keys[guarded..]
                 .iter()
                 .map(|k| k.sender(Direction::Forward))
                 .collect(),
@@ -67,7 +84,7 @@ impl ClientCircuit {
         })
     }
 
-    /// The setup header for the first hop.
+    /// The setup header for the first hop (the guard, if any).
     pub fn header(&self) -> Vec<u8> {
         self.header.clone()
     }
@@ -101,9 +118,14 @@ impl ClientCircuit {
             input: Some(input),
             onward,
         };
-        self.link
+        let frame = self
+            .link
             .seal(&wire::encode_step(&step))
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        match &mut self.guard_link {
+            None => Ok(frame),
+            Some(guard) => guard.seal(&frame).map_err(|e| e.to_string()),
+        }
     }
 
     /// The token in a reply cell, which must come from the last shard.

@@ -12,10 +12,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
 use unfed_model::{ChatTemplate, SamplingParams, TextTokenizer};
+use unfed_onion::OnionPublicKey;
 use unfed_proto::MAX_REGISTRY_MESSAGE;
+use unfed_proto::node::guard_client::GuardClient;
 use unfed_proto::node::node_client::NodeClient;
 use unfed_proto::node::{
-    Open, SessionReply, SessionRequest, TokenizerRequest, session_reply, session_request,
+    OnionKeyRequest, Open, SessionReply, SessionRequest, TokenizerRequest, session_reply,
+    session_request,
 };
 use unfed_proto::registry::registry_client::RegistryClient;
 use unfed_proto::registry::{DiscoverRequest, GetManifestRequest, ListModelsRequest, ModelStatus};
@@ -45,6 +48,8 @@ pub enum ClientError {
     Generation { attempts: usize, last: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    #[error("guard {addr}: {message}")]
+    Guard { addr: String, message: String },
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
@@ -54,6 +59,8 @@ pub struct Client {
     addr: String,
     registry: RegistryClient<Channel>,
     ignore_eos: bool,
+    /// A guard relay every circuit starts at: its address and onion key.
+    guard: Option<(String, OnionPublicKey)>,
 }
 
 /// A model as the client needs it: manifest, tokenizer, and where its shards are served.
@@ -78,7 +85,32 @@ impl Client {
             addr: addr.into(),
             registry,
             ignore_eos: false,
+            guard: None,
         })
+    }
+
+    /// Starts every circuit at the guard relay at `address`, so that the entry node never sees
+    /// this client's address. The guard's onion key is taken from the guard itself: a guard
+    /// that lies about it learns nothing more than an observer of the connection does (every
+    /// frame it forwards is sealed on the entry node's link).
+    pub async fn use_guard(&mut self, address: &str) -> Result<()> {
+        let bad = |message: String| ClientError::Guard {
+            addr: address.into(),
+            message,
+        };
+        let channel = unfed_proto::connect(address).await.map_err(bad)?;
+        let key = GuardClient::new(channel)
+            .onion_key(OnionKeyRequest {})
+            .await
+            .map_err(|s| bad(s.message().to_string()))?
+            .into_inner()
+            .onion_key;
+        let key = <[u8; 32]>::try_from(key.as_slice())
+            .ok()
+            .and_then(|k| OnionPublicKey::from_bytes(k).ok())
+            .ok_or_else(|| bad("its onion key is not a valid X25519 key".into()))?;
+        self.guard = Some((address.into(), key));
+        Ok(())
     }
 
     /// Keep generating through end-of-generation tokens (benchmarks want a fixed count).
@@ -205,6 +237,7 @@ impl Client {
             };
             match run_route(
                 &route,
+                self.guard.as_ref(),
                 &model_id,
                 prompt_ids,
                 &mut generated,
@@ -242,6 +275,7 @@ impl Client {
 #[allow(clippy::too_many_arguments)]
 async fn run_route(
     route: &Route,
+    guard: Option<&(String, OnionPublicKey)>,
     model_id: &str,
     prompt: &[u32],
     generated: &mut Vec<u32>,
@@ -250,9 +284,7 @@ async fn run_route(
     end: &[u32],
     on_token: &mut (dyn FnMut(u32) -> bool + Send),
 ) -> std::result::Result<(), String> {
-    let first = &route.hops[0];
-    let mut client = node(&first.address).await?;
-    let mut circuit = circuit::ClientCircuit::build(route, sampling)?;
+    let mut circuit = circuit::ClientCircuit::build(route, guard.map(|g| g.1), sampling)?;
     let (send, rx) = mpsc::channel(4);
     let open = Open {
         model_id: model_id.into(),
@@ -264,11 +296,20 @@ async fn run_route(
     })
     .await
     .map_err(|_| "stream closed".to_string())?;
-    let mut replies: Streaming<SessionReply> = client
-        .session(ReceiverStream::new(rx))
-        .await
-        .map_err(|s| s.message().to_string())?
-        .into_inner();
+    let requests = ReceiverStream::new(rx);
+    let opened = match guard {
+        None => node(&route.hops[0].address).await?.session(requests).await,
+        Some((address, _)) => {
+            let channel = unfed_proto::connect(address).await?;
+            GuardClient::new(channel)
+                .max_decoding_message_size(unfed_proto::MAX_NODE_MESSAGE)
+                .max_encoding_message_size(unfed_proto::MAX_NODE_MESSAGE)
+                .session(requests)
+                .await
+        }
+    };
+    let mut replies: Streaming<SessionReply> =
+        opened.map_err(|s| s.message().to_string())?.into_inner();
     match next_reply(&mut replies, OPEN_TIMEOUT).await? {
         Some(SessionReply {
             kind: Some(session_reply::Kind::Opened(_)),

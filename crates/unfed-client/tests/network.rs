@@ -216,6 +216,71 @@ async fn network_generates(net: &Net, expected: Vec<u32>) {
 }
 
 #[test]
+fn a_generation_through_a_guard_relay_generates_the_same() {
+    let net = start(&[1, 1, 1]);
+    let expected = reference(&net.model);
+    let rt = client_runtime();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let guard = listener.local_addr().unwrap().to_string();
+    let config = unfed_node::guard::GuardConfig {
+        registry: Some(net.registry.clone()),
+        max_sessions: 4,
+        idle_timeout: Duration::from_secs(30),
+    };
+    rt.spawn(unfed_node::guard::serve(
+        config,
+        listener,
+        std::future::pending(),
+    ));
+    rt.block_on(async {
+        let mut client = Client::connect(&net.registry).await.unwrap();
+        wait_ready(&mut client).await;
+        let model = client.model("tiny").await.unwrap();
+        client.use_guard(&guard).await.unwrap();
+        assert_eq!(greedy(&mut client, &model).await, expected);
+        // A guard relays only to a node the registry lists for shard 0.
+        use unfed_proto::node::guard_client::GuardClient;
+        use unfed_proto::node::{OnionKeyRequest, Open, SessionRequest, session_request};
+        let mut g = GuardClient::new(unfed_proto::connect(&guard).await.unwrap());
+        let key = g
+            .onion_key(OnionKeyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .onion_key;
+        let key = unfed_onion::OnionPublicKey::from_bytes(key.try_into().unwrap()).unwrap();
+        let shard1 = client.candidates("tiny").await.unwrap()[1][0].clone();
+        let route = unfed_client::Route { hops: vec![shard1] };
+        let circuit =
+            unfed_client::ClientCircuit::build(&route, Some(key), &SamplingParams::greedy())
+                .unwrap();
+        let open = SessionRequest {
+            kind: Some(session_request::Kind::Open(Open {
+                model_id: "tiny".into(),
+                shard_index: 0,
+                onion: circuit.header(),
+            })),
+        };
+        let mut replies = g
+            .session(tokio_stream::iter(vec![open]))
+            .await
+            .unwrap()
+            .into_inner();
+        let err = replies.message().await.unwrap_err();
+        assert!(
+            err.message()
+                .contains("not a node the registry lists for shard 0"),
+            "{err:?}"
+        );
+        // A client told of a guard that is not there says so.
+        let err = client.use_guard("127.0.0.1:9").await.unwrap_err();
+        assert!(err.to_string().contains("cannot reach"), "{err}");
+    });
+}
+
+#[test]
 fn killing_a_node_mid_generation_resumes_on_its_replica() {
     let net = start(&[1, 2, 1]);
     let expected = reference(&net.model);
@@ -347,7 +412,7 @@ fn malformed_and_oversized_messages_get_clear_errors_and_the_node_keeps_serving(
         };
         // A circuit that starts at shard 1 (as shard 0 would build it for us).
         let circuit = |hops: Vec<unfed_client::Candidate>| {
-            ClientCircuit::build(&Route { hops }, &SamplingParams::greedy()).unwrap()
+            ClientCircuit::build(&Route { hops }, None, &SamplingParams::greedy()).unwrap()
         };
         let sub_route = vec![hop1.clone(), hop2.clone()];
 

@@ -104,6 +104,12 @@ impl HopCircuit {
         Ok((step.input, onward))
     }
 
+    /// A guard's step: the frame for the entry node, inside the client's link frame. The guard
+    /// cannot open it (it is sealed on the entry node's link), only unwrap and forward it.
+    pub fn open_guarded(&mut self, frame: &[u8]) -> Result<Vec<u8>, CircuitError> {
+        self.link_in.open(frame).map_err(CircuitError::Frame)
+    }
+
     /// The link frame to the next hop: this hop's hidden states and the next hop's layer.
     pub fn seal_next(&mut self, hidden: Hidden, onward: Vec<u8>) -> Result<Vec<u8>, CircuitError> {
         let link = self

@@ -4,7 +4,9 @@
 
 pub mod circuit;
 mod forward;
+pub mod guard;
 mod registration;
+mod relay;
 mod service;
 
 use std::future::Future;

@@ -5,7 +5,6 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,20 +18,11 @@ use unfed_proto::node::{
     TokenizerRequest, session_reply, session_request, step,
 };
 
-use crate::circuit::{CircuitError, HopCircuit, Place};
-
+use crate::circuit::{HopCircuit, Place};
 use crate::forward::{Forward, SessionLimits, StepInput, StepOutput};
-
-/// Messages buffered per direction of a session stream.
-const STREAM_BUFFER: usize = 4;
-/// How long the next hop may take to open its part of a route.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long the rest of the route may take for one step (a long prompt's prefill included).
-const STEP_TIMEOUT: Duration = Duration::from_secs(120);
-/// How often a relay may ask the registry again about a next hop it does not know.
-const HOP_REFRESH: Duration = Duration::from_secs(2);
-/// Circuit setups one onion key accepts (each leaves a 32-byte replay tag).
-const REPLAY_CAPACITY: usize = unfed_onion::ReplayCache::DEFAULT_CAPACITY;
+use crate::relay::{
+    Downstream, NextHops, REPLAY_CAPACITY, STREAM_BUFFER, refused, relay_lost, send_up,
+};
 
 /// What the service knows about the shard it serves.
 pub struct NodeState {
@@ -49,10 +39,8 @@ pub struct NodeState {
     /// This node's onion key and the replay tags of every circuit set up with it.
     onion: Mutex<OnionHop>,
     onion_public: OnionPublicKey,
-    /// The registry whose discovery says which next hops a relay may connect to (None: any).
-    registry: Option<String>,
-    /// Its last answer.
-    known_hops: tokio::sync::Mutex<KnownHops>,
+    /// Which next hops this node may relay to.
+    next_hops: NextHops,
     next_session: AtomicU64,
     /// One permit per session a node serves at once, taken before anything is read.
     permits: Arc<Semaphore>,
@@ -85,8 +73,7 @@ impl NodeState {
             forward,
             onion: Mutex::new(OnionHop::new(onion_key, REPLAY_CAPACITY)),
             onion_public,
-            registry: None,
-            known_hops: tokio::sync::Mutex::new(KnownHops::default()),
+            next_hops: NextHops::new(None),
             next_session: AtomicU64::new(1),
             permits,
         }
@@ -94,53 +81,8 @@ impl NodeState {
 
     /// Relay only to nodes that `registry` lists for the following shard.
     pub fn with_registry(mut self, registry: Option<String>) -> Self {
-        self.registry = registry;
+        self.next_hops = NextHops::new(registry);
         self
-    }
-
-    /// Whether a relay may connect to `address` for `shard`: with a registry, only a node it
-    /// lists for that shard of this model (asked again when the address is not in its last
-    /// answer, at most every [`HOP_REFRESH`]), so a client cannot make a node connect to an
-    /// address of its choosing.
-    async fn check_next_hop(&self, address: &str, shard: u32) -> Result<(), Status> {
-        let Some(registry) = &self.registry else {
-            return Ok(());
-        };
-        let known = |hops: &[(String, u32)]| hops.iter().any(|(a, s)| a == address && *s == shard);
-        let mut cache = self.known_hops.lock().await;
-        let fresh = cache.asked.is_some_and(|t| t.elapsed() < HOP_REFRESH);
-        if !known(&cache.hops) && !fresh {
-            let mut client = unfed_proto::registry::registry_client::RegistryClient::connect(
-                format!("http://{registry}"),
-            )
-            .await
-            .map_err(|_| Status::unavailable("cannot reach the registry to check the next hop"))?
-            .max_decoding_message_size(unfed_proto::MAX_REGISTRY_MESSAGE);
-            let reply = within(
-                OPEN_TIMEOUT,
-                client.discover(unfed_proto::registry::DiscoverRequest {
-                    model_id: self.model_id.clone(),
-                }),
-            )
-            .await?
-            .map_err(|s| Status::unavailable(format!("registry: {}", s.message())))?
-            .into_inner();
-            *cache = KnownHops {
-                asked: Some(std::time::Instant::now()),
-                hops: reply
-                    .nodes
-                    .into_iter()
-                    .map(|n| (n.address, n.shard_index))
-                    .collect(),
-            };
-        }
-        if known(&cache.hops) {
-            Ok(())
-        } else {
-            Err(Status::invalid_argument(format!(
-                "the next hop is not a node the registry lists for shard {shard}"
-            )))
-        }
     }
 
     /// The public onion key clients build circuits with (registered, signed, with the node).
@@ -159,14 +101,6 @@ impl NodeState {
     pub fn active_sessions(&self) -> usize {
         self.limits.max_sessions - self.permits.available_permits()
     }
-}
-
-/// The registry's last answer about this model's nodes.
-#[derive(Default)]
-struct KnownHops {
-    asked: Option<std::time::Instant>,
-    /// (address, shard) of every node it listed.
-    hops: Vec<(String, u32)>,
 }
 
 /// The tonic service.
@@ -231,72 +165,6 @@ impl Node for NodeService {
     }
 }
 
-/// The downstream half of a relay: our stream to the next hop.
-struct Downstream {
-    send: mpsc::Sender<SessionRequest>,
-    replies: Streaming<SessionReply>,
-}
-
-impl Downstream {
-    async fn open(address: &str, open: Open) -> Result<Self, Status> {
-        let mut client = unfed_proto::connect_node(address)
-            .await
-            .map_err(Status::unavailable)?;
-        let (send, rx) = mpsc::channel(STREAM_BUFFER);
-        send.send(request(session_request::Kind::Open(open)))
-            .await
-            .map_err(|_| relay_lost())?;
-        let mut replies = client.session(ReceiverStream::new(rx)).await?.into_inner();
-        match within(OPEN_TIMEOUT, replies.message()).await?? {
-            Some(SessionReply {
-                kind: Some(session_reply::Kind::Opened(_)),
-            }) => Ok(Self { send, replies }),
-            _ => Err(Status::unavailable("the next hop did not open the session")),
-        }
-    }
-
-    /// Sends one link frame; returns the reply cell.
-    async fn step(&mut self, frame: Vec<u8>) -> Result<Vec<u8>, Status> {
-        self.send
-            .send(request(session_request::Kind::Frame(frame)))
-            .await
-            .map_err(|_| relay_lost())?;
-        match within(STEP_TIMEOUT, self.replies.message()).await?? {
-            Some(SessionReply {
-                kind: Some(session_reply::Kind::Cell(cell)),
-            }) => Ok(cell),
-            _ => Err(relay_lost()),
-        }
-    }
-}
-
-/// Waits for `f` at most `limit`; a hop that takes longer counts as gone.
-async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Result<T, Status> {
-    tokio::time::timeout(limit, f)
-        .await
-        .map_err(|_| Status::deadline_exceeded("the next hop did not answer in time"))
-}
-
-/// A circuit error as the peer sees it: what was wrong with its input, or (sealing) ours.
-fn refused(e: CircuitError) -> Status {
-    match e {
-        CircuitError::Seal(_) => Status::internal(e.to_string()),
-        _ => Status::invalid_argument(e.to_string()),
-    }
-}
-
-fn relay_lost() -> Status {
-    Status::unavailable("the next hop closed the session")
-}
-
-fn request(kind: session_request::Kind) -> SessionRequest {
-    SessionRequest { kind: Some(kind) }
-}
-
-fn reply(kind: session_reply::Kind) -> Result<SessionReply, Status> {
-    Ok(SessionReply { kind: Some(kind) })
-}
-
 async fn run_session(
     state: &NodeState,
     id: u64,
@@ -334,7 +202,8 @@ async fn run_session(
         None => None,
         Some((address, header)) => {
             state
-                .check_next_hop(&address, state.shard_index + 1)
+                .next_hops
+                .check(&state.model_id, &address, state.shard_index + 1)
                 .await?;
             let onward = Open {
                 model_id: open.model_id.clone(),
@@ -411,16 +280,4 @@ async fn run_session(
         .await?;
     }
     Ok(())
-}
-
-/// Sends a reply upstream, giving up on a reader that stops reading.
-async fn send_up(
-    tx: &mpsc::Sender<Result<SessionReply, Status>>,
-    kind: session_reply::Kind,
-    limit: Duration,
-) -> Result<(), Status> {
-    match tokio::time::timeout(limit, tx.send(reply(kind))).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(Status::cancelled("the client stopped reading")),
-    }
 }

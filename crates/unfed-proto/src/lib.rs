@@ -225,15 +225,19 @@ pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 pub async fn connect_node(
     address: &str,
 ) -> Result<node::node_client::NodeClient<tonic::transport::Channel>, String> {
-    let unreachable = || format!("cannot reach node {address}");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+    Ok(node::node_client::NodeClient::new(connect(address).await?)
+        .max_decoding_message_size(MAX_NODE_MESSAGE)
+        .max_encoding_message_size(MAX_NODE_MESSAGE))
+}
+
+/// A channel to a node or guard at `host:port`, with the connect timeout and TCP_NODELAY.
+pub async fn connect(address: &str) -> Result<tonic::transport::Channel, String> {
+    let unreachable = || format!("cannot reach {address}");
+    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .map_err(|_| format!("`{address}` is not a host:port address"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .connect()
         .await
-        .map_err(|_| unreachable())?;
-    Ok(node::node_client::NodeClient::new(channel)
-        .max_decoding_message_size(MAX_NODE_MESSAGE)
-        .max_encoding_message_size(MAX_NODE_MESSAGE))
+        .map_err(|_| unreachable())
 }

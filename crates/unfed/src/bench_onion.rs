@@ -99,8 +99,8 @@ fn set_up(p: &mut Party, client: &ClientCircuit) -> Result<Vec<HopCircuit>> {
 /// Time per step of every party's circuit work on one decode step.
 fn circuit_steps(hops: usize, hidden: usize) -> Result<Duration> {
     let mut p = party(hops);
-    let mut client =
-        ClientCircuit::build(&p.route, &SamplingParams::greedy()).map_err(anyhow::Error::msg)?;
+    let mut client = ClientCircuit::build(&p.route, None, &SamplingParams::greedy())
+        .map_err(anyhow::Error::msg)?;
     let mut circuits = set_up(&mut p, &client)?;
     let values = vec![0.5f32; hidden];
     let last = hops - 1;
@@ -130,7 +130,7 @@ fn circuit_setups(hops: usize) -> Result<Duration> {
     let mut p = party(hops);
     let start = Instant::now();
     for _ in 0..SETUPS {
-        let client = ClientCircuit::build(&p.route, &SamplingParams::greedy())
+        let client = ClientCircuit::build(&p.route, None, &SamplingParams::greedy())
             .map_err(anyhow::Error::msg)?;
         set_up(&mut p, &client)?;
     }

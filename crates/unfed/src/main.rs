@@ -39,6 +39,8 @@ enum Command {
     Node(net_cmd::NodeArgs),
     /// Use the network: list models, or generate through a route of nodes.
     Client(net_cmd::ClientArgs),
+    /// Relay circuits in front of entry nodes, so that they never see clients' addresses.
+    Guard(net_cmd::GuardArgs),
     /// Run the cluster coordinator (admission, discovery, health, manifests, pricing).
     Registry(registry_cmd::RegistryArgs),
     /// The whole local network in one command.
@@ -62,6 +64,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Node(args) => net_cmd::node(args),
         Command::Client(args) => net_cmd::client(args),
+        Command::Guard(args) => net_cmd::guard(args),
         Command::Registry(args) => registry_cmd::run(args),
         Command::Testnet(cmd) => testnet_cmd::run(cmd),
     };

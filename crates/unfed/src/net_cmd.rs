@@ -1,4 +1,5 @@
-//! `unfed node` and `unfed client`: a compute node serving one shard, and the user's client.
+//! `unfed node`, `unfed guard` and `unfed client`: a compute node serving one shard, a guard
+//! relay, and the user's client.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -114,6 +115,44 @@ pub async fn shutdown_signal() {
 }
 
 #[derive(Args)]
+pub struct GuardArgs {
+    /// Registry host:port (the guard relays only to shard-0 nodes it lists).
+    #[arg(long)]
+    registry: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 50040)]
+    port: u16,
+    /// Sessions relayed at once.
+    #[arg(long, default_value_t = 64)]
+    max_sessions: usize,
+    /// Seconds a silent client keeps its session.
+    #[arg(long, default_value_t = 300)]
+    idle_timeout: u64,
+}
+
+pub fn guard(args: GuardArgs) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+        eprintln!("guard listening on {}", listener.local_addr()?);
+        let config = unfed_node::guard::GuardConfig {
+            registry: Some(args.registry),
+            max_sessions: args.max_sessions,
+            idle_timeout: Duration::from_secs(args.idle_timeout),
+        };
+        unfed_node::guard::serve(config, listener, shutdown_signal())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        eprintln!("guard stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[derive(Args)]
 pub struct ClientArgs {
     /// Registry host:port.
     #[arg(long, default_value = "127.0.0.1:50050")]
@@ -121,6 +160,10 @@ pub struct ClientArgs {
     /// List the registry's models with READY / INCOMPLETE and shard coverage.
     #[arg(long)]
     list_models: bool,
+    /// Start every circuit at this guard relay (host:port, `unfed guard`), so that the entry
+    /// node never sees this client's address.
+    #[arg(long)]
+    guard: Option<String>,
     /// Model id (default: the only READY model).
     #[arg(long)]
     model: Option<String>,
@@ -150,6 +193,9 @@ pub fn client(args: ClientArgs) -> Result<ExitCode> {
 
 async fn client_main(args: ClientArgs) -> Result<ExitCode> {
     let mut client = Client::connect(&args.registry).await?;
+    if let Some(guard) = &args.guard {
+        client.use_guard(guard).await?;
+    }
     let models = client.list_models().await?;
     if args.list_models {
         println!("{:<24} {:<11} shards (healthy nodes)", "model", "status");

@@ -1,0 +1,175 @@
+//! The guard relay (`unfed guard`): an optional first hop in front of a circuit's entry node.
+//! The client connects to the guard, so the entry node (which sees token ids in output mode
+//! `off`) never learns the client's address; the guard learns the client's address and the
+//! entry node's, and nothing else: the frames it forwards are sealed on the entry node's link.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use unfed_onion::{OnionHop, OnionSecretKey};
+use unfed_proto::node::guard_server::{Guard, GuardServer};
+use unfed_proto::node::{
+    OnionKeyReply, OnionKeyRequest, Open, Opened, SessionReply, SessionRequest, session_reply,
+    session_request,
+};
+
+use crate::circuit::{HopCircuit, Place};
+use crate::relay::{
+    Downstream, NextHops, REPLAY_CAPACITY, STREAM_BUFFER, refused, relay_lost, send_up,
+};
+
+/// How a guard runs.
+pub struct GuardConfig {
+    /// The registry that lists the entry nodes a guard may connect to (None: any; tests only).
+    pub registry: Option<String>,
+    /// Sessions relayed at once.
+    pub max_sessions: usize,
+    /// A client silent this long loses its session.
+    pub idle_timeout: std::time::Duration,
+}
+
+/// Serves the guard on `listener` until `shutdown`.
+pub async fn serve(
+    config: GuardConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let service = GuardService {
+        state: Arc::new(GuardState {
+            onion: Mutex::new(OnionHop::new(
+                OnionSecretKey::generate(&mut rand::rng()),
+                REPLAY_CAPACITY,
+            )),
+            next_hops: NextHops::new(config.registry),
+            permits: Arc::new(Semaphore::new(config.max_sessions)),
+            idle_timeout: config.idle_timeout,
+        }),
+    };
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(Some((2 * config.max_sessions).min(u32::MAX as usize) as u32))
+        .add_service(
+            GuardServer::new(service).max_decoding_message_size(unfed_proto::MAX_NODE_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
+
+struct GuardState {
+    onion: Mutex<OnionHop>,
+    next_hops: NextHops,
+    permits: Arc<Semaphore>,
+    idle_timeout: std::time::Duration,
+}
+
+#[derive(Clone)]
+struct GuardService {
+    state: Arc<GuardState>,
+}
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<SessionReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Guard for GuardService {
+    type SessionStream = ReplyStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<SessionRequest>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let permit = self
+            .state
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::resource_exhausted("busy: every session slot is taken"))?;
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(status) = relay(&state, inbound, &tx).await {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn onion_key(
+        &self,
+        _: Request<OnionKeyRequest>,
+    ) -> Result<Response<OnionKeyReply>, Status> {
+        let key = self
+            .state
+            .onion
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .public_key();
+        Ok(Response::new(OnionKeyReply {
+            onion_key: key.to_bytes().to_vec(),
+        }))
+    }
+}
+
+async fn relay(
+    state: &GuardState,
+    mut inbound: Streaming<SessionRequest>,
+    tx: &mpsc::Sender<Result<SessionReply, Status>>,
+) -> Result<(), Status> {
+    let open = match inbound.message().await? {
+        Some(SessionRequest {
+            kind: Some(session_request::Kind::Open(open)),
+        }) if open.shard_index == 0 => open,
+        _ => {
+            return Err(Status::invalid_argument(
+                "a guarded session starts with an Open for shard 0",
+            ));
+        }
+    };
+    let peeled = {
+        let mut hop = state.onion.lock().unwrap_or_else(|e| e.into_inner());
+        hop.process(&open.onion)
+            .map_err(|e| Status::invalid_argument(format!("circuit setup refused: {e}")))?
+    };
+    let (mut circuit, place) = HopCircuit::setup(&peeled, false).map_err(refused)?;
+    let Place::Relay { next_hop, header } = place else {
+        unreachable!("setup as a relay gives a relay's place")
+    };
+    state.next_hops.check(&open.model_id, &next_hop, 0).await?;
+    let entry = Open {
+        model_id: open.model_id,
+        shard_index: 0,
+        onion: header,
+    };
+    let mut down = Downstream::open(&next_hop, entry).await?;
+    send_up(
+        tx,
+        session_reply::Kind::Opened(Opened {}),
+        state.idle_timeout,
+    )
+    .await?;
+    loop {
+        let Ok(msg) = tokio::time::timeout(state.idle_timeout, inbound.next()).await else {
+            return Err(Status::deadline_exceeded("the session was idle too long"));
+        };
+        let Some(msg) = msg else { break };
+        let frame = match msg?.kind {
+            Some(session_request::Kind::Frame(frame)) => frame,
+            _ => return Err(Status::invalid_argument("expected a step frame")),
+        };
+        let inner = circuit.open_guarded(&frame).map_err(refused)?;
+        let cell = down.step(inner).await?;
+        let cell = circuit.relay_reply(&cell).map_err(|_| relay_lost())?;
+        send_up(tx, session_reply::Kind::Cell(cell), state.idle_timeout).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! What a node and a guard share to relay a circuit: the stream to the next hop, the check that
+//! the next hop is a registered node, time limits, and the mapping of errors to statuses.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+use unfed_proto::node::{Open, SessionReply, SessionRequest, session_reply, session_request};
+
+use crate::circuit::CircuitError;
+
+/// Messages buffered per direction of a session stream.
+pub(crate) const STREAM_BUFFER: usize = 4;
+/// How long the next hop may take to open its part of a route.
+pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the rest of the route may take for one step (a long prompt's prefill included).
+pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a relay may ask the registry again about a next hop it does not know.
+pub(crate) const HOP_REFRESH: Duration = Duration::from_secs(2);
+/// Circuit setups one onion key accepts (each leaves a 32-byte replay tag).
+pub(crate) const REPLAY_CAPACITY: usize = unfed_onion::ReplayCache::DEFAULT_CAPACITY;
+/// Models whose nodes a relay remembers at once.
+const MAX_MODELS: usize = 64;
+
+/// Which next hops a relay may connect to: the registry's discovery, cached per model.
+pub(crate) struct NextHops {
+    /// None: any (a node run without a registry, for tests and private pipelines).
+    registry: Option<String>,
+    known: tokio::sync::Mutex<HashMap<String, KnownHops>>,
+}
+
+impl NextHops {
+    pub fn new(registry: Option<String>) -> Self {
+        Self {
+            registry,
+            known: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether a relay may connect to `address` for `shard` of `model_id`: with a registry,
+    /// only a node it lists for that shard (asked again when the address is not in its last
+    /// answer, at most every [`HOP_REFRESH`]), so a client cannot make a node connect to an
+    /// address of its choosing.
+    pub async fn check(&self, model_id: &str, address: &str, shard: u32) -> Result<(), Status> {
+        let Some(registry) = &self.registry else {
+            return Ok(());
+        };
+        let known = |hops: &[(String, u32)]| hops.iter().any(|(a, s)| a == address && *s == shard);
+        let mut models = self.known.lock().await;
+        if models.len() >= MAX_MODELS && !models.contains_key(model_id) {
+            models.clear();
+        }
+        let cache = models.entry(model_id.to_string()).or_default();
+        let fresh = cache.asked.is_some_and(|t| t.elapsed() < HOP_REFRESH);
+        if !known(&cache.hops) && !fresh {
+            let mut client = unfed_proto::registry::registry_client::RegistryClient::connect(
+                format!("http://{registry}"),
+            )
+            .await
+            .map_err(|_| Status::unavailable("cannot reach the registry to check the next hop"))?
+            .max_decoding_message_size(unfed_proto::MAX_REGISTRY_MESSAGE);
+            let reply = within(
+                OPEN_TIMEOUT,
+                client.discover(unfed_proto::registry::DiscoverRequest {
+                    model_id: model_id.to_string(),
+                }),
+            )
+            .await?
+            .map_err(|s| Status::unavailable(format!("registry: {}", s.message())))?
+            .into_inner();
+            *cache = KnownHops {
+                asked: Some(std::time::Instant::now()),
+                hops: reply
+                    .nodes
+                    .into_iter()
+                    .map(|n| (n.address, n.shard_index))
+                    .collect(),
+            };
+        }
+        if known(&cache.hops) {
+            Ok(())
+        } else {
+            Err(Status::invalid_argument(format!(
+                "the next hop is not a node the registry lists for shard {shard}"
+            )))
+        }
+    }
+}
+
+/// The registry's last answer about this model's nodes.
+#[derive(Default)]
+struct KnownHops {
+    asked: Option<std::time::Instant>,
+    /// (address, shard) of every node it listed.
+    hops: Vec<(String, u32)>,
+}
+
+/// The downstream half of a relay: our stream to the next hop.
+pub(crate) struct Downstream {
+    send: mpsc::Sender<SessionRequest>,
+    replies: Streaming<SessionReply>,
+}
+
+impl Downstream {
+    pub async fn open(address: &str, open: Open) -> Result<Self, Status> {
+        let mut client = unfed_proto::connect_node(address)
+            .await
+            .map_err(Status::unavailable)?;
+        let (send, rx) = mpsc::channel(STREAM_BUFFER);
+        send.send(request(session_request::Kind::Open(open)))
+            .await
+            .map_err(|_| relay_lost())?;
+        let mut replies = client.session(ReceiverStream::new(rx)).await?.into_inner();
+        match within(OPEN_TIMEOUT, replies.message()).await?? {
+            Some(SessionReply {
+                kind: Some(session_reply::Kind::Opened(_)),
+            }) => Ok(Self { send, replies }),
+            _ => Err(Status::unavailable("the next hop did not open the session")),
+        }
+    }
+
+    /// Sends one link frame; returns the reply cell.
+    pub async fn step(&mut self, frame: Vec<u8>) -> Result<Vec<u8>, Status> {
+        self.send
+            .send(request(session_request::Kind::Frame(frame)))
+            .await
+            .map_err(|_| relay_lost())?;
+        match within(STEP_TIMEOUT, self.replies.message()).await?? {
+            Some(SessionReply {
+                kind: Some(session_reply::Kind::Cell(cell)),
+            }) => Ok(cell),
+            _ => Err(relay_lost()),
+        }
+    }
+}
+
+/// Waits for `f` at most `limit`; a hop that takes longer counts as gone.
+pub(crate) async fn within<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, Status> {
+    tokio::time::timeout(limit, f)
+        .await
+        .map_err(|_| Status::deadline_exceeded("the next hop did not answer in time"))
+}
+
+/// A circuit error as the peer sees it: what was wrong with its input, or (sealing) ours.
+pub(crate) fn refused(e: CircuitError) -> Status {
+    match e {
+        CircuitError::Seal(_) => Status::internal(e.to_string()),
+        _ => Status::invalid_argument(e.to_string()),
+    }
+}
+
+pub(crate) fn relay_lost() -> Status {
+    Status::unavailable("the next hop closed the session")
+}
+
+pub(crate) fn request(kind: session_request::Kind) -> SessionRequest {
+    SessionRequest { kind: Some(kind) }
+}
+
+pub(crate) fn reply(kind: session_reply::Kind) -> Result<SessionReply, Status> {
+    Ok(SessionReply { kind: Some(kind) })
+}
+
+/// Sends a reply upstream, giving up on a reader that stops reading.
+pub(crate) async fn send_up(
+    tx: &mpsc::Sender<Result<SessionReply, Status>>,
+    kind: session_reply::Kind,
+    limit: Duration,
+) -> Result<(), Status> {
+    match tokio::time::timeout(limit, tx.send(reply(kind))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Status::cancelled("the client stopped reading")),
+    }
+}

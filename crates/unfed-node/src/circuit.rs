@@ -19,7 +19,7 @@ pub enum CircuitError {
     NeedsNextHop,
     #[error("the last shard has no next hop")]
     LastHasNoNextHop,
-    #[error("the next hop is not a host:port address")]
+    #[error("the next hop is not text")]
     BadNextHop,
     #[error("hop payload: {0}")]
     Payload(String),
@@ -31,6 +31,8 @@ pub enum CircuitError {
     Decode(String),
     #[error("a relay's onward frame holds the next hop's frame and nothing else")]
     RelayLayer,
+    #[error("the last shard's onward frame holds no frame for a next hop")]
+    LastLayer,
     #[error("sealing: {0}")]
     Seal(String),
 }
@@ -98,8 +100,12 @@ impl HopCircuit {
             .open(&step.onward)
             .map_err(CircuitError::Onward)?;
         let onward = wire::decode_onward(&plain).map_err(CircuitError::Decode)?;
-        if self.link_out.is_some() && (!onward.history.is_empty() || onward.onward.is_empty()) {
+        let relay = self.link_out.is_some();
+        if relay && (!onward.history.is_empty() || onward.onward.is_empty()) {
             return Err(CircuitError::RelayLayer);
+        }
+        if !relay && !onward.onward.is_empty() {
+            return Err(CircuitError::LastLayer);
         }
         Ok((step.input, onward))
     }

@@ -5,14 +5,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
-use unfed_onion::{OnionHop, OnionSecretKey};
 use unfed_proto::node::guard_server::{Guard, GuardServer};
 use unfed_proto::node::{
     OnionKeyReply, OnionKeyRequest, Open, Opened, SessionReply, SessionRequest, session_reply,
@@ -21,7 +20,7 @@ use unfed_proto::node::{
 
 use crate::circuit::{HopCircuit, Place};
 use crate::relay::{
-    Downstream, NextHops, REPLAY_CAPACITY, STREAM_BUFFER, refused, relay_lost, send_up,
+    Downstream, NextHops, OPEN_TIMEOUT, OnionLayer, STREAM_BUFFER, refused, relay_lost, send_up,
 };
 
 /// How a guard runs.
@@ -42,10 +41,7 @@ pub async fn serve(
 ) -> Result<(), String> {
     let service = GuardService {
         state: Arc::new(GuardState {
-            onion: Mutex::new(OnionHop::new(
-                OnionSecretKey::generate(&mut rand::rng()),
-                REPLAY_CAPACITY,
-            )),
+            onion: OnionLayer::generate(),
             next_hops: NextHops::new(config.registry),
             permits: Arc::new(Semaphore::new(config.max_sessions)),
             idle_timeout: config.idle_timeout,
@@ -65,7 +61,7 @@ pub async fn serve(
 }
 
 struct GuardState {
-    onion: Mutex<OnionHop>,
+    onion: OnionLayer,
     next_hops: NextHops,
     permits: Arc<Semaphore>,
     idle_timeout: std::time::Duration,
@@ -108,12 +104,7 @@ impl Guard for GuardService {
         &self,
         _: Request<OnionKeyRequest>,
     ) -> Result<Response<OnionKeyReply>, Status> {
-        let key = self
-            .state
-            .onion
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .public_key();
+        let key = self.state.onion.public_key();
         Ok(Response::new(OnionKeyReply {
             onion_key: key.to_bytes().to_vec(),
         }))
@@ -125,7 +116,11 @@ async fn relay(
     mut inbound: Streaming<SessionRequest>,
     tx: &mpsc::Sender<Result<SessionReply, Status>>,
 ) -> Result<(), Status> {
-    let open = match inbound.message().await? {
+    // A peer that holds a slot must say what it wants soon.
+    let first = tokio::time::timeout(OPEN_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no Open message in time"))?;
+    let open = match first? {
         Some(SessionRequest {
             kind: Some(session_request::Kind::Open(open)),
         }) if open.shard_index == 0 => open,
@@ -135,11 +130,7 @@ async fn relay(
             ));
         }
     };
-    let peeled = {
-        let mut hop = state.onion.lock().unwrap_or_else(|e| e.into_inner());
-        hop.process(&open.onion)
-            .map_err(|e| Status::invalid_argument(format!("circuit setup refused: {e}")))?
-    };
+    let peeled = state.onion.peel(&open.onion)?;
     let (mut circuit, place) = HopCircuit::setup(&peeled, false).map_err(refused)?;
     let Place::Relay { next_hop, header } = place else {
         unreachable!("setup as a relay gives a relay's place")

@@ -2,11 +2,13 @@
 //! the next hop is a registered node, time limits, and the mapping of errors to statuses.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
+use unfed_onion::{OnionPublicKey, OnionSecretKey, Peeled, ReplayCache};
 use unfed_proto::node::{Open, SessionReply, SessionRequest, session_reply, session_request};
 
 use crate::circuit::CircuitError;
@@ -19,10 +21,54 @@ pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a relay may ask the registry again about a next hop it does not know.
 pub(crate) const HOP_REFRESH: Duration = Duration::from_secs(2);
+// A step frame must be able to carry the largest message a node stream takes.
+const _: () = assert!(
+    unfed_proto::MAX_NODE_MESSAGE <= unfed_onion::MAX_MESSAGE_LEN + unfed_onion::FRAME_OVERHEAD
+);
+
 /// Circuit setups one onion key accepts (each leaves a 32-byte replay tag).
-pub(crate) const REPLAY_CAPACITY: usize = unfed_onion::ReplayCache::DEFAULT_CAPACITY;
+const REPLAY_CAPACITY: usize = unfed_onion::ReplayCache::DEFAULT_CAPACITY;
 /// Models whose nodes a relay remembers at once.
 const MAX_MODELS: usize = 64;
+
+/// A hop's onion key and the replay tags of every circuit set up with it. Peeling (X25519 and
+/// the header's MAC) runs outside the lock; only the tag check is serialised.
+pub(crate) struct OnionLayer {
+    key: OnionSecretKey,
+    public: OnionPublicKey,
+    replay: Mutex<ReplayCache>,
+}
+
+impl OnionLayer {
+    /// A fresh key: circuits set up before a restart cannot be replayed against it, so the
+    /// replay cache needs no persistence.
+    pub fn generate() -> Self {
+        let key = OnionSecretKey::generate(&mut rand::rng());
+        Self {
+            public: key.public_key(),
+            key,
+            replay: Mutex::new(ReplayCache::new(REPLAY_CAPACITY)),
+        }
+    }
+
+    pub fn public_key(&self) -> OnionPublicKey {
+        self.public
+    }
+
+    /// Peels this hop's layer of a circuit header, refusing replays.
+    pub fn peel(&self, header: &[u8]) -> Result<Peeled, Status> {
+        let refused = |e: unfed_onion::PeelError| {
+            Status::invalid_argument(format!("circuit setup refused: {e}"))
+        };
+        let peeled = unfed_onion::peel(&self.key, header).map_err(refused)?;
+        self.replay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check_and_insert(&peeled.replay_tag)
+            .map_err(refused)?;
+        Ok(peeled)
+    }
+}
 
 /// Which next hops a relay may connect to: the registry's discovery, cached per model.
 pub(crate) struct NextHops {
@@ -48,45 +94,56 @@ impl NextHops {
             return Ok(());
         };
         let known = |hops: &[(String, u32)]| hops.iter().any(|(a, s)| a == address && *s == shard);
-        let mut models = self.known.lock().await;
-        if models.len() >= MAX_MODELS && !models.contains_key(model_id) {
-            models.clear();
+        {
+            // The lock is never held across a call: a slow registry delays only the setups
+            // that need it, and at most one query per model runs per HOP_REFRESH.
+            let mut models = self.known.lock().await;
+            if models.len() >= MAX_MODELS && !models.contains_key(model_id) {
+                models.clear();
+            }
+            let cache = models.entry(model_id.to_string()).or_default();
+            if known(&cache.hops) {
+                return Ok(());
+            }
+            if cache.asked.is_some_and(|t| t.elapsed() < HOP_REFRESH) {
+                return Err(not_listed(shard));
+            }
+            cache.asked = Some(std::time::Instant::now());
         }
-        let cache = models.entry(model_id.to_string()).or_default();
-        let fresh = cache.asked.is_some_and(|t| t.elapsed() < HOP_REFRESH);
-        if !known(&cache.hops) && !fresh {
-            let mut client = unfed_proto::registry::registry_client::RegistryClient::connect(
-                format!("http://{registry}"),
-            )
+        let channel = unfed_proto::connect(registry)
             .await
-            .map_err(|_| Status::unavailable("cannot reach the registry to check the next hop"))?
-            .max_decoding_message_size(unfed_proto::MAX_REGISTRY_MESSAGE);
-            let reply = within(
-                OPEN_TIMEOUT,
-                client.discover(unfed_proto::registry::DiscoverRequest {
+            .map_err(|_| Status::unavailable("cannot reach the registry to check the next hop"))?;
+        let reply = within(
+            OPEN_TIMEOUT,
+            unfed_proto::registry::registry_client::RegistryClient::new(channel)
+                .max_decoding_message_size(unfed_proto::MAX_REGISTRY_MESSAGE)
+                .discover(unfed_proto::registry::DiscoverRequest {
                     model_id: model_id.to_string(),
                 }),
-            )
-            .await?
-            .map_err(|s| Status::unavailable(format!("registry: {}", s.message())))?
-            .into_inner();
-            *cache = KnownHops {
-                asked: Some(std::time::Instant::now()),
-                hops: reply
-                    .nodes
-                    .into_iter()
-                    .map(|n| (n.address, n.shard_index))
-                    .collect(),
-            };
-        }
-        if known(&cache.hops) {
+        )
+        .await?
+        .map_err(|s| Status::unavailable(format!("registry: {}", s.message())))?
+        .into_inner();
+        let hops: Vec<(String, u32)> = reply
+            .nodes
+            .into_iter()
+            .map(|n| (n.address, n.shard_index))
+            .collect();
+        let listed = known(&hops);
+        let mut models = self.known.lock().await;
+        models.entry(model_id.to_string()).or_default().hops = hops;
+        if listed {
             Ok(())
         } else {
-            Err(Status::invalid_argument(format!(
-                "the next hop is not a node the registry lists for shard {shard}"
-            )))
+            Err(not_listed(shard))
         }
     }
+}
+
+fn not_listed(shard: u32) -> Status {
+    Status::invalid_argument(format!(
+        "the next hop is not a node the registry lists for shard {shard}"
+    ))
 }
 
 /// The registry's last answer about this model's nodes.
@@ -112,8 +169,16 @@ impl Downstream {
         send.send(request(session_request::Kind::Open(open)))
             .await
             .map_err(|_| relay_lost())?;
-        let mut replies = client.session(ReceiverStream::new(rx)).await?.into_inner();
-        match within(OPEN_TIMEOUT, replies.message()).await?? {
+        // What the next hop says goes no further than this hop: a relay passes on no bytes it
+        // received, errors included, so the client learns only that the route broke.
+        let mut replies = within(OPEN_TIMEOUT, client.session(ReceiverStream::new(rx)))
+            .await?
+            .map_err(|_| relay_lost())?
+            .into_inner();
+        match within(OPEN_TIMEOUT, replies.message())
+            .await?
+            .map_err(|_| relay_lost())?
+        {
             Some(SessionReply {
                 kind: Some(session_reply::Kind::Opened(_)),
             }) => Ok(Self { send, replies }),
@@ -127,7 +192,10 @@ impl Downstream {
             .send(request(session_request::Kind::Frame(frame)))
             .await
             .map_err(|_| relay_lost())?;
-        match within(STEP_TIMEOUT, self.replies.message()).await?? {
+        match within(STEP_TIMEOUT, self.replies.message())
+            .await?
+            .map_err(|_| relay_lost())?
+        {
             Some(SessionReply {
                 kind: Some(session_reply::Kind::Cell(cell)),
             }) => Ok(cell),

@@ -3,14 +3,14 @@
 //! relays the reply cells back, adding its layer.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
-use unfed_onion::{OnionHop, OnionPublicKey, OnionSecretKey, Peeled};
+use unfed_onion::OnionPublicKey;
 use unfed_proto::convert;
 use unfed_proto::node::node_server::Node;
 use unfed_proto::node::{
@@ -21,7 +21,7 @@ use unfed_proto::node::{
 use crate::circuit::{HopCircuit, Place};
 use crate::forward::{Forward, SessionLimits, StepInput, StepOutput};
 use crate::relay::{
-    Downstream, NextHops, REPLAY_CAPACITY, STREAM_BUFFER, refused, relay_lost, send_up,
+    Downstream, NextHops, OPEN_TIMEOUT, OnionLayer, STREAM_BUFFER, refused, relay_lost, send_up,
 };
 
 /// What the service knows about the shard it serves.
@@ -37,8 +37,7 @@ pub struct NodeState {
     pub limits: SessionLimits,
     pub forward: Forward,
     /// This node's onion key and the replay tags of every circuit set up with it.
-    onion: Mutex<OnionHop>,
-    onion_public: OnionPublicKey,
+    onion: OnionLayer,
     /// Which next hops this node may relay to.
     next_hops: NextHops,
     next_session: AtomicU64,
@@ -57,10 +56,6 @@ impl NodeState {
         forward: Forward,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(limits.max_sessions));
-        // A fresh onion key per start: circuits set up before a restart cannot be replayed
-        // against it, so the replay cache needs no persistence.
-        let onion_key = OnionSecretKey::generate(&mut rand::rng());
-        let onion_public = onion_key.public_key();
         Self {
             model_id,
             shard_index,
@@ -71,8 +66,7 @@ impl NodeState {
             tokenizer_json,
             limits,
             forward,
-            onion: Mutex::new(OnionHop::new(onion_key, REPLAY_CAPACITY)),
-            onion_public,
+            onion: OnionLayer::generate(),
             next_hops: NextHops::new(None),
             next_session: AtomicU64::new(1),
             permits,
@@ -87,14 +81,7 @@ impl NodeState {
 
     /// The public onion key clients build circuits with (registered, signed, with the node).
     pub fn onion_public_key(&self) -> OnionPublicKey {
-        self.onion_public
-    }
-
-    /// Peels this hop's layer of a circuit header, refusing replays.
-    fn peel(&self, header: &[u8]) -> Result<Peeled, Status> {
-        let mut hop = self.onion.lock().unwrap_or_else(|e| e.into_inner());
-        hop.process(header)
-            .map_err(|e| Status::invalid_argument(format!("circuit setup refused: {e}")))
+        self.onion.public_key()
     }
 
     /// Sessions open now (counted without waiting for the forward thread).
@@ -171,7 +158,11 @@ async fn run_session(
     mut inbound: Streaming<SessionRequest>,
     tx: &mpsc::Sender<Result<SessionReply, Status>>,
 ) -> Result<(), Status> {
-    let open = match inbound.message().await? {
+    // A peer that holds a slot must say what it wants soon.
+    let first = tokio::time::timeout(OPEN_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no Open message in time"))?;
+    let open = match first? {
         Some(SessionRequest {
             kind: Some(session_request::Kind::Open(open)),
         }) => open,
@@ -187,7 +178,7 @@ async fn run_session(
             state.shard_index, state.model_id, open.shard_index, open.model_id
         )));
     }
-    let peeled = state.peel(&open.onion)?;
+    let peeled = state.onion.peel(&open.onion)?;
     let (mut circuit, place) = HopCircuit::setup(&peeled, state.head).map_err(refused)?;
     let (sampling, next) = match place {
         Place::Last { sampling } => (Some(sampling), None),

@@ -19,8 +19,8 @@ use crate::reply::ReplyWrapper;
 pub const SESSION_KEY_LEN: usize = 32;
 /// Bytes of a per-hop session id.
 pub const SESSION_ID_LEN: usize = 16;
-/// Largest plaintext one session frame carries (16 MiB).
-pub const MAX_MESSAGE_LEN: usize = 16 << 20;
+/// Largest plaintext one session frame carries (64 MiB: a long prompt's hidden states).
+pub const MAX_MESSAGE_LEN: usize = 64 << 20;
 /// Bytes a frame adds to its plaintext: direction, counter and tag.
 pub const FRAME_OVERHEAD: usize = 1 + 8 + TAG_LEN;
 

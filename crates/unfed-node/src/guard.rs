@@ -4,13 +4,11 @@
 //! entry node's, and nothing else: the frames it forwards are sealed on the entry node's link.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use unfed_proto::node::guard_server::{Guard, GuardServer};
 use unfed_proto::node::{
@@ -20,7 +18,8 @@ use unfed_proto::node::{
 
 use crate::circuit::{HopCircuit, Place};
 use crate::relay::{
-    Downstream, NextHops, OPEN_TIMEOUT, OnionLayer, STREAM_BUFFER, refused, relay_lost, send_up,
+    Downstream, NextHops, OPEN_TIMEOUT, OnionLayer, ReplyStream, refused, relay_lost, send_up,
+    spawn_session,
 };
 
 /// How a guard runs.
@@ -72,8 +71,6 @@ struct GuardService {
     state: Arc<GuardState>,
 }
 
-type ReplyStream = Pin<Box<dyn Stream<Item = Result<SessionReply, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl Guard for GuardService {
     type SessionStream = ReplyStream;
@@ -82,22 +79,11 @@ impl Guard for GuardService {
         &self,
         request: Request<Streaming<SessionRequest>>,
     ) -> Result<Response<ReplyStream>, Status> {
-        let permit = self
-            .state
-            .permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Status::resource_exhausted("busy: every session slot is taken"))?;
         let inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let state = self.state.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(status) = relay(&state, inbound, &tx).await {
-                let _ = tx.send(Err(status)).await;
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        spawn_session(&self.state.permits, move |tx| async move {
+            relay(&state, inbound, &tx).await
+        })
     }
 
     async fn onion_key(

@@ -2,12 +2,15 @@
 //! the next hop is a registered node, time limits, and the mapping of errors to statuses.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Status, Streaming};
+use tonic::{Response, Status, Streaming};
 use unfed_onion::{OnionPublicKey, OnionSecretKey, Peeled, ReplayCache};
 use unfed_proto::node::{Open, SessionReply, SessionRequest, session_reply, session_request};
 
@@ -30,6 +33,34 @@ const _: () = assert!(
 const REPLAY_CAPACITY: usize = unfed_onion::ReplayCache::DEFAULT_CAPACITY;
 /// Models whose nodes a relay remembers at once.
 const MAX_MODELS: usize = 64;
+
+/// The reply half of a session stream.
+pub(crate) type ReplyStream = Pin<Box<dyn Stream<Item = Result<SessionReply, Status>> + Send>>;
+
+/// Takes one of `permits` before anything is read (or refuses the stream as busy), then runs
+/// `session` on a task of its own; what it sends, and the error it ends with, stream back.
+pub(crate) fn spawn_session<F, Fut>(
+    permits: &Arc<Semaphore>,
+    session: F,
+) -> Result<Response<ReplyStream>, Status>
+where
+    F: FnOnce(mpsc::Sender<Result<SessionReply, Status>>) -> Fut,
+    Fut: Future<Output = Result<(), Status>> + Send + 'static,
+{
+    let permit = permits
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Status::resource_exhausted("busy: every session slot is taken"))?;
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let run = session(tx.clone());
+    tokio::spawn(async move {
+        let _permit = permit;
+        if let Err(status) = run.await {
+            let _ = tx.send(Err(status)).await;
+        }
+    });
+    Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+}
 
 /// A hop's onion key and the replay tags of every circuit set up with it. Peeling (X25519 and
 /// the header's MAC) runs outside the lock; only the tag check is serialised.

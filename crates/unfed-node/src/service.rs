@@ -2,13 +2,11 @@
 //! a node that is not the last shard opens its own stream to the next hop its header names and
 //! relays the reply cells back, adding its layer.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use unfed_onion::OnionPublicKey;
 use unfed_proto::convert;
@@ -21,7 +19,8 @@ use unfed_proto::node::{
 use crate::circuit::{HopCircuit, Place};
 use crate::forward::{Forward, SessionLimits, StepInput, StepOutput};
 use crate::relay::{
-    Downstream, NextHops, OPEN_TIMEOUT, OnionLayer, STREAM_BUFFER, refused, relay_lost, send_up,
+    Downstream, NextHops, OPEN_TIMEOUT, OnionLayer, ReplyStream, refused, relay_lost, send_up,
+    spawn_session,
 };
 
 /// What the service knows about the shard it serves.
@@ -102,8 +101,6 @@ impl NodeService {
     }
 }
 
-type ReplyStream = Pin<Box<dyn Stream<Item = Result<SessionReply, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl Node for NodeService {
     type SessionStream = ReplyStream;
@@ -112,25 +109,14 @@ impl Node for NodeService {
         &self,
         request: Request<Streaming<SessionRequest>>,
     ) -> Result<Response<ReplyStream>, Status> {
-        let permit = self
-            .state
-            .permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Status::resource_exhausted("busy: every session slot is taken"))?;
         let inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let state = self.state.clone();
         let id = state.next_session.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            let _permit = permit;
+        spawn_session(&self.state.permits, move |tx| async move {
             let result = run_session(&state, id, inbound, &tx).await;
             state.forward.close(id).await;
-            if let Err(status) = result {
-                let _ = tx.send(Err(status)).await;
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            result
+        })
     }
 
     async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthReply>, Status> {

@@ -17,9 +17,9 @@ use unfed_proto::node::{
 };
 
 use crate::circuit::{HopCircuit, Place};
+use crate::onion_keys::OnionKeys;
 use crate::relay::{
-    Downstream, NextHops, OPEN_TIMEOUT, OnionLayer, ReplyStream, refused, relay_lost, send_up,
-    spawn_session,
+    Downstream, NextHops, OPEN_TIMEOUT, ReplyStream, refused, relay_lost, send_up, spawn_session,
 };
 
 /// How a guard runs.
@@ -40,7 +40,7 @@ pub async fn serve(
 ) -> Result<(), String> {
     let service = GuardService {
         state: Arc::new(GuardState {
-            onion: OnionLayer::generate(),
+            onion: OnionKeys::generate(),
             next_hops: NextHops::new(config.registry),
             permits: Arc::new(Semaphore::new(config.max_sessions)),
             idle_timeout: config.idle_timeout,
@@ -60,7 +60,7 @@ pub async fn serve(
 }
 
 struct GuardState {
-    onion: OnionLayer,
+    onion: OnionKeys,
     next_hops: NextHops,
     permits: Arc<Semaphore>,
     idle_timeout: std::time::Duration,

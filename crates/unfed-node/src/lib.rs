@@ -5,6 +5,7 @@
 pub mod circuit;
 mod forward;
 pub mod guard;
+mod onion_keys;
 mod registration;
 mod relay;
 mod service;
@@ -116,13 +117,22 @@ pub async fn run(
         shutdown.await;
         let _ = stop.send(true);
     });
-    let heartbeats = registration.map(|(mut reg, announcement)| {
+    let heartbeats = registration.map(|(mut reg, mut announcement)| {
         let state = state.clone();
         let mut stopped = stopped.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(reg.heartbeat_interval) => {
+                        // A rotated onion key is registered (signed) before the next heartbeat.
+                        let key = state.onion_public_key().to_bytes();
+                        if key != announcement.onion_key {
+                            let old = std::mem::replace(&mut announcement.onion_key, key);
+                            let sent = tokio::time::timeout(REGISTRY_TIMEOUT, reg.announce(&announcement)).await;
+                            if !matches!(sent, Ok(Ok(()))) {
+                                announcement.onion_key = old; // tried again next time
+                            }
+                        }
                         // A missed heartbeat is retried at the next interval; the registry marks
                         // the node unhealthy only after several.
                         let beat = reg.heartbeat(state.active_sessions() as u32);

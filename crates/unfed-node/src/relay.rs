@@ -4,14 +4,13 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Response, Status, Streaming};
-use unfed_onion::{OnionPublicKey, OnionSecretKey, Peeled, ReplayCache};
 use unfed_proto::node::{Open, SessionReply, SessionRequest, session_reply, session_request};
 
 use crate::circuit::CircuitError;
@@ -29,8 +28,6 @@ const _: () = assert!(
     unfed_proto::MAX_NODE_MESSAGE <= unfed_onion::MAX_MESSAGE_LEN + unfed_onion::FRAME_OVERHEAD
 );
 
-/// Circuit setups one onion key accepts (each leaves a 32-byte replay tag).
-const REPLAY_CAPACITY: usize = unfed_onion::ReplayCache::DEFAULT_CAPACITY;
 /// Models whose nodes a relay remembers at once.
 const MAX_MODELS: usize = 64;
 
@@ -60,45 +57,6 @@ where
         }
     });
     Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-}
-
-/// A hop's onion key and the replay tags of every circuit set up with it. Peeling (X25519 and
-/// the header's MAC) runs outside the lock; only the tag check is serialised.
-pub(crate) struct OnionLayer {
-    key: OnionSecretKey,
-    public: OnionPublicKey,
-    replay: Mutex<ReplayCache>,
-}
-
-impl OnionLayer {
-    /// A fresh key: circuits set up before a restart cannot be replayed against it, so the
-    /// replay cache needs no persistence.
-    pub fn generate() -> Self {
-        let key = OnionSecretKey::generate(&mut rand::rng());
-        Self {
-            public: key.public_key(),
-            key,
-            replay: Mutex::new(ReplayCache::new(REPLAY_CAPACITY)),
-        }
-    }
-
-    pub fn public_key(&self) -> OnionPublicKey {
-        self.public
-    }
-
-    /// Peels this hop's layer of a circuit header, refusing replays.
-    pub fn peel(&self, header: &[u8]) -> Result<Peeled, Status> {
-        let refused = |e: unfed_onion::PeelError| {
-            Status::invalid_argument(format!("circuit setup refused: {e}"))
-        };
-        let peeled = unfed_onion::peel(&self.key, header).map_err(refused)?;
-        self.replay
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .check_and_insert(&peeled.replay_tag)
-            .map_err(refused)?;
-        Ok(peeled)
-    }
 }
 
 /// Which next hops a relay may connect to: the registry's discovery, cached per model.

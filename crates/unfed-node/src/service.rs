@@ -18,9 +18,9 @@ use unfed_proto::node::{
 
 use crate::circuit::{HopCircuit, Place};
 use crate::forward::{Forward, SessionLimits, StepInput, StepOutput};
+use crate::onion_keys::OnionKeys;
 use crate::relay::{
-    Downstream, NextHops, OPEN_TIMEOUT, OnionLayer, ReplyStream, refused, relay_lost, send_up,
-    spawn_session,
+    Downstream, NextHops, OPEN_TIMEOUT, ReplyStream, refused, relay_lost, send_up, spawn_session,
 };
 
 /// What the service knows about the shard it serves.
@@ -36,7 +36,7 @@ pub struct NodeState {
     pub limits: SessionLimits,
     pub forward: Forward,
     /// This node's onion key and the replay tags of every circuit set up with it.
-    onion: OnionLayer,
+    onion: OnionKeys,
     /// Which next hops this node may relay to.
     next_hops: NextHops,
     next_session: AtomicU64,
@@ -65,7 +65,7 @@ impl NodeState {
             tokenizer_json,
             limits,
             forward,
-            onion: OnionLayer::generate(),
+            onion: OnionKeys::generate(),
             next_hops: NextHops::new(None),
             next_session: AtomicU64::new(1),
             permits,

@@ -114,6 +114,14 @@ pub fn parse_manifest(json: &str, sha256: [u8; 32]) -> Result<(Manifest, ModelSh
     if manifest.shards.is_empty() {
         return Err("it lists no shards".into());
     }
+    // One circuit hop per shard, and a guard may come in front.
+    let max = unfed_onion::MAX_HOPS - 1;
+    if manifest.shards.len() > max {
+        return Err(format!(
+            "it has {} shards; a circuit reaches at most {max}",
+            manifest.shards.len()
+        ));
+    }
     let mut layers = Vec::with_capacity(manifest.shards.len());
     let mut next_layer = 0usize;
     for (i, s) in manifest.shards.iter().enumerate() {

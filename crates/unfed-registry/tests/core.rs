@@ -18,6 +18,23 @@ fn reg(
 }
 
 #[test]
+fn a_model_in_more_shards_than_a_circuit_reaches_is_refused() {
+    let clock = ManualClock::new(T0);
+    let mut core = core(RegistryDb::open_in_memory().unwrap(), &clock);
+    let mut node = TestNode::new(8010);
+    let wide = common::split_manifest(unfed_onion::MAX_HOPS, "wide", 3);
+    let payload = node.register_payload("wide", 0, &wide, T0);
+    let err = reg(&mut core, &node.sign(&payload, &wide)).unwrap_err();
+    assert!(
+        err.to_string().contains("a circuit reaches at most 7"),
+        "{err}"
+    );
+    let seven = common::split_manifest(unfed_onion::MAX_HOPS - 1, "seven", 4);
+    let payload = node.register_payload("seven", 0, &seven, T0);
+    reg(&mut core, &node.sign(&payload, &seven)).unwrap();
+}
+
+#[test]
 fn manifest_must_match_the_signed_hash_model_and_shard() {
     let clock = ManualClock::new(T0);
     let mut core = core(RegistryDb::open_in_memory().unwrap(), &clock);

@@ -49,6 +49,9 @@ pub struct UpArgs {
     max_tokens: usize,
     #[arg(long)]
     store: Option<PathBuf>,
+    /// Also start a guard relay on this port, and ask the prompt through it.
+    #[arg(long)]
+    guard_port: Option<u16>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -197,6 +200,33 @@ fn up(args: UpArgs) -> Result<ExitCode> {
             save(dir, &state)?;
         }
     }
+    let guard = match args.guard_port {
+        None => None,
+        Some(port) => {
+            let pid = spawn(
+                &exe,
+                dir,
+                "guard",
+                &[
+                    "guard",
+                    "--registry",
+                    &registry,
+                    "--port",
+                    &port.to_string(),
+                ],
+            )?;
+            state.processes.push(Started::of(pid));
+            save(dir, &state)?;
+            let address = format!("127.0.0.1:{port}");
+            wait_for_port(&address, Duration::from_secs(15)).with_context(|| {
+                format!(
+                    "the guard did not start; see {}",
+                    dir.join("logs/guard.log").display()
+                )
+            })?;
+            Some(address)
+        }
+    };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime
         .block_on(wait_ready(&registry, &model_id, Duration::from_secs(180)))
@@ -210,21 +240,28 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         "testnet READY: {model_id} in {} shards x {} replicas, registry {registry}",
         args.shards, args.replicas
     );
-    eprintln!("  ask:   unfed client --registry {registry} --prompt \"Hello!\"");
+    let via = guard
+        .as_ref()
+        .map(|g| format!(" --guard {g}"))
+        .unwrap_or_default();
+    eprintln!("  ask:   unfed client --registry {registry}{via} --prompt \"Hello!\"");
     eprintln!("  chat:  unfed client --registry {registry} chat");
     eprintln!("  stop:  unfed testnet down --dir {}", dir.display());
     if let Some(prompt) = args.prompt {
-        let status = Command::new(&exe)
-            .args([
-                "client",
-                "--registry",
-                &registry,
-                "--prompt",
-                &prompt,
-                "--max-tokens",
-                &args.max_tokens.to_string(),
-            ])
-            .status()?;
+        let mut client = Command::new(&exe);
+        client.args([
+            "client",
+            "--registry",
+            &registry,
+            "--prompt",
+            &prompt,
+            "--max-tokens",
+            &args.max_tokens.to_string(),
+        ]);
+        if let Some(g) = &guard {
+            client.args(["--guard", g]);
+        }
+        let status = client.status()?;
         if !status.success() {
             bail!("the client failed");
         }

@@ -30,11 +30,12 @@ pub fn config() -> ClusterConfig {
 }
 
 /// `manifest.json` of a tiny random model split into `num_shards`, model id `model_id`.
-fn split_manifest(num_shards: usize, model_id: &str, seed: u64) -> String {
+pub fn split_manifest(num_shards: usize, model_id: &str, seed: u64) -> String {
     let dir = tempfile::tempdir().unwrap();
     let gguf = dir.path().join("tiny.gguf");
     let spec = unfed_model::testing::TinySpec {
         seed,
+        n_layer: num_shards.max(4),
         ..Default::default()
     };
     unfed_model::testing::write_tiny_gguf(&gguf, &spec).unwrap();

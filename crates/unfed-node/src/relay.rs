@@ -16,13 +16,13 @@ use unfed_proto::node::{Open, SessionReply, SessionRequest, session_reply, sessi
 use crate::circuit::CircuitError;
 
 /// Messages buffered per direction of a session stream.
-pub(crate) const STREAM_BUFFER: usize = 4;
+const STREAM_BUFFER: usize = 4;
 /// How long the next hop may take to open its part of a route.
 pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the rest of the route may take for one step (a long prompt's prefill included).
-pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a relay may ask the registry again about a next hop it does not know.
-pub(crate) const HOP_REFRESH: Duration = Duration::from_secs(2);
+const HOP_REFRESH: Duration = Duration::from_secs(2);
 // A step frame must be able to carry the largest message a node stream takes.
 const _: () = assert!(
     unfed_proto::MAX_NODE_MESSAGE <= unfed_onion::MAX_MESSAGE_LEN + unfed_onion::FRAME_OVERHEAD
@@ -194,7 +194,7 @@ impl Downstream {
 }
 
 /// Waits for `f` at most `limit`; a hop that takes longer counts as gone.
-pub(crate) async fn within<T>(
+async fn within<T>(
     limit: Duration,
     f: impl std::future::Future<Output = T>,
 ) -> Result<T, Status> {
@@ -215,11 +215,11 @@ pub(crate) fn relay_lost() -> Status {
     Status::unavailable("the next hop closed the session")
 }
 
-pub(crate) fn request(kind: session_request::Kind) -> SessionRequest {
+fn request(kind: session_request::Kind) -> SessionRequest {
     SessionRequest { kind: Some(kind) }
 }
 
-pub(crate) fn reply(kind: session_reply::Kind) -> Result<SessionReply, Status> {
+fn reply(kind: session_reply::Kind) -> Result<SessionReply, Status> {
     Ok(SessionReply { kind: Some(kind) })
 }
 

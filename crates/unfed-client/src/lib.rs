@@ -1,6 +1,7 @@
-//! The user's client: discovers a model through a registry, picks one node per shard by health
-//! and measured latency, builds an onion circuit along the route, and generates — resuming on a
-//! replica (replaying the token history) when a node dies mid-generation.
+//! The user's client: discovers a model through a registry, picks one node per shard (see
+//! `route`), builds an onion circuit along the route, and generates — resuming on replicas
+//! (replaying the token history) when a node dies mid-generation. It connects to nothing but
+//! the registry and its first hop (the guard, or else the entry node).
 
 mod circuit;
 mod route;
@@ -13,12 +14,11 @@ use tonic::Streaming;
 use tonic::transport::Channel;
 use unfed_model::{ChatTemplate, SamplingParams, TextTokenizer};
 use unfed_onion::OnionPublicKey;
-use unfed_proto::MAX_REGISTRY_MESSAGE;
+use unfed_proto::Dialer;
 use unfed_proto::node::guard_client::GuardClient;
-use unfed_proto::node::node_client::NodeClient;
 use unfed_proto::node::{
-    OnionKeyRequest, Open, SessionReply, SessionRequest, TokenizerRequest, session_reply,
-    session_request,
+    GuardTokenizerRequest, OnionKeyRequest, Open, SessionReply, SessionRequest, TokenizerRequest,
+    session_reply, session_request,
 };
 use unfed_proto::registry::registry_client::RegistryClient;
 use unfed_proto::registry::{DiscoverRequest, GetManifestRequest, ListModelsRequest, ModelStatus};
@@ -57,6 +57,7 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 /// A connection to a registry.
 pub struct Client {
     addr: String,
+    dialer: Dialer,
     registry: RegistryClient<Channel>,
     ignore_eos: bool,
     /// A guard relay every circuit starts at: its address and onion key.
@@ -72,17 +73,24 @@ pub struct RemoteModel {
 }
 
 impl Client {
+    /// A client of the registry at `addr`, trusting the web PKI for `https://` addresses.
     pub async fn connect(addr: &str) -> Result<Self> {
-        let registry = RegistryClient::connect(format!("http://{addr}"))
-            .await
-            .map_err(|e| ClientError::Registry {
-                addr: addr.into(),
-                message: format!("cannot connect: {e}"),
-            })?
-            .max_decoding_message_size(MAX_REGISTRY_MESSAGE)
-            .max_encoding_message_size(MAX_REGISTRY_MESSAGE);
+        Self::connect_with(addr, Dialer::default()).await
+    }
+
+    /// A client of the registry at `addr` that opens every connection through `dialer`.
+    pub async fn connect_with(addr: &str, dialer: Dialer) -> Result<Self> {
+        let registry =
+            dialer
+                .connect_registry(addr)
+                .await
+                .map_err(|message| ClientError::Registry {
+                    addr: addr.into(),
+                    message,
+                })?;
         Ok(Self {
             addr: addr.into(),
+            dialer,
             registry,
             ignore_eos: false,
             guard: None,
@@ -98,7 +106,7 @@ impl Client {
             addr: address.into(),
             message,
         };
-        let channel = unfed_proto::connect(address).await.map_err(bad)?;
+        let channel = self.dialer.connect(address).await.map_err(bad)?;
         let key = GuardClient::new(channel)
             .onion_key(OnionKeyRequest {})
             .await
@@ -145,11 +153,12 @@ impl Client {
             .await
             .map_err(|s| self.registry_error(s))?
             .into_inner();
-        Ok(route::rank(model_id, r.num_shards, &r.nodes).await)
+        let probe_entry = self.guard.is_none();
+        Ok(route::rank(&self.dialer, model_id, r.num_shards, &r.nodes, probe_entry).await)
     }
 
-    /// The manifest (from the registry) and the tokenizer (from a shard-0 node, checked against
-    /// the manifest's SHA-256).
+    /// The manifest (from the registry) and the tokenizer (from a shard-0 node, through the
+    /// guard if there is one; checked against the manifest's SHA-256).
     pub async fn model(&mut self, model_id: &str) -> Result<RemoteModel> {
         let json = self
             .registry
@@ -162,28 +171,11 @@ impl Client {
             .manifest_json;
         let manifest =
             Manifest::from_json(&json).map_err(|e| ClientError::Model(model_id.into(), e))?;
-        let candidates = self.candidates(model_id).await?;
-        let first =
-            candidates
-                .first()
-                .and_then(|c| c.first())
-                .ok_or_else(|| ClientError::NoRoute {
-                    model: model_id.into(),
-                    shard: 0,
-                })?;
-        let tokenizer_json = node(&first.address)
-            .await
-            .map_err(ClientError::Tokenizer)?
-            .tokenizer(TokenizerRequest {})
-            .await
-            .map_err(|s| ClientError::Tokenizer(s.message().to_string()))?
-            .into_inner()
-            .tokenizer_json;
+        let (source, tokenizer_json) = self.tokenizer(model_id).await?;
         let sha = hex_sha256(tokenizer_json.as_bytes());
         if sha != manifest.tokenizer.sha256 {
             return Err(ClientError::Tokenizer(format!(
-                "the tokenizer served by {} does not match the manifest",
-                first.address
+                "the tokenizer served by {source} does not match the manifest"
             )));
         }
         let mut meta = vec![(
@@ -212,6 +204,44 @@ impl Client {
         })
     }
 
+    /// The model's tokenizer.json and who served it: the guard, or the first entry node.
+    async fn tokenizer(&mut self, model_id: &str) -> Result<(String, String)> {
+        let failed = |s: tonic::Status| ClientError::Tokenizer(s.message().to_string());
+        if let Some((guard, _)) = &self.guard {
+            let channel = self
+                .dialer
+                .connect(guard)
+                .await
+                .map_err(ClientError::Tokenizer)?;
+            let reply = GuardClient::new(channel)
+                .max_decoding_message_size(unfed_proto::MAX_NODE_MESSAGE)
+                .tokenizer(GuardTokenizerRequest {
+                    model_id: model_id.into(),
+                })
+                .await
+                .map_err(failed)?;
+            return Ok((format!("guard {guard}"), reply.into_inner().tokenizer_json));
+        }
+        let candidates = self.candidates(model_id).await?;
+        let first =
+            candidates
+                .first()
+                .and_then(|c| c.first())
+                .ok_or_else(|| ClientError::NoRoute {
+                    model: model_id.into(),
+                    shard: 0,
+                })?;
+        let reply = self
+            .dialer
+            .connect_node(&first.address)
+            .await
+            .map_err(ClientError::Tokenizer)?
+            .tokenizer(TokenizerRequest {})
+            .await
+            .map_err(failed)?;
+        Ok((first.address.clone(), reply.into_inner().tokenizer_json))
+    }
+
     /// Generates up to `max_tokens` after `prompt_ids`, calling `on_token` for each new token
     /// (returning false stops). A broken route is rebuilt from the remaining healthy nodes and
     /// the session replayed, so greedy output is the same as without the failure.
@@ -225,17 +255,19 @@ impl Client {
     ) -> Result<Vec<u32>> {
         let model_id = model.manifest.model_id.clone();
         let mut generated: Vec<u32> = Vec::new();
-        let mut excluded: Vec<String> = Vec::new();
+        // The hops of every route that broke: the next route prefers the others.
+        let mut failed: Vec<String> = Vec::new();
         let mut last_error = String::new();
         for attempt in 0..=MAX_RESUMES {
             let candidates = self.candidates(&model_id).await?;
-            let route = pick_route(&model_id, &candidates, &excluded)?;
+            let route = pick_route(&model_id, &candidates, &failed)?;
             let end: &[u32] = if self.ignore_eos {
                 &[]
             } else {
                 &model.manifest.end_of_generation
             };
             match run_route(
+                &self.dialer,
                 &route,
                 self.guard.as_ref(),
                 &model_id,
@@ -251,12 +283,10 @@ impl Client {
                 Ok(()) => return Ok(generated),
                 Err(e) => {
                     last_error = e;
-                    // Find out which hops are gone and avoid them next time.
-                    for hop in &route.hops {
-                        if !route::alive(&hop.address).await {
-                            excluded.push(hop.address.clone());
-                        }
-                    }
+                    // The client cannot tell which hop broke without contacting each (which
+                    // would tell every hop its address): it moves every shard that has another
+                    // replica to it. The whole session is replayed on the new route anyway.
+                    failed.extend(route.hops.iter().map(|h| h.address.clone()));
                     if attempt < MAX_RESUMES {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
@@ -274,6 +304,7 @@ impl Client {
 /// and grows as tokens arrive, so a failure part-way loses nothing.
 #[allow(clippy::too_many_arguments)]
 async fn run_route(
+    dialer: &Dialer,
     route: &Route,
     guard: Option<&(String, OnionPublicKey)>,
     model_id: &str,
@@ -298,9 +329,15 @@ async fn run_route(
     .map_err(|_| "stream closed".to_string())?;
     let requests = ReceiverStream::new(rx);
     let opened = match guard {
-        None => node(&route.hops[0].address).await?.session(requests).await,
+        None => {
+            dialer
+                .connect_node(&route.hops[0].address)
+                .await?
+                .session(requests)
+                .await
+        }
         Some((address, _)) => {
-            let channel = unfed_proto::connect(address).await?;
+            let channel = dialer.connect(address).await?;
             GuardClient::new(channel)
                 .max_decoding_message_size(unfed_proto::MAX_NODE_MESSAGE)
                 .max_encoding_message_size(unfed_proto::MAX_NODE_MESSAGE)
@@ -354,10 +391,6 @@ async fn next_reply(
         Ok(r) => r.map_err(|s| s.message().to_string()),
         Err(_) => Err(format!("the route did not answer within {limit:?}")),
     }
-}
-
-async fn node(address: &str) -> std::result::Result<NodeClient<Channel>, String> {
-    unfed_proto::connect_node(address).await
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {

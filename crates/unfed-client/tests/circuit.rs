@@ -2,8 +2,6 @@
 //! whole route and the token comes back; what each link carries differs; tampered, replayed and
 //! reordered frames are refused; a hop's layer must agree with its shard.
 
-use std::time::Duration;
-
 use unfed_client::{Candidate, ClientCircuit, Route};
 use unfed_model::SamplingParams;
 use unfed_node::circuit::{CircuitError, HopCircuit, Place};
@@ -30,7 +28,7 @@ fn hops(n: usize) -> Hops {
                 address: format!("127.0.0.1:{}", 50061 + i),
                 shard_index: i as u32,
                 onion_key: h.public_key(),
-                rtt: Duration::ZERO,
+                rtt: None,
             })
             .collect(),
     };

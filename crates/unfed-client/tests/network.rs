@@ -2,187 +2,17 @@
 //! tiny generated model split in 3 shards, and the client — checked against the single-process
 //! engine, including a node killed in the middle of a generation.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::*;
 use unfed_client::Client;
-use unfed_engine::{Event, GenerateRequest, Pipeline, generate};
-use unfed_model::testing::{TinySpec, write_tiny_gguf};
-use unfed_model::{Checkpoint, SamplingParams, ShardModel, TextTokenizer};
+use unfed_model::SamplingParams;
 use unfed_proto::node::HealthRequest;
 use unfed_proto::node::node_client::NodeClient;
-
-const PROMPT: &[u32] = &[72, 101, 108, 108, 111, 44, 32, 119];
-const MAX_TOKENS: usize = 24;
-
-struct Net {
-    _dir: tempfile::TempDir,
-    model: PathBuf,
-    registry: String,
-    /// Each node runs on a runtime of its own, so that dropping it kills the node abruptly.
-    nodes: Arc<Mutex<HashMap<String, (u32, tokio::runtime::Runtime)>>>,
-    registry_rt: Option<tokio::runtime::Runtime>,
-}
-
-fn start(replicas: &[usize]) -> Net {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny.gguf");
-    write_tiny_gguf(
-        &model,
-        &TinySpec {
-            n_layer: 6,
-            ..TinySpec::default()
-        },
-    )
-    .unwrap();
-    let shards = dir.path().join("shards");
-    let opts = unfed_shard::SplitOptions {
-        num_shards: replicas.len(),
-        model_id: Some("tiny".into()),
-        force: false,
-    };
-    unfed_shard::split(&model, &shards, &opts).unwrap();
-
-    let (registry_rt, registry) = start_registry("127.0.0.1:0", &dir.path().join("registry.db"));
-
-    let nodes = Arc::new(Mutex::new(HashMap::new()));
-    for (shard, &n) in replicas.iter().enumerate() {
-        for _ in 0..n {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            let listener = rt
-                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-                .unwrap();
-            let address = listener.local_addr().unwrap().to_string();
-            let config = unfed_node::NodeConfig {
-                shards_dir: shards.clone(),
-                shard_index: shard as u32,
-                advertise: address.clone(),
-                registry: Some(registry.clone()),
-                key: unfed_identity::NodeKey::generate(),
-                limits: unfed_node::SessionLimits::default(),
-            };
-            rt.spawn(async move {
-                unfed_node::run(config, listener, std::future::pending())
-                    .await
-                    .unwrap()
-            });
-            nodes.lock().unwrap().insert(address, (shard as u32, rt));
-        }
-    }
-    Net {
-        _dir: dir,
-        model,
-        registry,
-        nodes,
-        registry_rt: Some(registry_rt),
-    }
-}
-
-/// A registry on its own runtime, listening on `addr`, over the database at `db`.
-fn start_registry(addr: &str, db: &Path) -> (tokio::runtime::Runtime, String) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    // A registry that just died may hold its port a moment longer.
-    let listener = (0..100)
-        .find_map(|_| {
-            rt.block_on(tokio::net::TcpListener::bind(addr))
-                .inspect_err(|_| std::thread::sleep(Duration::from_millis(50)))
-                .ok()
-        })
-        .expect("the registry's address never became free");
-    let registry = listener.local_addr().unwrap().to_string();
-    let config = unfed_registry::ClusterConfig::from_json(include_str!(
-        "../../../configs/cluster.example.json"
-    ))
-    .unwrap();
-    let options = unfed_registry::RegistryOptions {
-        heartbeat_interval: Duration::from_millis(200),
-        ..Default::default()
-    };
-    let db = unfed_db::RegistryDb::open(db).unwrap();
-    let core = unfed_registry::RegistryCore::new(
-        config,
-        options,
-        db,
-        Arc::new(unfed_registry::SystemClock),
-    )
-    .unwrap();
-    rt.spawn(unfed_registry::serve(
-        listener,
-        core,
-        std::future::pending(),
-    ));
-    (rt, registry)
-}
-
-/// What the single-process engine generates for the prompt.
-fn reference(model: &Path) -> Vec<u32> {
-    let ck = Checkpoint::open(model).unwrap();
-    let tok = TextTokenizer::from_metadata(ck.metadata()).unwrap();
-    let pipeline = Pipeline::new(vec![ShardModel::load(&ck).unwrap()]).unwrap();
-    let req = GenerateRequest {
-        prompt_ids: PROMPT.to_vec(),
-        max_tokens: MAX_TOKENS,
-        sampling: SamplingParams::greedy(),
-        ignore_eos: false,
-    };
-    let mut ids = Vec::new();
-    generate(&pipeline, &tok, &req, &mut |e| {
-        if let Event::Token { id, .. } = e {
-            ids.push(id);
-        }
-        true
-    })
-    .unwrap();
-    ids
-}
-
-/// A greedy generation of the test prompt through the network.
-async fn greedy(client: &mut Client, model: &unfed_client::RemoteModel) -> Vec<u32> {
-    client
-        .generate(
-            model,
-            PROMPT,
-            MAX_TOKENS,
-            &SamplingParams::greedy(),
-            &mut |_| true,
-        )
-        .await
-        .unwrap()
-}
-
-async fn wait_ready(client: &mut Client) {
-    for _ in 0..200 {
-        let models = client.list_models().await.unwrap();
-        if models
-            .iter()
-            .any(|m| m.model_id == "tiny" && m.status == "READY")
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the model never became READY");
-}
-
-/// Runs the client side on a runtime of its own; the network is built and torn down outside it.
-fn client_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 #[test]
 fn a_network_generates_what_the_engine_generates() {
@@ -191,9 +21,94 @@ fn a_network_generates_what_the_engine_generates() {
     client_runtime().block_on(network_generates(&net, expected));
 }
 
+#[test]
+fn a_network_on_tls_generates_what_the_engine_generates() {
+    let net = start_with(&[1, 1, 1], true);
+    let expected = reference(&net.model);
+    client_runtime().block_on(async {
+        network_generates(&net, expected).await;
+        // Every node registered an https:// address, and every hop was dialled over TLS (a
+        // plaintext dial to an https:// node would have failed the generation).
+        let candidates = net.client().await.candidates("tiny").await.unwrap();
+        assert!(
+            candidates
+                .iter()
+                .flatten()
+                .all(|c| c.address.starts_with("https://127.0.0.1:"))
+        );
+    });
+}
+
+#[test]
+fn tls_services_refuse_clients_that_do_not_verify_them() {
+    let net = start_with(&[1], true);
+    client_runtime().block_on(async {
+        // The web PKI's roots do not include the test CA.
+        let e = Client::connect(&net.registry)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("invalid peer certificate"), "{e}");
+        // Nor does another CA.
+        let other = unfed_proto::tls::TestnetCa::generate("other", 1).unwrap();
+        let dialer = unfed_proto::Dialer::trusting(other.cert_pem().as_bytes(), "other").unwrap();
+        let e = Client::connect_with(&net.registry, dialer)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("UnknownIssuer"), "{e}");
+        // A plaintext connection to a TLS service gets nowhere.
+        let plain = net.registry.trim_start_matches("https://");
+        let answered = match Client::connect(plain).await {
+            Ok(mut c) => c.list_models().await.is_ok(),
+            Err(_) => false,
+        };
+        assert!(!answered);
+        // And nobody dials plaintext off loopback.
+        let e = net.dialer.connect("192.0.2.1:50051").await.unwrap_err();
+        assert!(e.contains("off loopback"), "{e}");
+    });
+}
+
+#[test]
+fn a_node_refuses_to_expose_itself_without_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = client_runtime();
+    let run = |advertise: &str, tls: Option<unfed_proto::tls::ServerTls>| {
+        let config = unfed_node::NodeConfig {
+            shards_dir: dir.path().to_path_buf(),
+            shard_index: 0,
+            advertise: advertise.into(),
+            registry: None,
+            tls,
+            dialer: unfed_proto::Dialer::default(),
+            key: unfed_identity::NodeKey::generate(),
+            limits: unfed_node::SessionLimits::default(),
+        };
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            unfed_node::run(config, listener, std::future::pending())
+                .await
+                .unwrap_err()
+                .to_string()
+        })
+    };
+    let e = run("203.0.113.9:50051", None);
+    assert!(e.contains("off loopback"), "{e}");
+    let e = run("https://node.example.org:50051", None);
+    assert!(e.contains("needs a certificate"), "{e}");
+    let ca = unfed_proto::tls::TestnetCa::generate("test", 1).unwrap();
+    let (cert, key) = ca.issue(&["127.0.0.1"], 1).unwrap();
+    let tls = unfed_proto::tls::ServerTls::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
+    let e = run("127.0.0.1:50051", Some(tls));
+    assert!(e.contains("advertise it as https://"), "{e}");
+}
+
 async fn network_generates(net: &Net, expected: Vec<u32>) {
     assert!(expected.len() > 4);
-    let mut client = Client::connect(&net.registry).await.unwrap();
+    let mut client = net.client().await;
     wait_ready(&mut client).await;
     let models = client.list_models().await.unwrap();
     assert_eq!(models[0].shards.len(), 3);
@@ -203,9 +118,9 @@ async fn network_generates(net: &Net, expected: Vec<u32>) {
     // Several sessions at once.
     let mut handles = Vec::new();
     for _ in 0..3 {
-        let registry = net.registry.clone();
+        let (registry, dialer) = (net.registry.clone(), net.dialer.clone());
         handles.push(tokio::spawn(async move {
-            let mut c = Client::connect(&registry).await.unwrap();
+            let mut c = Client::connect_with(&registry, dialer).await.unwrap();
             let m = c.model("tiny").await.unwrap();
             greedy(&mut c, &m).await
         }));
@@ -228,6 +143,8 @@ fn a_generation_through_a_guard_relay_generates_the_same() {
         registry: Some(net.registry.clone()),
         max_sessions: 4,
         idle_timeout: Duration::from_secs(30),
+        tls: None,
+        dialer: net.dialer.clone(),
     };
     rt.spawn(unfed_node::guard::serve(
         config,
@@ -235,7 +152,7 @@ fn a_generation_through_a_guard_relay_generates_the_same() {
         std::future::pending(),
     ));
     rt.block_on(async {
-        let mut client = Client::connect(&net.registry).await.unwrap();
+        let mut client = net.client().await;
         wait_ready(&mut client).await;
         let model = client.model("tiny").await.unwrap();
         client.use_guard(&guard).await.unwrap();
@@ -243,7 +160,7 @@ fn a_generation_through_a_guard_relay_generates_the_same() {
         // A guard relays only to a node the registry lists for shard 0.
         use unfed_proto::node::guard_client::GuardClient;
         use unfed_proto::node::{OnionKeyRequest, Open, SessionRequest, session_request};
-        let mut g = GuardClient::new(unfed_proto::connect(&guard).await.unwrap());
+        let mut g = GuardClient::new(net.dialer.connect(&guard).await.unwrap());
         let key = g
             .onion_key(OnionKeyRequest {})
             .await
@@ -288,7 +205,7 @@ fn killing_a_node_mid_generation_resumes_on_its_replica() {
 }
 
 async fn failover(net: &Net, expected: Vec<u32>) {
-    let mut client = Client::connect(&net.registry).await.unwrap();
+    let mut client = net.client().await;
     wait_ready(&mut client).await;
     let model = client.model("tiny").await.unwrap();
 
@@ -368,7 +285,7 @@ fn malformed_and_oversized_messages_get_clear_errors_and_the_node_keeps_serving(
     let net = start(&[1, 1, 1]);
     let expected = reference(&net.model);
     client_runtime().block_on(async {
-        let mut client = Client::connect(&net.registry).await.unwrap();
+        let mut client = net.client().await;
         wait_ready(&mut client).await;
         let candidates = client.candidates("tiny").await.unwrap();
         let (hop1, hop2) = (candidates[1][0].clone(), candidates[2][0].clone());
@@ -489,16 +406,16 @@ fn nodes_register_again_with_a_registry_that_lost_its_database() {
     let mut net = start(&[1, 1, 1]);
     let rt = client_runtime();
     rt.block_on(async {
-        let mut client = Client::connect(&net.registry).await.unwrap();
+        let mut client = net.client().await;
         wait_ready(&mut client).await;
     });
     // The registry dies and comes back on the same address with an empty database.
     net.registry_rt.take().unwrap().shutdown_background();
     let fresh = net._dir.path().join("fresh.db");
-    let (registry_rt, _) = start_registry(&net.registry, &fresh);
+    let (registry_rt, _) = start_registry(&net.registry, &fresh, None);
     net.registry_rt = Some(registry_rt);
     rt.block_on(async {
-        let mut client = Client::connect(&net.registry).await.unwrap();
+        let mut client = net.client().await;
         wait_ready(&mut client).await;
     });
 }

@@ -12,8 +12,8 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use unfed_proto::node::guard_server::{Guard, GuardServer};
 use unfed_proto::node::{
-    OnionKeyReply, OnionKeyRequest, Open, Opened, SessionReply, SessionRequest, session_reply,
-    session_request,
+    GuardTokenizerRequest, OnionKeyReply, OnionKeyRequest, Open, Opened, SessionReply,
+    SessionRequest, TokenizerReply, TokenizerRequest, session_reply, session_request,
 };
 
 use crate::circuit::{HopCircuit, Place};
@@ -30,6 +30,10 @@ pub struct GuardConfig {
     pub max_sessions: usize,
     /// A client silent this long loses its session.
     pub idle_timeout: std::time::Duration,
+    /// This guard's certificate (None: plaintext, loopback only).
+    pub tls: Option<unfed_proto::tls::ServerTls>,
+    /// How the registry and entry nodes are reached.
+    pub dialer: unfed_proto::Dialer,
 }
 
 /// Serves the guard on `listener` until `shutdown`.
@@ -41,15 +45,21 @@ pub async fn serve(
     let service = GuardService {
         state: Arc::new(GuardState {
             onion: OnionKeys::generate(),
-            next_hops: NextHops::new(config.registry),
+            next_hops: NextHops::new(config.registry, config.dialer),
             permits: Arc::new(Semaphore::new(config.max_sessions)),
             idle_timeout: config.idle_timeout,
         }),
     };
-    tonic::transport::Server::builder()
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    unfed_proto::tls::check_exposure(local, None, config.tls.is_some())
+        .map_err(|e| e.to_string())?;
+    unfed_proto::tls::server(config.tls.as_ref())
+        .map_err(|e| e.to_string())?
         .max_concurrent_streams(Some((2 * config.max_sessions).min(u32::MAX as usize) as u32))
         .add_service(
-            GuardServer::new(service).max_decoding_message_size(unfed_proto::MAX_NODE_MESSAGE),
+            GuardServer::new(service)
+                .max_decoding_message_size(unfed_proto::MAX_NODE_MESSAGE)
+                .max_encoding_message_size(unfed_proto::MAX_NODE_MESSAGE),
         )
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -95,6 +105,32 @@ impl Guard for GuardService {
             onion_key: key.to_bytes().to_vec(),
         }))
     }
+
+    async fn tokenizer(
+        &self,
+        request: Request<GuardTokenizerRequest>,
+    ) -> Result<Response<TokenizerReply>, Status> {
+        let model_id = request.into_inner().model_id;
+        if model_id.is_empty() || model_id.len() > 128 {
+            return Err(Status::invalid_argument("a model id is 1 to 128 bytes"));
+        }
+        let state = &self.state;
+        let entry = state.next_hops.any(&model_id, 0).await?;
+        let fetch = async {
+            state
+                .next_hops
+                .dialer
+                .connect_node(&entry)
+                .await
+                .map_err(|_| relay_lost())?
+                .tokenizer(TokenizerRequest {})
+                .await
+                .map_err(|_| relay_lost())
+        };
+        tokio::time::timeout(OPEN_TIMEOUT, fetch)
+            .await
+            .map_err(|_| relay_lost())?
+    }
 }
 
 async fn relay(
@@ -127,7 +163,7 @@ async fn relay(
         shard_index: 0,
         onion: header,
     };
-    let mut down = Downstream::open(&next_hop, entry).await?;
+    let mut down = Downstream::open(&state.next_hops.dialer, &next_hop, entry).await?;
     send_up(
         tx,
         session_reply::Kind::Opened(Opened {}),

@@ -42,16 +42,23 @@ pub enum NodeError {
     Registry(String),
     #[error("serving: {0}")]
     Serve(String),
+    #[error(transparent)]
+    Tls(#[from] unfed_proto::tls::TlsError),
 }
 
 /// How to run a node.
 pub struct NodeConfig {
     pub shards_dir: PathBuf,
     pub shard_index: u32,
-    /// host:port other nodes and clients use to reach this node.
+    /// The address other nodes and clients use to reach this node: `https://host:port` when
+    /// it serves TLS, `host:port` (loopback only) when not.
     pub advertise: String,
-    /// host:port of the registry; None runs unregistered (tests, private pipelines).
+    /// The registry's address; None runs unregistered (tests, private pipelines).
     pub registry: Option<String>,
+    /// This node's certificate (None: plaintext, loopback only).
+    pub tls: Option<unfed_proto::tls::ServerTls>,
+    /// How the registry and next hops are reached.
+    pub dialer: unfed_proto::Dialer,
     pub key: NodeKey,
     pub limits: SessionLimits,
 }
@@ -62,6 +69,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    let local = listener
+        .local_addr()
+        .map_err(|e| NodeError::Serve(e.to_string()))?;
+    unfed_proto::tls::check_exposure(local, Some(&config.advertise), config.tls.is_some())?;
     let dir = config.shards_dir.clone();
     let index = config.shard_index as usize;
     let (manifest, manifest_json, shard, tokenizer_json) =
@@ -91,7 +102,7 @@ pub async fn run(
             config.limits.clone(),
             forward.clone(),
         )
-        .with_registry(config.registry.clone()),
+        .with_network(config.registry.clone(), config.dialer.clone()),
     );
 
     let registration = match &config.registry {
@@ -104,7 +115,7 @@ pub async fn run(
                 manifest_json,
                 onion_key: state.onion_public_key().to_bytes(),
             };
-            let reg = Registration::register(registry, config.key, &announcement)
+            let reg = Registration::register(&config.dialer, registry, config.key, &announcement)
                 .await
                 .map_err(NodeError::Registry)?;
             Some((reg, announcement))
@@ -150,7 +161,7 @@ pub async fn run(
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let server = tonic::transport::Server::builder()
+    let server = unfed_proto::tls::server(config.tls.as_ref())?
         .max_concurrent_streams(Some(max_streams))
         .add_service(
             NodeServer::new(NodeService::new(state))

@@ -6,7 +6,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::transport::Channel;
 use unfed_identity::NodeKey;
 use unfed_identity::canonical::{Heartbeat, Payload, Register, Unregister};
-use unfed_proto::MAX_REGISTRY_MESSAGE;
 use unfed_proto::registry::SignedPayload;
 use unfed_proto::registry::registry_client::RegistryClient;
 
@@ -54,13 +53,14 @@ fn signed(key: &NodeKey, payload: &Payload, manifest_json: String) -> SignedPayl
 }
 
 impl Registration {
-    /// Registers with the registry at `registry` (host:port).
-    pub async fn register(registry: &str, key: NodeKey, a: &Announcement) -> Result<Self, String> {
-        let client = RegistryClient::connect(format!("http://{registry}"))
-            .await
-            .map_err(|e| format!("cannot reach the registry at {registry}: {e}"))?
-            .max_decoding_message_size(MAX_REGISTRY_MESSAGE)
-            .max_encoding_message_size(MAX_REGISTRY_MESSAGE);
+    /// Registers with the registry at `registry`, reached through `dialer`.
+    pub async fn register(
+        dialer: &unfed_proto::Dialer,
+        registry: &str,
+        key: NodeKey,
+        a: &Announcement,
+    ) -> Result<Self, String> {
+        let client = dialer.connect_registry(registry).await?;
         let mut reg = Self {
             client,
             key,

@@ -63,13 +63,16 @@ where
 pub(crate) struct NextHops {
     /// None: any (a node run without a registry, for tests and private pipelines).
     registry: Option<String>,
+    /// How the registry and next hops are reached.
+    pub dialer: unfed_proto::Dialer,
     known: tokio::sync::Mutex<HashMap<String, KnownHops>>,
 }
 
 impl NextHops {
-    pub fn new(registry: Option<String>) -> Self {
+    pub fn new(registry: Option<String>, dialer: unfed_proto::Dialer) -> Self {
         Self {
             registry,
+            dialer,
             known: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -79,10 +82,45 @@ impl NextHops {
     /// answer, at most every [`HOP_REFRESH`]), so a client cannot make a node connect to an
     /// address of its choosing.
     pub async fn check(&self, model_id: &str, address: &str, shard: u32) -> Result<(), Status> {
-        let Some(registry) = &self.registry else {
+        if self.registry.is_none() {
             return Ok(());
+        }
+        match self
+            .find(model_id, |a, s| a == address && s == shard)
+            .await?
+        {
+            Some(_) => Ok(()),
+            None => Err(not_listed(shard)),
+        }
+    }
+
+    /// A node the registry lists for `shard` of `model_id`.
+    pub async fn any(&self, model_id: &str, shard: u32) -> Result<String, Status> {
+        if self.registry.is_none() {
+            return Err(Status::failed_precondition("this relay has no registry"));
+        }
+        self.find(model_id, |_, s| s == shard)
+            .await?
+            .ok_or_else(|| {
+                Status::unavailable(format!("the registry lists no node for shard {shard}"))
+            })
+    }
+
+    /// The address of a node in the registry's last answer about `model_id` that `wanted`
+    /// accepts, asking the registry again when there is none (at most every [`HOP_REFRESH`]).
+    async fn find(
+        &self,
+        model_id: &str,
+        wanted: impl Fn(&str, u32) -> bool,
+    ) -> Result<Option<String>, Status> {
+        let Some(registry) = &self.registry else {
+            return Ok(None);
         };
-        let known = |hops: &[(String, u32)]| hops.iter().any(|(a, s)| a == address && *s == shard);
+        let pick = |hops: &[(String, u32)]| {
+            hops.iter()
+                .find(|(a, s)| wanted(a, *s))
+                .map(|(a, _)| a.clone())
+        };
         {
             // The lock is never held across a call: a slow registry delays only the setups
             // that need it, and at most one query per model runs per HOP_REFRESH.
@@ -91,24 +129,23 @@ impl NextHops {
                 models.clear();
             }
             let cache = models.entry(model_id.to_string()).or_default();
-            if known(&cache.hops) {
-                return Ok(());
+            if let Some(found) = pick(&cache.hops) {
+                return Ok(Some(found));
             }
             if cache.asked.is_some_and(|t| t.elapsed() < HOP_REFRESH) {
-                return Err(not_listed(shard));
+                return Ok(None);
             }
             cache.asked = Some(std::time::Instant::now());
         }
-        let channel = unfed_proto::connect(registry)
-            .await
-            .map_err(|_| Status::unavailable("cannot reach the registry to check the next hop"))?;
+        let mut client =
+            self.dialer.connect_registry(registry).await.map_err(|_| {
+                Status::unavailable("cannot reach the registry to check the next hop")
+            })?;
         let reply = within(
             OPEN_TIMEOUT,
-            unfed_proto::registry::registry_client::RegistryClient::new(channel)
-                .max_decoding_message_size(unfed_proto::MAX_REGISTRY_MESSAGE)
-                .discover(unfed_proto::registry::DiscoverRequest {
-                    model_id: model_id.to_string(),
-                }),
+            client.discover(unfed_proto::registry::DiscoverRequest {
+                model_id: model_id.to_string(),
+            }),
         )
         .await?
         .map_err(|s| Status::unavailable(format!("registry: {}", s.message())))?
@@ -118,14 +155,10 @@ impl NextHops {
             .into_iter()
             .map(|n| (n.address, n.shard_index))
             .collect();
-        let listed = known(&hops);
+        let found = pick(&hops);
         let mut models = self.known.lock().await;
         models.entry(model_id.to_string()).or_default().hops = hops;
-        if listed {
-            Ok(())
-        } else {
-            Err(not_listed(shard))
-        }
+        Ok(found)
     }
 }
 
@@ -150,8 +183,13 @@ pub(crate) struct Downstream {
 }
 
 impl Downstream {
-    pub async fn open(address: &str, open: Open) -> Result<Self, Status> {
-        let mut client = unfed_proto::connect_node(address)
+    pub async fn open(
+        dialer: &unfed_proto::Dialer,
+        address: &str,
+        open: Open,
+    ) -> Result<Self, Status> {
+        let mut client = dialer
+            .connect_node(address)
             .await
             .map_err(Status::unavailable)?;
         let (send, rx) = mpsc::channel(STREAM_BUFFER);
@@ -194,10 +232,7 @@ impl Downstream {
 }
 
 /// Waits for `f` at most `limit`; a hop that takes longer counts as gone.
-async fn within<T>(
-    limit: Duration,
-    f: impl std::future::Future<Output = T>,
-) -> Result<T, Status> {
+async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Result<T, Status> {
     tokio::time::timeout(limit, f)
         .await
         .map_err(|_| Status::deadline_exceeded("the next hop did not answer in time"))

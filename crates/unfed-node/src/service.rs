@@ -66,15 +66,16 @@ impl NodeState {
             limits,
             forward,
             onion: OnionKeys::generate(),
-            next_hops: NextHops::new(None),
+            next_hops: NextHops::new(None, unfed_proto::Dialer::default()),
             next_session: AtomicU64::new(1),
             permits,
         }
     }
 
-    /// Relay only to nodes that `registry` lists for the following shard.
-    pub fn with_registry(mut self, registry: Option<String>) -> Self {
-        self.next_hops = NextHops::new(registry);
+    /// Relay only to nodes that `registry` lists for the following shard, reaching the
+    /// registry and next hops through `dialer`.
+    pub fn with_network(mut self, registry: Option<String>, dialer: unfed_proto::Dialer) -> Self {
+        self.next_hops = NextHops::new(registry, dialer);
         self
     }
 
@@ -187,7 +188,7 @@ async fn run_session(
                 shard_index: state.shard_index + 1,
                 onion: header,
             };
-            Some(Downstream::open(&address, onward).await?)
+            Some(Downstream::open(&state.next_hops.dialer, &address, onward).await?)
         }
     };
     send_up(

@@ -1,5 +1,5 @@
 //! The wire protocol: generated protobuf messages and gRPC clients and servers, plus the size
-//! limits every service applies. Specified in `docs/protocol.md`.
+//! limits every service applies and transport security (`tls`). Specified in `docs/protocol.md`.
 
 /// Registry service (admission, heartbeats, discovery, manifests, cluster info).
 pub mod registry {
@@ -217,27 +217,8 @@ pub mod circuit {
     }
 }
 
-/// How long opening a connection to a node may take.
+/// How long opening a TCP connection may take.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A client for the node at `address` (host:port), with the message limits and a bounded
-/// connection time. The error names the address only.
-pub async fn connect_node(
-    address: &str,
-) -> Result<node::node_client::NodeClient<tonic::transport::Channel>, String> {
-    Ok(node::node_client::NodeClient::new(connect(address).await?)
-        .max_decoding_message_size(MAX_NODE_MESSAGE)
-        .max_encoding_message_size(MAX_NODE_MESSAGE))
-}
-
-/// A channel to a node or guard at `host:port`, with the connect timeout and TCP_NODELAY.
-pub async fn connect(address: &str) -> Result<tonic::transport::Channel, String> {
-    let unreachable = || format!("cannot reach {address}");
-    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|_| format!("`{address}` is not a host:port address"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|_| unreachable())
-}
+pub mod tls;
+pub use tls::Dialer;

@@ -225,20 +225,28 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("registry gRPC server failed: {0}")]
     Transport(#[source] tonic::transport::Error),
+    /// It would listen off loopback without TLS, or its certificate is unusable.
+    #[error(transparent)]
+    Tls(#[from] unfed_proto::tls::TlsError),
 }
 
-/// Serves the registry on `listener` until `shutdown` completes, then lets in-flight requests
-/// finish, stops the database thread and closes the database.
+/// Serves the registry on `listener` (with TLS when `tls` is given; off loopback it must be)
+/// until `shutdown` completes, then lets in-flight requests finish, stops the database thread
+/// and closes the database.
 pub async fn serve<F>(
     listener: TcpListener,
+    tls: Option<&unfed_proto::tls::ServerTls>,
     core: RegistryCore,
     shutdown: F,
 ) -> Result<(), ServeError>
 where
     F: Future<Output = ()> + Send,
 {
+    let local = listener.local_addr().map_err(ServeError::Spawn)?;
+    unfed_proto::tls::check_exposure(local, None, tls.is_some())?;
+    let server = unfed_proto::tls::server(tls)?;
     let thread = CoreThread::spawn(core).map_err(ServeError::Spawn)?;
-    let result = tonic::transport::Server::builder()
+    let result = server
         .concurrency_limit_per_connection(MAX_CONCURRENT_PER_CONNECTION)
         .tcp_nodelay(true)
         .add_service(RegistryService::new(thread.handle()).into_server())

@@ -36,30 +36,12 @@ fn field(field: &'static str, problem: impl Into<String>) -> RegistryError {
     }
 }
 
-/// `host:port`: a DNS name or IPv4 address, or a bracketed IPv6 address, and a port 1-65535.
+/// `https://host:port`, or `host:port` on loopback (a plaintext address off loopback is refused:
+/// clients and relays would not dial it).
 pub fn check_address(address: &str) -> Result<(), RegistryError> {
-    let (host, port) = address
-        .rsplit_once(':')
-        .ok_or_else(|| field("address", "must be host:port"))?;
-    match port.parse::<u16>() {
-        Ok(p) if p != 0 && !port.starts_with('+') => {}
-        _ => return Err(field("address", format!("port {port:?} is not 1-65535"))),
-    }
-    let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        inner.parse::<std::net::Ipv6Addr>().is_ok()
-    } else {
-        !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-    };
-    if !host_ok {
-        return Err(field(
-            "address",
-            "host must be a DNS name, an IPv4 address or a bracketed IPv6 address",
-        ));
-    }
-    Ok(())
+    unfed_proto::tls::check_dialable(address)
+        .map(drop)
+        .map_err(|e| field("address", e.to_string()))
 }
 
 /// 1 to 128 characters of `A-Z a-z 0-9 . _ - / :`.

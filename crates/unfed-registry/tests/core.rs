@@ -98,6 +98,9 @@ fn payload_fields_are_checked() {
         ("address", |r| r.address = "host:0".into()),
         ("address", |r| r.address = "ho st:80".into()),
         ("address", |r| r.address = "[::1:80".into()),
+        // Plaintext off loopback: nobody would dial it.
+        ("address", |r| r.address = "203.0.113.7:50051".into()),
+        ("address", |r| r.address = "http://127.0.0.1:50051".into()),
         ("model_id", |r| r.model_id = "bad id!".into()),
         ("onion_key", |r| r.onion_key = vec![1; 31]),
         // A node without an onion key cannot be part of a circuit.

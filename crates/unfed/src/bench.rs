@@ -113,9 +113,11 @@ fn start_network(model: &str, shards: usize, store: Option<&std::path::Path>) ->
     if !status.success() {
         bail!("the testnet did not start");
     }
-    let registry = format!("127.0.0.1:{port}");
+    // The testnet serves TLS, as a deployed network does.
+    let registry = format!("https://127.0.0.1:{port}");
+    let dialer = unfed_proto::Dialer::trusting_file(&tn.join("tls/ca.pem"))?;
     let (client, model) = runtime.block_on(async {
-        let mut client = unfed_client::Client::connect(&registry).await?;
+        let mut client = unfed_client::Client::connect_with(&registry, dialer).await?;
         client.set_ignore_eos(true);
         let id = client
             .list_models()

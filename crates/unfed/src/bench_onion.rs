@@ -73,7 +73,7 @@ fn party(hops: usize) -> Party {
                 address: format!("127.0.0.1:{}", 50061 + i),
                 shard_index: i as u32,
                 onion_key: h.public_key(),
-                rtt: Duration::ZERO,
+                rtt: None,
             })
             .collect(),
     };

@@ -6,9 +6,11 @@ mod bench_onion;
 mod generate;
 mod model_cmd;
 mod net_cmd;
+mod preflight;
 mod registry_cmd;
 mod resolve;
 mod testnet_cmd;
+mod tls_args;
 
 use clap::{Parser, Subcommand};
 
@@ -43,6 +45,9 @@ enum Command {
     Guard(net_cmd::GuardArgs),
     /// Run the cluster coordinator (admission, discovery, health, manifests, pricing).
     Registry(registry_cmd::RegistryArgs),
+    /// Go/no-go checks before exposing a node, the dashboard, or a running network.
+    #[command(subcommand)]
+    Preflight(preflight::PreflightCommand),
     /// The whole local network in one command.
     #[command(subcommand)]
     Testnet(testnet_cmd::TestnetCommand),
@@ -67,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::Guard(args) => net_cmd::guard(args),
         Command::Registry(args) => registry_cmd::run(args),
         Command::Testnet(cmd) => testnet_cmd::run(cmd),
+        Command::Preflight(cmd) => preflight::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -23,17 +23,20 @@ pub struct NodeArgs {
     /// and tokenizer are needed.
     #[arg(long)]
     shards_dir: PathBuf,
-    /// Registry host:port.
+    /// The registry's address (`host:port` on loopback, else `https://host:port`).
     #[arg(long)]
     registry: String,
-    /// Address to listen on.
+    /// Address to listen on (off loopback only with TLS).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     #[arg(long, default_value_t = 0)]
     port: u16,
-    /// host:port that clients and other nodes use (default: the bound address).
+    /// The address clients and other nodes use: `https://host:port` with TLS, `host:port` on
+    /// loopback without (default: the bound address).
     #[arg(long)]
     advertise: Option<String>,
+    #[command(flatten)]
+    tls: crate::tls_args::ServeTlsArgs,
     /// The node's identity key file (created with mode 0600 if missing).
     #[arg(long)]
     key: Option<PathBuf>,
@@ -61,13 +64,18 @@ pub fn node(args: NodeArgs) -> Result<ExitCode> {
         std::fs::create_dir_all(parent)?;
     }
     let key = unfed_identity::NodeKey::load_or_create(&key_path)?;
+    let tls = args.tls.server()?;
+    let dialer = args.tls.dial.dialer()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
         let bound: SocketAddr = listener.local_addr()?;
-        let advertise = args.advertise.unwrap_or_else(|| bound.to_string());
+        let advertise = args.advertise.unwrap_or_else(|| match tls {
+            Some(_) => format!("{}{bound}", unfed_proto::tls::TLS_SCHEME),
+            None => bound.to_string(),
+        });
         eprintln!(
             "node {} for shard {} listening on {bound}",
             key.address(),
@@ -78,6 +86,8 @@ pub fn node(args: NodeArgs) -> Result<ExitCode> {
             shard_index: args.shard_index,
             advertise,
             registry: Some(args.registry),
+            tls,
+            dialer,
             key,
             limits: unfed_node::SessionLimits {
                 max_sessions: args.max_sessions,
@@ -116,10 +126,10 @@ pub async fn shutdown_signal() {
 
 #[derive(Args)]
 pub struct GuardArgs {
-    /// Registry host:port (the guard relays only to shard-0 nodes it lists).
+    /// The registry's address (the guard relays only to shard-0 nodes it lists).
     #[arg(long)]
     registry: String,
-    /// Address to listen on.
+    /// Address to listen on (off loopback only with TLS).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     #[arg(long, default_value_t = 50040)]
@@ -130,9 +140,13 @@ pub struct GuardArgs {
     /// Seconds a silent client keeps its session.
     #[arg(long, default_value_t = 300)]
     idle_timeout: u64,
+    #[command(flatten)]
+    tls: crate::tls_args::ServeTlsArgs,
 }
 
 pub fn guard(args: GuardArgs) -> Result<ExitCode> {
+    let tls = args.tls.server()?;
+    let dialer = args.tls.dial.dialer()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
@@ -143,6 +157,8 @@ pub fn guard(args: GuardArgs) -> Result<ExitCode> {
             registry: Some(args.registry),
             max_sessions: args.max_sessions,
             idle_timeout: Duration::from_secs(args.idle_timeout),
+            tls,
+            dialer,
         };
         unfed_node::guard::serve(config, listener, shutdown_signal())
             .await
@@ -154,14 +170,16 @@ pub fn guard(args: GuardArgs) -> Result<ExitCode> {
 
 #[derive(Args)]
 pub struct ClientArgs {
-    /// Registry host:port.
+    /// The registry's address (`host:port` on loopback, else `https://host:port`).
     #[arg(long, default_value = "127.0.0.1:50050")]
     registry: String,
+    #[command(flatten)]
+    tls: crate::tls_args::DialArgs,
     /// List the registry's models with READY / INCOMPLETE and shard coverage.
     #[arg(long)]
     list_models: bool,
-    /// Start every circuit at this guard relay (host:port, `unfed guard`), so that the entry
-    /// node never sees this client's address.
+    /// Start every circuit at this guard relay (`unfed guard`), so that no node of the route
+    /// sees this client's address.
     #[arg(long)]
     guard: Option<String>,
     /// Model id (default: the only READY model).
@@ -192,7 +210,7 @@ pub fn client(args: ClientArgs) -> Result<ExitCode> {
 }
 
 async fn client_main(args: ClientArgs) -> Result<ExitCode> {
-    let mut client = Client::connect(&args.registry).await?;
+    let mut client = Client::connect_with(&args.registry, args.tls.dialer()?).await?;
     if let Some(guard) = &args.guard {
         client.use_guard(guard).await?;
     }

@@ -24,6 +24,8 @@ pub struct RegistryArgs {
     /// How often nodes must heartbeat, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     heartbeat_interval_ms: u64,
+    #[command(flatten)]
+    tls: crate::tls_args::ServeTlsArgs,
 }
 
 pub fn run(args: RegistryArgs) -> Result<ExitCode> {
@@ -35,13 +37,20 @@ pub fn run(args: RegistryArgs) -> Result<ExitCode> {
     let db = unfed_db::RegistryDb::open(&args.db)
         .with_context(|| format!("opening {}", args.db.display()))?;
     let core = RegistryCore::new(config, options, db, Arc::new(SystemClock))?;
+    let tls = args.tls.server()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
         eprintln!("registry listening on {}", listener.local_addr()?);
-        unfed_registry::serve(listener, core, crate::net_cmd::shutdown_signal()).await?;
+        unfed_registry::serve(
+            listener,
+            tls.as_ref(),
+            core,
+            crate::net_cmd::shutdown_signal(),
+        )
+        .await?;
         eprintln!("registry stopped");
         Ok(ExitCode::SUCCESS)
     })

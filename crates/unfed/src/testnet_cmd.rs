@@ -1,6 +1,7 @@
 //! `unfed testnet up | down`: the whole local network in one command — fetch and split the model,
 //! start a registry and the compute nodes as child processes on loopback, wait until the model
-//! is READY — and stop exactly what was started.
+//! is READY — and stop exactly what was started. Every service serves TLS with a certificate
+//! from a CA made for this testnet (its key is never written to disk), unless `--no-tls`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -52,6 +53,62 @@ pub struct UpArgs {
     /// Also start a guard relay on this port, and ask the prompt through it.
     #[arg(long)]
     guard_port: Option<u16>,
+    /// Plaintext gRPC on loopback instead of TLS.
+    #[arg(long)]
+    no_tls: bool,
+}
+
+/// Days a testnet's certificates are valid.
+const CERT_DAYS: i64 = 30;
+
+/// The testnet's certificates: the CA every process trusts, and one certificate per service.
+struct Certs {
+    dir: PathBuf,
+    ca: unfed_proto::tls::TestnetCa,
+}
+
+impl Certs {
+    /// A fresh CA, its certificate written to `dir/ca.pem`.
+    fn create(dir: PathBuf) -> Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let ca = unfed_proto::tls::TestnetCa::generate("unfed testnet CA", CERT_DAYS)?;
+        std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
+        Ok(Self { dir, ca })
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Issues `name`'s certificate for loopback and returns the flags that serve it.
+    fn flags(&self, name: &str) -> Result<Vec<String>> {
+        let (cert, key) = self.ca.issue(&["127.0.0.1", "localhost"], CERT_DAYS)?;
+        let (cert_file, key_file) = (
+            self.dir.join(format!("{name}.crt")),
+            self.dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_file, cert)?;
+        write_private(&key_file, key.as_bytes())?;
+        Ok(vec![
+            "--tls-cert".into(),
+            path(&cert_file)?.into(),
+            "--tls-key".into(),
+            path(&key_file)?.into(),
+            "--tls-ca".into(),
+            path(&self.ca_file())?.into(),
+        ])
+    }
+}
+
+/// Writes a file only its owner can read.
+fn write_private(file: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(file)?.write_all(bytes)?;
+    Ok(())
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -145,7 +202,27 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         )?;
     }
     let exe = std::env::current_exe()?;
-    let registry = format!("127.0.0.1:{}", args.registry_port);
+    let certs = (!args.no_tls)
+        .then(|| Certs::create(dir.join("tls")))
+        .transpose()?;
+    let scheme = if certs.is_some() {
+        unfed_proto::tls::TLS_SCHEME
+    } else {
+        ""
+    };
+    let tls_flags = |name: &str| -> Result<Vec<String>> {
+        certs.as_ref().map_or(Ok(Vec::new()), |c| c.flags(name))
+    };
+    let dial_flags: Vec<String> = match &certs {
+        Some(c) => vec!["--tls-ca".into(), path(&c.ca_file())?.into()],
+        None => Vec::new(),
+    };
+    let dialer = match &certs {
+        Some(c) => unfed_proto::Dialer::trusting(c.ca.cert_pem().as_bytes(), "the testnet CA")?,
+        None => unfed_proto::Dialer::default(),
+    };
+    let registry_port = format!("127.0.0.1:{}", args.registry_port);
+    let registry = format!("{scheme}{registry_port}");
     let mut state = State {
         registry: registry.clone(),
         processes: Vec::new(),
@@ -165,10 +242,11 @@ fn up(args: UpArgs) -> Result<ExitCode> {
             "--heartbeat-interval-ms",
             "1000",
         ],
+        &tls_flags("registry")?,
     )?;
     state.processes.push(Started::of(reg));
     save(dir, &state)?;
-    wait_for_port(&registry, Duration::from_secs(15)).with_context(|| {
+    wait_for_port(&registry_port, Duration::from_secs(15)).with_context(|| {
         format!(
             "the registry did not start; see {}",
             dir.join("logs/registry.log").display()
@@ -195,6 +273,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
                     "--key",
                     path(&key)?,
                 ],
+                &tls_flags(&name)?,
             )?;
             state.processes.push(Started::of(pid));
             save(dir, &state)?;
@@ -214,6 +293,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
                     "--port",
                     &port.to_string(),
                 ],
+                &tls_flags("guard")?,
             )?;
             state.processes.push(Started::of(pid));
             save(dir, &state)?;
@@ -224,12 +304,17 @@ fn up(args: UpArgs) -> Result<ExitCode> {
                     dir.join("logs/guard.log").display()
                 )
             })?;
-            Some(address)
+            Some(format!("{scheme}{address}"))
         }
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime
-        .block_on(wait_ready(&registry, &model_id, Duration::from_secs(180)))
+        .block_on(wait_ready(
+            &dialer,
+            &registry,
+            &model_id,
+            Duration::from_secs(180),
+        ))
         .with_context(|| {
             format!(
                 "the model did not become READY; logs are in {}",
@@ -240,12 +325,16 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         "testnet READY: {model_id} in {} shards x {} replicas, registry {registry}",
         args.shards, args.replicas
     );
+    let mut flags = format!("--registry {registry}");
+    if let Some(c) = &certs {
+        flags += &format!(" --tls-ca {}", c.ca_file().display());
+    }
     let via = guard
         .as_ref()
         .map(|g| format!(" --guard {g}"))
         .unwrap_or_default();
-    eprintln!("  ask:   unfed client --registry {registry}{via} --prompt \"Hello!\"");
-    eprintln!("  chat:  unfed client --registry {registry} chat");
+    eprintln!("  ask:   unfed client {flags}{via} --prompt \"Hello!\"");
+    eprintln!("  chat:  unfed client {flags}{via} chat");
     eprintln!("  stop:  unfed testnet down --dir {}", dir.display());
     if let Some(prompt) = args.prompt {
         let mut client = Command::new(&exe);
@@ -258,6 +347,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
             "--max-tokens",
             &args.max_tokens.to_string(),
         ]);
+        client.args(&dial_flags);
         if let Some(g) = &guard {
             client.args(["--guard", g]);
         }
@@ -276,10 +366,11 @@ fn path(p: &Path) -> Result<&str> {
 
 /// Starts a child in its own process group (so a terminal's Ctrl-C does not reach it), output
 /// to `logs/NAME.log`.
-fn spawn(exe: &Path, dir: &Path, name: &str, args: &[&str]) -> Result<u32> {
+fn spawn(exe: &Path, dir: &Path, name: &str, args: &[&str], tls: &[String]) -> Result<u32> {
     let log = std::fs::File::create(dir.join("logs").join(format!("{name}.log")))?;
     let mut cmd = Command::new(exe);
     cmd.args(args)
+        .args(tls)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -310,10 +401,15 @@ fn wait_for_port(addr: &str, limit: Duration) -> Result<()> {
     bail!("nothing listens on {addr} after {limit:?}")
 }
 
-async fn wait_ready(registry: &str, model_id: &str, limit: Duration) -> Result<()> {
+async fn wait_ready(
+    dialer: &unfed_proto::Dialer,
+    registry: &str,
+    model_id: &str,
+    limit: Duration,
+) -> Result<()> {
     let start = Instant::now();
     loop {
-        if let Ok(mut c) = unfed_client::Client::connect(registry).await
+        if let Ok(mut c) = unfed_client::Client::connect_with(registry, dialer.clone()).await
             && let Ok(models) = c.list_models().await
             && models
                 .iter()

@@ -232,12 +232,23 @@ fn smollm2_testnet_reply_equals_the_single_process_reply() {
         "--shards",
         "3",
     ]);
-    let registry = format!("127.0.0.1:{port}");
-    let listed = unfed(&["client", "--registry", &registry, "--list-models"]);
+    // The testnet serves TLS with certificates from a CA it made; the client trusts that CA.
+    let registry = format!("https://127.0.0.1:{port}");
+    let ca = tn.join("tls/ca.pem");
+    let listed = unfed(&[
+        "client",
+        "--registry",
+        &registry,
+        "--tls-ca",
+        s(&ca),
+        "--list-models",
+    ]);
     let network = unfed(&[
         "client",
         "--registry",
         &registry,
+        "--tls-ca",
+        s(&ca),
         "--prompt",
         prompt,
         "--max-tokens",
@@ -261,4 +272,110 @@ fn smollm2_testnet_reply_equals_the_single_process_reply() {
     ]);
     assert_eq!(String::from_utf8(network.stdout).unwrap(), local);
     assert!(local.contains("Paris"));
+}
+
+/// Whether `out` succeeded and printed `want` (stdout).
+fn preflight(args: &[&str], pass: bool, want: &str) {
+    let out = unfed(args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert_eq!(out.status.success(), pass, "unfed {args:?}:\n{stdout}");
+    assert!(
+        stdout.contains(want),
+        "unfed {args:?}: no {want:?} in\n{stdout}"
+    );
+}
+
+#[test]
+fn preflight_passes_a_tls_testnet_and_fails_unsafe_configurations() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), Arch::Llama);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let tn = dir.path().join("testnet");
+    let tls = tn.join("tls");
+    let file = |name: &str| tls.join(name).to_str().unwrap().to_string();
+    let (ca, cert, key) = (file("ca.pem"), file("node-0-0.crt"), file("node-0-0.key"));
+    let identity = tn.join("keys/node-0-0.key");
+    ok(&[
+        "testnet",
+        "up",
+        "--model",
+        s(&model),
+        "--shards",
+        "2",
+        "--dir",
+        s(&tn),
+        "--registry-port",
+        &port,
+    ]);
+    let registry = format!("https://127.0.0.1:{port}");
+    // The running network: registry and every node reachable and verified over TLS.
+    let runtime = ["preflight", "runtime", "--registry", &registry];
+    preflight(
+        &[&runtime[..], &["--tls-ca", &ca]].concat(),
+        true,
+        "GO: all",
+    );
+    preflight(
+        &[&runtime[..], &["--tls-ca", &ca]].concat(),
+        true,
+        "TLS verified",
+    );
+    // Without the testnet's CA nothing verifies.
+    preflight(&runtime, false, "UnknownIssuer");
+    // A node with the testnet's certificate, as it would be exposed on loopback.
+    let node = |advertise: &str| {
+        vec![
+            "preflight".to_string(),
+            "node".into(),
+            "--advertise".into(),
+            advertise.into(),
+            "--key".into(),
+            s(&identity).into(),
+            "--registry".into(),
+            registry.clone(),
+        ]
+    };
+    let with_tls = |mut args: Vec<String>| {
+        args.extend(["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca].map(String::from));
+        args
+    };
+    let run = |args: Vec<String>, pass: bool, want: &str| {
+        preflight(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            pass,
+            want,
+        )
+    };
+    run(with_tls(node("https://127.0.0.1:50051")), true, "GO: all");
+    // The certificate does not name the advertised host.
+    run(
+        with_tls(node("https://node.example.org:50051")),
+        false,
+        "not valid for name",
+    );
+    ok(&["testnet", "down", "--dir", s(&tn)]);
+    // A public address without TLS.
+    run(node("203.0.113.42:50051"), false, "off loopback");
+    // A TLS key others can read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    run(
+        with_tls(node("https://127.0.0.1:50051")),
+        false,
+        "others can read it",
+    );
+    // The dashboard: loopback is fine, every interface without TLS is not.
+    preflight(&["preflight", "web"], true, "GO: all");
+    preflight(
+        &["preflight", "web", "--host", "0.0.0.0"],
+        false,
+        "without TLS",
+    );
 }

@@ -185,7 +185,7 @@ impl Served {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            serve(listener, core, async {
+            serve(listener, None, core, async {
                 let _ = stopped.await;
             })
             .await

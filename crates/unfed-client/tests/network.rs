@@ -34,7 +34,7 @@ fn a_network_on_tls_generates_what_the_engine_generates() {
             candidates
                 .iter()
                 .flatten()
-                .all(|c| c.address.starts_with("https://127.0.0.1:"))
+                .all(|c| c.address.starts_with("https://127.0.0.1"))
         );
     });
 }
@@ -86,6 +86,7 @@ fn a_node_refuses_to_expose_itself_without_tls() {
             dialer: unfed_proto::Dialer::default(),
             key: unfed_identity::NodeKey::generate(),
             limits: unfed_node::SessionLimits::default(),
+            views: None,
         };
         rt.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -145,6 +146,7 @@ fn a_generation_through_a_guard_relay_generates_the_same() {
         idle_timeout: Duration::from_secs(30),
         tls: None,
         dialer: net.dialer.clone(),
+        views: None,
     };
     rt.spawn(unfed_node::guard::serve(
         config,

@@ -21,6 +21,7 @@ use crate::onion_keys::OnionKeys;
 use crate::relay::{
     Downstream, NextHops, OPEN_TIMEOUT, ReplyStream, refused, relay_lost, send_up, spawn_session,
 };
+use crate::views::{Seen, ViewLog, saw, saw_peer};
 
 /// How a guard runs.
 pub struct GuardConfig {
@@ -34,6 +35,8 @@ pub struct GuardConfig {
     pub tls: Option<unfed_proto::tls::ServerTls>,
     /// How the registry and entry nodes are reached.
     pub dialer: unfed_proto::Dialer,
+    /// Where to record what this guard sees (an audit aid; None: nothing is recorded).
+    pub views: Option<ViewLog>,
 }
 
 /// Serves the guard on `listener` until `shutdown`.
@@ -48,6 +51,7 @@ pub async fn serve(
             next_hops: NextHops::new(config.registry, config.dialer),
             permits: Arc::new(Semaphore::new(config.max_sessions)),
             idle_timeout: config.idle_timeout,
+            views: config.views,
         }),
     };
     let local = listener.local_addr().map_err(|e| e.to_string())?;
@@ -74,6 +78,7 @@ struct GuardState {
     next_hops: NextHops,
     permits: Arc<Semaphore>,
     idle_timeout: std::time::Duration,
+    views: Option<ViewLog>,
 }
 
 #[derive(Clone)]
@@ -89,6 +94,7 @@ impl Guard for GuardService {
         &self,
         request: Request<Streaming<SessionRequest>>,
     ) -> Result<Response<ReplyStream>, Status> {
+        saw_peer(&self.state.views, &request);
         let inbound = request.into_inner();
         let state = self.state.clone();
         spawn_session(&self.state.permits, move |tx| async move {
@@ -98,8 +104,9 @@ impl Guard for GuardService {
 
     async fn onion_key(
         &self,
-        _: Request<OnionKeyRequest>,
+        request: Request<OnionKeyRequest>,
     ) -> Result<Response<OnionKeyReply>, Status> {
+        saw_peer(&self.state.views, &request);
         let key = self.state.onion.public_key();
         Ok(Response::new(OnionKeyReply {
             onion_key: key.to_bytes().to_vec(),
@@ -110,6 +117,7 @@ impl Guard for GuardService {
         &self,
         request: Request<GuardTokenizerRequest>,
     ) -> Result<Response<TokenizerReply>, Status> {
+        saw_peer(&self.state.views, &request);
         let model_id = request.into_inner().model_id;
         if model_id.is_empty() || model_id.len() > 128 {
             return Err(Status::invalid_argument("a model id is 1 to 128 bytes"));
@@ -179,8 +187,10 @@ async fn relay(
             Some(session_request::Kind::Frame(frame)) => frame,
             _ => return Err(Status::invalid_argument("expected a step frame")),
         };
+        saw(&state.views, || Seen::Frame(frame.clone()));
         let inner = circuit.open_guarded(&frame).map_err(refused)?;
         let cell = down.step(inner).await?;
+        saw(&state.views, || Seen::Cell(cell.clone()));
         let cell = circuit.relay_reply(&cell).map_err(|_| relay_lost())?;
         send_up(tx, session_reply::Kind::Cell(cell), state.idle_timeout).await?;
     }

@@ -9,6 +9,7 @@ mod onion_keys;
 mod registration;
 mod relay;
 mod service;
+pub mod views;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -59,6 +60,8 @@ pub struct NodeConfig {
     pub tls: Option<unfed_proto::tls::ServerTls>,
     /// How the registry and next hops are reached.
     pub dialer: unfed_proto::Dialer,
+    /// Where to record what this node sees (an audit aid; None: nothing is recorded).
+    pub views: Option<views::ViewLog>,
     pub key: NodeKey,
     pub limits: SessionLimits,
 }
@@ -102,7 +105,8 @@ pub async fn run(
             config.limits.clone(),
             forward.clone(),
         )
-        .with_network(config.registry.clone(), config.dialer.clone()),
+        .with_network(config.registry.clone(), config.dialer.clone())
+        .with_views(config.views.clone()),
     );
 
     let registration = match &config.registry {

@@ -22,6 +22,7 @@ use crate::onion_keys::OnionKeys;
 use crate::relay::{
     Downstream, NextHops, OPEN_TIMEOUT, ReplyStream, refused, relay_lost, send_up, spawn_session,
 };
+use crate::views::{Seen, ViewLog, saw, saw_peer};
 
 /// What the service knows about the shard it serves.
 pub struct NodeState {
@@ -42,6 +43,8 @@ pub struct NodeState {
     next_session: AtomicU64,
     /// One permit per session a node serves at once, taken before anything is read.
     permits: Arc<Semaphore>,
+    /// Where what this node sees is recorded, if anywhere.
+    views: Option<ViewLog>,
 }
 
 impl NodeState {
@@ -69,6 +72,7 @@ impl NodeState {
             next_hops: NextHops::new(None, unfed_proto::Dialer::default()),
             next_session: AtomicU64::new(1),
             permits,
+            views: None,
         }
     }
 
@@ -76,6 +80,12 @@ impl NodeState {
     /// registry and next hops through `dialer`.
     pub fn with_network(mut self, registry: Option<String>, dialer: unfed_proto::Dialer) -> Self {
         self.next_hops = NextHops::new(registry, dialer);
+        self
+    }
+
+    /// Record what this node sees in `views`.
+    pub fn with_views(mut self, views: Option<ViewLog>) -> Self {
+        self.views = views;
         self
     }
 
@@ -110,6 +120,7 @@ impl Node for NodeService {
         &self,
         request: Request<Streaming<SessionRequest>>,
     ) -> Result<Response<ReplyStream>, Status> {
+        saw_peer(&self.state.views, &request);
         let inbound = request.into_inner();
         let state = self.state.clone();
         let id = state.next_session.fetch_add(1, Ordering::Relaxed);
@@ -120,7 +131,8 @@ impl Node for NodeService {
         })
     }
 
-    async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthReply>, Status> {
+    async fn health(&self, r: Request<HealthRequest>) -> Result<Response<HealthReply>, Status> {
+        saw_peer(&self.state.views, &r);
         Ok(Response::new(HealthReply {
             model_id: self.state.model_id.clone(),
             shard_index: self.state.shard_index,
@@ -131,8 +143,9 @@ impl Node for NodeService {
 
     async fn tokenizer(
         &self,
-        _: Request<TokenizerRequest>,
+        r: Request<TokenizerRequest>,
     ) -> Result<Response<TokenizerReply>, Status> {
+        saw_peer(&self.state.views, &r);
         Ok(Response::new(TokenizerReply {
             tokenizer_json: self.state.tokenizer_json.clone(),
         }))
@@ -207,12 +220,20 @@ async fn run_session(
             Some(session_request::Kind::Frame(frame)) => frame,
             _ => return Err(Status::invalid_argument("expected a step frame")),
         };
+        saw(&state.views, || Seen::Frame(frame.clone()));
         let (input, onward) = circuit.open_step(&frame).map_err(refused)?;
+        if !onward.history.is_empty() {
+            saw(&state.views, || Seen::History(onward.history.clone()));
+        }
         let input = match (input, state.embedding) {
-            (Some(step::Input::Tokens(t)), true) => StepInput::Tokens(t.ids),
+            (Some(step::Input::Tokens(t)), true) => {
+                saw(&state.views, || Seen::Tokens(t.ids.clone()));
+                StepInput::Tokens(t.ids)
+            }
             (Some(step::Input::Hidden(h)), false) => {
                 let values = convert::hidden_values(&h, state.hidden)
                     .map_err(|e| Status::invalid_argument(e.0))?;
+                saw(&state.views, || Seen::Hidden(values.clone()));
                 StepInput::Hidden {
                     rows: h.rows as usize,
                     cols: h.cols as usize,
@@ -237,11 +258,15 @@ async fn run_session(
                 }
             })?;
         let cell = match (out, downstream.as_mut()) {
-            (StepOutput::Token(t), None) => circuit.seal_token(t).map_err(refused)?,
+            (StepOutput::Token(t), None) => {
+                saw(&state.views, || Seen::Sampled(t));
+                circuit.seal_token(t).map_err(refused)?
+            }
             (StepOutput::Hidden { rows, cols, values }, Some(down)) => {
                 let hidden: Hidden = convert::hidden(rows, cols, &values);
                 let frame = circuit.seal_next(hidden, onward.onward).map_err(refused)?;
                 let cell = down.step(frame).await?;
+                saw(&state.views, || Seen::Cell(cell.clone()));
                 circuit.relay_reply(&cell).map_err(|_| relay_lost())?
             }
             _ => {

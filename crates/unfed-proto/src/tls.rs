@@ -172,6 +172,8 @@ pub fn check_exposure(
 pub struct Dialer {
     /// The CA certificates (one PEM bundle) to trust instead of the web PKI's.
     ca: Option<Certificate>,
+    /// The local address connections leave from (None: the system's choice).
+    local: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -189,6 +191,7 @@ impl Dialer {
         parse_certs(pem, what)?;
         Ok(Self {
             ca: Some(Certificate::from_pem(pem)),
+            local: None,
         })
     }
 
@@ -200,6 +203,12 @@ impl Dialer {
             why: e.to_string(),
         })?;
         Self::trusting(&pem, &what)
+    }
+
+    /// The same dialer, connecting from `ip` (a host with several addresses).
+    pub fn from_ip(mut self, ip: std::net::IpAddr) -> Self {
+        self.local = Some(ip);
+        self
     }
 
     /// A channel to `address`, with the connect timeout and TCP_NODELAY. The error names the
@@ -231,7 +240,8 @@ impl Dialer {
         let mut endpoint = Endpoint::from_shared(target.uri())
             .map_err(|_| ": not a valid URI".to_string())?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .local_address(self.local);
         if target.tls {
             let config = ClientTlsConfig::new()
                 .domain_name(server_name)

@@ -88,6 +88,7 @@ pub fn node(args: NodeArgs) -> Result<ExitCode> {
             registry: Some(args.registry),
             tls,
             dialer,
+            views: None,
             key,
             limits: unfed_node::SessionLimits {
                 max_sessions: args.max_sessions,
@@ -159,6 +160,7 @@ pub fn guard(args: GuardArgs) -> Result<ExitCode> {
             idle_timeout: Duration::from_secs(args.idle_timeout),
             tls,
             dialer,
+            views: None,
         };
         unfed_node::guard::serve(config, listener, shutdown_signal())
             .await

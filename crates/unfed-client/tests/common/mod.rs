@@ -12,6 +12,7 @@ use unfed_client::Client;
 use unfed_engine::{Event, GenerateRequest, Pipeline, generate};
 use unfed_model::testing::{TinySpec, write_tiny_gguf};
 use unfed_model::{Checkpoint, SamplingParams, ShardModel, TextTokenizer};
+use unfed_node::views::ViewLog;
 use unfed_proto::Dialer;
 use unfed_proto::tls::{ServerTls, TestnetCa};
 
@@ -30,6 +31,8 @@ pub struct Net {
     pub dialer: Dialer,
     /// The CA that issued the network's certificates.
     pub ca: Option<Arc<TestnetCa>>,
+    /// What each node saw: its address, shard and record.
+    pub views: Vec<(String, u32, ViewLog)>,
 }
 
 impl Net {
@@ -40,9 +43,9 @@ impl Net {
             .unwrap()
     }
 
-    /// A certificate for loopback from the network's CA (None without TLS).
-    pub fn cert(&self) -> Option<ServerTls> {
-        self.ca.as_ref().map(|ca| loopback_cert(ca))
+    /// A certificate for `ip` from the network's CA (None without TLS).
+    pub fn cert(&self, ip: &str) -> Option<ServerTls> {
+        self.ca.as_ref().map(|ca| cert_for(ca, ip))
     }
 
     /// `host:port` as the network's services advertise it.
@@ -59,8 +62,8 @@ fn advertised(tls: bool, host_port: &str) -> String {
     }
 }
 
-fn loopback_cert(ca: &TestnetCa) -> ServerTls {
-    let (cert, key) = ca.issue(&["127.0.0.1"], 1).unwrap();
+fn cert_for(ca: &TestnetCa, ip: &str) -> ServerTls {
+    let (cert, key) = ca.issue(&[ip], 1).unwrap();
     ServerTls::from_pem(cert.as_bytes(), key.as_bytes()).unwrap()
 }
 
@@ -69,7 +72,9 @@ pub fn start(replicas: &[usize]) -> Net {
     start_with(replicas, false)
 }
 
-/// A network with `replicas[i]` nodes for shard i, every service on TLS when `tls`.
+/// A network with `replicas[i]` nodes for shard i, every service on TLS when `tls`. Each node
+/// has a loopback address of its own (127.0.0.11, .12, ...), listens and connects from it, and
+/// records what it sees.
 pub fn start_with(replicas: &[usize], tls: bool) -> Net {
     let ca = tls.then(|| Arc::new(TestnetCa::generate("test CA", 1).unwrap()));
     let dialer = match &ca {
@@ -97,28 +102,33 @@ pub fn start_with(replicas: &[usize], tls: bool) -> Net {
     let (registry_rt, registry) = start_registry(
         "127.0.0.1:0",
         &dir.path().join("registry.db"),
-        ca.as_deref().map(loopback_cert),
+        ca.as_deref().map(|ca| cert_for(ca, "127.0.0.1")),
     );
 
     let nodes = Arc::new(Mutex::new(HashMap::new()));
+    let mut views = Vec::new();
     for (shard, &n) in replicas.iter().enumerate() {
         for _ in 0..n {
+            let ip = format!("127.0.0.{}", 11 + views.len());
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
                 .build()
                 .unwrap();
             let listener = rt
-                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .block_on(tokio::net::TcpListener::bind((ip.as_str(), 0)))
                 .unwrap();
             let address = advertised(tls, &listener.local_addr().unwrap().to_string());
+            let log = ViewLog::default();
+            views.push((address.clone(), shard as u32, log.clone()));
             let config = unfed_node::NodeConfig {
                 shards_dir: shards.clone(),
                 shard_index: shard as u32,
                 advertise: address.clone(),
                 registry: Some(registry.clone()),
-                tls: ca.as_deref().map(loopback_cert),
-                dialer: dialer.clone(),
+                tls: ca.as_deref().map(|ca| cert_for(ca, &ip)),
+                dialer: dialer.clone().from_ip(ip.parse().unwrap()),
+                views: Some(log),
                 key: unfed_identity::NodeKey::generate(),
                 limits: unfed_node::SessionLimits::default(),
             };
@@ -138,6 +148,7 @@ pub fn start_with(replicas: &[usize], tls: bool) -> Net {
         registry_rt: Some(registry_rt),
         dialer,
         ca,
+        views,
     }
 }
 

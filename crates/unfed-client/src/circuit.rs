@@ -2,7 +2,6 @@
 //! step for the first hop with the layered onward frames for every hop, and strips the reply
 //! cells that come back. Protocol: docs/protocol.md, "Circuits".
 
-use unfed_model::SamplingParams;
 use unfed_onion::{
     BuiltCircuit, Direction, HopPayload, OnionPublicKey, ReplyUnwrapper, RouteHop, SessionKeys,
     SessionSender,
@@ -27,13 +26,13 @@ pub struct ClientCircuit {
 
 impl ClientCircuit {
     /// Fresh keys for every hop: a link secret per pair of consecutive hops (and one between
-    /// the client and the entry node), the last shard's sampling parameters in its own layer.
+    /// the client and the entry node), what the last shard returns (`output`) in its own layer.
     /// With a `guard` (its onion key), the circuit starts at the guard, whose layer names the
     /// entry node and holds only the secret of the client's link to the guard.
     pub fn build(
         route: &Route,
         guard: Option<OnionPublicKey>,
-        sampling: &SamplingParams,
+        output: &wire::Output,
     ) -> Result<Self, String> {
         let n = route.hops.len();
         if n == 0 {
@@ -50,7 +49,7 @@ impl ClientCircuit {
         let nodes = route.hops.iter().enumerate().map(|(i, hop)| {
             let last = i + 1 == n;
             let payload = if last {
-                wire::last_payload(&links[i], wire::MODE_OFF, sampling)
+                wire::last_payload(&links[i], output)
             } else {
                 wire::relay_payload(&links[i], &links[i + 1])
             };
@@ -130,14 +129,23 @@ impl ClientCircuit {
 
     /// The token in a reply cell, which must come from the last shard.
     pub fn token(&mut self, cell: &[u8]) -> Result<u32, String> {
-        let plain = self
-            .replies
-            .unwrap_from_last(cell)
-            .map_err(|e| format!("a reply cell was refused: {e}"))?;
+        let plain = self.reply(cell)?;
         let bytes: [u8; wire::TOKEN_REPLY_LEN] = plain
             .as_slice()
             .try_into()
             .map_err(|_| "a reply cell that holds no token".to_string())?;
         Ok(u32::from_le_bytes(bytes))
+    }
+
+    /// The logits in a reply cell from the last shard (mode `decode_client_sample`), as
+    /// `vocab` values (those outside a `top_k` slice are negative infinity).
+    pub fn logits(&mut self, cell: &[u8], top_k: u32, vocab: usize) -> Result<Vec<f32>, String> {
+        wire::decode_logits(&self.reply(cell)?, top_k, vocab)
+    }
+
+    fn reply(&mut self, cell: &[u8]) -> Result<Vec<u8>, String> {
+        self.replies
+            .unwrap_from_last(cell)
+            .map_err(|e| format!("a reply cell was refused: {e}"))
     }
 }

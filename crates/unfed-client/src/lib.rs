@@ -12,9 +12,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
-use unfed_model::{ChatTemplate, SamplingParams, TextTokenizer};
+use unfed_model::{ChatTemplate, Sampler, SamplingParams, TextTokenizer};
 use unfed_onion::OnionPublicKey;
 use unfed_proto::Dialer;
+use unfed_proto::circuit as wire;
 use unfed_proto::node::guard_client::GuardClient;
 use unfed_proto::node::{
     GuardTokenizerRequest, OnionKeyRequest, Open, SessionReply, SessionRequest, TokenizerRequest,
@@ -54,12 +55,24 @@ pub enum ClientError {
 
 pub type Result<T> = std::result::Result<T, ClientError>;
 
+/// Who samples each token (the output privacy mode, docs/protocol.md "Circuits").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OutputMode {
+    /// `off`: the last shard samples and returns the token.
+    #[default]
+    Off,
+    /// `decode_client_sample`: the last shard returns the `top_k` largest logits (0: all of
+    /// them) and the client samples, so no node learns which token was picked from them.
+    ClientSample { top_k: u32 },
+}
+
 /// A connection to a registry.
 pub struct Client {
     addr: String,
     dialer: Dialer,
     registry: RegistryClient<Channel>,
     ignore_eos: bool,
+    output: OutputMode,
     /// A guard relay every circuit starts at: its address and onion key.
     guard: Option<(String, OnionPublicKey)>,
 }
@@ -93,6 +106,7 @@ impl Client {
             dialer,
             registry,
             ignore_eos: false,
+            output: OutputMode::Off,
             guard: None,
         })
     }
@@ -119,6 +133,11 @@ impl Client {
             .ok_or_else(|| bad("its onion key is not a valid X25519 key".into()))?;
         self.guard = Some((address.into(), key));
         Ok(())
+    }
+
+    /// Who samples each token from now on.
+    pub fn set_output_mode(&mut self, mode: OutputMode) {
+        self.output = mode;
     }
 
     /// Keep generating through end-of-generation tokens (benchmarks want a fixed count).
@@ -266,16 +285,21 @@ impl Client {
             } else {
                 &model.manifest.end_of_generation
             };
+            let request = Request {
+                model_id: &model_id,
+                prompt: prompt_ids,
+                max_tokens,
+                sampling,
+                end,
+                output: self.output,
+                vocab: model.manifest.config.vocab,
+            };
             match run_route(
                 &self.dialer,
                 &route,
                 self.guard.as_ref(),
-                &model_id,
-                prompt_ids,
+                &request,
                 &mut generated,
-                max_tokens,
-                sampling,
-                end,
                 on_token,
             )
             .await
@@ -300,22 +324,46 @@ impl Client {
     }
 }
 
+/// One generation's parameters.
+struct Request<'a> {
+    model_id: &'a str,
+    prompt: &'a [u32],
+    max_tokens: usize,
+    sampling: &'a SamplingParams,
+    end: &'a [u32],
+    output: OutputMode,
+    /// The model's vocabulary (the length of its logits).
+    vocab: usize,
+}
+
 /// Runs (or resumes) a generation along one route. `generated` holds the tokens produced so far
 /// and grows as tokens arrive, so a failure part-way loses nothing.
-#[allow(clippy::too_many_arguments)]
 async fn run_route(
     dialer: &Dialer,
     route: &Route,
     guard: Option<&(String, OnionPublicKey)>,
-    model_id: &str,
-    prompt: &[u32],
+    req: &Request<'_>,
     generated: &mut Vec<u32>,
-    max_tokens: usize,
-    sampling: &SamplingParams,
-    end: &[u32],
     on_token: &mut (dyn FnMut(u32) -> bool + Send),
 ) -> std::result::Result<(), String> {
-    let mut circuit = circuit::ClientCircuit::build(route, guard.map(|g| g.1), sampling)?;
+    let Request {
+        model_id,
+        prompt,
+        max_tokens,
+        sampling,
+        end,
+        ..
+    } = *req;
+    // In `decode_client_sample` the sampler is here, resumed past the picks made before.
+    let (output, mut local) = match req.output {
+        OutputMode::Off => (wire::Output::Sample(sampling.clone()), None),
+        OutputMode::ClientSample { top_k } => {
+            let mut sampler = Sampler::new(sampling.clone());
+            sampler.skip(generated.len());
+            (wire::Output::Logits { top_k }, Some((sampler, top_k)))
+        }
+    };
+    let mut circuit = circuit::ClientCircuit::build(route, guard.map(|g| g.1), &output)?;
     let (send, rx) = mpsc::channel(4);
     let open = Open {
         model_id: model_id.into(),
@@ -355,7 +403,11 @@ async fn run_route(
     }
     // First step: the prompt plus anything generated before a failure (replayed).
     let mut ids: Vec<u32> = prompt.iter().chain(generated.iter()).copied().collect();
-    let mut history = generated.clone();
+    // The last shard's sampler needs the picks made before; a client sampler has them.
+    let mut history = match local {
+        None => generated.clone(),
+        Some(_) => Vec::new(),
+    };
     while generated.len() < max_tokens {
         let frame = circuit.step(std::mem::take(&mut ids), std::mem::take(&mut history))?;
         send.send(SessionRequest {
@@ -366,7 +418,13 @@ async fn run_route(
         let token = match next_reply(&mut replies, STEP_TIMEOUT).await? {
             Some(SessionReply {
                 kind: Some(session_reply::Kind::Cell(cell)),
-            }) => circuit.token(&cell)?,
+            }) => match &mut local {
+                None => circuit.token(&cell)?,
+                Some((sampler, top_k)) => {
+                    let mut logits = circuit.logits(&cell, *top_k, req.vocab)?;
+                    sampler.sample(&mut logits, generated)
+                }
+            },
             _ => return Err("the route closed the session".into()),
         };
         if end.contains(&token) {

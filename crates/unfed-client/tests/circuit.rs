@@ -6,6 +6,7 @@ use unfed_client::{Candidate, ClientCircuit, Route};
 use unfed_model::SamplingParams;
 use unfed_node::circuit::{CircuitError, HopCircuit, Place};
 use unfed_onion::{OnionHop, OnionSecretKey};
+use unfed_proto::circuit::Output;
 use unfed_proto::convert;
 use unfed_proto::node::{Hidden, step};
 
@@ -51,7 +52,7 @@ fn set_up(h: &mut Hops, header: Vec<u8>) -> Vec<HopCircuit> {
                 assert_eq!(next_hop, format!("127.0.0.1:{}", 50062 + i));
                 header = next;
             }
-            Place::Last { sampling } => assert_eq!(sampling, SamplingParams::greedy()),
+            Place::Last { output } => assert_eq!(output, Output::Sample(SamplingParams::greedy())),
         }
         circuits.push(c);
     }
@@ -83,7 +84,9 @@ fn travel(hops: &mut [HopCircuit], first: Vec<u8>, token: u32) -> (Vec<Vec<u8>>,
 fn steps_travel_the_route_and_tokens_come_back_for_every_route_length() {
     for n in 1..=4 {
         let mut h = hops(n);
-        let mut client = ClientCircuit::build(&h.route, None, &SamplingParams::greedy()).unwrap();
+        let mut client =
+            ClientCircuit::build(&h.route, None, &Output::Sample(SamplingParams::greedy()))
+                .unwrap();
         let mut circuits = set_up(&mut h, client.header());
         for (round, token) in [7u32, 49151, 0].into_iter().enumerate() {
             let first = client.step(vec![1, 2, 3], vec![]).unwrap();
@@ -106,7 +109,8 @@ fn steps_travel_the_route_and_tokens_come_back_for_every_route_length() {
 #[test]
 fn history_reaches_the_last_hop_only() {
     let mut h = hops(3);
-    let mut client = ClientCircuit::build(&h.route, None, &SamplingParams::greedy()).unwrap();
+    let mut client =
+        ClientCircuit::build(&h.route, None, &Output::Sample(SamplingParams::greedy())).unwrap();
     let mut c = set_up(&mut h, client.header());
     let first = client.step(vec![1, 2], vec![5, 6]).unwrap();
     let (_, o0) = c[0].open_step(&first).unwrap();
@@ -127,7 +131,8 @@ fn history_reaches_the_last_hop_only() {
 #[test]
 fn tampered_replayed_and_reordered_frames_are_refused() {
     let mut h = hops(2);
-    let mut client = ClientCircuit::build(&h.route, None, &SamplingParams::greedy()).unwrap();
+    let mut client =
+        ClientCircuit::build(&h.route, None, &Output::Sample(SamplingParams::greedy())).unwrap();
     let mut c = set_up(&mut h, client.header());
     let a = client.step(vec![1], vec![]).unwrap();
     let b = client.step(vec![2], vec![]).unwrap();
@@ -149,7 +154,8 @@ fn tampered_replayed_and_reordered_frames_are_refused() {
 #[test]
 fn a_reply_cell_changed_on_the_way_is_refused_by_the_client() {
     let mut h = hops(3);
-    let mut client = ClientCircuit::build(&h.route, None, &SamplingParams::greedy()).unwrap();
+    let mut client =
+        ClientCircuit::build(&h.route, None, &Output::Sample(SamplingParams::greedy())).unwrap();
     let mut c = set_up(&mut h, client.header());
     let first = client.step(vec![1], vec![]).unwrap();
     let (_, mut cell) = travel(&mut c, first, 42);
@@ -162,14 +168,16 @@ fn a_layer_that_does_not_fit_the_shard_is_refused() {
     // A two-hop circuit: hop 0 told it is a relay, hop 1 the last. Served the other way round,
     // each refuses.
     let mut h = hops(2);
-    let client = ClientCircuit::build(&h.route, None, &SamplingParams::greedy()).unwrap();
+    let client =
+        ClientCircuit::build(&h.route, None, &Output::Sample(SamplingParams::greedy())).unwrap();
     let peeled = h.onion[0].process(&client.header()).unwrap();
     assert!(matches!(
         HopCircuit::setup(&peeled, true),
         Err(CircuitError::LastHasNoNextHop)
     ));
     let mut one = hops(1);
-    let client = ClientCircuit::build(&one.route, None, &SamplingParams::greedy()).unwrap();
+    let client =
+        ClientCircuit::build(&one.route, None, &Output::Sample(SamplingParams::greedy())).unwrap();
     let peeled = one.onion[0].process(&client.header()).unwrap();
     assert!(matches!(
         HopCircuit::setup(&peeled, false),
@@ -182,7 +190,8 @@ fn a_hop_refuses_a_step_without_its_own_layer_from_the_client() {
     // A relay forwards hidden states but drops the client's layer for the next hop: the next
     // hop cannot tell the step came from the client and refuses it.
     let mut h = hops(2);
-    let mut client = ClientCircuit::build(&h.route, None, &SamplingParams::greedy()).unwrap();
+    let mut client =
+        ClientCircuit::build(&h.route, None, &Output::Sample(SamplingParams::greedy())).unwrap();
     let mut c = set_up(&mut h, client.header());
     let ok = client.step(vec![1], vec![]).unwrap();
     c[0].open_step(&ok).unwrap();

@@ -172,9 +172,12 @@ fn a_generation_through_a_guard_relay_generates_the_same() {
         let key = unfed_onion::OnionPublicKey::from_bytes(key.try_into().unwrap()).unwrap();
         let shard1 = client.candidates("tiny").await.unwrap()[1][0].clone();
         let route = unfed_client::Route { hops: vec![shard1] };
-        let circuit =
-            unfed_client::ClientCircuit::build(&route, Some(key), &SamplingParams::greedy())
-                .unwrap();
+        let circuit = unfed_client::ClientCircuit::build(
+            &route,
+            Some(key),
+            &unfed_proto::circuit::Output::Sample(SamplingParams::greedy()),
+        )
+        .unwrap();
         let open = SessionRequest {
             kind: Some(session_request::Kind::Open(Open {
                 model_id: "tiny".into(),
@@ -331,7 +334,12 @@ fn malformed_and_oversized_messages_get_clear_errors_and_the_node_keeps_serving(
         };
         // A circuit that starts at shard 1 (as shard 0 would build it for us).
         let circuit = |hops: Vec<unfed_client::Candidate>| {
-            ClientCircuit::build(&Route { hops }, None, &SamplingParams::greedy()).unwrap()
+            ClientCircuit::build(
+                &Route { hops },
+                None,
+                &unfed_proto::circuit::Output::Sample(SamplingParams::greedy()),
+            )
+            .unwrap()
         };
         let sub_route = vec![hop1.clone(), hop2.clone()];
 
@@ -420,4 +428,48 @@ fn nodes_register_again_with_a_registry_that_lost_its_database() {
         let mut client = net.client().await;
         wait_ready(&mut client).await;
     });
+}
+
+#[test]
+fn client_sampling_generates_what_the_last_shard_would_have_sampled() {
+    let net = start(&[1, 1, 1]);
+    let expected = reference(&net.model);
+    client_runtime().block_on(async {
+        let mut client = net.client().await;
+        wait_ready(&mut client).await;
+        let model = client.model("tiny").await.unwrap();
+        let sampled = SamplingParams {
+            temperature: 0.8,
+            top_k: 20,
+            top_p: 0.95,
+            repeat_penalty: 1.1,
+            repeat_last_n: 16,
+            seed: 7,
+        };
+        let by_node = run(&mut client, &model, sampled.clone()).await;
+        // A slice larger than the sampler's top-k, and every logit: the same picks, greedy or
+        // seeded, as the last shard makes in mode off.
+        for top_k in [32, 0] {
+            client.set_output_mode(unfed_client::OutputMode::ClientSample { top_k });
+            assert_eq!(
+                run(&mut client, &model, SamplingParams::greedy()).await,
+                expected
+            );
+            assert_eq!(run(&mut client, &model, sampled.clone()).await, by_node);
+        }
+        // A one-logit slice is greedy whatever the temperature.
+        client.set_output_mode(unfed_client::OutputMode::ClientSample { top_k: 1 });
+        assert_eq!(run(&mut client, &model, sampled.clone()).await, expected);
+    });
+}
+
+async fn run(
+    client: &mut Client,
+    model: &unfed_client::RemoteModel,
+    sampling: SamplingParams,
+) -> Vec<u32> {
+    client
+        .generate(model, PROMPT, MAX_TOKENS, &sampling, &mut |_| true)
+        .await
+        .unwrap()
 }

@@ -138,6 +138,30 @@ fn no_node_sees_both_who_asked_and_what_and_no_relay_sees_the_output() {
         "a sealed message crossed two hops unchanged"
     );
 
+    // In decode_client_sample the last shard samples nothing: no node has a pick on record.
+    let before: Vec<usize> = net
+        .views
+        .iter()
+        .map(|(_, _, l)| l.entries().len())
+        .collect();
+    let again = rt.block_on(async {
+        let dialer = net.dialer.clone().from_ip(client_ip);
+        let mut client = Client::connect_with(&net.registry, dialer).await.unwrap();
+        client.use_guard(&guard).await.unwrap();
+        client.set_output_mode(unfed_client::OutputMode::ClientSample { top_k: 16 });
+        let model = client.model("tiny").await.unwrap();
+        greedy(&mut client, &model).await
+    });
+    assert_eq!(again, expected);
+    for ((_, shard, log), from) in net.views.iter().zip(before) {
+        let new = &log.entries()[from..];
+        assert!(!new.is_empty(), "shard {shard} took part");
+        assert!(
+            !new.iter().any(|s| matches!(s, Seen::Sampled(_))),
+            "shard {shard}"
+        );
+    }
+
     // The check can fail: a client that skips the guard gives the entry node its address and
     // its tokens together (the known limit until shard 0 runs under MPC).
     let direct: IpAddr = "127.0.0.101".parse().unwrap();

@@ -2,15 +2,11 @@
 //! each step's frames, sealing what goes on to the next hop, and sealing or relaying the reply
 //! cells. Protocol: docs/protocol.md, "Circuits".
 
-use unfed_model::SamplingParams;
 use unfed_onion::{
     Direction, Peeled, ReplyWrapper, Role, SessionKeys, SessionReceiver, SessionSender,
 };
 use unfed_proto::circuit as wire;
 use unfed_proto::node::{Hidden, Onward, Step, step};
-
-/// Bytes of every token reply cell.
-pub const TOKEN_CELL_LEN: usize = wire::TOKEN_REPLY_LEN + unfed_onion::REPLY_OVERHEAD;
 
 /// Why a circuit's setup or one of its messages was refused.
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +37,8 @@ pub enum CircuitError {
 pub enum Place {
     /// Forward to `next_hop` with `header` (the rest of the circuit).
     Relay { next_hop: String, header: Vec<u8> },
-    /// The last shard: sample with these parameters.
-    Last { sampling: SamplingParams },
+    /// The last shard: what the client asked it to return.
+    Last { output: wire::Output },
 }
 
 /// The keys one hop holds for the life of a session.
@@ -54,6 +50,8 @@ pub struct HopCircuit {
     /// Frames to the next hop; None at the last shard.
     link_out: Option<SessionSender>,
     reply: ReplyWrapper,
+    /// The length of this session's reply cells, set by the first.
+    cell_len: Option<usize>,
 }
 
 impl HopCircuit {
@@ -63,9 +61,9 @@ impl HopCircuit {
         let payload = &peeled.payload.0;
         let (incoming, outgoing, place) = match (&peeled.role, head) {
             (Role::Last, true) => {
-                let (incoming, sampling) =
+                let (incoming, output) =
                     wire::parse_last_payload(payload).map_err(CircuitError::Payload)?;
-                (incoming, None, Place::Last { sampling })
+                (incoming, None, Place::Last { output })
             }
             (Role::Relay { next_hop, header }, false) => {
                 let next_hop = std::str::from_utf8(next_hop)
@@ -83,6 +81,7 @@ impl HopCircuit {
             onward_in: peeled.keys.receiver(Direction::Forward),
             link_out: outgoing.map(|o| SessionKeys::for_link(&o).sender(Direction::Forward)),
             reply: peeled.keys.reply_wrapper(),
+            cell_len: None,
         };
         Ok((circuit, place))
     }
@@ -132,16 +131,24 @@ impl HopCircuit {
 
     /// The reply cell for a token this (last) hop picked.
     pub fn seal_token(&mut self, token: u32) -> Result<Vec<u8>, CircuitError> {
+        self.seal_reply(&token.to_le_bytes())
+    }
+
+    /// A reply cell holding `plaintext` (a token, or logits), exactly as long as its mode's
+    /// replies always are.
+    pub fn seal_reply(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, CircuitError> {
         self.reply
-            .seal(&token.to_le_bytes(), TOKEN_CELL_LEN)
+            .seal(plaintext, unfed_onion::reply_cell_len(plaintext.len()))
             .map_err(|e| CircuitError::Seal(e.to_string()))
     }
 
-    /// A reply cell from the next hop with this hop's layer added.
+    /// A reply cell from the next hop with this hop's layer added. A relay does not know the
+    /// output mode, so it takes the first cell's length as the session's and refuses any other.
     pub fn relay_reply(&mut self, cell: &[u8]) -> Result<Vec<u8>, CircuitError> {
-        if cell.len() != TOKEN_CELL_LEN {
+        let len = *self.cell_len.get_or_insert(cell.len());
+        if cell.len() != len {
             return Err(CircuitError::Decode(format!(
-                "a reply cell of {} bytes, not {TOKEN_CELL_LEN}",
+                "a reply cell of {} bytes, not {len}",
                 cell.len()
             )));
         }

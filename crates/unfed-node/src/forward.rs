@@ -45,6 +45,23 @@ pub enum StepOutput {
     },
     /// The token the last shard picked.
     Token(u32),
+    /// The last position's logits, for a client that samples itself.
+    Logits(Vec<f32>),
+}
+
+/// What the last shard does with its logits, per session.
+#[derive(Debug, Clone)]
+pub enum HeadOutput {
+    /// Sample a token with these parameters.
+    Sample(SamplingParams),
+    /// Return the logits.
+    Logits,
+}
+
+/// A session's head state.
+enum Head {
+    Sample(Box<Sampler>),
+    Logits,
 }
 
 /// A step's input.
@@ -60,7 +77,7 @@ pub enum StepInput {
 enum Job {
     Open {
         id: u64,
-        sampling: Option<SamplingParams>,
+        output: Option<HeadOutput>,
         reply: oneshot::Sender<Result<(), String>>,
     },
     Step {
@@ -79,7 +96,8 @@ enum Job {
 
 struct Session {
     cache: KvCache,
-    sampler: Option<Sampler>,
+    /// None on a shard without the head.
+    head: Option<Head>,
     /// Tokens the sampler has picked or been told about (for the repetition penalty).
     history: Vec<u32>,
     last_used: Instant,
@@ -104,14 +122,11 @@ impl Forward {
         Ok((Self { jobs }, thread))
     }
 
-    pub async fn open(&self, id: u64, sampling: Option<SamplingParams>) -> Result<(), String> {
+    /// Opens session `id`; at the last shard `output` says what it returns (None: greedy
+    /// tokens).
+    pub async fn open(&self, id: u64, output: Option<HeadOutput>) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Open {
-            id,
-            sampling,
-            reply,
-        })
-        .await?;
+        self.send(Job::Open { id, output, reply }).await?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -163,26 +178,27 @@ fn run(model: ShardModel, limits: SessionLimits, mut jobs: mpsc::Receiver<Job>) 
         let now = Instant::now();
         sessions.retain(|_, s| now.duration_since(s.last_used) < limits.idle_timeout);
         match job {
-            Job::Open {
-                id,
-                sampling,
-                reply,
-            } => {
+            Job::Open { id, output, reply } => {
                 let result = if sessions.contains_key(&id) {
                     Err("session id already in use".to_string())
                 } else if sessions.len() >= limits.max_sessions {
                     Err(format!("busy: {} sessions open", sessions.len()))
                 } else {
-                    let sampler = match (model.role().head, sampling) {
-                        (true, Some(p)) => Some(Sampler::new(p)),
-                        (true, None) => Some(Sampler::new(SamplingParams::greedy())),
+                    let head = match (model.role().head, output) {
+                        (true, Some(HeadOutput::Sample(p))) => {
+                            Some(Head::Sample(Box::new(Sampler::new(p))))
+                        }
+                        (true, Some(HeadOutput::Logits)) => Some(Head::Logits),
+                        (true, None) => Some(Head::Sample(Box::new(Sampler::new(
+                            SamplingParams::greedy(),
+                        )))),
                         (false, _) => None,
                     };
                     sessions.insert(
                         id,
                         Session {
                             cache: model.new_cache(),
-                            sampler,
+                            head,
                             history: Vec::new(),
                             last_used: now,
                         },
@@ -261,7 +277,7 @@ fn step(
         }
     }
     .map_err(|e| e.to_string())?;
-    match &mut s.sampler {
+    match &mut s.head {
         None => {
             let values: Vec<f32> = out
                 .flatten_all()
@@ -274,7 +290,12 @@ fn step(
                 values,
             })
         }
-        Some(sampler) => {
+        Some(Head::Logits) => Ok(StepOutput::Logits(
+            out.flatten_all()
+                .and_then(|t| t.to_vec1())
+                .map_err(|e| e.to_string())?,
+        )),
+        Some(Head::Sample(sampler)) => {
             if !history.is_empty() {
                 // A resumed session: the picks made before, for the penalty and the random state.
                 sampler.skip(history.len());

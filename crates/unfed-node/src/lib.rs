@@ -23,7 +23,7 @@ use unfed_identity::NodeKey;
 use unfed_proto::MAX_NODE_MESSAGE;
 use unfed_proto::node::node_server::NodeServer;
 
-pub use forward::{Forward, SessionLimits, StepInput, StepOutput};
+pub use forward::{Forward, HeadOutput, SessionLimits, StepInput, StepOutput};
 pub use registration::{Announcement, HeartbeatError, Registration};
 pub use service::{NodeService, NodeState};
 

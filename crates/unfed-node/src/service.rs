@@ -9,6 +9,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use unfed_onion::OnionPublicKey;
+use unfed_proto::circuit as wire;
 use unfed_proto::convert;
 use unfed_proto::node::node_server::Node;
 use unfed_proto::node::{
@@ -17,7 +18,7 @@ use unfed_proto::node::{
 };
 
 use crate::circuit::{HopCircuit, Place};
-use crate::forward::{Forward, SessionLimits, StepInput, StepOutput};
+use crate::forward::{Forward, HeadOutput, SessionLimits, StepInput, StepOutput};
 use crate::onion_keys::OnionKeys;
 use crate::relay::{
     Downstream, NextHops, OPEN_TIMEOUT, ReplyStream, refused, relay_lost, send_up, spawn_session,
@@ -180,13 +181,23 @@ async fn run_session(
     }
     let peeled = state.onion.peel(&open.onion)?;
     let (mut circuit, place) = HopCircuit::setup(&peeled, state.head).map_err(refused)?;
-    let (sampling, next) = match place {
-        Place::Last { sampling } => (Some(sampling), None),
+    // The logits slice a client-sampling session asked for.
+    let mut top_k = None;
+    let (output, next) = match place {
+        Place::Last {
+            output: wire::Output::Sample(p),
+        } => (Some(HeadOutput::Sample(p)), None),
+        Place::Last {
+            output: wire::Output::Logits { top_k: k },
+        } => {
+            top_k = Some(k);
+            (Some(HeadOutput::Logits), None)
+        }
         Place::Relay { next_hop, header } => (None, Some((next_hop, header))),
     };
     state
         .forward
-        .open(id, sampling)
+        .open(id, output)
         .await
         .map_err(Status::resource_exhausted)?;
     let mut downstream = match next {
@@ -261,6 +272,10 @@ async fn run_session(
             (StepOutput::Token(t), None) => {
                 saw(&state.views, || Seen::Sampled(t));
                 circuit.seal_token(t).map_err(refused)?
+            }
+            (StepOutput::Logits(logits), None) => {
+                let plain = wire::encode_logits(&logits, top_k.unwrap_or(0));
+                circuit.seal_reply(&plain).map_err(refused)?
             }
             (StepOutput::Hidden { rows, cols, values }, Some(down)) => {
                 let hidden: Hidden = convert::hidden(rows, cols, &values);

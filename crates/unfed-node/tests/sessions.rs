@@ -57,7 +57,7 @@ async fn session_count_and_positions_are_bounded() {
         StepOutput::Hidden { rows, cols, values } => {
             assert_eq!((rows, cols, values.len()), (3, 64, 192))
         }
-        StepOutput::Token(_) => panic!("a middle shard returns hidden states"),
+        _ => panic!("a middle shard returns hidden states"),
     }
     let err = f
         .step(1, StepInput::Tokens((0..14).collect()), vec![])
@@ -105,7 +105,12 @@ async fn idle_sessions_are_evicted() {
         },
         true,
     );
-    f.open(1, Some(SamplingParams::greedy())).await.unwrap();
+    f.open(
+        1,
+        Some(unfed_node::HeadOutput::Sample(SamplingParams::greedy())),
+    )
+    .await
+    .unwrap();
     assert!(matches!(
         f.step(1, StepInput::Tokens(vec![1, 2]), vec![])
             .await
@@ -124,13 +129,23 @@ async fn idle_sessions_are_evicted() {
 #[tokio::test]
 async fn sampler_history_only_with_a_replayed_first_step() {
     let (_d, f) = forward(limits(), true);
-    f.open(1, Some(SamplingParams::greedy())).await.unwrap();
+    f.open(
+        1,
+        Some(unfed_node::HeadOutput::Sample(SamplingParams::greedy())),
+    )
+    .await
+    .unwrap();
     let err = f
         .step(1, StepInput::Tokens(vec![1, 2]), vec![5, 6, 7])
         .await
         .unwrap_err();
     assert!(err.contains("history"), "{err}");
-    f.open(2, Some(SamplingParams::greedy())).await.unwrap();
+    f.open(
+        2,
+        Some(unfed_node::HeadOutput::Sample(SamplingParams::greedy())),
+    )
+    .await
+    .unwrap();
     f.step(2, StepInput::Tokens(vec![1, 2, 3]), vec![2, 3])
         .await
         .unwrap();

@@ -66,8 +66,80 @@ pub mod circuit {
     pub const LINK_SECRET_LEN: usize = 32;
     /// Output privacy mode `off`: the last shard samples and returns the token.
     pub const MODE_OFF: u8 = 0;
+    /// Output privacy mode `decode_client_sample`: the last shard returns logits to the client,
+    /// which samples.
+    pub const MODE_CLIENT_SAMPLE: u8 = 1;
     /// Bytes of a token reply's plaintext (u32, little-endian).
     pub const TOKEN_REPLY_LEN: usize = 4;
+
+    /// What the last shard sends back, as the client asked in its layer.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Output {
+        /// Mode `off`: sample with these parameters and return the token.
+        Sample(unfed_model::SamplingParams),
+        /// Mode `decode_client_sample`: return the `top_k` largest logits with their ids
+        /// (0: every logit), and sample nothing.
+        Logits { top_k: u32 },
+    }
+
+    /// Bytes of a logits reply's plaintext for a vocabulary of `vocab`: `k` (id u32, logit f32)
+    /// pairs for a top-k slice, `vocab` f32 values for all.
+    pub fn logits_reply_len(top_k: u32, vocab: usize) -> usize {
+        match top_k as usize {
+            k if k == 0 || k >= vocab => vocab * 4,
+            k => k * 8,
+        }
+    }
+
+    /// A logits reply's plaintext: every logit in id order, or the `top_k` largest (ties: lower
+    /// id first) as (id, logit) pairs in descending order. NaNs never make the slice.
+    pub fn encode_logits(logits: &[f32], top_k: u32) -> Vec<u8> {
+        let k = top_k as usize;
+        if k == 0 || k >= logits.len() {
+            return logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+        }
+        let key = |i: u32| {
+            let v = logits[i as usize];
+            if v.is_nan() { f32::NEG_INFINITY } else { v }
+        };
+        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+        idx.select_nth_unstable_by(k - 1, |&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+        idx.truncate(k);
+        idx.sort_unstable_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+        idx.iter()
+            .flat_map(|&i| {
+                let mut pair = [0u8; 8];
+                pair[..4].copy_from_slice(&i.to_le_bytes());
+                pair[4..].copy_from_slice(&key(i).to_le_bytes());
+                pair
+            })
+            .collect()
+    }
+
+    /// A logits reply as a full vector of `vocab` logits (those outside a top-k slice, and
+    /// NaNs, are negative infinity, so no sampler picks them).
+    pub fn decode_logits(bytes: &[u8], top_k: u32, vocab: usize) -> Result<Vec<f32>, String> {
+        if bytes.len() != logits_reply_len(top_k, vocab) {
+            return Err(format!("a logits reply of {} bytes", bytes.len()));
+        }
+        // A NaN from the peer would sort above every logit: it counts as never picked.
+        let f32_of = |c: &[u8]| match f32::from_le_bytes([c[0], c[1], c[2], c[3]]) {
+            v if v.is_nan() => f32::NEG_INFINITY,
+            v => v,
+        };
+        if top_k == 0 || top_k as usize >= vocab {
+            return Ok(bytes.chunks_exact(4).map(f32_of).collect());
+        }
+        let mut logits = vec![f32::NEG_INFINITY; vocab];
+        for pair in bytes.chunks_exact(8) {
+            let id = u32::from_le_bytes([pair[0], pair[1], pair[2], pair[3]]) as usize;
+            let slot = logits
+                .get_mut(id)
+                .ok_or_else(|| format!("token id {id} is outside the vocabulary"))?;
+            *slot = f32_of(&pair[4..]);
+        }
+        Ok(logits)
+    }
 
     use crate::node::{Onward, Step};
     use prost::Message;
@@ -103,16 +175,20 @@ pub mod circuit {
         p
     }
 
-    /// The last shard's payload: its incoming link's secret, the output mode and the sampling
-    /// parameters.
-    pub fn last_payload(
-        incoming: &[u8; LINK_SECRET_LEN],
-        mode: u8,
-        s: &unfed_model::SamplingParams,
-    ) -> [u8; PAYLOAD_LEN] {
+    /// The last shard's payload: its incoming link's secret, the output mode and its
+    /// parameters (sampling for `off`, the slice size for `decode_client_sample`).
+    pub fn last_payload(incoming: &[u8; LINK_SECRET_LEN], output: &Output) -> [u8; PAYLOAD_LEN] {
         let mut p = [0u8; PAYLOAD_LEN];
         p[..32].copy_from_slice(incoming);
-        p[32] = mode;
+        let s = match output {
+            Output::Logits { top_k } => {
+                p[32] = MODE_CLIENT_SAMPLE;
+                p[33..37].copy_from_slice(&top_k.to_le_bytes());
+                return p;
+            }
+            Output::Sample(s) => s,
+        };
+        p[32] = MODE_OFF;
         p[33..37].copy_from_slice(&s.temperature.to_le_bytes());
         p[37..41].copy_from_slice(&(s.top_k.min(u32::MAX as usize) as u32).to_le_bytes());
         p[41..45].copy_from_slice(&s.top_p.to_le_bytes());
@@ -133,21 +209,32 @@ pub mod circuit {
         (incoming, outgoing)
     }
 
-    /// The last shard's payload: incoming link secret and validated sampling parameters. A mode
-    /// this version does not implement is refused, never served as another.
+    /// The last shard's payload: incoming link secret and the validated output. A mode this
+    /// version does not implement is refused, never served as another.
     pub fn parse_last_payload(
         p: &[u8; PAYLOAD_LEN],
-    ) -> Result<([u8; LINK_SECRET_LEN], unfed_model::SamplingParams), String> {
+    ) -> Result<([u8; LINK_SECRET_LEN], Output), String> {
         let mut incoming = [0u8; LINK_SECRET_LEN];
         incoming.copy_from_slice(&p[..32]);
-        if p[32] != MODE_OFF {
-            return Err(format!(
-                "output privacy mode {} is not supported by this node",
-                p[32]
-            ));
-        }
-        if p[61..].iter().any(|&b| b != 0) {
-            return Err("the hop payload has unknown fields".into());
+        let unknown = |from: usize| {
+            if p[from..].iter().any(|&b| b != 0) {
+                Err("the hop payload has unknown fields".to_string())
+            } else {
+                Ok(())
+            }
+        };
+        match p[32] {
+            MODE_OFF => unknown(61)?,
+            MODE_CLIENT_SAMPLE => {
+                unknown(37)?;
+                let top_k = u32::from_le_bytes([p[33], p[34], p[35], p[36]]);
+                return Ok((incoming, Output::Logits { top_k }));
+            }
+            mode => {
+                return Err(format!(
+                    "output privacy mode {mode} is not supported by this node"
+                ));
+            }
         }
         let f32_at = |i: usize| f32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
         let u32_at = |i: usize| u32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
@@ -168,7 +255,7 @@ pub mod circuit {
                 crate::convert::MAX_REPEAT_LAST_N
             ));
         }
-        Ok((incoming, s))
+        Ok((incoming, Output::Sample(s)))
     }
 
     #[cfg(test)]
@@ -190,17 +277,51 @@ pub mod circuit {
         fn payloads_round_trip() {
             let (a, b) = ([1u8; 32], [2u8; 32]);
             assert_eq!(parse_relay_payload(&relay_payload(&a, &b)), (a, b));
-            let (incoming, s) =
-                parse_last_payload(&last_payload(&a, MODE_OFF, &sampling())).unwrap();
-            assert_eq!((incoming, s), (a, sampling()));
+            let off = Output::Sample(sampling());
+            assert_eq!(
+                parse_last_payload(&last_payload(&a, &off)).unwrap(),
+                (a, off)
+            );
+            let logits = Output::Logits { top_k: 64 };
+            assert_eq!(
+                parse_last_payload(&last_payload(&a, &logits)).unwrap(),
+                (a, logits)
+            );
+        }
+
+        #[test]
+        fn logits_replies_round_trip_as_slices_or_whole() {
+            let logits = [0.5, 3.0, f32::NAN, -1.0, 3.0, 2.0];
+            let all = decode_logits(&encode_logits(&logits, 0), 0, 6).unwrap();
+            assert_eq!(all[..2], logits[..2]);
+            assert_eq!(all[2], f32::NEG_INFINITY);
+            let top = encode_logits(&logits, 3);
+            assert_eq!(top.len(), logits_reply_len(3, 6));
+            let ids: Vec<u32> = top
+                .chunks_exact(8)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            assert_eq!(ids, [1, 4, 5], "descending, ties to the lower id, no NaN");
+            let back = decode_logits(&top, 3, 6).unwrap();
+            let ninf = f32::NEG_INFINITY;
+            assert_eq!(back, [ninf, 3.0, ninf, ninf, 3.0, 2.0]);
+            assert!(decode_logits(&top[..8], 3, 6).is_err());
+            let mut bad = top.clone();
+            bad[..4].copy_from_slice(&9u32.to_le_bytes());
+            assert!(decode_logits(&bad, 3, 6).is_err());
         }
 
         #[test]
         fn unknown_modes_fields_and_bad_sampling_are_refused() {
             let a = [1u8; 32];
-            let e = parse_last_payload(&last_payload(&a, 2, &sampling())).unwrap_err();
+            let mut p = last_payload(&a, &Output::Sample(sampling()));
+            p[32] = 2;
+            let e = parse_last_payload(&p).unwrap_err();
             assert!(e.contains("mode 2 is not supported"), "{e}");
-            let mut p = last_payload(&a, MODE_OFF, &sampling());
+            let mut p = last_payload(&a, &Output::Logits { top_k: 8 });
+            p[40] = 1;
+            assert!(parse_last_payload(&p).is_err());
+            let mut p = last_payload(&a, &Output::Sample(sampling()));
             p[63] = 1;
             assert!(
                 parse_last_payload(&p)
@@ -209,10 +330,10 @@ pub mod circuit {
             );
             let mut bad = sampling();
             bad.top_p = 2.0;
-            assert!(parse_last_payload(&last_payload(&a, MODE_OFF, &bad)).is_err());
+            assert!(parse_last_payload(&last_payload(&a, &Output::Sample(bad.clone()))).is_err());
             bad = sampling();
             bad.repeat_last_n = crate::convert::MAX_REPEAT_LAST_N + 1;
-            assert!(parse_last_payload(&last_payload(&a, MODE_OFF, &bad)).is_err());
+            assert!(parse_last_payload(&last_payload(&a, &Output::Sample(bad.clone()))).is_err());
         }
     }
 }

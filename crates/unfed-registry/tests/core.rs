@@ -118,8 +118,12 @@ fn payload_fields_are_checked() {
         }
         assert_eq!(to_status(&err).code(), Code::InvalidArgument);
     }
-    // Bracketed IPv6 and DNS names are fine.
-    for address in ["[::1]:50051", "node-1.example.org:443"] {
+    // Loopback in plaintext, and DNS names and IPv6 addresses with TLS, are fine.
+    for address in [
+        "[::1]:50051",
+        "https://node-1.example.org:443",
+        "https://[2001:db8::1]:443",
+    ] {
         let Payload::Register(mut r) = node.register_payload("tiny", 0, manifest3(), T0) else {
             unreachable!()
         };

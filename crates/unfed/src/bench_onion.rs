@@ -99,8 +99,12 @@ fn set_up(p: &mut Party, client: &ClientCircuit) -> Result<Vec<HopCircuit>> {
 /// Time per step of every party's circuit work on one decode step.
 fn circuit_steps(hops: usize, hidden: usize) -> Result<Duration> {
     let mut p = party(hops);
-    let mut client = ClientCircuit::build(&p.route, None, &SamplingParams::greedy())
-        .map_err(anyhow::Error::msg)?;
+    let mut client = ClientCircuit::build(
+        &p.route,
+        None,
+        &unfed_proto::circuit::Output::Sample(SamplingParams::greedy()),
+    )
+    .map_err(anyhow::Error::msg)?;
     let mut circuits = set_up(&mut p, &client)?;
     let values = vec![0.5f32; hidden];
     let last = hops - 1;
@@ -130,8 +134,12 @@ fn circuit_setups(hops: usize) -> Result<Duration> {
     let mut p = party(hops);
     let start = Instant::now();
     for _ in 0..SETUPS {
-        let client = ClientCircuit::build(&p.route, None, &SamplingParams::greedy())
-            .map_err(anyhow::Error::msg)?;
+        let client = ClientCircuit::build(
+            &p.route,
+            None,
+            &unfed_proto::circuit::Output::Sample(SamplingParams::greedy()),
+        )
+        .map_err(anyhow::Error::msg)?;
         set_up(&mut p, &client)?;
     }
     Ok(start.elapsed() / SETUPS as u32)

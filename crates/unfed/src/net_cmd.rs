@@ -196,8 +196,22 @@ pub struct ClientArgs {
     max_tokens: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
+    /// Who samples: `off` (the last shard) or `decode_client_sample` (this client, from the
+    /// logits the last shard returns sealed to it).
+    #[arg(long, value_enum, default_value = "off")]
+    output_mode: OutputModeArg,
+    /// With decode_client_sample: how many of the largest logits come back (0: all).
+    #[arg(long, default_value_t = 256)]
+    logits_top_k: u32,
     #[command(subcommand)]
     mode: Option<ClientMode>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum OutputModeArg {
+    Off,
+    #[value(name = "decode_client_sample")]
+    DecodeClientSample,
 }
 
 #[derive(Subcommand)]
@@ -215,6 +229,11 @@ async fn client_main(args: ClientArgs) -> Result<ExitCode> {
     let mut client = Client::connect_with(&args.registry, args.tls.dialer()?).await?;
     if let Some(guard) = &args.guard {
         client.use_guard(guard).await?;
+    }
+    if let OutputModeArg::DecodeClientSample = args.output_mode {
+        client.set_output_mode(unfed_client::OutputMode::ClientSample {
+            top_k: args.logits_top_k,
+        });
     }
     let models = client.list_models().await?;
     if args.list_models {

@@ -46,6 +46,33 @@ fn tiny(dir: &Path, arch: Arch) -> PathBuf {
     path
 }
 
+/// A testnet started by `unfed testnet up ARGS --dir DIR`, stopped when dropped (a failing
+/// test leaves no processes behind).
+struct Testnet(PathBuf);
+
+impl Testnet {
+    fn up(dir: &Path, args: &[&str]) -> Self {
+        ok(&[&["testnet", "up", "--dir", s(dir)], args].concat());
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        let out = unfed(&["testnet", "down", "--dir", s(&self.0)]);
+        assert!(
+            out.status.success() || std::thread::panicking(),
+            "testnet down failed"
+        );
+    }
+}
+
+/// A loopback port nothing listens on now.
+fn free_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port().to_string()
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -214,24 +241,10 @@ fn qwen_whole_and_sharded_greedy_replies_are_identical_and_coherent() {
 fn smollm2_testnet_reply_equals_the_single_process_reply() {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = free_port();
     let tn = dir.path().join("testnet");
     let prompt = "What is the capital of France? Answer in one sentence.";
-    ok(&[
-        "testnet",
-        "up",
-        "--dir",
-        s(&tn),
-        "--registry-port",
-        &port,
-        "--shards",
-        "3",
-    ]);
+    let net = Testnet::up(&tn, &["--registry-port", &port, "--shards", "3"]);
     // The testnet serves TLS with certificates from a CA it made; the client trusts that CA.
     let registry = format!("https://127.0.0.1:{port}");
     let ca = tn.join("tls/ca.pem");
@@ -254,7 +267,7 @@ fn smollm2_testnet_reply_equals_the_single_process_reply() {
         "--max-tokens",
         "80",
     ]);
-    ok(&["testnet", "down", "--dir", s(&tn)]);
+    drop(net);
     let listed = String::from_utf8(listed.stdout).unwrap();
     assert!(
         listed.contains("smollm2-135m") && listed.contains("READY"),
@@ -291,29 +304,23 @@ fn preflight_passes_a_tls_testnet_and_fails_unsafe_configurations() {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(dir.path(), Arch::Llama);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = free_port();
     let tn = dir.path().join("testnet");
     let tls = tn.join("tls");
     let file = |name: &str| tls.join(name).to_str().unwrap().to_string();
     let (ca, cert, key) = (file("ca.pem"), file("node-0-0.crt"), file("node-0-0.key"));
     let identity = tn.join("keys/node-0-0.key");
-    ok(&[
-        "testnet",
-        "up",
-        "--model",
-        s(&model),
-        "--shards",
-        "2",
-        "--dir",
-        s(&tn),
-        "--registry-port",
-        &port,
-    ]);
+    let net = Testnet::up(
+        &tn,
+        &[
+            "--model",
+            s(&model),
+            "--shards",
+            "2",
+            "--registry-port",
+            &port,
+        ],
+    );
     let registry = format!("https://127.0.0.1:{port}");
     // The running network: registry and every node reachable and verified over TLS.
     let runtime = ["preflight", "runtime", "--registry", &registry];
@@ -360,7 +367,7 @@ fn preflight_passes_a_tls_testnet_and_fails_unsafe_configurations() {
         false,
         "not valid for name",
     );
-    ok(&["testnet", "down", "--dir", s(&tn)]);
+    drop(net);
     // A public address without TLS.
     run(node("203.0.113.42:50051"), false, "off loopback");
     // A TLS key others can read.

@@ -473,3 +473,43 @@ async fn run(
         .await
         .unwrap()
 }
+
+#[test]
+fn a_flood_of_setups_from_one_address_is_refused_before_any_work() {
+    let net = start(&[1, 1]);
+    client_runtime().block_on(async {
+        let mut client = net.client().await;
+        wait_ready(&mut client).await;
+        let hop = client.candidates("tiny").await.unwrap()[1][0]
+            .address
+            .clone();
+        let mut node = NodeClient::connect(format!("http://{hop}")).await.unwrap();
+        let (mut refused, mut peeled) = (0, 0);
+        for _ in 0..100 {
+            let open = unfed_proto::node::SessionRequest {
+                kind: Some(unfed_proto::node::session_request::Kind::Open(
+                    unfed_proto::node::Open {
+                        model_id: "tiny".into(),
+                        shard_index: 1,
+                        onion: vec![0; unfed_onion::HEADER_LEN],
+                    },
+                )),
+            };
+            let status = match node.session(tokio_stream::iter([open])).await {
+                Err(s) => s,
+                Ok(r) => r.into_inner().message().await.unwrap_err(),
+            };
+            if status.message().contains("too many circuit setups") {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+                refused += 1;
+            } else {
+                peeled += 1;
+            }
+        }
+        // The burst is served (and its junk headers refused after peeling); the rest is not.
+        assert!(
+            peeled >= 64 && refused > 0,
+            "{peeled} peeled, {refused} refused"
+        );
+    });
+}

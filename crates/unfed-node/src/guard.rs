@@ -21,6 +21,7 @@ use crate::onion_keys::OnionKeys;
 use crate::relay::{
     Downstream, NextHops, OPEN_TIMEOUT, ReplyStream, refused, relay_lost, send_up, spawn_session,
 };
+use crate::setup_limit::SetupLimit;
 use crate::views::{Seen, ViewLog, saw, saw_peer};
 
 /// How a guard runs.
@@ -52,6 +53,7 @@ pub async fn serve(
             permits: Arc::new(Semaphore::new(config.max_sessions)),
             idle_timeout: config.idle_timeout,
             views: config.views,
+            setups: SetupLimit::default(),
         }),
     };
     let local = listener.local_addr().map_err(|e| e.to_string())?;
@@ -79,6 +81,7 @@ struct GuardState {
     permits: Arc<Semaphore>,
     idle_timeout: std::time::Duration,
     views: Option<ViewLog>,
+    setups: SetupLimit,
 }
 
 #[derive(Clone)]
@@ -95,11 +98,15 @@ impl Guard for GuardService {
         request: Request<Streaming<SessionRequest>>,
     ) -> Result<Response<ReplyStream>, Status> {
         saw_peer(&self.state.views, &request);
+        let peer = request.remote_addr();
         let inbound = request.into_inner();
         let state = self.state.clone();
-        spawn_session(&self.state.permits, move |tx| async move {
-            relay(&state, inbound, &tx).await
-        })
+        spawn_session(
+            &self.state.setups,
+            peer,
+            &self.state.permits,
+            move |tx| async move { relay(&state, inbound, &tx).await },
+        )
     }
 
     async fn onion_key(

@@ -9,6 +9,7 @@ mod onion_keys;
 mod registration;
 mod relay;
 mod service;
+mod setup_limit;
 pub mod views;
 
 use std::future::Future;

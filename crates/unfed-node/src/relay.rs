@@ -14,6 +14,7 @@ use tonic::{Response, Status, Streaming};
 use unfed_proto::node::{Open, SessionReply, SessionRequest, session_reply, session_request};
 
 use crate::circuit::CircuitError;
+use crate::setup_limit::SetupLimit;
 
 /// Messages buffered per direction of a session stream.
 const STREAM_BUFFER: usize = 4;
@@ -34,9 +35,12 @@ const MAX_MODELS: usize = 64;
 /// The reply half of a session stream.
 pub(crate) type ReplyStream = Pin<Box<dyn Stream<Item = Result<SessionReply, Status>> + Send>>;
 
-/// Takes one of `permits` before anything is read (or refuses the stream as busy), then runs
-/// `session` on a task of its own; what it sends, and the error it ends with, stream back.
+/// Checks the peer's setup budget and takes one of `permits` before anything is read (or
+/// refuses the stream), then runs `session` on a task of its own; what it sends, and the error
+/// it ends with, stream back.
 pub(crate) fn spawn_session<F, Fut>(
+    limit: &SetupLimit,
+    peer: Option<std::net::SocketAddr>,
     permits: &Arc<Semaphore>,
     session: F,
 ) -> Result<Response<ReplyStream>, Status>
@@ -44,6 +48,13 @@ where
     F: FnOnce(mpsc::Sender<Result<SessionReply, Status>>) -> Fut,
     Fut: Future<Output = Result<(), Status>> + Send + 'static,
 {
+    if let Some(peer) = peer
+        && !limit.allow(peer.ip(), std::time::Instant::now())
+    {
+        return Err(Status::resource_exhausted(
+            "too many circuit setups from this address; try again shortly",
+        ));
+    }
     let permit = permits
         .clone()
         .try_acquire_owned()

@@ -23,6 +23,7 @@ use crate::onion_keys::OnionKeys;
 use crate::relay::{
     Downstream, NextHops, OPEN_TIMEOUT, ReplyStream, refused, relay_lost, send_up, spawn_session,
 };
+use crate::setup_limit::SetupLimit;
 use crate::views::{Seen, ViewLog, saw, saw_peer};
 
 /// What the service knows about the shard it serves.
@@ -46,6 +47,8 @@ pub struct NodeState {
     permits: Arc<Semaphore>,
     /// Where what this node sees is recorded, if anywhere.
     views: Option<ViewLog>,
+    /// Circuit setups per peer address.
+    setups: SetupLimit,
 }
 
 impl NodeState {
@@ -74,6 +77,7 @@ impl NodeState {
             next_session: AtomicU64::new(1),
             permits,
             views: None,
+            setups: SetupLimit::default(),
         }
     }
 
@@ -122,14 +126,20 @@ impl Node for NodeService {
         request: Request<Streaming<SessionRequest>>,
     ) -> Result<Response<ReplyStream>, Status> {
         saw_peer(&self.state.views, &request);
+        let peer = request.remote_addr();
         let inbound = request.into_inner();
         let state = self.state.clone();
         let id = state.next_session.fetch_add(1, Ordering::Relaxed);
-        spawn_session(&self.state.permits, move |tx| async move {
-            let result = run_session(&state, id, inbound, &tx).await;
-            state.forward.close(id).await;
-            result
-        })
+        spawn_session(
+            &self.state.setups,
+            peer,
+            &self.state.permits,
+            move |tx| async move {
+                let result = run_session(&state, id, inbound, &tx).await;
+                state.forward.close(id).await;
+                result
+            },
+        )
     }
 
     async fn health(&self, r: Request<HealthRequest>) -> Result<Response<HealthReply>, Status> {

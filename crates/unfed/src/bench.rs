@@ -35,7 +35,8 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Also measure the split model served by a loopback network (`unfed testnet up`: a
-    /// registry and one node process per shard) through the client.
+    /// registry and one node process per shard) through the client, once on TLS (as the
+    /// testnet runs) and once in plaintext.
     #[arg(long)]
     network: bool,
     /// Measure only the quantized matrix kernels (GMAC/s per weight type and instruction set,
@@ -61,6 +62,7 @@ struct Network {
     client: unfed_client::Client,
     model: unfed_client::RemoteModel,
     dir: tempfile::TempDir,
+    tls: bool,
 }
 
 impl Drop for Network {
@@ -80,12 +82,21 @@ impl Path {
     fn description(&self) -> String {
         match self {
             Path::Local(l) => l.description.clone(),
-            Path::Network(n) => format!("network, {} shards", n.model.manifest.shards.len()),
+            Path::Network(n) => format!(
+                "network, {} shards, {}",
+                n.model.manifest.shards.len(),
+                if n.tls { "TLS" } else { "plaintext" }
+            ),
         }
     }
 }
 
-fn start_network(model: &str, shards: usize, store: Option<&std::path::Path>) -> Result<Network> {
+fn start_network(
+    model: &str,
+    shards: usize,
+    store: Option<&std::path::Path>,
+    tls: bool,
+) -> Result<Network> {
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -108,14 +119,22 @@ fn start_network(model: &str, shards: usize, store: Option<&std::path::Path>) ->
     if let Some(s) = store {
         cmd.arg("--store").arg(s);
     }
+    if !tls {
+        cmd.arg("--no-tls");
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     let status = cmd.status()?;
     if !status.success() {
         bail!("the testnet did not start");
     }
-    // The testnet serves TLS, as a deployed network does.
-    let registry = format!("https://127.0.0.1:{port}");
-    let dialer = unfed_proto::Dialer::trusting_file(&tn.join("tls/ca.pem"))?;
+    let (registry, dialer) = if tls {
+        (
+            format!("https://127.0.0.1:{port}"),
+            unfed_proto::Dialer::trusting_file(&tn.join("tls/ca.pem"))?,
+        )
+    } else {
+        (format!("127.0.0.1:{port}"), unfed_proto::Dialer::default())
+    };
     let (client, model) = runtime.block_on(async {
         let mut client = unfed_client::Client::connect_with(&registry, dialer).await?;
         client.set_ignore_eos(true);
@@ -133,6 +152,7 @@ fn start_network(model: &str, shards: usize, store: Option<&std::path::Path>) ->
         client,
         model,
         dir,
+        tls,
     })
 }
 
@@ -174,8 +194,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         if args.shards == 0 {
             bail!("--network needs --shards of at least 1");
         }
-        let network = start_network(&args.model, args.shards, args.store.as_deref())?;
-        paths.push(Path::Network(network));
+        for tls in [true, false] {
+            let network = start_network(&args.model, args.shards, args.store.as_deref(), tls)?;
+            paths.push(Path::Network(network));
+        }
     }
     let Path::Local(first) = &paths[0] else {
         unreachable!("the whole model comes first")
@@ -242,6 +264,15 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 "{d} / whole model: prefill {:.3}x, decode {:.3}x",
                 p / wp,
                 t / wd
+            );
+        }
+        if let [.., (_, tp, td), (_, pp, pd)] = &rows[..]
+            && args.network
+        {
+            println!(
+                "TLS / plaintext network: prefill {:.3}x, decode {:.3}x",
+                tp / pp,
+                td / pd
             );
         }
         println!("greedy tokens identical on every path: {identical}");

@@ -97,15 +97,13 @@ impl Guard for GuardService {
         &self,
         request: Request<Streaming<SessionRequest>>,
     ) -> Result<Response<ReplyStream>, Status> {
-        saw_peer(&self.state.views, &request);
-        let peer = request.remote_addr();
-        let inbound = request.into_inner();
         let state = self.state.clone();
         spawn_session(
             &self.state.setups,
-            peer,
+            &self.state.views,
             &self.state.permits,
-            move |tx| async move { relay(&state, inbound, &tx).await },
+            request,
+            move |inbound, tx| async move { relay(&state, inbound, &tx).await },
         )
     }
 

@@ -10,11 +10,12 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 use unfed_proto::node::{Open, SessionReply, SessionRequest, session_reply, session_request};
 
 use crate::circuit::CircuitError;
 use crate::setup_limit::SetupLimit;
+use crate::views::{ViewLog, saw_peer};
 
 /// Messages buffered per direction of a session stream.
 const STREAM_BUFFER: usize = 4;
@@ -35,20 +36,22 @@ const MAX_MODELS: usize = 64;
 /// The reply half of a session stream.
 pub(crate) type ReplyStream = Pin<Box<dyn Stream<Item = Result<SessionReply, Status>> + Send>>;
 
-/// Checks the peer's setup budget and takes one of `permits` before anything is read (or
-/// refuses the stream), then runs `session` on a task of its own; what it sends, and the error
-/// it ends with, stream back.
+/// Records the peer (when `views` is on), checks its setup budget and takes one of `permits`
+/// before anything is read (or refuses the stream), then runs `session` on the inbound stream
+/// on a task of its own; what it sends, and the error it ends with, stream back.
 pub(crate) fn spawn_session<F, Fut>(
     limit: &SetupLimit,
-    peer: Option<std::net::SocketAddr>,
+    views: &Option<ViewLog>,
     permits: &Arc<Semaphore>,
+    request: Request<Streaming<SessionRequest>>,
     session: F,
 ) -> Result<Response<ReplyStream>, Status>
 where
-    F: FnOnce(mpsc::Sender<Result<SessionReply, Status>>) -> Fut,
+    F: FnOnce(Streaming<SessionRequest>, mpsc::Sender<Result<SessionReply, Status>>) -> Fut,
     Fut: Future<Output = Result<(), Status>> + Send + 'static,
 {
-    if let Some(peer) = peer
+    saw_peer(views, &request);
+    if let Some(peer) = request.remote_addr()
         && !limit.allow(peer.ip(), std::time::Instant::now())
     {
         return Err(Status::resource_exhausted(
@@ -60,7 +63,7 @@ where
         .try_acquire_owned()
         .map_err(|_| Status::resource_exhausted("busy: every session slot is taken"))?;
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    let run = session(tx.clone());
+    let run = session(request.into_inner(), tx.clone());
     tokio::spawn(async move {
         let _permit = permit;
         if let Err(status) = run.await {

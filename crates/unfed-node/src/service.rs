@@ -125,16 +125,14 @@ impl Node for NodeService {
         &self,
         request: Request<Streaming<SessionRequest>>,
     ) -> Result<Response<ReplyStream>, Status> {
-        saw_peer(&self.state.views, &request);
-        let peer = request.remote_addr();
-        let inbound = request.into_inner();
         let state = self.state.clone();
         let id = state.next_session.fetch_add(1, Ordering::Relaxed);
         spawn_session(
             &self.state.setups,
-            peer,
+            &self.state.views,
             &self.state.permits,
-            move |tx| async move {
+            request,
+            move |inbound, tx| async move {
                 let result = run_session(&state, id, inbound, &tx).await;
                 state.forward.close(id).await;
                 result

@@ -68,9 +68,7 @@ pub fn node(args: NodeArgs) -> Result<ExitCode> {
     let dialer = args.tls.dial.dialer()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-            .await
-            .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+        let listener = listen(&args.host, args.port).await?;
         let bound: SocketAddr = listener.local_addr()?;
         let advertise = args.advertise.unwrap_or_else(|| match tls {
             Some(_) => format!("{}{bound}", unfed_proto::tls::TLS_SCHEME),
@@ -101,6 +99,13 @@ pub fn node(args: NodeArgs) -> Result<ExitCode> {
         eprintln!("node stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// A listener on `host:port`, or why there is none.
+pub async fn listen(host: &str, port: u16) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("cannot listen on {host}:{port}"))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -150,9 +155,7 @@ pub fn guard(args: GuardArgs) -> Result<ExitCode> {
     let dialer = args.tls.dial.dialer()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-            .await
-            .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+        let listener = listen(&args.host, args.port).await?;
         eprintln!("guard listening on {}", listener.local_addr()?);
         let config = unfed_node::guard::GuardConfig {
             registry: Some(args.registry),

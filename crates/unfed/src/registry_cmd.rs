@@ -40,9 +40,7 @@ pub fn run(args: RegistryArgs) -> Result<ExitCode> {
     let tls = args.tls.server()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-            .await
-            .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+        let listener = crate::net_cmd::listen(&args.host, args.port).await?;
         eprintln!("registry listening on {}", listener.local_addr()?);
         unfed_registry::serve(
             listener,

@@ -1,0 +1,338 @@
+//! A party's (or the dealer's) view of one computation: where its correlated randomness comes
+//! from, the link to the other party, and the interactive building blocks — opening, Beaver
+//! products, truncation, comparison — every protocol is made of.
+//!
+//! The same protocol code runs in three roles. Party A and party B hold shares and exchange
+//! masked values over a [`Link`]. The dealer (the client) runs the identical sequence of calls
+//! with no link and no data: where a party *draws* correlated randomness the dealer *makes* it,
+//! so what it deals is exactly what the parties will consume, in order. Control flow never
+//! depends on a secret, so the two runs cannot drift apart; a party that runs out of material,
+//! or has some left over, reports it.
+
+use crate::dcf::{self, DcfKey};
+use crate::prg::{Prg, Seed, TreePrg};
+use crate::ring;
+use crate::{Link, MpcError, Role};
+
+/// What the dealer gives one party for one computation: a seed that expands into most of its
+/// material, and the words that cannot be expanded (corrections and comparison keys).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Material {
+    pub seed: Seed,
+    pub words: Vec<u64>,
+}
+
+impl Material {
+    /// Bytes on the wire.
+    pub fn len_bytes(&self) -> usize {
+        16 + 8 * self.words.len()
+    }
+}
+
+/// Traffic of one party over its link.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Exchanges with the other party (each is one message each way, sent concurrently).
+    pub rounds: u64,
+    /// Ring elements this party sent.
+    pub words_sent: u64,
+}
+
+/// One role's context for one computation.
+pub struct Ctx<'l> {
+    source: Source,
+    link: Option<&'l mut dyn Link>,
+    tree: TreePrg,
+    stats: Stats,
+}
+
+enum Source {
+    Party { role: Role, prg: Prg, words: Vec<u64>, used: usize },
+    Dealer { prg: [Prg; 2], secret: Prg, words: [Vec<u64>; 2] },
+}
+
+impl<'l> Ctx<'l> {
+    /// Party `role`, consuming `material` and talking over `link`.
+    pub fn party(role: Role, material: Material, link: &'l mut dyn Link) -> Self {
+        Self {
+            source: Source::Party { role, prg: Prg::new(&material.seed), words: material.words, used: 0 },
+            link: Some(link),
+            tree: TreePrg::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The dealer, from three independent uniformly random seeds: A's, B's, and its own.
+    pub fn dealer(seeds: [Seed; 3]) -> Ctx<'static> {
+        Ctx {
+            source: Source::Dealer {
+                prg: [Prg::new(&seeds[0]), Prg::new(&seeds[1])],
+                secret: Prg::new(&seeds[2]),
+                words: [Vec::new(), Vec::new()],
+            },
+            link: None,
+            tree: TreePrg::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The party this context plays, `None` for the dealer.
+    pub fn role(&self) -> Option<Role> {
+        match &self.source {
+            Source::Party { role, .. } => Some(*role),
+            Source::Dealer { .. } => None,
+        }
+    }
+
+    pub fn is_dealer(&self) -> bool {
+        self.role().is_none()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The dealer's output: A's and B's material. `None` for a party.
+    pub fn into_material(self, seeds: [Seed; 2]) -> Option<[Material; 2]> {
+        match self.source {
+            Source::Dealer { words: [a, b], .. } => Some([
+                Material { seed: seeds[0], words: a },
+                Material { seed: seeds[1], words: b },
+            ]),
+            Source::Party { .. } => None,
+        }
+    }
+
+    /// A party's check at the end: every dealt word was used.
+    pub fn finish(&self) -> Result<(), MpcError> {
+        match &self.source {
+            Source::Party { words, used, .. } if *used != words.len() => {
+                Err(MpcError::MaterialLeftOver { left: words.len() - used })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Adds a public constant to a shared vector (party A's share takes it).
+    pub fn add_public(&self, x: &mut [u64], c: u64) {
+        if self.role() == Some(Role::A) {
+            x.iter_mut().for_each(|v| *v = v.wrapping_add(c));
+        }
+    }
+
+    /// Adds a public vector to a shared vector.
+    pub fn add_public_vec(&self, x: &mut [u64], c: &[u64]) {
+        if self.role() == Some(Role::A) {
+            ring::add_assign(x, c);
+        }
+    }
+
+    /// Opens a shared vector: both parties learn `x`. One round.
+    pub fn open(&mut self, x: &[u64]) -> Result<Vec<u64>, MpcError> {
+        let Some(link) = self.link.as_deref_mut() else {
+            return Ok(vec![0; x.len()]);
+        };
+        let theirs = link.exchange(x)?;
+        if theirs.len() != x.len() {
+            return Err(MpcError::PeerLength { expected: x.len(), got: theirs.len() });
+        }
+        self.stats.rounds += 1;
+        self.stats.words_sent += x.len() as u64;
+        Ok(ring::add(x, &theirs))
+    }
+
+    /// Shares of `n` uniformly random ring elements neither party knows (the dealer sees the
+    /// values). Costs no words: both parties expand their seeds.
+    pub fn random(&mut self, n: usize) -> Vec<u64> {
+        match &mut self.source {
+            Source::Party { prg, .. } => prg.take(n),
+            Source::Dealer { prg, .. } => ring::add(&prg[0].take(n), &prg[1].take(n)),
+        }
+    }
+
+    /// Shares of values the dealer computes from what it dealt before (`value` runs only at the
+    /// dealer): A expands its share from its seed, B receives the correction.
+    pub fn derived(
+        &mut self,
+        n: usize,
+        value: impl FnOnce() -> Vec<u64>,
+    ) -> Result<Vec<u64>, MpcError> {
+        match &mut self.source {
+            Source::Party { role: Role::A, prg, .. } => Ok(prg.take(n)),
+            Source::Party { role: Role::B, .. } => self.take_words(n),
+            Source::Dealer { prg, words, .. } => {
+                let v = value();
+                debug_assert_eq!(v.len(), n);
+                words[1].extend(ring::sub(&v, &prg[0].take(n)));
+                Ok(v)
+            }
+        }
+    }
+
+    fn take_words(&mut self, n: usize) -> Result<Vec<u64>, MpcError> {
+        let Source::Party { words, used, .. } = &mut self.source else {
+            unreachable!("only parties read words");
+        };
+        let left = words.len() - *used;
+        if n > left {
+            return Err(MpcError::MaterialExhausted { needed: n, left });
+        }
+        *used += n;
+        Ok(words[*used - n..*used].to_vec())
+    }
+
+    /// Elementwise product of two shared vectors (Beaver triple; one round, 2n words each way).
+    /// The scale of the result is the sum of the inputs' scales: no truncation.
+    pub fn mul_raw(&mut self, x: &[u64], y: &[u64]) -> Result<Vec<u64>, MpcError> {
+        let n = x.len();
+        debug_assert_eq!(y.len(), n);
+        let a = self.random(n);
+        let b = self.random(n);
+        let c = self.derived(n, || ring::mul(&a, &b))?;
+        let mut masked = ring::sub(x, &a);
+        masked.extend(ring::sub(y, &b));
+        let opened = self.open(&masked)?;
+        let (d, e) = opened.split_at(n);
+        let mut z = c;
+        for i in 0..n {
+            z[i] = z[i].wrapping_add(d[i].wrapping_mul(b[i])).wrapping_add(e[i].wrapping_mul(a[i]));
+        }
+        self.add_public_vec(&mut z, &ring::mul(d, e));
+        Ok(z)
+    }
+
+    /// Elementwise square (a dealt pair `(a, a²)`; one round, n words each way), no truncation.
+    pub fn square_raw(&mut self, x: &[u64]) -> Result<Vec<u64>, MpcError> {
+        let n = x.len();
+        let a = self.random(n);
+        let c = self.derived(n, || ring::mul(&a, &a))?;
+        let d = self.open(&ring::sub(x, &a))?;
+        let mut z = c;
+        for i in 0..n {
+            z[i] = z[i].wrapping_add(d[i].wrapping_mul(a[i]).wrapping_mul(2));
+        }
+        self.add_public_vec(&mut z, &ring::mul(&d, &d));
+        Ok(z)
+    }
+
+    /// Matrix product `x (m×k) · y (k×n)` of two shared matrices, row-major (a dealt matrix
+    /// triple; one round, mk + kn words each way), no truncation.
+    pub fn matmul_raw(
+        &mut self,
+        x: &[u64],
+        y: &[u64],
+        (m, k, n): (usize, usize, usize),
+    ) -> Result<Vec<u64>, MpcError> {
+        debug_assert!(x.len() == m * k && y.len() == k * n);
+        let a = self.random(m * k);
+        let b = self.random(k * n);
+        let c = self.derived(m * n, || ring::matmul(&a, &b, m, k, n))?;
+        let mut masked = ring::sub(x, &a);
+        masked.extend(ring::sub(y, &b));
+        let opened = self.open(&masked)?;
+        let (d, e) = opened.split_at(m * k);
+        let mut z = c;
+        ring::add_assign(&mut z, &ring::matmul(d, &b, m, k, n));
+        ring::add_assign(&mut z, &ring::matmul(&a, e, m, k, n));
+        self.add_public_vec(&mut z, &ring::matmul(d, e, m, k, n));
+        Ok(z)
+    }
+
+    /// Divides a shared vector by `2^bits`, rounding down or up by at most one unit, for any
+    /// `|x| < 2^62` (one round, n words each way). Nothing about `x` is opened: the opened value
+    /// is `x + 2^62 + r` for a dealt uniform `r`.
+    ///
+    /// With `y = x + 2^62 < 2^63`, `r' = r mod 2^63` and `c = y + r`: `y + r'` cannot overflow,
+    /// so `y = (c mod 2^63) − r' + 2^63·(msb(c) ⊕ msb(r))`, and dividing the terms separately
+    /// loses only the borrow between their low bits. The dealer gives shares of `r`,
+    /// `r' >> bits` and `msb(r)`.
+    pub fn trunc(&mut self, x: &[u64], bits: u32) -> Result<Vec<u64>, MpcError> {
+        debug_assert!((1..63).contains(&bits));
+        let n = x.len();
+        let r = self.random(n);
+        let r_high = self.derived(n, || r.iter().map(|v| (v & (u64::MAX >> 1)) >> bits).collect())?;
+        let r_msb = self.derived(n, || r.iter().map(|v| v >> 63).collect())?;
+        let mut masked = ring::add(x, &r);
+        self.add_public(&mut masked, 1 << 62);
+        let c = self.open(&masked)?;
+        let a = self.role() == Some(Role::A);
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let c_msb = c[i] >> 63;
+            let xor_share = r_msb[i].wrapping_mul(1u64.wrapping_sub(2 * c_msb));
+            let mut v = xor_share.wrapping_mul(1 << (63 - bits)).wrapping_sub(r_high[i]);
+            if a {
+                v = v
+                    .wrapping_add(((c[i] & (u64::MAX >> 1)) >> bits) + (c_msb << (63 - bits)))
+                    .wrapping_sub(1 << (62 - bits));
+            }
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    /// Shares of `1` where `x < 0` and `0` elsewhere, for `x ∈ [−2^bits, 2^bits)`,
+    /// `bits ≤ 62` (one round, n words each way; the dealer gives a DCF key per element).
+    ///
+    /// With `y = x + 2^bits < 2^(bits+1)` and the opened `c = y + r`: `x ≥ 0` exactly when bit
+    /// `bits` of `y` is set, and that bit is `c_bits ⊕ r_bits ⊕ [c mod 2^bits < r mod 2^bits]`.
+    /// The comparison of the public `c` with the secret `r` is the DCF, whose output `β` the
+    /// dealer sets to `1 − 2·r_bits`, so that adding shares of `r_bits` gives the XOR.
+    pub fn ltz(&mut self, x: &[u64], bits: u32) -> Result<Vec<u64>, MpcError> {
+        debug_assert!((1..=62).contains(&bits));
+        let n = x.len();
+        let mask = (1u64 << bits) - 1;
+        let r = self.random(n);
+        let r_bit = self.derived(n, || r.iter().map(|v| (v >> bits) & 1).collect())?;
+        let key_words = dcf::key_words(bits);
+        let keys = self.dealt_both(n * key_words, |tree, secret| {
+            let mut words = [Vec::new(), Vec::new()];
+            for (v, bit) in r.iter().zip(&r_bit) {
+                let roots = [secret.next_seed(), secret.next_seed()];
+                let beta = 1u64.wrapping_sub(2 * bit);
+                let keys = dcf::generate(tree, bits, v & mask, beta, roots);
+                words[0].extend(keys[0].to_words());
+                words[1].extend(keys[1].to_words());
+            }
+            words
+        })?;
+        let mut masked = ring::add(x, &r);
+        self.add_public(&mut masked, 1 << bits);
+        let c = self.open(&masked)?;
+        let Some(role) = self.role() else {
+            return Ok(vec![0; n]);
+        };
+        let party = if role == Role::A { 0 } else { 1 };
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let key = DcfKey::from_words(bits, &keys[i * key_words..(i + 1) * key_words]);
+            let xor = r_bit[i].wrapping_add(dcf::evaluate(&self.tree, party, &key, c[i] & mask));
+            let c_bit = (c[i] >> bits) & 1;
+            let mut lt = xor.wrapping_mul(1u64.wrapping_sub(2 * c_bit)).wrapping_neg();
+            if role == Role::A {
+                lt = lt.wrapping_add(1 - c_bit);
+            }
+            out.push(lt);
+        }
+        Ok(out)
+    }
+
+    /// Material that cannot come from a seed, for both parties (`make` runs only at the dealer,
+    /// returning A's and B's words, `n` each).
+    fn dealt_both(
+        &mut self,
+        n: usize,
+        make: impl FnOnce(&TreePrg, &mut Prg) -> [Vec<u64>; 2],
+    ) -> Result<Vec<u64>, MpcError> {
+        match &mut self.source {
+            Source::Party { .. } => self.take_words(n),
+            Source::Dealer { secret, words, .. } => {
+                let [a, b] = make(&self.tree, secret);
+                debug_assert!(a.len() == n && b.len() == n);
+                words[0].extend(a);
+                words[1].extend(b);
+                Ok(Vec::new())
+            }
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The non-linear functions of a Llama/Qwen2 layer on shares: fixed-point products, row max,
+//! exp, reciprocal, reciprocal square root, sigmoid/SiLU, softmax and RMSNorm. Nothing is
+//! opened but the masked values of the building blocks in [`crate::ctx`]. Rounds are listed
+//! per function; measured costs and error bounds are in `docs/mpc.md`.
+//!
+//! `bits` arguments bound the magnitude of compared values: `|x| < 2^(bits − FRAC)` as reals.
+
+use crate::ring::{self, FRAC, encode};
+use crate::{Ctx, MpcError};
+
+type R = Result<Vec<u64>, MpcError>;
+
+/// Exp is computed on `[−EXP_CLAMP, 0]`; below, it is taken as `exp(−EXP_CLAMP)` (≈ 1e−7,
+/// under one unit in the last place).
+pub const EXP_CLAMP: f64 = 16.0;
+
+/// Fractional bits inside the iterations of exp, reciprocal and rsqrt, whose values stay below
+/// 4 in magnitude: products of two such values still fit under 2^62, and every squaring or
+/// Newton step loses 2^−28 instead of 2^−20.
+pub const WIDE: u32 = 28;
+
+/// The ring element of `v` at `frac` fractional bits.
+pub fn encode_at(v: f64, frac: u32) -> u64 {
+    (v * (1u64 << frac) as f64).round() as i64 as u64
+}
+
+/// Fixed-point product (2 rounds).
+pub fn mul(ctx: &mut Ctx, x: &[u64], y: &[u64]) -> R {
+    let raw = ctx.mul_raw(x, y)?;
+    ctx.trunc(&raw, FRAC)
+}
+
+/// Fixed-point square (2 rounds).
+pub fn square(ctx: &mut Ctx, x: &[u64]) -> R {
+    let raw = ctx.square_raw(x)?;
+    ctx.trunc(&raw, FRAC)
+}
+
+/// `x · c` for a public real `c` (1 round).
+pub fn mul_public(ctx: &mut Ctx, x: &[u64], c: f64) -> R {
+    ctx.trunc(&ring::scale(x, encode(c)), FRAC)
+}
+
+/// Each row's value repeated `cols` times.
+pub fn broadcast(per_row: &[u64], cols: usize) -> Vec<u64> {
+    per_row.iter().flat_map(|&v| std::iter::repeat_n(v, cols)).collect()
+}
+
+/// Sums of the rows of a `rows × cols` matrix (local).
+pub fn row_sums(x: &[u64], cols: usize) -> Vec<u64> {
+    x.chunks(cols).map(|row| row.iter().fold(0u64, |a, b| a.wrapping_add(*b))).collect()
+}
+
+/// The maximum of each row (a tournament: ⌈log2 cols⌉ levels of a comparison and a
+/// selection, 2 rounds each).
+pub fn max_rows(ctx: &mut Ctx, x: &[u64], cols: usize, bits: u32) -> R {
+    let rows = x.len() / cols;
+    let mut cur = x.to_vec();
+    let mut width = cols;
+    while width > 1 {
+        let half = width / 2;
+        let (mut left, mut right) = (Vec::new(), Vec::new());
+        for row in cur.chunks(width) {
+            for j in 0..half {
+                left.push(row[2 * j]);
+                right.push(row[2 * j + 1]);
+            }
+        }
+        let lt = ctx.ltz(&ring::sub(&left, &right), bits + 1)?;
+        let pick = ctx.mul_raw(&lt, &ring::sub(&right, &left))?;
+        let winners = ring::add(&left, &pick);
+        let next_width = width.div_ceil(2);
+        let mut next = Vec::with_capacity(rows * next_width);
+        for (r, row) in cur.chunks(width).enumerate() {
+            next.extend_from_slice(&winners[r * half..(r + 1) * half]);
+            if width % 2 == 1 {
+                next.push(row[width - 1]);
+            }
+        }
+        cur = next;
+        width = next_width;
+    }
+    Ok(cur)
+}
+
+/// `exp(x)` for `x ≤ 0` (18 rounds): clamp to `[−16, 0]`, `u = x / 32`, the Taylor
+/// polynomial of degree 4 of `e^u`, squared five times, all at [`WIDE`] fractional bits.
+pub fn exp_nonpositive(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
+    let mut shifted = x.to_vec();
+    ctx.add_public(&mut shifted, encode(EXP_CLAMP));
+    let below = ctx.ltz(&shifted, bits + 1)?;
+    let mut floor = ring::scale(x, u64::MAX);
+    ctx.add_public(&mut floor, encode(-EXP_CLAMP));
+    let lift = ctx.mul_raw(&below, &floor)?;
+    let clamped = ring::add(x, &lift);
+    // u = x/32 at WIDE bits is an exact shift.
+    let u = ring::scale(&clamped, 1 << (WIDE - FRAC - 5));
+    // p = 1 + u + u²·(1/2 + u/6 + u²/24), the Taylor polynomial of degree 4.
+    let raw = ctx.square_raw(&u)?;
+    let u2 = ctx.trunc(&raw, WIDE)?;
+    let mut tail = ring::add(
+        &ring::scale(&u, encode_at(1.0 / 6.0, WIDE)),
+        &ring::scale(&u2, encode_at(1.0 / 24.0, WIDE)),
+    );
+    ctx.add_public(&mut tail, encode_at(0.5, WIDE) << WIDE);
+    let tail = ctx.trunc(&tail, WIDE)?;
+    let raw = ctx.mul_raw(&u2, &tail)?;
+    let mut p = ring::add(&ctx.trunc(&raw, WIDE)?, &u);
+    ctx.add_public(&mut p, encode_at(1.0, WIDE));
+    for _ in 0..5 {
+        let raw = ctx.square_raw(&p)?;
+        p = ctx.trunc(&raw, WIDE)?;
+    }
+    ctx.trunc(&p, WIDE - FRAC)
+}
+
+/// `1/m` for `m ∈ [1, 2]` (13 rounds), returned at [`WIDE`] fractional bits: a linear first
+/// guess (relative error ≤ 1/17) and three Newton steps `y ← 2y − m·y²`.
+pub fn recip_unit(ctx: &mut Ctx, m: &[u64]) -> R {
+    let m = ring::scale(m, 1 << (WIDE - FRAC));
+    let mut y = ctx.trunc(&ring::scale(&m, encode_at(-8.0 / 17.0, WIDE)), WIDE)?;
+    ctx.add_public(&mut y, encode_at(24.0 / 17.0, WIDE));
+    for _ in 0..3 {
+        let raw = ctx.square_raw(&y)?;
+        let y2 = ctx.trunc(&raw, WIDE)?;
+        let my2 = ctx.mul_raw(&m, &y2)?;
+        let twice = ring::scale(&y, 2u64 << WIDE);
+        y = ctx.trunc(&ring::sub(&twice, &my2), WIDE)?;
+    }
+    Ok(y)
+}
+
+/// `1/x` for `x ∈ [1, 2^log2_max)` (18 rounds): the comparisons `x ≥ 2^j` (one round) select
+/// the octave, `x` is scaled into `[1, 2)`, [`recip_unit`], and scaled back.
+pub fn recip(ctx: &mut Ctx, x: &[u64], log2_max: u32) -> R {
+    let onehot = octaves(ctx, x, FRAC, 2.0, 0, log2_max as usize, FRAC + log2_max + 1)?;
+    let down: Vec<f64> = (0..log2_max).map(|j| (-(j as f64)).exp2()).collect();
+    let m = scale_by(ctx, x, FRAC, &onehot, &down, 2.0)?;
+    let y = recip_unit(ctx, &m)?;
+    scale_by(ctx, &y, WIDE, &onehot, &down, 1.1)
+}
+
+/// `c/√x` for `x ∈ [4^lo, 4^hi)` given at `x_frac` fractional bits (18 rounds): the
+/// comparisons `x ≥ 4^j` select the octave pair, `x` is scaled into `[1, 4)`, a linear first
+/// guess (relative error ≤ 0.087) and three Newton steps `y ← (3y − m·y³)/2`, scaled back by
+/// `c·2^−j`. Needs `x_frac + 2·hi ≤ 61` and `x_frac ≤ 39`.
+pub fn rsqrt(ctx: &mut Ctx, x: &[u64], x_frac: u32, lo: i32, hi: i32, c: f64) -> R {
+    let n = x.len();
+    let bits = (x_frac as i32 + 2 * hi + 1).max(x_frac as i32 + 1) as u32;
+    let onehot = octaves(ctx, x, x_frac, 4.0, lo, (hi - lo) as usize, bits)?;
+    let down: Vec<f64> = (lo..hi).map(|j| (-2.0 * j as f64).exp2()).collect();
+    let m = ring::scale(&scale_by(ctx, x, x_frac, &onehot, &down, 4.0)?, 1 << (WIDE - FRAC));
+    let mut y = ctx.trunc(&ring::scale(&m, encode_at(-0.152, WIDE)), WIDE)?;
+    ctx.add_public(&mut y, encode_at(1.066, WIDE));
+    for _ in 0..3 {
+        let mut raw = ctx.mul_raw(&[m.as_slice(), &y].concat(), &[y.as_slice(), &y].concat())?;
+        raw = ctx.trunc(&raw, WIDE)?;
+        let (my, y2) = raw.split_at(n);
+        let my3 = ctx.mul_raw(my, y2)?;
+        let thrice = ring::scale(&y, 3u64 << WIDE);
+        y = ctx.trunc(&ring::sub(&thrice, &my3), WIDE + 1)?;
+    }
+    let up: Vec<f64> = (lo..hi).map(|j| c * (-(j as f64)).exp2()).collect();
+    let product_max = c * (-(lo as f64)).exp2() * 1.1;
+    scale_by(ctx, &y, WIDE, &onehot, &up, product_max)
+}
+
+/// `σ(x) = 1/(1 + e^−x)` (35 rounds), through `|x|` so that exp never sees a positive input.
+pub fn sigmoid(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
+    let neg = ctx.ltz(x, bits)?;
+    let flip = ctx.mul_raw(&neg, x)?;
+    // −|x| = 2·neg·x − x
+    let minus_abs = ring::sub(&ring::scale(&flip, 2), x);
+    let mut d = exp_nonpositive(ctx, &minus_abs, bits)?;
+    ctx.add_public(&mut d, encode(1.0));
+    let wide = recip_unit(ctx, &d)?;
+    let s = ctx.trunc(&wide, WIDE - FRAC)?;
+    // σ(x) = σ(|x|) + neg·(1 − 2σ(|x|))
+    let mut other = ring::scale(&s, u64::MAX - 1);
+    ctx.add_public(&mut other, encode(1.0));
+    let adjust = ctx.mul_raw(&neg, &other)?;
+    Ok(ring::add(&s, &adjust))
+}
+
+/// `SiLU(x) = x·σ(x)` (37 rounds).
+pub fn silu(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
+    let s = sigmoid(ctx, x, bits)?;
+    mul(ctx, x, &s)
+}
+
+/// Softmax of each row of a `rows × cols` matrix: the row max, `exp(x − max)`, the row sum's
+/// reciprocal, the product.
+pub fn softmax_rows(ctx: &mut Ctx, x: &[u64], cols: usize, bits: u32) -> R {
+    let max = max_rows(ctx, x, cols, bits)?;
+    let shifted = ring::sub(x, &broadcast(&max, cols));
+    let e = exp_nonpositive(ctx, &shifted, bits + 1)?;
+    let sums = row_sums(&e, cols);
+    let log2_max = (usize::BITS - cols.leading_zeros()) + 1;
+    let inv = recip(ctx, &sums, log2_max)?;
+    mul(ctx, &e, &broadcast(&inv, cols))
+}
+
+/// `1/rms(row)` for each row of a `rows × dim` matrix, `rms = √(mean(x²) + eps)`, for
+/// `mean(x²)·dim + eps·dim ∈ [4^lo, 4^hi)`, `hi ≤ 11` (20 rounds). The squares are summed
+/// before one truncation per row, which keeps [`SUM_FRAC`] fractional bits, so that small
+/// activations keep their precision.
+pub fn inv_rms(ctx: &mut Ctx, x: &[u64], dim: usize, eps: f64, lo: i32, hi: i32) -> R {
+    let sq = ctx.square_raw(x)?;
+    let mut sums = ctx.trunc(&row_sums(&sq, dim), 2 * FRAC - SUM_FRAC)?;
+    ctx.add_public(&mut sums, encode_at(eps * dim as f64, SUM_FRAC));
+    rsqrt(ctx, &sums, SUM_FRAC, lo, hi, (dim as f64).sqrt())
+}
+
+/// Fractional bits of the sums of squares RMSNorm takes the root of.
+pub const SUM_FRAC: u32 = 38;
+
+/// RMSNorm without its weight: `x / rms(row)` (22 rounds). The weight is public and is folded
+/// into whatever public linear map follows.
+pub fn rmsnorm(ctx: &mut Ctx, x: &[u64], dim: usize, eps: f64, lo: i32, hi: i32) -> R {
+    let inv = inv_rms(ctx, x, dim, eps, lo, hi)?;
+    mul(ctx, x, &broadcast(&inv, dim))
+}
+
+/// For `x ∈ [base^lo, base^(lo+k))`: shares of the one-hot vector of the octave
+/// `[base^(lo+j), base^(lo+j+1))` holding each element, as `k` vectors (one round: the `k − 1`
+/// comparisons `x < base^(lo+j)` of every element at once).
+fn octaves(
+    ctx: &mut Ctx,
+    x: &[u64],
+    x_frac: u32,
+    base: f64,
+    lo: i32,
+    k: usize,
+    bits: u32,
+) -> Result<Vec<Vec<u64>>, MpcError> {
+    let n = x.len();
+    let mut diffs = Vec::with_capacity(n * (k - 1));
+    for j in 1..k {
+        let mut d = x.to_vec();
+        ctx.add_public(&mut d, encode_at(-base.powi(lo + j as i32), x_frac));
+        diffs.extend(d);
+    }
+    let below = ctx.ltz(&diffs, bits)?;
+    // below_j = [x < base^(lo+j)]; onehot_0 = below_1, onehot_j = below_(j+1) − below_j,
+    // onehot_(k−1) = 1 − below_(k−1).
+    let below_j = |j: usize| -> Vec<u64> {
+        if j == k {
+            let mut one = vec![0; n];
+            ctx.add_public(&mut one, 1);
+            one
+        } else if j == 0 {
+            vec![0; n]
+        } else {
+            below[(j - 1) * n..j * n].to_vec()
+        }
+    };
+    Ok((0..k).map(|j| ring::sub(&below_j(j + 1), &below_j(j))).collect())
+}
+
+/// `x · Σ_j onehot_j·values_j` for `x` at `x_frac` fractional bits, returned at `FRAC`
+/// (2 rounds); the selected value is encoded with as many extra fractional bits as the bound
+/// `|x · value| < product_max` leaves room for.
+fn scale_by(
+    ctx: &mut Ctx,
+    x: &[u64],
+    x_frac: u32,
+    onehot: &[Vec<u64>],
+    values: &[f64],
+    product_max: f64,
+) -> R {
+    let room = 61.0 - (x_frac + FRAC) as f64 - product_max.log2().ceil();
+    let extra = room.clamp(0.0, FRAC as f64) as u32;
+    let mut selected = vec![0u64; x.len()];
+    for (hot, v) in onehot.iter().zip(values) {
+        let c = (v * (1u64 << (FRAC + extra)) as f64).round() as i64 as u64;
+        ring::add_assign(&mut selected, &ring::scale(hot, c));
+    }
+    let raw = ctx.mul_raw(x, &selected)?;
+    ctx.trunc(&raw, x_frac + extra)
+}

@@ -1,0 +1,72 @@
+//! Z_2^64 arithmetic on vectors and the fixed-point encoding: a real `v` is the ring element
+//! `round(v · 2^FRAC)` in two's complement.
+
+/// Fractional bits of the fixed-point encoding.
+pub const FRAC: u32 = 20;
+
+/// One unit in the last place.
+pub const ULP: f64 = 1.0 / (1u64 << FRAC) as f64;
+
+/// The ring element of `v` at `FRAC` fractional bits.
+pub fn encode(v: f64) -> u64 {
+    (v * (1u64 << FRAC) as f64).round() as i64 as u64
+}
+
+/// The real a ring element at `FRAC` fractional bits stands for.
+pub fn decode(x: u64) -> f64 {
+    x as i64 as f64 * ULP
+}
+
+pub fn encode_all(v: &[f32]) -> Vec<u64> {
+    v.iter().map(|&v| encode(v as f64)).collect()
+}
+
+pub fn decode_all(x: &[u64]) -> Vec<f64> {
+    x.iter().map(|&x| decode(x)).collect()
+}
+
+pub fn add(x: &[u64], y: &[u64]) -> Vec<u64> {
+    x.iter().zip(y).map(|(a, b)| a.wrapping_add(*b)).collect()
+}
+
+pub fn sub(x: &[u64], y: &[u64]) -> Vec<u64> {
+    x.iter().zip(y).map(|(a, b)| a.wrapping_sub(*b)).collect()
+}
+
+pub fn mul(x: &[u64], y: &[u64]) -> Vec<u64> {
+    x.iter().zip(y).map(|(a, b)| a.wrapping_mul(*b)).collect()
+}
+
+pub fn add_assign(x: &mut [u64], y: &[u64]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a = a.wrapping_add(*b));
+}
+
+/// `x · c` for a public ring element `c`.
+pub fn scale(x: &[u64], c: u64) -> Vec<u64> {
+    x.iter().map(|a| a.wrapping_mul(c)).collect()
+}
+
+/// Row-major `x (m×k) · y (k×n)`.
+pub fn matmul(x: &[u64], y: &[u64], m: usize, k: usize, n: usize) -> Vec<u64> {
+    let mut out = vec![0u64; m * n];
+    for i in 0..m {
+        let row = &mut out[i * n..(i + 1) * n];
+        for p in 0..k {
+            let a = x[i * k + p];
+            for (o, b) in row.iter_mut().zip(&y[p * n..(p + 1) * n]) {
+                *o = o.wrapping_add(a.wrapping_mul(*b));
+            }
+        }
+    }
+    out
+}
+
+/// Splits a ring vector into two additive shares with `mask` as the first share.
+pub fn share(x: &[u64], mask: &[u64]) -> [Vec<u64>; 2] {
+    [mask.to_vec(), sub(x, mask)]
+}
+
+/// Shares added back together.
+pub fn reveal(a: &[u64], b: &[u64]) -> Vec<u64> {
+    add(a, b)
+}

@@ -1,0 +1,162 @@
+//! Every protocol against its plaintext function over random inputs, through a real dealer,
+//! two parties on two threads and the link between them. Error bounds are stated per test
+//! (and collected in `docs/mpc.md`).
+
+mod common;
+
+use common::{encode, reals, run};
+use proptest::prelude::*;
+use unfed_mpc::func;
+use unfed_mpc::ring::{self, FRAC, ULP, decode};
+
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
+    ProptestConfig::with_cases(cases)
+}
+
+/// The reals the encoded inputs stand for (what the protocol is asked to compute on).
+fn quantized(x: &[f64]) -> Vec<f64> {
+    x.iter().map(|v| decode(ring::encode(*v))).collect()
+}
+
+fn max_abs_err(got: &[u64], want: &[f64]) -> f64 {
+    got.iter().zip(want).map(|(g, w)| (decode(*g) - w).abs()).fold(0.0, f64::max)
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn ring_products_are_exact(seed in any::<u64>(), xs in prop::collection::vec(any::<u64>(), 12)) {
+        let (x, y) = xs.split_at(6);
+        let got = run(seed, &xs, |ctx, v| ctx.mul_raw(&v[..6], &v[6..])).output;
+        prop_assert_eq!(got, ring::mul(x, y));
+        let got = run(seed, x, |ctx, v| ctx.square_raw(v)).output;
+        prop_assert_eq!(got, ring::mul(x, x));
+        // (2×3)·(3×2)
+        let got = run(seed, &xs, |ctx, v| ctx.matmul_raw(&v[..6], &v[6..], (2, 3, 2))).output;
+        prop_assert_eq!(got, ring::matmul(x, y, 2, 3, 2));
+    }
+
+    #[test]
+    fn truncation_is_off_by_at_most_one_unit(
+        seed in any::<u64>(),
+        xs in prop::collection::vec(-(1i64 << 61)..(1i64 << 61), 1..40),
+        bits in 1u32..40,
+    ) {
+        let input: Vec<u64> = xs.iter().map(|&v| v as u64).collect();
+        let got = run(seed, &input, |ctx, v| ctx.trunc(v, bits)).output;
+        for (g, x) in got.iter().zip(&xs) {
+            let diff = (*g as i64).wrapping_sub(x >> bits);
+            prop_assert!(diff == 0 || diff == 1, "x={x} bits={bits} got={} diff={diff}", *g as i64);
+        }
+    }
+
+    #[test]
+    fn less_than_zero_is_exact_on_its_whole_range(
+        seed in any::<u64>(), bits in 1u32..=62, xs in prop::collection::vec(any::<i64>(), 1..24),
+    ) {
+        let lo = -(1i64 << bits);
+        let mut values: Vec<i64> = xs.iter().map(|v| v.rem_euclid(1i64 << bits) * 2 + lo).map(|v| v / 2 + (v & 1)).collect();
+        values.extend([lo, -1, 0, (1i64 << bits) - 1]);
+        let input: Vec<u64> = values.iter().map(|&v| v as u64).collect();
+        let got = run(seed, &input, |ctx, v| ctx.ltz(v, bits)).output;
+        for (g, x) in got.iter().zip(&values) {
+            prop_assert_eq!(*g, (*x < 0) as u64, "x={} bits={}", x, bits);
+        }
+    }
+
+    #[test]
+    fn fixed_point_products_are_within_two_units(seed in any::<u64>()) {
+        let x = reals(seed, 64, -3000.0, 3000.0);
+        let y = reals(seed + 1, 64, -1000.0, 1000.0);
+        let input = encode(&[x.clone(), y.clone()].concat());
+        let got = run(seed, &input, |ctx, v| func::mul(ctx, &v[..64], &v[64..])).output;
+        let want: Vec<f64> = x.iter().zip(&y).map(|(a, b)| decode(ring::encode(*a)) * decode(ring::encode(*b))).collect();
+        prop_assert!(max_abs_err(&got, &want) <= 2.0 * ULP);
+    }
+
+    #[test]
+    fn row_max_is_exact(seed in any::<u64>(), cols in 1usize..20) {
+        let x = encode(&reals(seed, 3 * cols, -500.0, 500.0));
+        let got = run(seed, &x, |ctx, v| func::max_rows(ctx, v, cols, FRAC + 10)).output;
+        let want: Vec<u64> = x.chunks(cols).map(|r| *r.iter().max_by_key(|v| **v as i64).unwrap()).collect();
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn exp_is_within_its_bound(seed in any::<u64>()) {
+        let mut x = reals(seed, 64, -24.0, 0.0);
+        x.extend([0.0, -1e-6, -16.0, -100.0]);
+        let got = run(seed, &encode(&x), |ctx, v| func::exp_nonpositive(ctx, v, FRAC + 8)).output;
+        let want: Vec<f64> = quantized(&x).iter().map(|v| v.exp()).collect();
+        let err = max_abs_err(&got, &want);
+        prop_assert!(err <= 1e-5, "max abs error {err:e}");
+    }
+
+    #[test]
+    fn reciprocal_is_within_its_bound(seed in any::<u64>()) {
+        let mut x: Vec<f64> = reals(seed, 48, 0.0, 12.0).iter().map(|v| v.exp2()).collect();
+        x.extend([1.0, 2.0, 4095.9]);
+        let got = run(seed, &encode(&x), |ctx, v| func::recip(ctx, v, 12)).output;
+        let want: Vec<f64> = quantized(&x).iter().map(|v| 1.0 / v).collect();
+        let err = max_abs_err(&got, &want);
+        prop_assert!(err <= 4.0 * ULP, "max abs error {err:e}");
+    }
+
+    #[test]
+    fn rsqrt_is_within_its_bound(seed in any::<u64>()) {
+        let mut x: Vec<f64> = reals(seed, 48, -12.0, 20.0).iter().map(|v| v.exp2()).collect();
+        x.extend([4f64.powi(-6), 1.0, 4.0, 4f64.powi(10) - 1.0]);
+        let got = run(seed, &encode(&x), |ctx, v| func::rsqrt(ctx, v, FRAC, -6, 10, 3.0)).output;
+        let want: Vec<f64> = quantized(&x).iter().map(|v| 3.0 / v.sqrt()).collect();
+        for (g, w) in got.iter().zip(&want) {
+            let err = (decode(*g) - w).abs();
+            prop_assert!(err <= 1e-5 * w + 2.0 * ULP, "got {} want {w} (error {err:e})", decode(*g));
+        }
+    }
+
+    #[test]
+    fn sigmoid_and_silu_are_within_their_bounds(seed in any::<u64>()) {
+        let mut x = reals(seed, 64, -30.0, 30.0);
+        x.extend([0.0, -1e-6, 1e-6, 16.0, -16.0]);
+        let got = run(seed, &encode(&x), |ctx, v| func::sigmoid(ctx, v, FRAC + 10)).output;
+        let want: Vec<f64> = quantized(&x).iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
+        let err = max_abs_err(&got, &want);
+        prop_assert!(err <= 1e-5, "sigmoid max abs error {err:e}");
+        let got = run(seed, &encode(&x), |ctx, v| func::silu(ctx, v, FRAC + 10)).output;
+        let want: Vec<f64> = quantized(&x).iter().map(|v| v / (1.0 + (-v).exp())).collect();
+        let err = max_abs_err(&got, &want);
+        prop_assert!(err <= 1e-4, "silu max abs error {err:e}");
+    }
+
+    #[test]
+    fn softmax_is_within_its_bound(seed in any::<u64>(), cols in 1usize..40) {
+        let x = reals(seed, 4 * cols, -30.0, 30.0);
+        let got = run(seed, &encode(&x), |ctx, v| func::softmax_rows(ctx, v, cols, FRAC + 8)).output;
+        let mut want = Vec::new();
+        for row in quantized(&x).chunks(cols) {
+            let m = row.iter().cloned().fold(f64::MIN, f64::max);
+            let s: f64 = row.iter().map(|v| (v - m).exp()).sum();
+            want.extend(row.iter().map(|v| (v - m).exp() / s));
+        }
+        let err = max_abs_err(&got, &want);
+        prop_assert!(err <= 2e-5, "max abs error {err:e}");
+    }
+
+    #[test]
+    fn rmsnorm_is_within_its_bound(seed in any::<u64>(), scale in -8i32..6) {
+        let dim = 64;
+        let s = (scale as f64).exp2();
+        let x = reals(seed, 3 * dim, -s, s);
+        let eps = 1e-5;
+        let got = run(seed, &encode(&x), |ctx, v| func::rmsnorm(ctx, v, dim, eps, -6, 10)).output;
+        let mut want = Vec::new();
+        for row in quantized(&x).chunks(dim) {
+            let ms: f64 = row.iter().map(|v| v * v).sum::<f64>() / dim as f64;
+            want.extend(row.iter().map(|v| v / (ms + eps).sqrt()));
+        }
+        let err = max_abs_err(&got, &want);
+        prop_assert!(err <= 1e-4, "max abs error {err:e}");
+    }
+}

@@ -221,21 +221,41 @@ impl<'l> Ctx<'l> {
         &mut self,
         x: &[u64],
         y: &[u64],
-        (m, k, n): (usize, usize, usize),
+        shape: (usize, usize, usize),
     ) -> Result<Vec<u64>, MpcError> {
-        debug_assert!(x.len() == m * k && y.len() == k * n);
-        let a = self.random(m * k);
-        let b = self.random(k * n);
-        let c = self.derived(m * n, || ring::matmul(&a, &b, m, k, n))?;
-        let mut masked = ring::sub(x, &a);
-        masked.extend(ring::sub(y, &b));
+        Ok(self.matmul_batch(&[(x, y, shape)])?.remove(0))
+    }
+
+    /// Several independent matrix products in one round.
+    pub fn matmul_batch(
+        &mut self,
+        items: &[(&[u64], &[u64], (usize, usize, usize))],
+    ) -> Result<Vec<Vec<u64>>, MpcError> {
+        let mut triples = Vec::with_capacity(items.len());
+        let mut masked = Vec::new();
+        for &(x, y, (m, k, n)) in items {
+            debug_assert!(x.len() == m * k && y.len() == k * n);
+            let a = self.random(m * k);
+            let b = self.random(k * n);
+            let c = self.derived(m * n, || ring::matmul(&a, &b, m, k, n))?;
+            masked.extend(ring::sub(x, &a));
+            masked.extend(ring::sub(y, &b));
+            triples.push((a, b, c));
+        }
         let opened = self.open(&masked)?;
-        let (d, e) = opened.split_at(m * k);
-        let mut z = c;
-        ring::add_assign(&mut z, &ring::matmul(d, &b, m, k, n));
-        ring::add_assign(&mut z, &ring::matmul(&a, e, m, k, n));
-        self.add_public_vec(&mut z, &ring::matmul(d, e, m, k, n));
-        Ok(z)
+        let mut at = 0;
+        let mut out = Vec::with_capacity(items.len());
+        for (&(_, _, (m, k, n)), (a, b, c)) in items.iter().zip(triples) {
+            let d = &opened[at..at + m * k];
+            let e = &opened[at + m * k..at + m * k + k * n];
+            at += m * k + k * n;
+            let mut z = c;
+            ring::add_assign(&mut z, &ring::matmul(d, &b, m, k, n));
+            ring::add_assign(&mut z, &ring::matmul(&a, e, m, k, n));
+            self.add_public_vec(&mut z, &ring::matmul(d, e, m, k, n));
+            out.push(z);
+        }
+        Ok(out)
     }
 
     /// Divides a shared vector by `2^bits`, rounding down or up by at most one unit, for any

@@ -188,12 +188,27 @@ pub fn silu(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
     mul(ctx, x, &s)
 }
 
-/// Softmax of each row of a `rows × cols` matrix: the row max, `exp(x − max)`, the row sum's
-/// reciprocal, the product.
-pub fn softmax_rows(ctx: &mut Ctx, x: &[u64], cols: usize, bits: u32) -> R {
-    let max = max_rows(ctx, x, cols, bits)?;
-    let shifted = ring::sub(x, &broadcast(&max, cols));
-    let e = exp_nonpositive(ctx, &shifted, bits + 1)?;
+/// Softmax of each row of a `rows × cols` matrix (masked entries, a public pattern, get
+/// probability 0): the row max, `exp(x − max)`, the row sum's reciprocal, the product. Needs
+/// `|x| < 2^(bits − FRAC − 1)`.
+pub fn softmax_rows(ctx: &mut Ctx, x: &[u64], cols: usize, masked: Option<&[bool]>, bits: u32) -> R {
+    let mut x = x.to_vec();
+    if let Some(masked) = masked {
+        // A masked entry takes a public value below every unmasked one: it never wins the max.
+        let floor = encode(-(((bits - FRAC - 1) as f64).exp2()));
+        let a = ctx.role() == Some(crate::Role::A);
+        for (v, &m) in x.iter_mut().zip(masked) {
+            if m {
+                *v = if a { floor } else { 0 };
+            }
+        }
+    }
+    let max = max_rows(ctx, &x, cols, bits)?;
+    let shifted = ring::sub(&x, &broadcast(&max, cols));
+    let mut e = exp_nonpositive(ctx, &shifted, bits + 1)?;
+    if let Some(masked) = masked {
+        e.iter_mut().zip(masked).filter(|(_, m)| **m).for_each(|(v, _)| *v = 0);
+    }
     let sums = row_sums(&e, cols);
     let log2_max = (usize::BITS - cols.leading_zeros()) + 1;
     let inv = recip(ctx, &sums, log2_max)?;

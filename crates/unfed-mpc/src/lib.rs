@@ -11,6 +11,7 @@
 pub mod ctx;
 pub mod dcf;
 pub mod func;
+pub mod layer;
 pub mod link;
 pub mod prg;
 pub mod ring;
@@ -36,4 +37,6 @@ pub enum MpcError {
     MaterialExhausted { needed: usize, left: usize },
     #[error("the dealt material does not match the computation: {left} words left over")]
     MaterialLeftOver { left: usize },
+    #[error("weights: {0}")]
+    Weights(String),
 }

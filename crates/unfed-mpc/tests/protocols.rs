@@ -133,7 +133,7 @@ proptest! {
     #[test]
     fn softmax_is_within_its_bound(seed in any::<u64>(), cols in 1usize..40) {
         let x = reals(seed, 4 * cols, -30.0, 30.0);
-        let got = run(seed, &encode(&x), |ctx, v| func::softmax_rows(ctx, v, cols, FRAC + 8)).output;
+        let got = run(seed, &encode(&x), |ctx, v| func::softmax_rows(ctx, v, cols, None, FRAC + 8)).output;
         let mut want = Vec::new();
         for row in quantized(&x).chunks(cols) {
             let m = row.iter().cloned().fold(f64::MIN, f64::max);

@@ -268,3 +268,11 @@ fn shape_error(name: &str, got: &[usize], want: &[usize]) -> ModelError {
         problem: format!("shape {got:?}, expected {want:?}"),
     }
 }
+
+impl Checkpoint {
+    /// A tensor dequantized to f32, row-major, with its dimensions (outermost first).
+    pub fn dequantized(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let t = dense(self, name)?;
+        Ok((t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?))
+    }
+}

@@ -14,6 +14,7 @@ pub mod func;
 pub mod layer;
 pub mod link;
 pub mod prg;
+pub mod shard;
 pub mod ring;
 
 pub use ctx::{Ctx, Material, Stats};

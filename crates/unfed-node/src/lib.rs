@@ -5,6 +5,7 @@
 pub mod circuit;
 mod forward;
 pub mod guard;
+pub mod mpc_weights;
 mod onion_keys;
 mod registration;
 mod relay;

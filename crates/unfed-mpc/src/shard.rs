@@ -1,0 +1,113 @@
+//! Shard 0 on shares: the embedding lookup on shared one-hot rows and the first `k` decoder
+//! layers, one step at a time over secret-shared KV caches. [`LocalPair`] runs the dealer and
+//! both parties in one process (tests, benchmarks); the network runs the same [`step`].
+
+use crate::layer::{self, LayerShape, LayerWeights, Matrix, SharedKv};
+use crate::prg::{Prg, Seed};
+use crate::{Ctx, Material, MpcError, Role, Stats, mem_pair, ring};
+
+/// What the dealer and the parties agree on: shapes only.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardSpec {
+    pub layer: LayerShape,
+    pub vocab: usize,
+    /// Decoder layers run on shares.
+    pub k: usize,
+}
+
+/// The public weights a party holds.
+pub struct ShardWeights {
+    /// `[vocab][hidden]`.
+    pub embedding: Matrix,
+    pub layers: Vec<LayerWeights>,
+}
+
+/// One party's (or the dealer's) state of a session: the shared caches of its layers.
+#[derive(Clone, Debug, Default)]
+pub struct ShardState {
+    kv: Vec<SharedKv>,
+}
+
+impl ShardState {
+    pub fn positions(&self) -> usize {
+        self.kv.first().map_or(0, SharedKv::positions)
+    }
+}
+
+/// One step on `t` new tokens: shares of the output hidden states (`t × hidden`). The dealer
+/// passes the tokens (and no weights); the parties pass `&[]` and their weights.
+pub fn step(
+    ctx: &mut Ctx,
+    spec: &ShardSpec,
+    weights: Option<&ShardWeights>,
+    tokens: &[u32],
+    t: usize,
+    state: &mut ShardState,
+) -> Result<Vec<u64>, MpcError> {
+    if state.kv.is_empty() {
+        state.kv = vec![SharedKv::default(); spec.k];
+    }
+    let onehot = layer::onehot_input(ctx, tokens, t, spec.vocab)?;
+    let mut x = layer::embed(weights.map(|w| &w.embedding), &onehot, t, spec.layer.hidden);
+    for (i, kv) in state.kv.iter_mut().enumerate() {
+        x = layer::forward(ctx, &spec.layer, weights.map(|w| &w.layers[i]), &x, t, kv)?;
+    }
+    Ok(x)
+}
+
+/// Dealer, party A and party B of one session in one process, each party on its own thread
+/// for every step, joined by an in-memory link.
+pub struct LocalPair<'w> {
+    spec: ShardSpec,
+    weights: &'w ShardWeights,
+    rng: Prg,
+    states: [ShardState; 3],
+    /// Party A's traffic so far.
+    pub stats: Stats,
+    /// Bytes dealt to A and to B so far.
+    pub dealt: [usize; 2],
+}
+
+impl<'w> LocalPair<'w> {
+    /// A session whose every random choice comes from `seed` (tests and benchmarks; a client
+    /// seeds from the operating system).
+    pub fn new(spec: ShardSpec, weights: &'w ShardWeights, seed: Seed) -> Self {
+        Self {
+            spec,
+            weights,
+            rng: Prg::new(&seed),
+            states: Default::default(),
+            stats: Stats::default(),
+            dealt: [0; 2],
+        }
+    }
+
+    /// One step: the hidden states shard 1 reconstructs from the two parties' shares.
+    pub fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>, MpcError> {
+        let t = tokens.len();
+        let seeds = [self.rng.next_seed(), self.rng.next_seed(), self.rng.next_seed()];
+        let [dealer_state, state_a, state_b] = &mut self.states;
+        let mut dealer = Ctx::dealer(seeds);
+        step(&mut dealer, &self.spec, None, tokens, t, dealer_state)?;
+        let [ma, mb] = dealer.into_material([seeds[0], seeds[1]]).expect("a dealer");
+        self.dealt[0] += ma.len_bytes();
+        self.dealt[1] += mb.len_bytes();
+        let (mut la, mut lb) = mem_pair();
+        let (spec, weights) = (&self.spec, self.weights);
+        let party = |role, m: Material, link: &mut crate::MemLink, state: &mut ShardState| {
+            let mut ctx = Ctx::party(role, m, link);
+            let out = step(&mut ctx, spec, Some(weights), &[], t, state)?;
+            ctx.finish()?;
+            Ok::<_, MpcError>((out, ctx.stats()))
+        };
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| party(Role::A, ma, &mut la, state_a));
+            let b = s.spawn(|| party(Role::B, mb, &mut lb, state_b));
+            (a.join().expect("party A"), b.join().expect("party B"))
+        });
+        let ((out_a, stats), (out_b, _)) = (a?, b?);
+        self.stats.rounds += stats.rounds;
+        self.stats.words_sent += stats.words_sent;
+        Ok(ring::decode_all(&ring::reveal(&out_a, &out_b)).into_iter().map(|v| v as f32).collect())
+    }
+}

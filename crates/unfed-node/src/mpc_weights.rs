@@ -1,0 +1,71 @@
+//! What an MPC party of shard 0 loads: the public weights of the embedding and the first `k`
+//! decoder layers, dequantized from the shard file into the fixed point of `unfed-mpc`.
+
+use unfed_model::{Checkpoint, ModelConfig};
+use unfed_mpc::layer::{LayerShape, LayerWeights, Matrix, RawLayer};
+use unfed_mpc::shard::{ShardSpec, ShardWeights};
+
+/// Why the weights could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum MpcWeightsError {
+    #[error("{0}")]
+    Model(#[from] unfed_model::ModelError),
+    #[error("{0}")]
+    Mpc(#[from] unfed_mpc::MpcError),
+    #[error("the model has {have} layers; {want} cannot run on shares")]
+    Layers { have: usize, want: usize },
+}
+
+/// The shapes of shard 0 on shares for a model, with `k` layers.
+pub fn spec(cfg: &ModelConfig, k: usize) -> ShardSpec {
+    ShardSpec {
+        layer: LayerShape {
+            hidden: cfg.hidden,
+            ffn: cfg.ffn,
+            n_head: cfg.n_head,
+            n_kv_head: cfg.n_kv_head,
+            head_dim: cfg.head_dim,
+            rope_theta: cfg.rope_theta,
+            interleaved: cfg.arch.rope_interleaved(),
+            eps: cfg.rms_eps,
+        },
+        vocab: cfg.vocab,
+        k,
+    }
+}
+
+/// The embedding and layers `0..k` of `ck` (a whole model or a shard that starts at layer 0).
+pub fn load(ck: &Checkpoint, cfg: &ModelConfig, k: usize) -> Result<ShardWeights, MpcWeightsError> {
+    if k == 0 || k > cfg.n_layer {
+        return Err(MpcWeightsError::Layers { have: cfg.n_layer, want: k });
+    }
+    let spec = spec(cfg, k);
+    let get = |name: &str| -> Result<Vec<f32>, MpcWeightsError> { Ok(ck.dequantized(name)?.1) };
+    let embedding = Matrix::encode("token_embd", &get("token_embd.weight")?, cfg.vocab, cfg.hidden, None, |_| 1.0)?;
+    let mut layers = Vec::with_capacity(k);
+    for i in 0..k {
+        let p = |n: &str| format!("blk.{i}.{n}");
+        let w = |n: &str| get(&p(&format!("{n}.weight")));
+        let bias = if cfg.arch.qkv_bias() {
+            Some([get(&p("attn_q.bias"))?, get(&p("attn_k.bias"))?, get(&p("attn_v.bias"))?].concat())
+        } else {
+            None
+        };
+        let (attn_norm, q, kk, v, o) = (w("attn_norm")?, w("attn_q")?, w("attn_k")?, w("attn_v")?, w("attn_output")?);
+        let (ffn_norm, gate, up, down) = (w("ffn_norm")?, w("ffn_gate")?, w("ffn_up")?, w("ffn_down")?);
+        let raw = RawLayer {
+            attn_norm: &attn_norm,
+            q: &q,
+            k: &kk,
+            v: &v,
+            qkv_bias: bias.as_deref(),
+            o: &o,
+            ffn_norm: &ffn_norm,
+            gate: &gate,
+            up: &up,
+            down: &down,
+        };
+        layers.push(LayerWeights::new(&spec.layer, &raw)?);
+    }
+    Ok(ShardWeights { embedding, layers })
+}

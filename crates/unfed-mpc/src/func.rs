@@ -216,18 +216,19 @@ pub fn softmax_rows(ctx: &mut Ctx, x: &[u64], cols: usize, masked: Option<&[bool
 }
 
 /// `1/rms(row)` for each row of a `rows × dim` matrix, `rms = √(mean(x²) + eps)`, for
-/// `mean(x²)·dim + eps·dim ∈ [4^lo, 4^hi)`, `hi ≤ 11` (20 rounds). The squares are summed
-/// before one truncation per row, which keeps [`SUM_FRAC`] fractional bits, so that small
-/// activations keep their precision.
+/// `|x| < 2^(31 − FRAC)` and `mean(x²)·dim + eps·dim ∈ [4^lo, 4^hi)`, `hi ≤ 11` (20 rounds).
+/// The squares keep [`SUM_FRAC`] fractional bits, so that small activations keep their
+/// precision.
 pub fn inv_rms(ctx: &mut Ctx, x: &[u64], dim: usize, eps: f64, lo: i32, hi: i32) -> R {
     let sq = ctx.square_raw(x)?;
-    let mut sums = ctx.trunc(&row_sums(&sq, dim), 2 * FRAC - SUM_FRAC)?;
+    let mut sums = row_sums(&ctx.trunc(&sq, 2 * FRAC - SUM_FRAC)?, dim);
     ctx.add_public(&mut sums, encode_at(eps * dim as f64, SUM_FRAC));
     rsqrt(ctx, &sums, SUM_FRAC, lo, hi, (dim as f64).sqrt())
 }
 
-/// Fractional bits of the sums of squares RMSNorm takes the root of.
-pub const SUM_FRAC: u32 = 38;
+/// Fractional bits of the sums of squares RMSNorm takes the root of (as many as leave room for
+/// rsqrt's scaling product under 2^62).
+pub const SUM_FRAC: u32 = 58 - FRAC;
 
 /// RMSNorm without its weight: `x / rms(row)` (22 rounds). The weight is public and is folded
 /// into whatever public linear map follows.

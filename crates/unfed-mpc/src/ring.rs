@@ -1,8 +1,9 @@
 //! Z_2^64 arithmetic on vectors and the fixed-point encoding: a real `v` is the ring element
 //! `round(v · 2^FRAC)` in two's complement.
 
-/// Fractional bits of the fixed-point encoding.
-pub const FRAC: u32 = 20;
+/// Fractional bits of the fixed-point encoding. A product of two values has `2·FRAC` and must
+/// stay under 2^62 for truncation: `|x·y| < 2^(62 − 2·FRAC)` = 2^18 as reals.
+pub const FRAC: u32 = 22;
 
 /// One unit in the last place.
 pub const ULP: f64 = 1.0 / (1u64 << FRAC) as f64;

@@ -1,8 +1,14 @@
 //! Shard 0 on shares, end to end in one process: the dealer, party A and party B run the
 //! embedding and the first `k` layers on shares; the rest of the model runs in plaintext on
-//! the sum of their output shares. The greedy tokens must equal the plaintext engine's, and
-//! the MPC output must stay close to the plaintext shard 0's hidden states. Tiny generated
-//! models always; the two real models with `UNFED_SLOW=1`.
+//! the sum of their output shares. The greedy tokens must equal those of the plaintext shard 0
+//! followed by the same rest, and the MPC output must stay close to the plaintext shard 0's
+//! hidden states. Tiny generated models always; the two real models with `UNFED_SLOW=1`.
+//!
+//! The plaintext shard 0 here is the exact path (`Compute::Reference`: dequantized weights,
+//! f32 activations), which is what the pair computes. The engine's default kernels quantize
+//! activations to 8 bits; on SmolLM2 that moves shard 0's output by 0.4 (k = 1) to 2.0
+//! (k = 2) where the pair is within 0.01 of exact (docs/mpc.md), enough to change some greedy
+//! continuations: that difference is the kernels', not the pair's.
 
 use std::path::Path;
 
@@ -27,15 +33,15 @@ fn last_logits(model: &ShardModel, input: Input, cache: &mut unfed_model::KvCach
     out.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
-/// `n` greedy tokens after `prompt`, in plaintext (shard 0, then the rest) and with shard 0 on
-/// shares (then the same rest), every shard on `compute`.
-fn generate(path: &Path, k: usize, prompt: &[u32], n: usize, compute: Compute) -> Outcome {
+/// `n` greedy tokens after `prompt`, in plaintext (shard 0 on the exact reference path, then
+/// the rest on `rest_compute`) and with shard 0 on shares (then the same rest).
+fn generate(path: &Path, k: usize, prompt: &[u32], n: usize, rest_compute: Compute) -> Outcome {
     let ck = Checkpoint::open(path).unwrap();
     let cfg = ck.config().unwrap();
     let front_role = ShardRole { layers: 0..k, embedding: true, head: false };
-    let front = ShardModel::load_role_with(&ck, front_role, compute).unwrap();
+    let front = ShardModel::load_role_with(&ck, front_role, Compute::Reference).unwrap();
     let rest_role = ShardRole { layers: k..cfg.n_layer, embedding: false, head: true };
-    let rest = ShardModel::load_role_with(&ck, rest_role, compute).unwrap();
+    let rest = ShardModel::load_role_with(&ck, rest_role, rest_compute).unwrap();
     let weights = mpc_weights::load(&ck, &cfg, k).unwrap();
     let mut pair = LocalPair::new(mpc_weights::spec(&cfg, k), &weights, [7; 16]);
     let to_tensor = |v: Vec<f32>, t: usize| Tensor::from_vec(v, (t, cfg.hidden), &Device::Cpu).unwrap();
@@ -70,7 +76,7 @@ fn tiny_models_generate_the_plaintext_tokens_through_the_mpc_pair() {
         let path = dir.path().join(format!("{}.gguf", arch.name()));
         write_tiny_gguf(&path, &TinySpec { arch, seed: 11, ..TinySpec::default() }).unwrap();
         // Random tiny weights give nearly tied logits, which 8-bit activations decide by
-        // chance: the tiny models run on the exact reference path.
+        // chance: the rest of the tiny models runs on the exact path too.
         let out = generate(&path, k, &[1, 72, 101, 108, 108, 111], 12, Compute::Reference);
         eprintln!("{arch:?} k={k}: max abs error {}", out.max_err);
         assert_eq!(out.mpc, out.plain, "{arch:?} k={k}");

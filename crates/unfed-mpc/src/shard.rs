@@ -2,6 +2,8 @@
 //! layers, one step at a time over secret-shared KV caches. [`LocalPair`] runs the dealer and
 //! both parties in one process (tests, benchmarks); the network runs the same [`step`].
 
+use std::time::{Duration, Instant};
+
 use crate::layer::{self, LayerShape, LayerWeights, Matrix, SharedKv};
 use crate::prg::{Prg, Seed};
 use crate::{Ctx, Material, MpcError, Role, Stats, mem_pair, ring};
@@ -66,6 +68,9 @@ pub struct LocalPair<'w> {
     pub stats: Stats,
     /// Bytes dealt to A and to B so far.
     pub dealt: [usize; 2],
+    /// Time spent dealing, and running the two parties, so far.
+    pub deal_time: Duration,
+    pub pair_time: Duration,
 }
 
 impl<'w> LocalPair<'w> {
@@ -79,12 +84,15 @@ impl<'w> LocalPair<'w> {
             states: Default::default(),
             stats: Stats::default(),
             dealt: [0; 2],
+            deal_time: Duration::ZERO,
+            pair_time: Duration::ZERO,
         }
     }
 
     /// One step: the hidden states shard 1 reconstructs from the two parties' shares.
     pub fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>, MpcError> {
         let t = tokens.len();
+        let start = Instant::now();
         let seeds = [self.rng.next_seed(), self.rng.next_seed(), self.rng.next_seed()];
         let [dealer_state, state_a, state_b] = &mut self.states;
         let mut dealer = Ctx::dealer(seeds);
@@ -92,6 +100,8 @@ impl<'w> LocalPair<'w> {
         let [ma, mb] = dealer.into_material([seeds[0], seeds[1]]).expect("a dealer");
         self.dealt[0] += ma.len_bytes();
         self.dealt[1] += mb.len_bytes();
+        let dealt = Instant::now();
+        self.deal_time += dealt - start;
         let (mut la, mut lb) = mem_pair();
         let (spec, weights) = (&self.spec, self.weights);
         let party = |role, m: Material, link: &mut crate::MemLink, state: &mut ShardState| {
@@ -105,6 +115,7 @@ impl<'w> LocalPair<'w> {
             let b = s.spawn(|| party(Role::B, mb, &mut lb, state_b));
             (a.join().expect("party A"), b.join().expect("party B"))
         });
+        self.pair_time += dealt.elapsed();
         let ((out_a, stats), (out_b, _)) = (a?, b?);
         self.stats.rounds += stats.rounds;
         self.stats.words_sent += stats.words_sent;

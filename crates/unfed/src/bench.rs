@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// hops next to the whole model's decode time per token, and the setup of one circuit.
     #[arg(long)]
     onion: bool,
+    /// Measure only shard 0 as a two-party MPC pair (K = 1 and 2 layers on shares, the two
+    /// parties in this process) next to the plaintext shard 0; `--gen` decode steps.
+    #[arg(long)]
+    mpc: bool,
 }
 
 /// One way of running the model (a few per run: their size does not matter).
@@ -170,6 +174,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         Some(f) => std::fs::read_to_string(f)?,
         None => unfed_engine::BENCH_PROMPT.to_string(),
     };
+    if args.mpc {
+        let ck = Checkpoint::open(&path)?;
+        let ids = unfed_model::TextTokenizer::from_metadata(ck.metadata())?.encode(&prompt)?;
+        crate::bench_mpc::run(&path, &ids, args.generate, args.runs)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.onion {
         let loaded = resolve::load_model(&path)?;
         let ids = loaded.tokenizer.encode(&prompt)?;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_kernels;
+mod bench_mpc;
 mod bench_onion;
 mod generate;
 mod model_cmd;

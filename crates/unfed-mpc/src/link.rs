@@ -31,3 +31,31 @@ impl Link for MemLink {
         self.recv.recv().map_err(|_| MpcError::Link("the other party hung up".into()))
     }
 }
+
+/// A link that keeps everything the other party sent, in order (when `keep`): the audit aid
+/// behind a party's recorded view.
+pub struct RecordingLink<'l> {
+    inner: &'l mut dyn Link,
+    keep: bool,
+    /// Every ring element received, round after round.
+    pub received: Vec<u64>,
+    /// Where each round's elements start in `received`.
+    pub rounds: Vec<usize>,
+}
+
+impl<'l> RecordingLink<'l> {
+    pub fn new(inner: &'l mut dyn Link, keep: bool) -> Self {
+        Self { inner, keep, received: Vec::new(), rounds: Vec::new() }
+    }
+}
+
+impl Link for RecordingLink<'_> {
+    fn exchange(&mut self, mine: &[u64]) -> Result<Vec<u64>, MpcError> {
+        let theirs = self.inner.exchange(mine)?;
+        if self.keep {
+            self.rounds.push(self.received.len());
+            self.received.extend_from_slice(&theirs);
+        }
+        Ok(theirs)
+    }
+}

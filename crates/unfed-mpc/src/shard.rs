@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::layer::{self, LayerShape, LayerWeights, Matrix, SharedKv};
 use crate::prg::{Prg, Seed};
+use crate::link::RecordingLink;
 use crate::{Ctx, Material, MpcError, Role, Stats, mem_pair, ring};
 
 /// What the dealer and the parties agree on: shapes only.
@@ -71,6 +72,17 @@ pub struct LocalPair<'w> {
     /// Time spent dealing, and running the two parties, so far.
     pub deal_time: Duration,
     pub pair_time: Duration,
+    /// What A and B received, when recording ([`LocalPair::record_views`]).
+    pub views: Option<[View; 2]>,
+}
+
+/// Everything one party received in a session: from the other party, and from the dealer.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    /// Ring elements the other party sent, every round of every step.
+    pub link: Vec<u64>,
+    /// The dealt words of every step (seeds not included).
+    pub material: Vec<u64>,
 }
 
 impl<'w> LocalPair<'w> {
@@ -86,7 +98,13 @@ impl<'w> LocalPair<'w> {
             dealt: [0; 2],
             deal_time: Duration::ZERO,
             pair_time: Duration::ZERO,
+            views: None,
         }
+    }
+
+    /// Keeps what each party receives from now on, in [`LocalPair::views`].
+    pub fn record_views(&mut self) {
+        self.views = Some(Default::default());
     }
 
     /// One step: the hidden states shard 1 reconstructs from the two parties' shares.
@@ -104,11 +122,17 @@ impl<'w> LocalPair<'w> {
         self.deal_time += dealt - start;
         let (mut la, mut lb) = mem_pair();
         let (spec, weights) = (&self.spec, self.weights);
+        let recording = self.views.is_some();
         let party = |role, m: Material, link: &mut crate::MemLink, state: &mut ShardState| {
-            let mut ctx = Ctx::party(role, m, link);
+            let material = if recording { m.words.clone() } else { Vec::new() };
+            let mut recorder = RecordingLink::new(link, recording);
+            let mut ctx = Ctx::party(role, m, &mut recorder);
             let out = step(&mut ctx, spec, Some(weights), &[], t, state)?;
             ctx.finish()?;
-            Ok::<_, MpcError>((out, ctx.stats()))
+            let stats = ctx.stats();
+            drop(ctx);
+            let view = View { link: recorder.received, material };
+            Ok::<_, MpcError>((out, stats, view))
         };
         let (a, b) = std::thread::scope(|s| {
             let a = s.spawn(|| party(Role::A, ma, &mut la, state_a));
@@ -116,7 +140,13 @@ impl<'w> LocalPair<'w> {
             (a.join().expect("party A"), b.join().expect("party B"))
         });
         self.pair_time += dealt.elapsed();
-        let ((out_a, stats), (out_b, _)) = (a?, b?);
+        let ((out_a, stats, view_a), (out_b, _, view_b)) = (a?, b?);
+        if let Some(views) = &mut self.views {
+            for (all, new) in views.iter_mut().zip([view_a, view_b]) {
+                all.link.extend(new.link);
+                all.material.extend(new.material);
+            }
+        }
         self.stats.rounds += stats.rounds;
         self.stats.words_sent += stats.words_sent;
         Ok(ring::decode_all(&ring::reveal(&out_a, &out_b)).into_iter().map(|v| v as f32).collect())

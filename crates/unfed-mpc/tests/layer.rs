@@ -4,61 +4,11 @@
 
 mod common;
 
-use common::reals;
-use unfed_mpc::layer::{self, LayerShape, LayerWeights, Matrix, RawLayer, SharedKv};
+use common::{Weights, f32s, random_weights, raw, reals};
+use unfed_mpc::layer::{self, LayerShape, LayerWeights, Matrix, SharedKv};
 use unfed_mpc::prg::Prg;
 use unfed_mpc::ring::{self, decode};
 use unfed_mpc::{Ctx, Material, MemLink, Role, mem_pair};
-
-struct Weights {
-    attn_norm: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    bias: Option<Vec<f32>>,
-    o: Vec<f32>,
-    ffn_norm: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    down: Vec<f32>,
-}
-
-fn f32s(seed: u64, n: usize, lo: f64, hi: f64) -> Vec<f32> {
-    reals(seed, n, lo, hi).into_iter().map(|v| v as f32).collect()
-}
-
-fn random_weights(s: &LayerShape, seed: u64, bias: bool) -> Weights {
-    let (h, f) = (s.hidden, s.ffn);
-    let (qd, kvd) = (s.n_head * s.head_dim, s.n_kv_head * s.head_dim);
-    let w = 1.0 / (h as f64).sqrt();
-    Weights {
-        attn_norm: f32s(seed, h, 0.5, 1.5),
-        q: f32s(seed + 1, qd * h, -2.0 * w, 2.0 * w),
-        k: f32s(seed + 2, kvd * h, -2.0 * w, 2.0 * w),
-        v: f32s(seed + 3, kvd * h, -w, w),
-        bias: bias.then(|| f32s(seed + 4, qd + 2 * kvd, -0.5, 0.5)),
-        o: f32s(seed + 5, h * qd, -w, w),
-        ffn_norm: f32s(seed + 6, h, 0.5, 1.5),
-        gate: f32s(seed + 7, f * h, -2.0 * w, 2.0 * w),
-        up: f32s(seed + 8, f * h, -w, w),
-        down: f32s(seed + 9, h * f, -w, w),
-    }
-}
-
-fn raw(w: &Weights) -> RawLayer<'_> {
-    RawLayer {
-        attn_norm: &w.attn_norm,
-        q: &w.q,
-        k: &w.k,
-        v: &w.v,
-        qkv_bias: w.bias.as_deref(),
-        o: &w.o,
-        ffn_norm: &w.ffn_norm,
-        gate: &w.gate,
-        up: &w.up,
-        down: &w.down,
-    }
-}
 
 /// `W (rows×cols) · x` for each row of `x`.
 fn matvec(w: &[f32], rows: usize, x: &[f64]) -> Vec<f64> {

@@ -47,15 +47,32 @@ pub struct Ctx<'l> {
 }
 
 enum Source {
-    Party { role: Role, prg: Prg, words: Vec<u64>, used: usize },
-    Dealer { prg: [Prg; 2], secret: Prg, words: [Vec<u64>; 2] },
+    Party {
+        role: Role,
+        prg: Box<Prg>,
+        words: Vec<u64>,
+        used: usize,
+    },
+    Dealer {
+        prg: Box<[Prg; 2]>,
+        secret: Box<Prg>,
+        words: [Vec<u64>; 2],
+    },
 }
+
+/// One matrix product of a batch: `x (m×k)`, `y (k×n)`, `(m, k, n)`.
+pub type MatmulItem<'a> = (&'a [u64], &'a [u64], (usize, usize, usize));
 
 impl<'l> Ctx<'l> {
     /// Party `role`, consuming `material` and talking over `link`.
     pub fn party(role: Role, material: Material, link: &'l mut dyn Link) -> Self {
         Self {
-            source: Source::Party { role, prg: Prg::new(&material.seed), words: material.words, used: 0 },
+            source: Source::Party {
+                role,
+                prg: Box::new(Prg::new(&material.seed)),
+                words: material.words,
+                used: 0,
+            },
             link: Some(link),
             tree: TreePrg::new(),
             stats: Stats::default(),
@@ -66,8 +83,8 @@ impl<'l> Ctx<'l> {
     pub fn dealer(seeds: [Seed; 3]) -> Ctx<'static> {
         Ctx {
             source: Source::Dealer {
-                prg: [Prg::new(&seeds[0]), Prg::new(&seeds[1])],
-                secret: Prg::new(&seeds[2]),
+                prg: Box::new([Prg::new(&seeds[0]), Prg::new(&seeds[1])]),
+                secret: Box::new(Prg::new(&seeds[2])),
                 words: [Vec::new(), Vec::new()],
             },
             link: None,
@@ -96,8 +113,14 @@ impl<'l> Ctx<'l> {
     pub fn into_material(self, seeds: [Seed; 2]) -> Option<[Material; 2]> {
         match self.source {
             Source::Dealer { words: [a, b], .. } => Some([
-                Material { seed: seeds[0], words: a },
-                Material { seed: seeds[1], words: b },
+                Material {
+                    seed: seeds[0],
+                    words: a,
+                },
+                Material {
+                    seed: seeds[1],
+                    words: b,
+                },
             ]),
             Source::Party { .. } => None,
         }
@@ -107,7 +130,9 @@ impl<'l> Ctx<'l> {
     pub fn finish(&self) -> Result<(), MpcError> {
         match &self.source {
             Source::Party { words, used, .. } if *used != words.len() => {
-                Err(MpcError::MaterialLeftOver { left: words.len() - used })
+                Err(MpcError::MaterialLeftOver {
+                    left: words.len() - used,
+                })
             }
             _ => Ok(()),
         }
@@ -134,7 +159,10 @@ impl<'l> Ctx<'l> {
         };
         let theirs = link.exchange(x)?;
         if theirs.len() != x.len() {
-            return Err(MpcError::PeerLength { expected: x.len(), got: theirs.len() });
+            return Err(MpcError::PeerLength {
+                expected: x.len(),
+                got: theirs.len(),
+            });
         }
         self.stats.rounds += 1;
         self.stats.words_sent += x.len() as u64;
@@ -158,7 +186,9 @@ impl<'l> Ctx<'l> {
         value: impl FnOnce() -> Vec<u64>,
     ) -> Result<Vec<u64>, MpcError> {
         match &mut self.source {
-            Source::Party { role: Role::A, prg, .. } => Ok(prg.take(n)),
+            Source::Party {
+                role: Role::A, prg, ..
+            } => Ok(prg.take(n)),
             Source::Party { role: Role::B, .. } => self.take_words(n),
             Source::Dealer { prg, words, .. } => {
                 let v = value();
@@ -195,7 +225,9 @@ impl<'l> Ctx<'l> {
         let (d, e) = opened.split_at(n);
         let mut z = c;
         for i in 0..n {
-            z[i] = z[i].wrapping_add(d[i].wrapping_mul(b[i])).wrapping_add(e[i].wrapping_mul(a[i]));
+            z[i] = z[i]
+                .wrapping_add(d[i].wrapping_mul(b[i]))
+                .wrapping_add(e[i].wrapping_mul(a[i]));
         }
         self.add_public_vec(&mut z, &ring::mul(d, e));
         Ok(z)
@@ -227,10 +259,7 @@ impl<'l> Ctx<'l> {
     }
 
     /// Several independent matrix products in one round.
-    pub fn matmul_batch(
-        &mut self,
-        items: &[(&[u64], &[u64], (usize, usize, usize))],
-    ) -> Result<Vec<Vec<u64>>, MpcError> {
+    pub fn matmul_batch(&mut self, items: &[MatmulItem]) -> Result<Vec<Vec<u64>>, MpcError> {
         let mut triples = Vec::with_capacity(items.len());
         let mut masked = Vec::new();
         for &(x, y, (m, k, n)) in items {
@@ -270,7 +299,9 @@ impl<'l> Ctx<'l> {
         debug_assert!((1..63).contains(&bits));
         let n = x.len();
         let r = self.random(n);
-        let r_high = self.derived(n, || r.iter().map(|v| (v & (u64::MAX >> 1)) >> bits).collect())?;
+        let r_high = self.derived(n, || {
+            r.iter().map(|v| (v & (u64::MAX >> 1)) >> bits).collect()
+        })?;
         let r_msb = self.derived(n, || r.iter().map(|v| v >> 63).collect())?;
         let mut masked = ring::add(x, &r);
         self.add_public(&mut masked, 1 << 62);
@@ -280,7 +311,9 @@ impl<'l> Ctx<'l> {
         for i in 0..n {
             let c_msb = c[i] >> 63;
             let xor_share = r_msb[i].wrapping_mul(1u64.wrapping_sub(2 * c_msb));
-            let mut v = xor_share.wrapping_mul(1 << (63 - bits)).wrapping_sub(r_high[i]);
+            let mut v = xor_share
+                .wrapping_mul(1 << (63 - bits))
+                .wrapping_sub(r_high[i]);
             if a {
                 v = v
                     .wrapping_add(((c[i] & (u64::MAX >> 1)) >> bits) + (c_msb << (63 - bits)))
@@ -328,7 +361,9 @@ impl<'l> Ctx<'l> {
             let key = DcfKey::from_words(bits, &keys[i * key_words..(i + 1) * key_words]);
             let xor = r_bit[i].wrapping_add(dcf::evaluate(&self.tree, party, &key, c[i] & mask));
             let c_bit = (c[i] >> bits) & 1;
-            let mut lt = xor.wrapping_mul(1u64.wrapping_sub(2 * c_bit)).wrapping_neg();
+            let mut lt = xor
+                .wrapping_mul(1u64.wrapping_sub(2 * c_bit))
+                .wrapping_neg();
             if role == Role::A {
                 lt = lt.wrapping_add(1 - c_bit);
             }

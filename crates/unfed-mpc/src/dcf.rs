@@ -28,13 +28,7 @@ pub fn key_words(n: u32) -> usize {
 
 /// The two keys of `x < alpha ↦ beta` over `n`-bit inputs (`1 ≤ n ≤ 63`), from two fresh
 /// random root seeds.
-pub fn generate(
-    prg: &TreePrg,
-    n: u32,
-    alpha: u64,
-    beta: u64,
-    roots: [Seed; 2],
-) -> [DcfKey; 2] {
+pub fn generate(prg: &TreePrg, n: u32, alpha: u64, beta: u64, roots: [Seed; 2]) -> [DcfKey; 2] {
     debug_assert!((1..=63).contains(&n) && alpha >> n == 0);
     let mut seeds = roots;
     let mut bits = [false, true];
@@ -47,7 +41,9 @@ pub fn generate(
         let seed_cw = xor(&e[0].seeds[lose], &e[1].seeds[lose]);
         let sign = sign(bits[1]);
         let mut value_cw = sign.wrapping_mul(
-            e[1].values[lose].wrapping_sub(e[0].values[lose]).wrapping_sub(v_alpha),
+            e[1].values[lose]
+                .wrapping_sub(e[0].values[lose])
+                .wrapping_sub(v_alpha),
         );
         if lose == 0 {
             value_cw = value_cw.wrapping_add(sign.wrapping_mul(beta));
@@ -61,14 +57,29 @@ pub fn generate(
             e[0].bits[1] ^ e[1].bits[1] ^ alpha_bit,
         ];
         for b in 0..2 {
-            seeds[b] = if bits[b] { xor(&e[b].seeds[keep], &seed_cw) } else { e[b].seeds[keep] };
+            seeds[b] = if bits[b] {
+                xor(&e[b].seeds[keep], &seed_cw)
+            } else {
+                e[b].seeds[keep]
+            };
             bits[b] = e[b].bits[keep] ^ (bits[b] & bits_cw[keep]);
         }
-        levels.push(Level { seed: seed_cw, value: value_cw, bits: bits_cw });
+        levels.push(Level {
+            seed: seed_cw,
+            value: value_cw,
+            bits: bits_cw,
+        });
     }
-    let last = sign(bits[1])
-        .wrapping_mul(convert(&seeds[1]).wrapping_sub(convert(&seeds[0])).wrapping_sub(v_alpha));
-    roots.map(|seed| DcfKey { seed, levels: levels.clone(), last })
+    let last = sign(bits[1]).wrapping_mul(
+        convert(&seeds[1])
+            .wrapping_sub(convert(&seeds[0]))
+            .wrapping_sub(v_alpha),
+    );
+    roots.map(|seed| DcfKey {
+        seed,
+        levels: levels.clone(),
+        last,
+    })
 }
 
 /// Party `party`'s (0 or 1) share of `f(x)`.
@@ -130,10 +141,15 @@ impl DcfKey {
             .map(|i| Level {
                 seed: read_seed(&words[2 + 3 * i..]),
                 value: words[4 + 3 * i],
-                bits: [0, 1].map(|side| packed[(2 * i + side) / 64] >> ((2 * i + side) % 64) & 1 == 1),
+                bits: [0, 1]
+                    .map(|side| packed[(2 * i + side) / 64] >> ((2 * i + side) % 64) & 1 == 1),
             })
             .collect();
-        Self { seed, levels, last: words[words.len() - 1] }
+        Self {
+            seed,
+            levels,
+            last: words[words.len() - 1],
+        }
     }
 }
 

@@ -43,12 +43,17 @@ pub fn mul_public(ctx: &mut Ctx, x: &[u64], c: f64) -> R {
 
 /// Each row's value repeated `cols` times.
 pub fn broadcast(per_row: &[u64], cols: usize) -> Vec<u64> {
-    per_row.iter().flat_map(|&v| std::iter::repeat_n(v, cols)).collect()
+    per_row
+        .iter()
+        .flat_map(|&v| std::iter::repeat_n(v, cols))
+        .collect()
 }
 
 /// Sums of the rows of a `rows × cols` matrix (local).
 pub fn row_sums(x: &[u64], cols: usize) -> Vec<u64> {
-    x.chunks(cols).map(|row| row.iter().fold(0u64, |a, b| a.wrapping_add(*b))).collect()
+    x.chunks(cols)
+        .map(|row| row.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
+        .collect()
 }
 
 /// The maximum of each row (a tournament: ⌈log2 cols⌉ levels of a comparison and a
@@ -149,7 +154,10 @@ pub fn rsqrt(ctx: &mut Ctx, x: &[u64], x_frac: u32, lo: i32, hi: i32, c: f64) ->
     let bits = (x_frac as i32 + 2 * hi + 1).max(x_frac as i32 + 1) as u32;
     let onehot = octaves(ctx, x, x_frac, 4.0, lo, (hi - lo) as usize, bits)?;
     let down: Vec<f64> = (lo..hi).map(|j| (-2.0 * j as f64).exp2()).collect();
-    let m = ring::scale(&scale_by(ctx, x, x_frac, &onehot, &down, 4.0)?, 1 << (WIDE - FRAC));
+    let m = ring::scale(
+        &scale_by(ctx, x, x_frac, &onehot, &down, 4.0)?,
+        1 << (WIDE - FRAC),
+    );
     let mut y = ctx.trunc(&ring::scale(&m, encode_at(-0.152, WIDE)), WIDE)?;
     ctx.add_public(&mut y, encode_at(1.066, WIDE));
     for _ in 0..3 {
@@ -191,7 +199,13 @@ pub fn silu(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
 /// Softmax of each row of a `rows × cols` matrix (masked entries, a public pattern, get
 /// probability 0): the row max, `exp(x − max)`, the row sum's reciprocal, the product. Needs
 /// `|x| < 2^(bits − FRAC − 1)`.
-pub fn softmax_rows(ctx: &mut Ctx, x: &[u64], cols: usize, masked: Option<&[bool]>, bits: u32) -> R {
+pub fn softmax_rows(
+    ctx: &mut Ctx,
+    x: &[u64],
+    cols: usize,
+    masked: Option<&[bool]>,
+    bits: u32,
+) -> R {
     let mut x = x.to_vec();
     if let Some(masked) = masked {
         // A masked entry takes a public value below every unmasked one: it never wins the max.
@@ -207,7 +221,10 @@ pub fn softmax_rows(ctx: &mut Ctx, x: &[u64], cols: usize, masked: Option<&[bool
     let shifted = ring::sub(&x, &broadcast(&max, cols));
     let mut e = exp_nonpositive(ctx, &shifted, bits + 1)?;
     if let Some(masked) = masked {
-        e.iter_mut().zip(masked).filter(|(_, m)| **m).for_each(|(v, _)| *v = 0);
+        e.iter_mut()
+            .zip(masked)
+            .filter(|(_, m)| **m)
+            .for_each(|(v, _)| *v = 0);
     }
     let sums = row_sums(&e, cols);
     let log2_max = (usize::BITS - cols.leading_zeros()) + 1;
@@ -270,7 +287,9 @@ fn octaves(
             below[(j - 1) * n..j * n].to_vec()
         }
     };
-    Ok((0..k).map(|j| ring::sub(&below_j(j + 1), &below_j(j))).collect())
+    Ok((0..k)
+        .map(|j| ring::sub(&below_j(j + 1), &below_j(j)))
+        .collect())
 }
 
 /// `x · Σ_j onehot_j·values_j` for `x` at `x_frac` fractional bits, returned at `FRAC`

@@ -58,15 +58,20 @@ impl Matrix {
         row_scale: impl Fn(usize) -> f64,
     ) -> Result<Self, MpcError> {
         if w.len() != rows * cols {
-            return Err(MpcError::Weights(format!("{name}: {} values, expected {rows}×{cols}", w.len())));
+            return Err(MpcError::Weights(format!(
+                "{name}: {} values, expected {rows}×{cols}",
+                w.len()
+            )));
         }
         let mut data = Vec::with_capacity(w.len());
         for (i, row) in w.chunks(cols).enumerate() {
             let rs = row_scale(i);
             for (j, &v) in row.iter().enumerate() {
                 let v = v as f64 * rs * col_scale.map_or(1.0, |c| c[j] as f64);
-                if !(v.abs() < WEIGHT_MAX) {
-                    return Err(MpcError::Weights(format!("{name}: weight {v} outside ±{WEIGHT_MAX}")));
+                if v.is_nan() || v.abs() >= WEIGHT_MAX {
+                    return Err(MpcError::Weights(format!(
+                        "{name}: weight {v} outside ±{WEIGHT_MAX}"
+                    )));
                 }
                 data.push((v * (1u64 << FRAC) as f64).round() as i32);
             }
@@ -79,7 +84,9 @@ impl Matrix {
         let mut out = vec![0u64; t * self.rows];
         for (xr, or) in x.chunks(self.cols).zip(out.chunks_mut(self.rows)) {
             for (o, wr) in or.iter_mut().zip(self.data.chunks(self.cols)) {
-                *o = wr.iter().zip(xr).fold(0u64, |a, (w, v)| a.wrapping_add((*w as i64 as u64).wrapping_mul(*v)));
+                *o = wr.iter().zip(xr).fold(0u64, |a, (w, v)| {
+                    a.wrapping_add((*w as i64 as u64).wrapping_mul(*v))
+                });
             }
         }
         out
@@ -118,9 +125,16 @@ impl LayerWeights {
         let (q_dim, kv_dim) = (shape.n_head * d, shape.n_kv_head * d);
         let scale = 1.0 / (d as f64).sqrt();
         let qkv: Vec<f32> = [raw.q, raw.k, raw.v].concat();
-        let qkv = Matrix::encode("attn_qkv", &qkv, q_dim + 2 * kv_dim, h, Some(raw.attn_norm), |i| {
-            if i < q_dim { scale } else { 1.0 }
-        })?;
+        let qkv = Matrix::encode(
+            "attn_qkv",
+            &qkv,
+            q_dim + 2 * kv_dim,
+            h,
+            Some(raw.attn_norm),
+            |i| {
+                if i < q_dim { scale } else { 1.0 }
+            },
+        )?;
         let qkv_bias = match raw.qkv_bias {
             Some(b) if b.len() != q_dim + 2 * kv_dim => {
                 return Err(MpcError::Weights(format!("qkv bias: {} values", b.len())));
@@ -138,7 +152,14 @@ impl LayerWeights {
             qkv,
             qkv_bias,
             o: Matrix::encode("attn_output", raw.o, h, q_dim, None, |_| 1.0)?,
-            gate_up: Matrix::encode("ffn_gate_up", &gate_up, 2 * shape.ffn, h, Some(raw.ffn_norm), |_| 1.0)?,
+            gate_up: Matrix::encode(
+                "ffn_gate_up",
+                &gate_up,
+                2 * shape.ffn,
+                h,
+                Some(raw.ffn_norm),
+                |_| 1.0,
+            )?,
             down: Matrix::encode("ffn_down", raw.down, h, shape.ffn, None, |_| 1.0)?,
         })
     }
@@ -202,7 +223,12 @@ pub fn forward(
 
     // Attention block.
     let xn = func::rmsnorm(ctx, x, h, shape.eps, RMS_LO, RMS_HI)?;
-    let mut qkv_raw = linear(weights.map(|w| &w.qkv), xn.as_slice(), t, q_dim + 2 * kv_dim);
+    let mut qkv_raw = linear(
+        weights.map(|w| &w.qkv),
+        xn.as_slice(),
+        t,
+        q_dim + 2 * kv_dim,
+    );
     if let Some(bias) = weights.and_then(|w| w.qkv_bias.as_ref()) {
         for row in qkv_raw.chunks_mut(bias.len()) {
             ctx.add_public_vec(row, bias);
@@ -218,7 +244,10 @@ pub fn forward(
 
     // Feed-forward block.
     let xn = func::rmsnorm(ctx, &x, h, shape.eps, RMS_LO, RMS_HI)?;
-    let gu = ctx.trunc(&linear(weights.map(|w| &w.gate_up), &xn, t, 2 * shape.ffn), FRAC)?;
+    let gu = ctx.trunc(
+        &linear(weights.map(|w| &w.gate_up), &xn, t, 2 * shape.ffn),
+        FRAC,
+    )?;
     let (gate, up): (Vec<u64>, Vec<u64>) = {
         let f = shape.ffn;
         let mut g = Vec::with_capacity(t * f);
@@ -255,7 +284,14 @@ fn split_qkv(qkv: &[u64], t: usize, q_dim: usize, kv_dim: usize) -> (Vec<u64>, V
 
 /// Rotary embeddings of q and k (public rotations; one truncation round for both), with the
 /// angles computed in f32 exactly as the plaintext engine does.
-fn rope(ctx: &mut Ctx, shape: &LayerShape, q: &mut [u64], k: &mut [u64], t: usize, past: usize) -> Result<(), MpcError> {
+fn rope(
+    ctx: &mut Ctx,
+    shape: &LayerShape,
+    q: &mut [u64],
+    k: &mut [u64],
+    t: usize,
+    past: usize,
+) -> Result<(), MpcError> {
     let d = shape.head_dim;
     let half = d / 2;
     let inv_freq: Vec<f32> = (0..half)
@@ -270,9 +306,17 @@ fn rope(ctx: &mut Ctx, shape: &LayerShape, q: &mut [u64], k: &mut [u64], t: usiz
                 for (f, freq) in inv_freq.iter().enumerate() {
                     let angle = p * freq;
                     let (c, s) = (encode(angle.cos() as f64), encode(angle.sin() as f64));
-                    let (a, b) = if shape.interleaved { (2 * f, 2 * f + 1) } else { (f, f + half) };
-                    rotated[a] = head[a].wrapping_mul(c).wrapping_sub(head[b].wrapping_mul(s));
-                    rotated[b] = head[a].wrapping_mul(s).wrapping_add(head[b].wrapping_mul(c));
+                    let (a, b) = if shape.interleaved {
+                        (2 * f, 2 * f + 1)
+                    } else {
+                        (f, f + half)
+                    };
+                    rotated[a] = head[a]
+                        .wrapping_mul(c)
+                        .wrapping_sub(head[b].wrapping_mul(s));
+                    rotated[b] = head[a]
+                        .wrapping_mul(s)
+                        .wrapping_add(head[b].wrapping_mul(c));
                 }
                 out.extend(rotated);
             }
@@ -290,7 +334,14 @@ fn rope(ctx: &mut Ctx, shape: &LayerShape, q: &mut [u64], k: &mut [u64], t: usiz
 /// Causal attention of `t` new queries (`[t][head][d]`, already scaled by 1/√d) over the
 /// shared cache: scores and weighted values are Beaver matrix products, one round each for
 /// all heads; softmax over each query's row with the future masked.
-fn attention(ctx: &mut Ctx, shape: &LayerShape, q: &[u64], kv: &SharedKv, t: usize, past: usize) -> R {
+fn attention(
+    ctx: &mut Ctx,
+    shape: &LayerShape,
+    q: &[u64],
+    kv: &SharedKv,
+    t: usize,
+    past: usize,
+) -> R {
     let (d, nh, nkv) = (shape.head_dim, shape.n_head, shape.n_kv_head);
     let group = nh / nkv;
     let n = kv.len;
@@ -314,7 +365,15 @@ fn attention(ctx: &mut Ctx, shape: &LayerShape, q: &[u64], kv: &SharedKv, t: usi
         }
         keys_t.push(kt);
     }
-    let items: Vec<_> = (0..nkv).map(|g| (queries[g].as_slice(), keys_t[g].as_slice(), (group * t, d, n))).collect();
+    let items: Vec<_> = (0..nkv)
+        .map(|g| {
+            (
+                queries[g].as_slice(),
+                keys_t[g].as_slice(),
+                (group * t, d, n),
+            )
+        })
+        .collect();
     let scores_raw: Vec<u64> = ctx.matmul_batch(&items)?.concat();
     let scores = ctx.trunc(&scores_raw, FRAC)?;
     // Row r = (g, hl, i) sees keys j ≤ past + i.
@@ -327,7 +386,13 @@ fn attention(ctx: &mut Ctx, shape: &LayerShape, q: &[u64], kv: &SharedKv, t: usi
     let probs = func::softmax_rows(ctx, &scores, n, Some(&masked), FRAC + SCORE_LOG2 + 1)?;
     let rows_per_group = group * t * n;
     let items: Vec<_> = (0..nkv)
-        .map(|g| (&probs[g * rows_per_group..(g + 1) * rows_per_group], kv.v[g].as_slice(), (group * t, n, d)))
+        .map(|g| {
+            (
+                &probs[g * rows_per_group..(g + 1) * rows_per_group],
+                kv.v[g].as_slice(),
+                (group * t, n, d),
+            )
+        })
         .collect();
     let out_raw = ctx.matmul_batch(&items)?;
     let out = ctx.trunc(&out_raw.concat(), FRAC)?;

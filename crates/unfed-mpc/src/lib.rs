@@ -14,8 +14,8 @@ pub mod func;
 pub mod layer;
 pub mod link;
 pub mod prg;
-pub mod shard;
 pub mod ring;
+pub mod shard;
 
 pub use ctx::{Ctx, Material, Stats};
 pub use link::{Link, MemLink, mem_pair};

@@ -22,13 +22,26 @@ pub struct MemLink {
 pub fn mem_pair() -> (MemLink, MemLink) {
     let (to_b, from_a) = sync_channel(1);
     let (to_a, from_b) = sync_channel(1);
-    (MemLink { send: to_b, recv: from_b }, MemLink { send: to_a, recv: from_a })
+    (
+        MemLink {
+            send: to_b,
+            recv: from_b,
+        },
+        MemLink {
+            send: to_a,
+            recv: from_a,
+        },
+    )
 }
 
 impl Link for MemLink {
     fn exchange(&mut self, mine: &[u64]) -> Result<Vec<u64>, MpcError> {
-        self.send.send(mine.to_vec()).map_err(|_| MpcError::Link("the other party hung up".into()))?;
-        self.recv.recv().map_err(|_| MpcError::Link("the other party hung up".into()))
+        self.send
+            .send(mine.to_vec())
+            .map_err(|_| MpcError::Link("the other party hung up".into()))?;
+        self.recv
+            .recv()
+            .map_err(|_| MpcError::Link("the other party hung up".into()))
     }
 }
 
@@ -45,7 +58,12 @@ pub struct RecordingLink<'l> {
 
 impl<'l> RecordingLink<'l> {
     pub fn new(inner: &'l mut dyn Link, keep: bool) -> Self {
-        Self { inner, keep, received: Vec::new(), rounds: Vec::new() }
+        Self {
+            inner,
+            keep,
+            received: Vec::new(),
+            rounds: Vec::new(),
+        }
     }
 }
 

@@ -94,7 +94,9 @@ impl Default for TreePrg {
 
 impl TreePrg {
     pub fn new() -> Self {
-        Self { ciphers: TREE_KEYS.map(|key| Aes128::new(GenericArray::from_slice(&key))) }
+        Self {
+            ciphers: TREE_KEYS.map(|key| Aes128::new(GenericArray::from_slice(&key))),
+        }
     }
 
     pub(crate) fn expand(&self, seed: &Seed) -> Expanded {

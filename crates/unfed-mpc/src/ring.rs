@@ -39,7 +39,9 @@ pub fn mul(x: &[u64], y: &[u64]) -> Vec<u64> {
 }
 
 pub fn add_assign(x: &mut [u64], y: &[u64]) {
-    x.iter_mut().zip(y).for_each(|(a, b)| *a = a.wrapping_add(*b));
+    x.iter_mut()
+        .zip(y)
+        .for_each(|(a, b)| *a = a.wrapping_add(*b));
 }
 
 /// `x · c` for a public ring element `c`.

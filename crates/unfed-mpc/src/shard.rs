@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use crate::layer::{self, LayerShape, LayerWeights, Matrix, SharedKv};
-use crate::prg::{Prg, Seed};
 use crate::link::RecordingLink;
+use crate::prg::{Prg, Seed};
 use crate::{Ctx, Material, MpcError, Role, Stats, mem_pair, ring};
 
 /// What the dealer and the parties agree on: shapes only.
@@ -111,11 +111,17 @@ impl<'w> LocalPair<'w> {
     pub fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>, MpcError> {
         let t = tokens.len();
         let start = Instant::now();
-        let seeds = [self.rng.next_seed(), self.rng.next_seed(), self.rng.next_seed()];
+        let seeds = [
+            self.rng.next_seed(),
+            self.rng.next_seed(),
+            self.rng.next_seed(),
+        ];
         let [dealer_state, state_a, state_b] = &mut self.states;
         let mut dealer = Ctx::dealer(seeds);
         step(&mut dealer, &self.spec, None, tokens, t, dealer_state)?;
-        let [ma, mb] = dealer.into_material([seeds[0], seeds[1]]).expect("a dealer");
+        let [ma, mb] = dealer
+            .into_material([seeds[0], seeds[1]])
+            .expect("a dealer");
         self.dealt[0] += ma.len_bytes();
         self.dealt[1] += mb.len_bytes();
         let dealt = Instant::now();
@@ -124,14 +130,21 @@ impl<'w> LocalPair<'w> {
         let (spec, weights) = (&self.spec, self.weights);
         let recording = self.views.is_some();
         let party = |role, m: Material, link: &mut crate::MemLink, state: &mut ShardState| {
-            let material = if recording { m.words.clone() } else { Vec::new() };
+            let material = if recording {
+                m.words.clone()
+            } else {
+                Vec::new()
+            };
             let mut recorder = RecordingLink::new(link, recording);
             let mut ctx = Ctx::party(role, m, &mut recorder);
             let out = step(&mut ctx, spec, Some(weights), &[], t, state)?;
             ctx.finish()?;
             let stats = ctx.stats();
             drop(ctx);
-            let view = View { link: recorder.received, material };
+            let view = View {
+                link: recorder.received,
+                material,
+            };
             Ok::<_, MpcError>((out, stats, view))
         };
         let (a, b) = std::thread::scope(|s| {
@@ -149,6 +162,9 @@ impl<'w> LocalPair<'w> {
         }
         self.stats.rounds += stats.rounds;
         self.stats.words_sent += stats.words_sent;
-        Ok(ring::decode_all(&ring::reveal(&out_a, &out_b)).into_iter().map(|v| v as f32).collect())
+        Ok(ring::decode_all(&ring::reveal(&out_a, &out_b))
+            .into_iter()
+            .map(|v| v as f32)
+            .collect())
     }
 }

@@ -13,12 +13,17 @@ use unfed_mpc::{Ctx, Material, MemLink, Role, mem_pair};
 /// `W (rows×cols) · x` for each row of `x`.
 fn matvec(w: &[f32], rows: usize, x: &[f64]) -> Vec<f64> {
     let cols = x.len();
-    (0..rows).map(|r| (0..cols).map(|c| w[r * cols + c] as f64 * x[c]).sum()).collect()
+    (0..rows)
+        .map(|r| (0..cols).map(|c| w[r * cols + c] as f64 * x[c]).sum())
+        .collect()
 }
 
 fn rmsnorm(x: &[f64], g: &[f32], eps: f64) -> Vec<f64> {
     let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
-    x.iter().zip(g).map(|(v, g)| v / (ms + eps).sqrt() * *g as f64).collect()
+    x.iter()
+        .zip(g)
+        .map(|(v, g)| v / (ms + eps).sqrt() * *g as f64)
+        .collect()
 }
 
 fn rope(s: &LayerShape, head: &mut [f64], pos: usize) {
@@ -27,7 +32,11 @@ fn rope(s: &LayerShape, head: &mut [f64], pos: usize) {
         let freq = 1.0 / s.rope_theta.powf((2 * f) as f32 / d as f32);
         let angle = pos as f32 * freq;
         let (c, sn) = (angle.cos() as f64, angle.sin() as f64);
-        let (a, b) = if s.interleaved { (2 * f, 2 * f + 1) } else { (f, f + half) };
+        let (a, b) = if s.interleaved {
+            (2 * f, 2 * f + 1)
+        } else {
+            (f, f + half)
+        };
         let (x0, x1) = (head[a], head[b]);
         head[a] = x0 * c - x1 * sn;
         head[b] = x0 * sn + x1 * c;
@@ -35,14 +44,25 @@ fn rope(s: &LayerShape, head: &mut [f64], pos: usize) {
 }
 
 /// The plaintext layer on one position at `pos`, with its caches of rotated keys and values.
-fn plain_layer(s: &LayerShape, w: &Weights, x: &[f64], pos: usize, keys: &mut Vec<Vec<f64>>, values: &mut Vec<Vec<f64>>) -> Vec<f64> {
+fn plain_layer(
+    s: &LayerShape,
+    w: &Weights,
+    x: &[f64],
+    pos: usize,
+    keys: &mut Vec<Vec<f64>>,
+    values: &mut Vec<Vec<f64>>,
+) -> Vec<f64> {
     let (d, nh, nkv) = (s.head_dim, s.n_head, s.n_kv_head);
     let xn = rmsnorm(x, &w.attn_norm, s.eps);
     let mut q = matvec(&w.q, nh * d, &xn);
     let mut k = matvec(&w.k, nkv * d, &xn);
     let mut v = matvec(&w.v, nkv * d, &xn);
     if let Some(b) = &w.bias {
-        let all: Vec<&mut f64> = q.iter_mut().chain(k.iter_mut()).chain(v.iter_mut()).collect();
+        let all: Vec<&mut f64> = q
+            .iter_mut()
+            .chain(k.iter_mut())
+            .chain(v.iter_mut())
+            .collect();
         for (o, b) in all.into_iter().zip(b) {
             *o += *b as f64;
         }
@@ -57,7 +77,13 @@ fn plain_layer(s: &LayerShape, w: &Weights, x: &[f64], pos: usize, keys: &mut Ve
         let qh = &q[head * d..][..d];
         let scores: Vec<f64> = keys
             .iter()
-            .map(|k| qh.iter().zip(&k[g * d..][..d]).map(|(a, b)| a * b).sum::<f64>() / (d as f64).sqrt())
+            .map(|k| {
+                qh.iter()
+                    .zip(&k[g * d..][..d])
+                    .map(|(a, b)| a * b)
+                    .sum::<f64>()
+                    / (d as f64).sqrt()
+            })
             .collect();
         let m = scores.iter().cloned().fold(f64::MIN, f64::max);
         let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
@@ -73,7 +99,11 @@ fn plain_layer(s: &LayerShape, w: &Weights, x: &[f64], pos: usize, keys: &mut Ve
     let xn = rmsnorm(&x, &w.ffn_norm, s.eps);
     let g = matvec(&w.gate, s.ffn, &xn);
     let u = matvec(&w.up, s.ffn, &xn);
-    let hmid: Vec<f64> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+    let hmid: Vec<f64> = g
+        .iter()
+        .zip(&u)
+        .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+        .collect();
     let down = matvec(&w.down, s.hidden, &hmid);
     x.iter().zip(&down).map(|(a, b)| a + b).collect()
 }
@@ -86,12 +116,19 @@ struct Pair {
 
 impl Pair {
     fn new(seed: u8) -> Self {
-        Self { rng: Prg::new(&[seed; 16]), kv: Default::default() }
+        Self {
+            rng: Prg::new(&[seed; 16]),
+            kv: Default::default(),
+        }
     }
 
     /// One step on `t` positions of plaintext input `x`, shared here; returns the output.
     fn step(&mut self, s: &LayerShape, w: &LayerWeights, x: &[u64], t: usize) -> Vec<u64> {
-        let seeds = [self.rng.next_seed(), self.rng.next_seed(), self.rng.next_seed()];
+        let seeds = [
+            self.rng.next_seed(),
+            self.rng.next_seed(),
+            self.rng.next_seed(),
+        ];
         let [kv_dealer, kv_a, kv_b] = &mut self.kv;
         let mut dealer = Ctx::dealer(seeds);
         layer::forward(&mut dealer, s, None, &vec![0; x.len()], t, kv_dealer).unwrap();
@@ -135,9 +172,21 @@ fn check_layer(interleaved: bool, bias: bool, seed: u64) {
             .iter()
             .map(|v| decode(ring::encode(*v)))
             .collect();
-        let got = pair.step(&s, &fixed, &x.iter().map(|v| ring::encode(*v)).collect::<Vec<_>>(), t);
+        let got = pair.step(
+            &s,
+            &fixed,
+            &x.iter().map(|v| ring::encode(*v)).collect::<Vec<_>>(),
+            t,
+        );
         for i in 0..t {
-            let want = plain_layer(&s, &w, &x[i * s.hidden..][..s.hidden], pos + i, &mut keys, &mut values);
+            let want = plain_layer(
+                &s,
+                &w,
+                &x[i * s.hidden..][..s.hidden],
+                pos + i,
+                &mut keys,
+                &mut values,
+            );
             for (g, w) in got[i * s.hidden..][..s.hidden].iter().zip(&want) {
                 worst = worst.max((decode(*g) - w).abs());
             }
@@ -145,7 +194,10 @@ fn check_layer(interleaved: bool, bias: bool, seed: u64) {
         pos += t;
     }
     eprintln!("layer max abs error {worst:e}");
-    assert!(worst < 1e-4, "interleaved={interleaved} bias={bias}: max abs error {worst:e}");
+    assert!(
+        worst < 1e-4,
+        "interleaved={interleaved} bias={bias}: max abs error {worst:e}"
+    );
 }
 
 #[test]
@@ -162,11 +214,19 @@ fn the_embedding_lookup_on_shared_one_hot_rows_is_exact() {
     let tokens = [7u32, 0, 49, 7];
     let out = common::run(9, &[], |ctx, _| {
         let onehot = layer::onehot_input(ctx, &tokens, tokens.len(), vocab)?;
-        Ok(layer::embed(ctx.role().map(|_| &m), &onehot, tokens.len(), hidden))
+        Ok(layer::embed(
+            ctx.role().map(|_| &m),
+            &onehot,
+            tokens.len(),
+            hidden,
+        ))
     })
     .output;
     for (i, &tok) in tokens.iter().enumerate() {
-        let want: Vec<u64> = table[tok as usize * hidden..][..hidden].iter().map(|v| ring::encode(*v as f64)).collect();
+        let want: Vec<u64> = table[tok as usize * hidden..][..hidden]
+            .iter()
+            .map(|v| ring::encode(*v as f64))
+            .collect();
         assert_eq!(&out[i * hidden..][..hidden], want.as_slice());
     }
 }

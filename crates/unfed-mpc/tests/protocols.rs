@@ -10,7 +10,10 @@ use unfed_mpc::func;
 use unfed_mpc::ring::{self, FRAC, ULP, decode};
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24);
     ProptestConfig::with_cases(cases)
 }
 
@@ -20,7 +23,10 @@ fn quantized(x: &[f64]) -> Vec<f64> {
 }
 
 fn max_abs_err(got: &[u64], want: &[f64]) -> f64 {
-    got.iter().zip(want).map(|(g, w)| (decode(*g) - w).abs()).fold(0.0, f64::max)
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (decode(*g) - w).abs())
+        .fold(0.0, f64::max)
 }
 
 proptest! {

@@ -23,12 +23,17 @@ fn spec() -> ShardSpec {
         interleaved: false,
         eps: 1e-5,
     };
-    ShardSpec { layer, vocab: VOCAB, k: 1 }
+    ShardSpec {
+        layer,
+        vocab: VOCAB,
+        k: 1,
+    }
 }
 
 fn weights(s: &ShardSpec) -> (Vec<f32>, ShardWeights) {
     let table = f32s(40, VOCAB * s.layer.hidden, -0.5, 0.5);
-    let embedding = Matrix::encode("token_embd", &table, VOCAB, s.layer.hidden, None, |_| 1.0).unwrap();
+    let embedding =
+        Matrix::encode("token_embd", &table, VOCAB, s.layer.hidden, None, |_| 1.0).unwrap();
     let w = random_weights(&s.layer, 41, true);
     let layers = vec![LayerWeights::new(&s.layer, &raw(&w)).unwrap()];
     (table, ShardWeights { embedding, layers })
@@ -54,7 +59,10 @@ fn assert_uniform(what: &str, words: &[u64]) {
     for bit in 0..64 {
         let ones = words.iter().filter(|w| (*w >> bit) & 1 == 1).count() as f64;
         let z = (ones - n / 2.0) / (n / 4.0).sqrt();
-        assert!(z.abs() < 6.0, "{what}: bit {bit} set in {ones} of {n} words (z = {z:.1})");
+        assert!(
+            z.abs() < 6.0,
+            "{what}: bit {bit} set in {ones} of {n} words (z = {z:.1})"
+        );
     }
     let mut counts = [0f64; 256];
     for w in words {
@@ -63,7 +71,10 @@ fn assert_uniform(what: &str, words: &[u64]) {
         }
     }
     let expected = 8.0 * n / 256.0;
-    let chi2: f64 = counts.iter().map(|c| (c - expected).powi(2) / expected).sum();
+    let chi2: f64 = counts
+        .iter()
+        .map(|c| (c - expected).powi(2) / expected)
+        .sum();
     // 255 degrees of freedom: P(chi2 > 380) < 1e-6 for uniform bytes.
     assert!(chi2 < 380.0, "{what}: byte chi-square {chi2:.0}");
 }
@@ -100,26 +111,53 @@ fn the_parties_views_look_uniform_and_carry_nothing_of_the_prompt() {
         assert_uniform(&format!("prompt {p}: A from B"), &a.link);
         assert_uniform(&format!("prompt {p}: B from A"), &b.link);
         // B's first dealt words are its share of the prompt's one-hot rows.
-        assert_uniform(&format!("prompt {p}: B's one-hot share"), &b.material[..t * VOCAB]);
+        assert_uniform(
+            &format!("prompt {p}: B's one-hot share"),
+            &b.material[..t * VOCAB],
+        );
         for view in [a, b] {
-            let all: std::collections::HashSet<u64> = view.link.iter().chain(&view.material).copied().collect();
+            let all: std::collections::HashSet<u64> =
+                view.link.iter().chain(&view.material).copied().collect();
             for &tok in prompts[p] {
                 let row = &table[tok as usize * s.layer.hidden..][..s.layer.hidden];
-                let hits = row.iter().filter(|v| all.contains(&ring::encode(**v as f64))).count();
-                assert_eq!(hits, 0, "prompt {p}: an embedding value of token {tok} appears");
+                let hits = row
+                    .iter()
+                    .filter(|v| all.contains(&ring::encode(**v as f64)))
+                    .count();
+                assert_eq!(
+                    hits, 0,
+                    "prompt {p}: an embedding value of token {tok} appears"
+                );
             }
             let small = view.link.iter().filter(|w| **w < VOCAB as u64).count();
-            assert_eq!(small, 0, "prompt {p}: a word that could be a token id or one-hot entry");
+            assert_eq!(
+                small, 0,
+                "prompt {p}: a word that could be a token id or one-hot entry"
+            );
         }
     }
     for (i, name) in ["A", "B"].iter().enumerate() {
-        assert_alike(&format!("{name}'s link view"), &views[0][i].link, &views[1][i].link);
+        assert_alike(
+            &format!("{name}'s link view"),
+            &views[0][i].link,
+            &views[1][i].link,
+        );
     }
-    assert_alike("B's one-hot share", &views[0][1].material[..t * VOCAB], &views[1][1].material[..t * VOCAB]);
+    assert_alike(
+        "B's one-hot share",
+        &views[0][1].material[..t * VOCAB],
+        &views[1][1].material[..t * VOCAB],
+    );
 
     // Control: the plaintext one-hot rows, fed to the same check, fail it.
     let mut onehot = vec![0u64; t * VOCAB];
-    prompts[0].iter().enumerate().for_each(|(i, &tok)| onehot[i * VOCAB + tok as usize] = 1);
+    prompts[0]
+        .iter()
+        .enumerate()
+        .for_each(|(i, &tok)| onehot[i * VOCAB + tok as usize] = 1);
     let caught = std::panic::catch_unwind(|| assert_uniform("plaintext one-hot", &onehot));
-    assert!(caught.is_err(), "the uniformity check must reject plaintext");
+    assert!(
+        caught.is_err(),
+        "the uniformity check must reject plaintext"
+    );
 }

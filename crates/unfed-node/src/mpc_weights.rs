@@ -37,22 +37,46 @@ pub fn spec(cfg: &ModelConfig, k: usize) -> ShardSpec {
 /// The embedding and layers `0..k` of `ck` (a whole model or a shard that starts at layer 0).
 pub fn load(ck: &Checkpoint, cfg: &ModelConfig, k: usize) -> Result<ShardWeights, MpcWeightsError> {
     if k == 0 || k > cfg.n_layer {
-        return Err(MpcWeightsError::Layers { have: cfg.n_layer, want: k });
+        return Err(MpcWeightsError::Layers {
+            have: cfg.n_layer,
+            want: k,
+        });
     }
     let spec = spec(cfg, k);
     let get = |name: &str| -> Result<Vec<f32>, MpcWeightsError> { Ok(ck.dequantized(name)?.1) };
-    let embedding = Matrix::encode("token_embd", &get("token_embd.weight")?, cfg.vocab, cfg.hidden, None, |_| 1.0)?;
+    let embedding = Matrix::encode(
+        "token_embd",
+        &get("token_embd.weight")?,
+        cfg.vocab,
+        cfg.hidden,
+        None,
+        |_| 1.0,
+    )?;
     let mut layers = Vec::with_capacity(k);
     for i in 0..k {
         let p = |n: &str| format!("blk.{i}.{n}");
         let w = |n: &str| get(&p(&format!("{n}.weight")));
         let bias = if cfg.arch.qkv_bias() {
-            Some([get(&p("attn_q.bias"))?, get(&p("attn_k.bias"))?, get(&p("attn_v.bias"))?].concat())
+            Some(
+                [
+                    get(&p("attn_q.bias"))?,
+                    get(&p("attn_k.bias"))?,
+                    get(&p("attn_v.bias"))?,
+                ]
+                .concat(),
+            )
         } else {
             None
         };
-        let (attn_norm, q, kk, v, o) = (w("attn_norm")?, w("attn_q")?, w("attn_k")?, w("attn_v")?, w("attn_output")?);
-        let (ffn_norm, gate, up, down) = (w("ffn_norm")?, w("ffn_gate")?, w("ffn_up")?, w("ffn_down")?);
+        let (attn_norm, q, kk, v, o) = (
+            w("attn_norm")?,
+            w("attn_q")?,
+            w("attn_k")?,
+            w("attn_v")?,
+            w("attn_output")?,
+        );
+        let (ffn_norm, gate, up, down) =
+            (w("ffn_norm")?, w("ffn_gate")?, w("ffn_up")?, w("ffn_down")?);
         let raw = RawLayer {
             attn_norm: &attn_norm,
             q: &q,

@@ -40,20 +40,36 @@ fn last_logits(model: &ShardModel, input: Input, cache: &mut unfed_model::KvCach
 fn generate(path: &Path, k: usize, prompt: &[u32], n: usize, rest_compute: Compute) -> Outcome {
     let ck = Checkpoint::open(path).unwrap();
     let cfg = ck.config().unwrap();
-    let front_role = ShardRole { layers: 0..k, embedding: true, head: false };
+    let front_role = ShardRole {
+        layers: 0..k,
+        embedding: true,
+        head: false,
+    };
     let front = ShardModel::load_role_with(&ck, front_role, Compute::Reference).unwrap();
-    let rest_role = ShardRole { layers: k..cfg.n_layer, embedding: false, head: true };
+    let rest_role = ShardRole {
+        layers: k..cfg.n_layer,
+        embedding: false,
+        head: true,
+    };
     let rest = ShardModel::load_role_with(&ck, rest_role, rest_compute).unwrap();
     let weights = mpc_weights::load(&ck, &cfg, k).unwrap();
     let mut pair = LocalPair::new(mpc_weights::spec(&cfg, k), &weights, [7; 16]);
-    let to_tensor = |v: Vec<f32>, t: usize| Tensor::from_vec(v, (t, cfg.hidden), &Device::Cpu).unwrap();
+    let to_tensor =
+        |v: Vec<f32>, t: usize| Tensor::from_vec(v, (t, cfg.hidden), &Device::Cpu).unwrap();
 
     let (mut plain, mut mpc) = (Vec::new(), Vec::new());
-    let (mut front_cache, mut plain_rest, mut mpc_rest) = (front.new_cache(), rest.new_cache(), rest.new_cache());
+    let (mut front_cache, mut plain_rest, mut mpc_rest) =
+        (front.new_cache(), rest.new_cache(), rest.new_cache());
     let (mut next_plain, mut next_mpc) = (prompt.to_vec(), prompt.to_vec());
     let mut max_err = 0f32;
     for _ in 0..n {
-        let reference = front.forward(Input::Tokens(&next_plain), &mut front_cache, LogitsMode::All).unwrap();
+        let reference = front
+            .forward(
+                Input::Tokens(&next_plain),
+                &mut front_cache,
+                LogitsMode::All,
+            )
+            .unwrap();
         let reference = reference.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let hidden = pair.step(&next_mpc).unwrap();
         if plain == mpc {
@@ -61,14 +77,26 @@ fn generate(path: &Path, k: usize, prompt: &[u32], n: usize, rest_compute: Compu
                 max_err = max_err.max((a - b).abs());
             }
         }
-        let t = argmax(&last_logits(&rest, Input::Hidden(&to_tensor(reference, next_plain.len())), &mut plain_rest));
+        let t = argmax(&last_logits(
+            &rest,
+            Input::Hidden(&to_tensor(reference, next_plain.len())),
+            &mut plain_rest,
+        ));
         plain.push(t);
         next_plain = vec![t];
-        let t = argmax(&last_logits(&rest, Input::Hidden(&to_tensor(hidden, next_mpc.len())), &mut mpc_rest));
+        let t = argmax(&last_logits(
+            &rest,
+            Input::Hidden(&to_tensor(hidden, next_mpc.len())),
+            &mut mpc_rest,
+        ));
         mpc.push(t);
         next_mpc = vec![t];
     }
-    Outcome { plain, mpc, max_err }
+    Outcome {
+        plain,
+        mpc,
+        max_err,
+    }
 }
 
 #[test]
@@ -76,35 +104,68 @@ fn tiny_models_generate_the_plaintext_tokens_through_the_mpc_pair() {
     let dir = tempfile::tempdir().unwrap();
     for (arch, k) in [(Arch::Llama, 1), (Arch::Qwen2, 2)] {
         let path = dir.path().join(format!("{}.gguf", arch.name()));
-        write_tiny_gguf(&path, &TinySpec { arch, seed: 11, ..TinySpec::default() }).unwrap();
+        write_tiny_gguf(
+            &path,
+            &TinySpec {
+                arch,
+                seed: 11,
+                ..TinySpec::default()
+            },
+        )
+        .unwrap();
         // Random tiny weights give nearly tied logits, which 8-bit activations decide by
         // chance: the rest of the tiny models runs on the exact path too.
-        let out = generate(&path, k, &[1, 72, 101, 108, 108, 111], 12, Compute::Reference);
+        let out = generate(
+            &path,
+            k,
+            &[1, 72, 101, 108, 108, 111],
+            12,
+            Compute::Reference,
+        );
         eprintln!("{arch:?} k={k}: max abs error {}", out.max_err);
         assert_eq!(out.mpc, out.plain, "{arch:?} k={k}");
-        assert!(out.max_err < 1e-3, "{arch:?} k={k}: max abs error {}", out.max_err);
+        assert!(
+            out.max_err < 1e-3,
+            "{arch:?} k={k}: max abs error {}",
+            out.max_err
+        );
     }
 }
 
 /// The prompts of the real-model comparison, as chat turns.
-const PROMPTS: [&str; 2] = ["What is the capital of France?", "Write a haiku about the sea."];
+const PROMPTS: [&str; 2] = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+];
 
 fn check_real(model: &str) {
     let store = unfed_store::ModelStore::open_default().unwrap();
-    let path = store.fetch(unfed_store::find(model).unwrap(), &Default::default()).unwrap();
+    let path = store
+        .fetch(unfed_store::find(model).unwrap(), &Default::default())
+        .unwrap();
     let ck = Checkpoint::open(&path).unwrap();
     let tok = unfed_model::TextTokenizer::from_metadata(ck.metadata()).unwrap();
-    let chat = unfed_model::ChatTemplate::from_metadata(ck.metadata(), &tok).unwrap().unwrap();
+    let chat = unfed_model::ChatTemplate::from_metadata(ck.metadata(), &tok)
+        .unwrap()
+        .unwrap();
     drop(ck);
     let mut failures = Vec::new();
     for k in [1, 2] {
         for prompt in PROMPTS {
-            let text = chat.render(&[unfed_model::ChatMessage::new("user", prompt)], true).unwrap();
+            let text = chat
+                .render(&[unfed_model::ChatMessage::new("user", prompt)], true)
+                .unwrap();
             let ids = tok.encode(&text).unwrap();
             let out = generate(&path, k, &ids, 64, Compute::Reference);
-            eprintln!("{model} k={k} {prompt:?}: max abs error of shard 0's output {:e}", out.max_err);
+            eprintln!(
+                "{model} k={k} {prompt:?}: max abs error of shard 0's output {:e}",
+                out.max_err
+            );
             if out.mpc != out.plain {
-                failures.push(format!("{model} k={k} {prompt:?}:\n plain {:?}\n mpc   {:?}", out.plain, out.mpc));
+                failures.push(format!(
+                    "{model} k={k} {prompt:?}:\n plain {:?}\n mpc   {:?}",
+                    out.plain, out.mpc
+                ));
             }
         }
     }

@@ -29,7 +29,9 @@ pub fn run(path: &std::path::Path, prompt_ids: &[u32], decode: usize, runs: usiz
     let p = prompt_ids.len();
     println!(
         "MPC shard 0 vs plaintext shard 0, {} ({} prompt tokens, {decode} decode steps, median of {runs})",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
         p
     );
     println!(
@@ -38,7 +40,11 @@ pub fn run(path: &std::path::Path, prompt_ids: &[u32], decode: usize, runs: usiz
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for k in [1, 2].into_iter().filter(|&k| k <= cfg.n_layer) {
         let weights = mpc_weights::load(&ck, &cfg, k)?;
-        let role = ShardRole { layers: 0..k, embedding: true, head: false };
+        let role = ShardRole {
+            layers: 0..k,
+            embedding: true,
+            head: false,
+        };
         let front = ShardModel::load_role(&ck, role)?;
         let mut prefills = Vec::new();
         let mut decodes = Vec::new();

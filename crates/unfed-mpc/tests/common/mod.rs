@@ -22,7 +22,12 @@ pub fn run<F>(seed: u64, input: &[u64], protocol: F) -> Run
 where
     F: Fn(&mut Ctx, &[u64]) -> Result<Vec<u64>, MpcError> + Sync,
 {
-    let mut rng = Prg::new(&[seed.to_le_bytes(), seed.to_le_bytes()].concat().try_into().unwrap());
+    let mut rng = Prg::new(
+        &[seed.to_le_bytes(), seed.to_le_bytes()]
+            .concat()
+            .try_into()
+            .unwrap(),
+    );
     let seeds = [rng.next_seed(), rng.next_seed(), rng.next_seed()];
     let mut dealer = Ctx::dealer(seeds);
     protocol(&mut dealer, &vec![0; input.len()]).expect("the dealer never fails");
@@ -42,13 +47,24 @@ where
         (a.join().unwrap(), b.join().unwrap())
     });
     assert_eq!(stats.rounds, stats_b.rounds);
-    Run { output: ring::reveal(&out_a, &out_b), stats, dealt }
+    Run {
+        output: ring::reveal(&out_a, &out_b),
+        stats,
+        dealt,
+    }
 }
 
 /// Reals from a seed, uniform in `[lo, hi)`.
 pub fn reals(seed: u64, n: usize, lo: f64, hi: f64) -> Vec<f64> {
-    let mut rng = Prg::new(&[(seed ^ 0x5eed).to_le_bytes(), seed.to_le_bytes()].concat().try_into().unwrap());
-    (0..n).map(|_| lo + (hi - lo) * (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64).collect()
+    let mut rng = Prg::new(
+        &[(seed ^ 0x5eed).to_le_bytes(), seed.to_le_bytes()]
+            .concat()
+            .try_into()
+            .unwrap(),
+    );
+    (0..n)
+        .map(|_| lo + (hi - lo) * (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
+        .collect()
 }
 
 pub fn encode(v: &[f64]) -> Vec<u64> {
@@ -69,7 +85,10 @@ pub struct Weights {
 }
 
 pub fn f32s(seed: u64, n: usize, lo: f64, hi: f64) -> Vec<f32> {
-    reals(seed, n, lo, hi).into_iter().map(|v| v as f32).collect()
+    reals(seed, n, lo, hi)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect()
 }
 
 pub fn random_weights(s: &LayerShape, seed: u64, bias: bool) -> Weights {
@@ -104,4 +123,3 @@ pub fn raw(w: &Weights) -> RawLayer<'_> {
         down: &w.down,
     }
 }
-

@@ -165,11 +165,15 @@ impl LayerWeights {
     }
 }
 
-/// One party's shares of a layer's keys and values, `[kv_head][position][head_dim]`.
+/// One party's part of a layer's keys and values, `[kv_head][position][head_dim]`: its share
+/// of each row's mask (dealt when the row arrived) and the masked row, opened once and the
+/// same at both parties. A row is `open + mask`.
 #[derive(Clone, Debug, Default)]
 pub struct SharedKv {
-    k: Vec<Vec<u64>>,
-    v: Vec<Vec<u64>>,
+    mask_k: Vec<Vec<u64>>,
+    open_k: Vec<Vec<u64>>,
+    mask_v: Vec<Vec<u64>>,
+    open_v: Vec<Vec<u64>>,
     len: usize,
 }
 
@@ -237,8 +241,7 @@ pub fn forward(
     let qkv = ctx.trunc(&qkv_raw, FRAC)?;
     let (mut q, mut k, v) = split_qkv(&qkv, t, q_dim, kv_dim);
     rope(ctx, shape, &mut q, &mut k, t, past)?;
-    kv.append(&k, &v, t, nkv, d);
-    let attn = attention(ctx, shape, &q, kv, t, past)?;
+    let attn = attention(ctx, shape, &q, (&k, &v), kv, t)?;
     let o = ctx.trunc(&linear(weights.map(|w| &w.o), &attn, t, h), FRAC)?;
     let x = ring::add(x, &o);
 
@@ -334,21 +337,48 @@ fn rope(
 /// Causal attention of `t` new queries (`[t][head][d]`, already scaled by 1/√d) over the
 /// shared cache: scores and weighted values are Beaver matrix products, one round each for
 /// all heads; softmax over each query's row with the future masked.
+///
+/// The cache's rows are masked once, when they arrive: each new key and value row gets a dealt
+/// mask kept for the session, and its masked value is opened once (with the queries' masks)
+/// and kept in the clear. Every later product with the cache uses that fixed mask as the
+/// second half of its Beaver triple, so a step opens only the queries, the new rows and the
+/// probabilities, not the whole cache.
 fn attention(
     ctx: &mut Ctx,
     shape: &LayerShape,
     q: &[u64],
-    kv: &SharedKv,
+    (k, v): (&[u64], &[u64]),
+    kv: &mut SharedKv,
     t: usize,
-    past: usize,
 ) -> R {
     let (d, nh, nkv) = (shape.head_dim, shape.n_head, shape.n_kv_head);
     let group = nh / nkv;
-    let n = kv.len;
-    // Per kv head: its query rows (head in group, position) and its keys transposed.
-    let mut queries = Vec::with_capacity(nkv);
-    let mut keys_t = Vec::with_capacity(nkv);
+    let past = kv.len;
+    let n = past + t;
+    if kv.mask_k.is_empty() {
+        *kv = SharedKv {
+            mask_k: vec![Vec::new(); nkv],
+            open_k: vec![Vec::new(); nkv],
+            mask_v: vec![Vec::new(); nkv],
+            open_v: vec![Vec::new(); nkv],
+            len: 0,
+        };
+    }
+    let rows_of = |x: &[u64], g: usize| -> Vec<u64> {
+        (0..t)
+            .flat_map(|i| x[(i * nkv + g) * d..][..d].iter().copied())
+            .collect()
+    };
+    let (mut masked_rows, mut queries, mut query_masks, mut dealt) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for g in 0..nkv {
+        let (mk, mv) = (ctx.random(t * d), ctx.random(t * d));
+        masked_rows.push((
+            ring::sub(&rows_of(k, g), &mk),
+            ring::sub(&rows_of(v, g), &mv),
+        ));
+        kv.mask_k[g].extend(mk);
+        kv.mask_v[g].extend(mv);
         let mut rows = Vec::with_capacity(group * t * d);
         for hl in 0..group {
             let head = g * group + hl;
@@ -356,25 +386,41 @@ fn attention(
                 rows.extend_from_slice(&q[(i * nh + head) * d..][..d]);
             }
         }
+        let a = ctx.random(group * t * d);
+        let mask_t = transpose(&kv.mask_k[g], n, d);
+        dealt.push(ctx.derived(group * t * n, || ring::matmul(&a, &mask_t, group * t, d, n))?);
         queries.push(rows);
-        let mut kt = vec![0u64; d * n];
-        for j in 0..n {
-            for c in 0..d {
-                kt[c * n + j] = kv.k[g][j * d + c];
-            }
-        }
-        keys_t.push(kt);
+        query_masks.push(a);
     }
-    let items: Vec<_> = (0..nkv)
-        .map(|g| {
-            (
-                queries[g].as_slice(),
-                keys_t[g].as_slice(),
-                (group * t, d, n),
-            )
-        })
-        .collect();
-    let scores_raw: Vec<u64> = ctx.matmul_batch(&items)?.concat();
+    let mut to_open = Vec::new();
+    for g in 0..nkv {
+        to_open.extend(ring::sub(&queries[g], &query_masks[g]));
+        to_open.extend_from_slice(&masked_rows[g].0);
+        to_open.extend_from_slice(&masked_rows[g].1);
+    }
+    let opened = ctx.open(&to_open)?;
+    let mut scores_raw = Vec::with_capacity(nh * t * n);
+    let mut at = 0;
+    for g in 0..nkv {
+        let dq = &opened[at..at + group * t * d];
+        at += group * t * d;
+        kv.open_k[g].extend_from_slice(&opened[at..at + t * d]);
+        kv.open_v[g].extend_from_slice(&opened[at + t * d..at + 2 * t * d]);
+        at += 2 * t * d;
+        let open_t = transpose(&kv.open_k[g], n, d);
+        let mask_t = transpose(&kv.mask_k[g], n, d);
+        let shape = (group * t, d, n);
+        scores_raw.extend(with_cached(
+            ctx,
+            dq,
+            &query_masks[g],
+            &dealt[g],
+            &open_t,
+            &mask_t,
+            shape,
+        ));
+    }
+    kv.len = n;
     let scores = ctx.trunc(&scores_raw, FRAC)?;
     // Row r = (g, hl, i) sees keys j ≤ past + i.
     let masked: Vec<bool> = (0..nkv * group * t)
@@ -384,18 +430,33 @@ fn attention(
         })
         .collect();
     let probs = func::softmax_rows(ctx, &scores, n, Some(&masked), FRAC + SCORE_LOG2 + 1)?;
-    let rows_per_group = group * t * n;
-    let items: Vec<_> = (0..nkv)
-        .map(|g| {
-            (
-                &probs[g * rows_per_group..(g + 1) * rows_per_group],
-                kv.v[g].as_slice(),
-                (group * t, n, d),
-            )
-        })
+    let per_group = group * t * n;
+    let (mut prob_masks, mut dealt) = (Vec::new(), Vec::new());
+    for g in 0..nkv {
+        let a = ctx.random(per_group);
+        let mask_v = &kv.mask_v[g];
+        dealt.push(ctx.derived(group * t * d, || ring::matmul(&a, mask_v, group * t, n, d))?);
+        prob_masks.push(a);
+    }
+    let to_open: Vec<u64> = (0..nkv)
+        .flat_map(|g| ring::sub(&probs[g * per_group..(g + 1) * per_group], &prob_masks[g]))
         .collect();
-    let out_raw = ctx.matmul_batch(&items)?;
-    let out = ctx.trunc(&out_raw.concat(), FRAC)?;
+    let opened = ctx.open(&to_open)?;
+    let mut out_raw = Vec::with_capacity(nh * t * d);
+    for g in 0..nkv {
+        let dp = &opened[g * per_group..(g + 1) * per_group];
+        let shape = (group * t, n, d);
+        out_raw.extend(with_cached(
+            ctx,
+            dp,
+            &prob_masks[g],
+            &dealt[g],
+            &kv.open_v[g],
+            &kv.mask_v[g],
+            shape,
+        ));
+    }
+    let out = ctx.trunc(&out_raw, FRAC)?;
     // Back to [t][head][d].
     let mut attn = vec![0u64; t * nh * d];
     for g in 0..nkv {
@@ -410,18 +471,32 @@ fn attention(
     Ok(attn)
 }
 
-impl SharedKv {
-    fn append(&mut self, k: &[u64], v: &[u64], t: usize, heads: usize, d: usize) {
-        if self.k.is_empty() {
-            self.k = vec![Vec::new(); heads];
-            self.v = vec![Vec::new(); heads];
+/// `x · y` (`m×k` by `k×n`) from the opened `x − a`, the shares of `a`, of `c = a·mask` and of
+/// `y`'s fixed mask, and `y − mask` in the clear: `Δ·open + Δ·mask + a·open + c` (`Δ·open`
+/// added once, by A).
+fn with_cached(
+    ctx: &Ctx,
+    delta: &[u64],
+    a: &[u64],
+    c: &[u64],
+    open: &[u64],
+    mask: &[u64],
+    (m, k, n): (usize, usize, usize),
+) -> Vec<u64> {
+    let mut z = c.to_vec();
+    ring::add_assign(&mut z, &ring::matmul(delta, mask, m, k, n));
+    ring::add_assign(&mut z, &ring::matmul(a, open, m, k, n));
+    ctx.add_public_vec(&mut z, &ring::matmul(delta, open, m, k, n));
+    z
+}
+
+/// `[rows][cols]` → `[cols][rows]`.
+fn transpose(x: &[u64], rows: usize, cols: usize) -> Vec<u64> {
+    let mut out = vec![0u64; x.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = x[r * cols + c];
         }
-        for i in 0..t {
-            for h in 0..heads {
-                self.k[h].extend_from_slice(&k[(i * heads + h) * d..][..d]);
-                self.v[h].extend_from_slice(&v[(i * heads + h) * d..][..d]);
-            }
-        }
-        self.len += t;
     }
+    out
 }

@@ -170,9 +170,11 @@ proptest! {
 /// The round counts `docs/mpc.md` states, for each function and for a layer.
 #[test]
 fn documented_round_counts() {
-    let rounds = |n: usize, f: &(dyn Fn(&mut unfed_mpc::Ctx, &[u64]) -> Result<Vec<u64>, unfed_mpc::MpcError> + Sync)| {
-        run(1, &encode(&vec![0.5; n]), f).stats.rounds
-    };
+    let rounds = |n: usize,
+                  f: &(
+                       dyn Fn(&mut unfed_mpc::Ctx, &[u64]) -> Result<Vec<u64>, unfed_mpc::MpcError>
+                           + Sync
+                   )| { run(1, &encode(&vec![0.5; n]), f).stats.rounds };
     assert_eq!(rounds(4, &|c, v| func::mul(c, v, v)), 2);
     assert_eq!(rounds(4, &|c, v| func::exp_nonpositive(c, v, FRAC + 8)), 18);
     assert_eq!(rounds(4, &|c, v| func::recip_unit(c, v)), 13);
@@ -180,7 +182,13 @@ fn documented_round_counts() {
     assert_eq!(rounds(4, &|c, v| func::rsqrt(c, v, FRAC, -6, 10, 1.0)), 18);
     assert_eq!(rounds(4, &|c, v| func::sigmoid(c, v, FRAC + 8)), 35);
     assert_eq!(rounds(4, &|c, v| func::silu(c, v, FRAC + 8)), 37);
-    assert_eq!(rounds(12, &|c, v| func::max_rows(c, v, 12, FRAC + 8)), 2 * 4);
-    assert_eq!(rounds(12, &|c, v| func::softmax_rows(c, v, 12, None, FRAC + 8)), 2 * 4 + 38);
+    assert_eq!(
+        rounds(12, &|c, v| func::max_rows(c, v, 12, FRAC + 8)),
+        2 * 4
+    );
+    assert_eq!(
+        rounds(12, &|c, v| func::softmax_rows(c, v, 12, None, FRAC + 8)),
+        2 * 4 + 38
+    );
     assert_eq!(rounds(12, &|c, v| func::rmsnorm(c, v, 4, 1e-5, -6, 10)), 22);
 }

@@ -5,7 +5,7 @@
 //!
 //! `bits` arguments bound the magnitude of compared values: `|x| < 2^(bits − FRAC)` as reals.
 
-use crate::ring::{self, FRAC, encode};
+use crate::ring::{self, FRAC, encode, encode_at};
 use crate::{Ctx, MpcError};
 
 type R = Result<Vec<u64>, MpcError>;
@@ -19,26 +19,10 @@ pub const EXP_CLAMP: f64 = 16.0;
 /// Newton step loses 2^−28 instead of 2^−20.
 pub const WIDE: u32 = 28;
 
-/// The ring element of `v` at `frac` fractional bits.
-pub fn encode_at(v: f64, frac: u32) -> u64 {
-    (v * (1u64 << frac) as f64).round() as i64 as u64
-}
-
 /// Fixed-point product (2 rounds).
 pub fn mul(ctx: &mut Ctx, x: &[u64], y: &[u64]) -> R {
     let raw = ctx.mul_raw(x, y)?;
     ctx.trunc(&raw, FRAC)
-}
-
-/// Fixed-point square (2 rounds).
-pub fn square(ctx: &mut Ctx, x: &[u64]) -> R {
-    let raw = ctx.square_raw(x)?;
-    ctx.trunc(&raw, FRAC)
-}
-
-/// `x · c` for a public real `c` (1 round).
-pub fn mul_public(ctx: &mut Ctx, x: &[u64], c: f64) -> R {
-    ctx.trunc(&ring::scale(x, encode(c)), FRAC)
 }
 
 /// Each row's value repeated `cols` times.
@@ -307,7 +291,7 @@ fn scale_by(
     let extra = room.clamp(0.0, FRAC as f64) as u32;
     let mut selected = vec![0u64; x.len()];
     for (hot, v) in onehot.iter().zip(values) {
-        let c = (v * (1u64 << (FRAC + extra)) as f64).round() as i64 as u64;
+        let c = encode_at(*v, FRAC + extra);
         ring::add_assign(&mut selected, &ring::scale(hot, c));
     }
     let raw = ctx.mul_raw(x, &selected)?;

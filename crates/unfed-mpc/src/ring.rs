@@ -10,7 +10,12 @@ pub const ULP: f64 = 1.0 / (1u64 << FRAC) as f64;
 
 /// The ring element of `v` at `FRAC` fractional bits.
 pub fn encode(v: f64) -> u64 {
-    (v * (1u64 << FRAC) as f64).round() as i64 as u64
+    encode_at(v, FRAC)
+}
+
+/// The ring element of `v` at `frac` fractional bits.
+pub fn encode_at(v: f64, frac: u32) -> u64 {
+    (v * (1u64 << frac) as f64).round() as i64 as u64
 }
 
 /// The real a ring element at `FRAC` fractional bits stands for.

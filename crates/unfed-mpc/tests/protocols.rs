@@ -167,14 +167,12 @@ proptest! {
     }
 }
 
+type Protocol = dyn Fn(&mut unfed_mpc::Ctx, &[u64]) -> Result<Vec<u64>, unfed_mpc::MpcError> + Sync;
+
 /// The round counts `docs/mpc.md` states, for each function and for a layer.
 #[test]
 fn documented_round_counts() {
-    let rounds = |n: usize,
-                  f: &(
-                       dyn Fn(&mut unfed_mpc::Ctx, &[u64]) -> Result<Vec<u64>, unfed_mpc::MpcError>
-                           + Sync
-                   )| { run(1, &encode(&vec![0.5; n]), f).stats.rounds };
+    let rounds = |n: usize, f: &Protocol| run(1, &encode(&vec![0.5; n]), f).stats.rounds;
     assert_eq!(rounds(4, &|c, v| func::mul(c, v, v)), 2);
     assert_eq!(rounds(4, &|c, v| func::exp_nonpositive(c, v, FRAC + 8)), 18);
     assert_eq!(rounds(4, &|c, v| func::recip_unit(c, v)), 13);

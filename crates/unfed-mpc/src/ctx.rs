@@ -54,6 +54,7 @@ enum Source {
         used: usize,
     },
     Dealer {
+        seeds: [Seed; 2],
         prg: Box<[Prg; 2]>,
         secret: Box<Prg>,
         words: [Vec<u64>; 2],
@@ -83,6 +84,7 @@ impl<'l> Ctx<'l> {
     pub fn dealer(seeds: [Seed; 3]) -> Ctx<'static> {
         Ctx {
             source: Source::Dealer {
+                seeds: [seeds[0], seeds[1]],
                 prg: Box::new([Prg::new(&seeds[0]), Prg::new(&seeds[1])]),
                 secret: Box::new(Prg::new(&seeds[2])),
                 words: [Vec::new(), Vec::new()],
@@ -110,9 +112,13 @@ impl<'l> Ctx<'l> {
     }
 
     /// The dealer's output: A's and B's material. `None` for a party.
-    pub fn into_material(self, seeds: [Seed; 2]) -> Option<[Material; 2]> {
+    pub fn into_material(self) -> Option<[Material; 2]> {
         match self.source {
-            Source::Dealer { words: [a, b], .. } => Some([
+            Source::Dealer {
+                seeds,
+                words: [a, b],
+                ..
+            } => Some([
                 Material {
                     seed: seeds[0],
                     words: a,

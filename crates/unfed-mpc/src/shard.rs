@@ -119,9 +119,7 @@ impl<'w> LocalPair<'w> {
         let [dealer_state, state_a, state_b] = &mut self.states;
         let mut dealer = Ctx::dealer(seeds);
         step(&mut dealer, &self.spec, None, tokens, t, dealer_state)?;
-        let [ma, mb] = dealer
-            .into_material([seeds[0], seeds[1]])
-            .expect("a dealer");
+        let [ma, mb] = dealer.into_material().expect("a dealer");
         self.dealt[0] += ma.len_bytes();
         self.dealt[1] += mb.len_bytes();
         let dealt = Instant::now();

@@ -132,7 +132,7 @@ impl Pair {
         let [kv_dealer, kv_a, kv_b] = &mut self.kv;
         let mut dealer = Ctx::dealer(seeds);
         layer::forward(&mut dealer, s, None, &vec![0; x.len()], t, kv_dealer).unwrap();
-        let [ma, mb] = dealer.into_material([seeds[0], seeds[1]]).unwrap();
+        let [ma, mb] = dealer.into_material().unwrap();
         let [xa, xb] = ring::share(x, &self.rng.take(x.len()));
         let (mut la, mut lb) = mem_pair();
         let party = |role, m: Material, share: Vec<u64>, link: &mut MemLink, kv: &mut SharedKv| {

@@ -31,7 +31,7 @@ where
     let seeds = [rng.next_seed(), rng.next_seed(), rng.next_seed()];
     let mut dealer = Ctx::dealer(seeds);
     protocol(&mut dealer, &vec![0; input.len()]).expect("the dealer never fails");
-    let [material_a, material_b] = dealer.into_material([seeds[0], seeds[1]]).unwrap();
+    let [material_a, material_b] = dealer.into_material().unwrap();
     let dealt = [material_a.words.len(), material_b.words.len()];
     let [share_a, share_b] = ring::share(input, &rng.take(input.len()));
     let (mut link_a, mut link_b) = mem_pair();

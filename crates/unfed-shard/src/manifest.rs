@@ -44,8 +44,20 @@ pub struct Manifest {
     pub chat_template: Option<String>,
     /// Token ids that end a generation.
     pub end_of_generation: Vec<u32>,
+    /// Present when shard 0 must run as a two-party MPC pair (docs/mpc.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mpc: Option<MpcPlan>,
     /// Fixed inputs and the outputs each shard must produce from them.
     pub verification: Verification,
+}
+
+/// Shard 0 on shares: the embedding and its decoder layers run by a two-party MPC pair, never
+/// by one node in the clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MpcPlan {
+    /// Decoder layers on shares (shard 0's whole layer range).
+    pub layers: usize,
 }
 
 /// Where the shards came from.

@@ -50,6 +50,29 @@ pub fn partition_layers(
         .collect())
 }
 
+/// Shard 0 with exactly `k` layers (run on shares), the other layers partitioned evenly over
+/// the remaining `num_shards - 1` shards.
+pub fn partition_with_mpc(
+    n_layer: usize,
+    num_shards: usize,
+    k: usize,
+) -> Result<Vec<Range<usize>>, ShardError> {
+    if k == 0 || k >= n_layer || num_shards < 2 {
+        return Err(ShardError::InvalidOptions(format!(
+            "shard 0 on an MPC pair takes 1 to {} of the model's {n_layer} layers and at least \
+             one more shard ({k} layers in {num_shards} shards asked for)",
+            n_layer.saturating_sub(1)
+        )));
+    }
+    let mut ranges = vec![0..k];
+    ranges.extend(
+        partition_layers(n_layer - k, num_shards - 1)?
+            .into_iter()
+            .map(|r| r.start + k..r.end + k),
+    );
+    Ok(ranges)
+}
+
 /// The part of a model a shard holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Part {

@@ -12,8 +12,8 @@ use crate::ShardError;
 use crate::files::{sync_dir, write_atomic, write_bytes_atomic};
 use crate::hash::{FileDigest, digest_concatenation};
 use crate::manifest::{
-    MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, ShardEntry, SourceFile, SourceInfo,
-    TokenizerEntry, Verification,
+    MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, MpcPlan, ShardEntry, SourceFile,
+    SourceInfo, TokenizerEntry, Verification,
 };
 use crate::plan::{self, Part};
 use crate::vectors;
@@ -31,6 +31,9 @@ pub struct SplitOptions {
     pub model_id: Option<String>,
     /// Overwrite a finished split already in the output directory.
     pub force: bool,
+    /// Shard 0 runs on a two-party MPC pair: it holds the embedding and exactly this many
+    /// layers, and the manifest requires the pair; the other layers are spread over the rest.
+    pub mpc_layers: Option<usize>,
 }
 
 /// File name of shard `index`.
@@ -68,7 +71,10 @@ pub fn split(source: &Path, out_dir: &Path, opts: &SplitOptions) -> Result<Manif
             path: source.to_path_buf(),
         });
     }
-    let ranges = plan::partition_layers(config.n_layer, opts.num_shards)?;
+    let ranges = match opts.mpc_layers {
+        None => plan::partition_layers(config.n_layer, opts.num_shards)?,
+        Some(k) => plan::partition_with_mpc(config.n_layer, opts.num_shards, k)?,
+    };
     let names = ck.tensor_names();
     let tied = ck.tensor_info(plan::OUTPUT).is_none();
     let parts: Vec<Part> = ranges
@@ -158,6 +164,7 @@ pub fn split(source: &Path, out_dir: &Path, opts: &SplitOptions) -> Result<Manif
         },
         chat_template,
         end_of_generation: tokenizer.end_of_generation().to_vec(),
+        mpc: opts.mpc_layers.map(|layers| MpcPlan { layers }),
         verification: Verification {
             positions: vectors::POSITIONS,
             hidden_generator: vectors::HIDDEN_GENERATOR.into(),

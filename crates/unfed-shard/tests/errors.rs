@@ -112,6 +112,7 @@ fn a_finished_split_is_kept_unless_forced() {
         num_shards: 1,
         model_id: None,
         force: true,
+        mpc_layers: None,
     };
     split(&model, out.path(), &forced).unwrap();
     // The earlier split's second shard is gone with it.
@@ -120,6 +121,7 @@ fn a_finished_split_is_kept_unless_forced() {
         num_shards: 3,
         model_id: Some("tiny-llama".into()),
         force: true,
+        mpc_layers: None,
     };
     let m = split(&model, out.path(), &forced).unwrap();
     assert_eq!((m.shards.len(), m.model_id.as_str()), (3, "tiny-llama"));
@@ -146,6 +148,7 @@ fn model_ids_are_checked() {
             num_shards: 1,
             model_id: Some(bad.to_string()),
             force: false,
+            mpc_layers: None,
         };
         let e = split(&model, out.path(), &o).unwrap_err().to_string();
         assert!(e.starts_with("invalid split options: model id"), "{e}");

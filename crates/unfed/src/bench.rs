@@ -193,6 +193,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             num_shards: args.shards,
             model_id: None,
             force: false,
+            mpc_layers: None,
         };
         unfed_shard::split(&path, dir.path(), &opts)?;
         paths.push(Path::Local(resolve::load_shards(dir.path())?));

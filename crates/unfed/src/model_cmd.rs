@@ -51,6 +51,9 @@ pub enum ModelCommand {
         /// Replace an existing split in the output directory.
         #[arg(long)]
         force: bool,
+        /// Shard 0 runs on a two-party MPC pair (`unfed mpc`) with this many decoder layers.
+        #[arg(long)]
+        mpc_layers: Option<usize>,
         #[arg(long)]
         store: Option<PathBuf>,
     },
@@ -91,6 +94,7 @@ pub fn run(cmd: ModelCommand) -> Result<ExitCode> {
             num_text_shards,
             model_id,
             force,
+            mpc_layers,
             store,
         } => {
             let source = resolve::model_path(&path, store.as_deref())?;
@@ -100,6 +104,7 @@ pub fn run(cmd: ModelCommand) -> Result<ExitCode> {
                 num_shards: num_text_shards,
                 model_id,
                 force,
+                mpc_layers,
             };
             let manifest = unfed_shard::split(&source, &output, &opts)
                 .with_context(|| format!("splitting {}", source.display()))?;

@@ -191,6 +191,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
             num_shards: args.shards,
             model_id: Some(model_id.clone()),
             force: true,
+            mpc_layers: None,
         };
         unfed_shard::split(&source, &shards_dir, &opts)?;
     }

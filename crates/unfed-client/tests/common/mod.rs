@@ -96,6 +96,7 @@ pub fn start_with(replicas: &[usize], tls: bool) -> Net {
         num_shards: replicas.len(),
         model_id: Some("tiny".into()),
         force: false,
+        mpc_layers: None,
     };
     unfed_shard::split(&model, &shards, &opts).unwrap();
 

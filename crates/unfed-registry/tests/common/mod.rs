@@ -44,6 +44,7 @@ pub fn split_manifest(num_shards: usize, model_id: &str, seed: u64) -> String {
         num_shards,
         model_id: Some(model_id.into()),
         force: false,
+        mpc_layers: None,
     };
     unfed_shard::split(&gguf, &out, &opts).unwrap();
     std::fs::read_to_string(out.join(unfed_shard::MANIFEST_FILE)).unwrap()

@@ -50,6 +50,7 @@ pub fn opts(n: usize) -> SplitOptions {
         num_shards: n,
         model_id: None,
         force: false,
+        mpc_layers: None,
     }
 }
 

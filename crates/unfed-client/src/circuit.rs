@@ -12,6 +12,17 @@ use zeroize::Zeroizing;
 
 use crate::route::Route;
 
+/// What a step tells the hops after the entry node, each in its own layer.
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// For the last shard: a resumed session's earlier picks.
+    pub history: Vec<u32>,
+    /// For shard 1 after an MPC pair: the seed of B's output pad.
+    pub pad: Option<[u8; wire::PAD_SEED_LEN]>,
+    /// For the last shard: more of the prompt follows; reply with a filler.
+    pub defer: bool,
+}
+
 /// One generation's circuit, from the client's end.
 pub struct ClientCircuit {
     header: Vec<u8>,
@@ -97,8 +108,25 @@ impl ClientCircuit {
     /// The frame for one step with any input (a circuit whose first hop is a later shard takes
     /// hidden states: tests and tools that drive part of a route).
     pub fn frame(&mut self, input: step::Input, history: Vec<u32>) -> Result<Vec<u8>, String> {
+        self.frame_with(
+            input,
+            Extras {
+                history,
+                ..Extras::default()
+            },
+        )
+    }
+
+    /// The frame for one step, with what the hops after the entry node are told in their own
+    /// layers.
+    pub fn frame_with(&mut self, input: step::Input, extras: Extras) -> Result<Vec<u8>, String> {
         let last = self.onward.len() - 1;
         let mut onward = Vec::new();
+        let Extras {
+            history,
+            pad,
+            defer,
+        } = extras;
         let mut history = Some(history);
         for (i, sender) in self.onward.iter_mut().enumerate().rev() {
             let layer = Onward {
@@ -108,6 +136,11 @@ impl ClientCircuit {
                 } else {
                     Vec::new()
                 },
+                pad: match (i, pad) {
+                    (1, Some(seed)) => seed.to_vec(),
+                    _ => Vec::new(),
+                },
+                defer: i == last && defer,
             };
             onward = sender
                 .seal(&wire::encode_onward(&layer))
@@ -141,6 +174,11 @@ impl ClientCircuit {
     /// `vocab` values (those outside a `top_k` slice are negative infinity).
     pub fn logits(&mut self, cell: &[u8], top_k: u32, vocab: usize) -> Result<Vec<f32>, String> {
         wire::decode_logits(&self.reply(cell)?, top_k, vocab)
+    }
+
+    /// Takes the filler cell of a deferred step (checked like any reply, then dropped).
+    pub fn filler(&mut self, cell: &[u8]) -> Result<(), String> {
+        self.reply(cell).map(drop)
     }
 
     fn reply(&mut self, cell: &[u8]) -> Result<Vec<u8>, String> {

@@ -4,6 +4,7 @@
 //! the registry and its first hop (the guard, or else the entry node).
 
 mod circuit;
+pub mod pair;
 mod route;
 
 use std::time::Duration;
@@ -25,7 +26,7 @@ use unfed_proto::registry::registry_client::RegistryClient;
 use unfed_proto::registry::{DiscoverRequest, GetManifestRequest, ListModelsRequest, ModelStatus};
 use unfed_shard::Manifest;
 
-pub use circuit::ClientCircuit;
+pub use circuit::{ClientCircuit, Extras};
 pub use route::{Candidate, Route, pick_route};
 
 /// How long a route may take to open.
@@ -293,6 +294,7 @@ impl Client {
                 end,
                 output: self.output,
                 vocab: model.manifest.config.vocab,
+                mpc: model.manifest.mpc_spec(),
             };
             match run_route(
                 &self.dialer,
@@ -334,6 +336,8 @@ struct Request<'a> {
     output: OutputMode,
     /// The model's vocabulary (the length of its logits).
     vocab: usize,
+    /// Shard 0 runs on an MPC pair of these shapes: the client deals for it.
+    mpc: Option<unfed_mpc::shard::ShardSpec>,
 }
 
 /// Runs (or resumes) a generation along one route. `generated` holds the tokens produced so far
@@ -364,6 +368,15 @@ async fn run_route(
         }
     };
     let mut circuit = circuit::ClientCircuit::build(route, guard.map(|g| g.1), &output)?;
+    let mut dealer = match &req.mpc {
+        None => None,
+        Some(spec) => {
+            let b = route.hops[0]
+                .pair
+                .ok_or("the model requires an MPC pair for shard 0, and the route has none")?;
+            Some(pair::PairDealer::new(spec.clone(), b)?)
+        }
+    };
     let (send, rx) = mpsc::channel(4);
     let open = Open {
         model_id: model_id.into(),
@@ -409,23 +422,25 @@ async fn run_route(
         Some(_) => Vec::new(),
     };
     while generated.len() < max_tokens {
-        let frame = circuit.step(std::mem::take(&mut ids), std::mem::take(&mut history))?;
-        send.send(SessionRequest {
-            kind: Some(session_request::Kind::Frame(frame)),
-        })
-        .await
-        .map_err(|_| "stream closed".to_string())?;
-        let token = match next_reply(&mut replies, STEP_TIMEOUT).await? {
-            Some(SessionReply {
-                kind: Some(session_reply::Kind::Cell(cell)),
-            }) => match &mut local {
-                None => circuit.token(&cell)?,
-                Some((sampler, top_k)) => {
-                    let mut logits = circuit.logits(&cell, *top_k, req.vocab)?;
-                    sampler.sample(&mut logits, generated)
-                }
-            },
-            _ => return Err("the route closed the session".into()),
+        let (now, history) = (std::mem::take(&mut ids), std::mem::take(&mut history));
+        let cell = match dealer.take() {
+            None => {
+                let frame = circuit.step(now, history)?;
+                step(&send, &mut replies, frame).await?
+            }
+            Some(d) => {
+                let (d, cell) =
+                    pair_step(d, &mut circuit, &send, &mut replies, now, history).await?;
+                dealer = Some(d);
+                cell
+            }
+        };
+        let token = match &mut local {
+            None => circuit.token(&cell)?,
+            Some((sampler, top_k)) => {
+                let mut logits = circuit.logits(&cell, *top_k, req.vocab)?;
+                sampler.sample(&mut logits, generated)
+            }
         };
         if end.contains(&token) {
             return Ok(());
@@ -437,6 +452,62 @@ async fn run_route(
         ids = vec![token];
     }
     Ok(())
+}
+
+/// Sends one step's frame and returns its reply cell.
+async fn step(
+    send: &mpsc::Sender<SessionRequest>,
+    replies: &mut Streaming<SessionReply>,
+    frame: Vec<u8>,
+) -> std::result::Result<Vec<u8>, String> {
+    send.send(SessionRequest {
+        kind: Some(session_request::Kind::Frame(frame)),
+    })
+    .await
+    .map_err(|_| "stream closed".to_string())?;
+    match next_reply(replies, STEP_TIMEOUT).await? {
+        Some(SessionReply {
+            kind: Some(session_reply::Kind::Cell(cell)),
+        }) => Ok(cell),
+        _ => Err("the route closed the session".into()),
+    }
+}
+
+/// One step through an MPC pair: `ids` dealt (off the async workers) in as many frames as
+/// their material needs, all but the last deferred at the last shard; the last one's cell.
+async fn pair_step(
+    mut dealer: pair::PairDealer,
+    circuit: &mut ClientCircuit,
+    send: &mpsc::Sender<SessionRequest>,
+    replies: &mut Streaming<SessionReply>,
+    mut ids: Vec<u32>,
+    history: Vec<u32>,
+) -> std::result::Result<(pair::PairDealer, Vec<u8>), String> {
+    let mut history = Some(history);
+    loop {
+        let (back, dealt, rest) = tokio::task::spawn_blocking(move || {
+            let dealt = dealer.deal(&ids);
+            if let Ok(d) = &dealt {
+                ids.drain(..d.positions);
+            }
+            (dealer, dealt, ids)
+        })
+        .await
+        .map_err(|e| format!("dealing: {e}"))?;
+        (dealer, ids) = (back, rest);
+        let dealt = dealt?;
+        let extras = Extras {
+            history: history.take().unwrap_or_default(),
+            pad: Some(dealt.pad),
+            defer: !ids.is_empty(),
+        };
+        let frame = circuit.frame_with(unfed_proto::node::step::Input::Mpc(dealt.input), extras)?;
+        let cell = step(send, replies, frame).await?;
+        if ids.is_empty() {
+            return Ok((dealer, cell));
+        }
+        circuit.filler(&cell)?;
+    }
 }
 
 /// The next reply on a session stream, or why there is none (errors, and a route that stays

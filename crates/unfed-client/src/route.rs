@@ -26,6 +26,8 @@ pub struct Candidate {
     pub onion_key: OnionPublicKey,
     /// The measured round trip, for nodes the client probed.
     pub rtt: Option<Duration>,
+    /// For party A of a shard-0 MPC pair: party B's onion key (from B's signed registration).
+    pub pair: Option<OnionPublicKey>,
 }
 
 /// One node per shard, in order.
@@ -53,11 +55,23 @@ pub async fn rank(
         else {
             continue;
         };
+        let pair = match &n.pair {
+            None => None,
+            Some(p) => match <[u8; 32]>::try_from(p.onion_key.as_slice())
+                .ok()
+                .and_then(|k| OnionPublicKey::from_bytes(k).ok())
+            {
+                Some(key) => Some(key),
+                // A pair whose B has no valid key cannot serve.
+                None => continue,
+            },
+        };
         by_shard[n.shard_index as usize].push(Candidate {
             address: n.address.clone(),
             shard_index: n.shard_index,
             onion_key,
             rtt: None,
+            pair,
         });
     }
     for slot in &mut by_shard {
@@ -132,6 +146,7 @@ mod tests {
             shard_index: 0,
             onion_key: unfed_onion::OnionSecretKey::generate(&mut rand::rng()).public_key(),
             rtt: None,
+            pair: None,
         }
     }
 

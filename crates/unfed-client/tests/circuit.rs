@@ -26,6 +26,7 @@ fn hops(n: usize) -> Hops {
             .iter()
             .enumerate()
             .map(|(i, h)| Candidate {
+                pair: None,
                 address: format!("127.0.0.1:{}", 50061 + i),
                 shard_index: i as u32,
                 onion_key: h.public_key(),

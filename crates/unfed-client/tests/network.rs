@@ -87,6 +87,7 @@ fn a_node_refuses_to_expose_itself_without_tls() {
             key: unfed_identity::NodeKey::generate(),
             limits: unfed_node::SessionLimits::default(),
             views: None,
+            pair: None,
         };
         rt.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

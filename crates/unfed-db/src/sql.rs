@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::Connection;
-use unfed_identity::Address;
+use unfed_identity::{Address, MpcRole};
 
 use crate::DbError;
 
@@ -75,4 +75,29 @@ pub(crate) fn read_hash(table: &'static str, bytes: Vec<u8>) -> Result<[u8; 32],
         table,
         problem: format!("sha256 holds {len} bytes, not 32"),
     })
+}
+
+/// An MPC role as its `(mpc_role, mpc_peer)` columns: the role byte of the signed payload and,
+/// for a party, the peer's identity as text.
+pub(crate) fn mpc_role_columns(role: &MpcRole) -> (u8, Option<String>) {
+    (role.tag(), role.peer().as_ref().map(address_text))
+}
+
+/// Reads back an MPC role stored with [`mpc_role_columns`].
+pub(crate) fn read_mpc_role(
+    table: &'static str,
+    role: i64,
+    peer: Option<&str>,
+) -> Result<MpcRole, DbError> {
+    let peer = peer.map(|p| read_address(table, p)).transpose()?;
+    u8::try_from(role)
+        .ok()
+        .and_then(|tag| MpcRole::from_parts(tag, peer))
+        .ok_or_else(|| DbError::Corrupt {
+            table,
+            problem: format!(
+                "mpc_role {role} with {} mpc_peer is not a valid MPC role",
+                if peer.is_some() { "an" } else { "no" }
+            ),
+        })
 }

@@ -6,7 +6,7 @@ use unfed_db::{
 };
 
 const UNL: RegisterLimits = RegisterLimits::UNLIMITED;
-use unfed_identity::Address;
+use unfed_identity::{Address, MpcRole};
 
 fn addr(byte: u8) -> Address {
     Address([byte; 20])
@@ -29,6 +29,7 @@ fn node(identity: Address, address: &str, shard: u32, at: u64) -> NodeRecord {
         model_id: "tiny".into(),
         shard_index: shard,
         onion_key: vec![7; 32],
+        mpc: MpcRole::None,
         registered_at_ms: at,
         last_heartbeat_ms: at,
         active_sessions: 0,
@@ -452,10 +453,10 @@ fn version_1_files_are_migrated() {
     drop(conn);
     let mut db = RegistryDb::open(&path).unwrap();
     assert_eq!(db.schema_version().unwrap(), REGISTRY_SCHEMA_VERSION);
-    assert_eq!(
-        db.node(&addr(1), "h:1").unwrap().unwrap().last_heartbeat_ms,
-        5000
-    );
+    let n = db.node(&addr(1), "h:1").unwrap().unwrap();
+    assert_eq!(n.last_heartbeat_ms, 5000);
+    // Rows from before MPC roles existed (version 3) are plain nodes.
+    assert_eq!(n.mpc, MpcRole::None);
     // `tiny` counts as used at its node's last heartbeat (5000), `old` at its addition (100).
     assert_eq!(
         db.prune_stale(200, 200).unwrap(),

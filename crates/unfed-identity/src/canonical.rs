@@ -3,8 +3,10 @@
 //! Layout (all integers big-endian; specified with test vectors in `docs/protocol.md`):
 //! `"UNFED"` (5 bytes), version `1`, kind (`1` register, `2` heartbeat, `3` unregister), then
 //! the fields in declaration order. An [`Address`] is its 20 raw bytes, a `String` or `Vec<u8>`
-//! a `u16` length and the bytes, `u32`/`u64` 4/8 bytes, `[u8; 32]` its 32 raw bytes. Every value
-//! has exactly one encoding and [`Payload::decode`] accepts only that encoding.
+//! a `u16` length and the bytes, `u32`/`u64` 4/8 bytes, `[u8; 32]` its 32 raw bytes, an
+//! [`MpcRole`] one byte (`0` none, `1` party A, `2` party B) followed, for a party, by its
+//! peer's 20-byte [`Address`]. Every value has exactly one encoding and [`Payload::decode`]
+//! accepts only that encoding.
 
 use crate::{Address, IdentityError, NodeKey, SIGNATURE_LEN, recover};
 
@@ -26,6 +28,12 @@ pub const MAX_ADDRESS_LEN: usize = 255;
 pub const MAX_MODEL_ID_LEN: usize = 255;
 /// Longest `onion_key` in bytes.
 pub const MAX_ONION_KEY_LEN: usize = 64;
+/// Role byte of [`MpcRole::None`].
+pub const MPC_ROLE_NONE: u8 = 0;
+/// Role byte of [`MpcRole::A`].
+pub const MPC_ROLE_A: u8 = 1;
+/// Role byte of [`MpcRole::B`].
+pub const MPC_ROLE_B: u8 = 2;
 
 /// What a node signs for the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,8 +56,70 @@ pub struct Register {
     pub manifest_sha256: [u8; 32],
     /// X25519 public key (empty until onion routing lands); at most 64 bytes.
     pub onion_key: Vec<u8>,
+    /// The node's part in a two-party MPC pair serving shard 0, if any.
+    pub mpc: MpcRole,
     pub timestamp_ms: u64,
     pub nonce: u64,
+}
+
+/// A node's role for shard 0 of a model whose manifest says shard 0 runs as a two-party MPC
+/// pair. Party A is the entry node clients connect to; party B is reached only through A. Each
+/// names the other's identity, and the registry lists a pair only when both do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum MpcRole {
+    /// A plain node: not part of a pair.
+    #[default]
+    None,
+    /// Party A of the pair whose party B has identity `peer`.
+    A {
+        /// Party B's identity.
+        peer: Address,
+    },
+    /// Party B of the pair whose party A has identity `peer`.
+    B {
+        /// Party A's identity.
+        peer: Address,
+    },
+}
+
+impl MpcRole {
+    /// The role byte: [`MPC_ROLE_NONE`], [`MPC_ROLE_A`] or [`MPC_ROLE_B`].
+    pub fn tag(&self) -> u8 {
+        match self {
+            MpcRole::None => MPC_ROLE_NONE,
+            MpcRole::A { .. } => MPC_ROLE_A,
+            MpcRole::B { .. } => MPC_ROLE_B,
+        }
+    }
+
+    /// The other party's identity (`None` for a plain node).
+    pub fn peer(&self) -> Option<Address> {
+        match self {
+            MpcRole::None => None,
+            MpcRole::A { peer } | MpcRole::B { peer } => Some(*peer),
+        }
+    }
+
+    /// The role with `tag` and, for a party, `peer`; `None` for an unknown tag or a peer
+    /// given to a plain node or missing for a party.
+    pub fn from_parts(tag: u8, peer: Option<Address>) -> Option<Self> {
+        match (tag, peer) {
+            (MPC_ROLE_NONE, None) => Some(MpcRole::None),
+            (MPC_ROLE_A, Some(peer)) => Some(MpcRole::A { peer }),
+            (MPC_ROLE_B, Some(peer)) => Some(MpcRole::B { peer }),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for MpcRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MpcRole::None => f.write_str("no MPC role"),
+            MpcRole::A { peer } => write!(f, "MPC party A with peer {peer}"),
+            MpcRole::B { peer } => write!(f, "MPC party B with peer {peer}"),
+        }
+    }
 }
 
 /// A registered node says it is still alive.
@@ -92,6 +162,10 @@ impl Payload {
                 w.extend_from_slice(&r.shard_index.to_be_bytes());
                 w.extend_from_slice(&r.manifest_sha256);
                 put_bytes(&mut w, &r.onion_key);
+                w.push(r.mpc.tag());
+                if let Some(peer) = r.mpc.peer() {
+                    w.extend_from_slice(&peer.0);
+                }
                 w.extend_from_slice(&r.timestamp_ms.to_be_bytes());
                 w.extend_from_slice(&r.nonce.to_be_bytes());
             }
@@ -166,6 +240,7 @@ impl Payload {
                 shard_index: r.u32("shard_index")?,
                 manifest_sha256: r.array("manifest_sha256")?,
                 onion_key: r.bytes("onion_key", MAX_ONION_KEY_LEN)?.to_vec(),
+                mpc: r.mpc_role()?,
                 timestamp_ms: r.u64("timestamp_ms")?,
                 nonce: r.u64("nonce")?,
             }),
@@ -307,6 +382,21 @@ impl<'a> Reader<'a> {
 
     fn address(&mut self) -> Result<Address, IdentityError> {
         Ok(Address(self.array("identity")?))
+    }
+
+    /// A role byte, then (for a party) the peer's address.
+    fn mpc_role(&mut self) -> Result<MpcRole, IdentityError> {
+        let offset = self.offset;
+        match self.u8("mpc_role")? {
+            MPC_ROLE_NONE => Ok(MpcRole::None),
+            MPC_ROLE_A => Ok(MpcRole::A {
+                peer: Address(self.array("mpc_peer")?),
+            }),
+            MPC_ROLE_B => Ok(MpcRole::B {
+                peer: Address(self.array("mpc_peer")?),
+            }),
+            value => Err(IdentityError::BadMpcRole { offset, value }),
+        }
     }
 
     /// A `u16` big-endian length, checked against `max` before the bytes are read.

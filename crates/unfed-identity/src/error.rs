@@ -82,6 +82,12 @@ pub enum IdentityError {
     /// A string field that is not UTF-8.
     #[error("field {field} at byte {offset} is not valid UTF-8")]
     NotUtf8 { field: &'static str, offset: usize },
+    /// A Register payload whose MPC role byte is not 0, 1 or 2.
+    #[error(
+        "field mpc_role at byte {offset} is {value}; expected 0 (no pair), 1 (party A) or 2 \
+         (party B)"
+    )]
+    BadMpcRole { offset: usize, value: u8 },
     /// Bytes left over after the last field.
     #[error("payload has {0} trailing bytes after its last field")]
     TrailingBytes(usize),

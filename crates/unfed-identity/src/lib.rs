@@ -9,6 +9,8 @@
 //! - [`recover`]: the signer of a signature, rejecting malformed and malleable (high-s) input.
 //! - [`canonical`]: the registry payloads (`Register`, `Heartbeat`, `Unregister`), their one
 //!   byte encoding, and [`canonical::open_signed`], which decodes and authenticates in one step.
+//! - [`MpcRole`]: what a `Register` says about the node's part in shard 0's two-party MPC pair
+//!   (none, party A or party B, each naming its peer's identity).
 //!
 //! The byte layouts and test vectors are specified in `docs/protocol.md`, section "Canonical
 //! payloads and signatures".
@@ -36,6 +38,7 @@ mod error;
 mod key;
 
 pub use address::Address;
+pub use canonical::MpcRole;
 pub use error::IdentityError;
 pub use key::{NodeKey, SIGNATURE_LEN, recover};
 

@@ -4,7 +4,7 @@ use unfed_identity::canonical::{
     Heartbeat, MAX_ADDRESS_LEN, MAX_ONION_KEY_LEN, Payload, Register, Unregister, open_signed,
     sign_payload,
 };
-use unfed_identity::{Address, IdentityError, NodeKey, recover};
+use unfed_identity::{Address, IdentityError, MpcRole, NodeKey, recover};
 
 const KEY: &str = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318";
 
@@ -30,6 +30,7 @@ fn register(model_id: String, onion_key: Vec<u8>) -> Payload {
         shard_index: 0,
         manifest_sha256: [7; 32],
         onion_key,
+        mpc: MpcRole::None,
         timestamp_ms: 0,
         nonce: 0,
     })
@@ -104,6 +105,66 @@ fn field_caps_are_enforced_on_both_sides() {
     );
     let biggest = register("m".repeat(255), vec![1; MAX_ONION_KEY_LEN]);
     assert_eq!(Payload::decode(&biggest.encode()).unwrap(), biggest);
+}
+
+#[test]
+fn mpc_role_bytes_are_strict() {
+    // model "m", no onion key: the role byte sits at 7 + 20 + 2 + 3 + 2 + 1 + 4 + 32 + 2 = 73.
+    const AT: usize = 73;
+    let plain = register("m".into(), vec![]);
+    let bytes = plain.encode();
+    assert_eq!(bytes.len(), 90);
+    assert_eq!(bytes[AT], 0);
+    for value in [3u8, 4, 0x80, 0xff] {
+        let mut bad = bytes.clone();
+        bad[AT] = value;
+        let err = Payload::decode(&bad).unwrap_err();
+        assert!(
+            matches!(err, IdentityError::BadMpcRole { offset: AT, value: v } if v == value),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "field mpc_role at byte 73 is {value}; expected 0 (no pair), 1 (party A) or 2 \
+                 (party B)"
+            )
+        );
+    }
+
+    // A party's role byte is followed by exactly 20 bytes of peer address.
+    let Payload::Register(mut r) = plain else {
+        unreachable!()
+    };
+    let peer = Address([0x5c; 20]);
+    for (mpc, tag) in [(MpcRole::A { peer }, 1u8), (MpcRole::B { peer }, 2)] {
+        r.mpc = mpc;
+        let party = Payload::Register(r.clone());
+        let bytes = party.encode();
+        assert_eq!(bytes.len(), 110);
+        assert_eq!((bytes[AT], &bytes[AT + 1..AT + 21]), (tag, &[0x5c; 20][..]));
+        assert_eq!(Payload::decode(&bytes).unwrap(), party);
+        // Role 0 where a party was encoded: the peer bytes are then read as the timestamp, and
+        // 20 bytes are left over.
+        let mut as_plain = bytes.clone();
+        as_plain[AT] = 0;
+        assert_eq!(
+            decode_err(&as_plain),
+            "payload has 20 trailing bytes after its last field"
+        );
+        // Cut inside the peer address.
+        assert_eq!(
+            decode_err(&bytes[..AT + 5]),
+            "payload truncated at byte 74: mpc_peer needs 20 bytes, 4 left"
+        );
+    }
+    // A plain payload relabelled as a party runs out of bytes for the peer address.
+    let mut as_party = bytes.clone();
+    as_party[AT] = 1;
+    assert_eq!(
+        decode_err(&as_party),
+        "payload truncated at byte 74: mpc_peer needs 20 bytes, 16 left"
+    );
 }
 
 #[test]

@@ -5,10 +5,18 @@ use proptest::prelude::*;
 use unfed_identity::canonical::{
     Heartbeat, MAX_PAYLOAD_LEN, Payload, Register, Unregister, open_signed, sign_payload,
 };
-use unfed_identity::{Address, NodeKey, recover};
+use unfed_identity::{Address, MpcRole, NodeKey, recover};
 
 fn arb_address() -> impl Strategy<Value = Address> {
     any::<[u8; 20]>().prop_map(Address)
+}
+
+fn arb_mpc_role() -> impl Strategy<Value = MpcRole> {
+    prop_oneof![
+        Just(MpcRole::None),
+        arb_address().prop_map(|peer| MpcRole::A { peer }),
+        arb_address().prop_map(|peer| MpcRole::B { peer }),
+    ]
 }
 
 /// At most 63 chars of up to 4 bytes each: always within the 255-byte caps.
@@ -24,11 +32,12 @@ fn arb_payload() -> impl Strategy<Value = Payload> {
         any::<u32>(),
         any::<[u8; 32]>(),
         proptest::collection::vec(any::<u8>(), 0..=64),
+        arb_mpc_role(),
         any::<u64>(),
         any::<u64>(),
     )
         .prop_map(
-            |(identity, address, model_id, shard_index, sha, onion_key, ts, nonce)| {
+            |(identity, address, model_id, shard_index, sha, onion_key, mpc, ts, nonce)| {
                 Payload::Register(Register {
                     identity,
                     address,
@@ -36,6 +45,7 @@ fn arb_payload() -> impl Strategy<Value = Payload> {
                     shard_index,
                     manifest_sha256: sha,
                     onion_key,
+                    mpc,
                     timestamp_ms: ts,
                     nonce,
                 })
@@ -149,6 +159,29 @@ proptest! {
             longer.extend_from_slice(&extra[..n]);
             prop_assert!(Payload::decode(&longer).is_err(), "{} extra bytes accepted", n);
         }
+    }
+
+    /// The role byte of a Register is 0, 1 or 2; any other value is refused, never misread.
+    #[test]
+    fn unknown_mpc_role_bytes_are_refused(
+        payload in arb_payload(),
+        value in 3u8..=255,
+    ) {
+        let Payload::Register(r) = &payload else { return Ok(()) };
+        let mut bytes = payload.encode();
+        // header 7, identity 20, three length-prefixed fields, shard 4, hash 32.
+        let at = 7 + 20 + 2 + r.address.len() + 2 + r.model_id.len() + 4 + 32 + 2
+            + r.onion_key.len();
+        prop_assert_eq!(bytes[at], r.mpc.tag());
+        bytes[at] = value;
+        let err = Payload::decode(&bytes).unwrap_err().to_string();
+        prop_assert_eq!(
+            err,
+            format!(
+                "field mpc_role at byte {at} is {value}; expected 0 (no pair), 1 (party A) or \
+                 2 (party B)"
+            )
+        );
     }
 
     #[test]

@@ -27,6 +27,23 @@ impl Material {
     pub fn len_bytes(&self) -> usize {
         16 + 8 * self.words.len()
     }
+
+    /// The wire form: the seed, then the words, little-endian.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len_bytes());
+        out.extend_from_slice(&self.seed);
+        out.extend_from_slice(&ring::to_bytes(&self.words));
+        out
+    }
+
+    /// The wire form read back; None when it is not a seed and whole words.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let (seed, words) = bytes.split_first_chunk::<16>()?;
+        Some(Self {
+            seed: *seed,
+            words: ring::from_bytes(words)?,
+        })
+    }
 }
 
 /// Traffic of one party over its link.

@@ -78,3 +78,21 @@ pub fn share(x: &[u64], mask: &[u64]) -> [Vec<u64>; 2] {
 pub fn reveal(a: &[u64], b: &[u64]) -> Vec<u64> {
     add(a, b)
 }
+
+/// Ring elements as bytes, little-endian.
+pub fn to_bytes(x: &[u64]) -> Vec<u8> {
+    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Bytes as ring elements, little-endian; None when the length is not a multiple of 8.
+pub fn from_bytes(bytes: &[u8]) -> Option<Vec<u64>> {
+    if !bytes.len().is_multiple_of(8) {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect(),
+    )
+}

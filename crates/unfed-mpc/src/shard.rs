@@ -58,6 +58,12 @@ pub fn step(
     Ok(x)
 }
 
+/// The pad party B takes off its output share before handing it to party A, so that A holds
+/// `output - pad` (uniform to A) and shard 1, given `seed` by the client, adds `pad` back.
+pub fn pad(seed: &Seed, n: usize) -> Vec<u64> {
+    Prg::new(seed).take(n)
+}
+
 /// Dealer, party A and party B of one session in one process, each party on its own thread
 /// for every step, joined by an in-memory link.
 pub struct LocalPair<'w> {

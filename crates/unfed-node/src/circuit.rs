@@ -117,12 +117,22 @@ impl HopCircuit {
 
     /// The link frame to the next hop: this hop's hidden states and the next hop's layer.
     pub fn seal_next(&mut self, hidden: Hidden, onward: Vec<u8>) -> Result<Vec<u8>, CircuitError> {
+        self.seal_next_input(step::Input::Hidden(hidden), onward)
+    }
+
+    /// The link frame to the next hop: this hop's output (hidden states, or a pair's masked
+    /// output) and the next hop's layer.
+    pub fn seal_next_input(
+        &mut self,
+        input: step::Input,
+        onward: Vec<u8>,
+    ) -> Result<Vec<u8>, CircuitError> {
         let link = self
             .link_out
             .as_mut()
             .ok_or(CircuitError::LastHasNoNextHop)?;
         let next = Step {
-            input: Some(step::Input::Hidden(hidden)),
+            input: Some(input),
             onward,
         };
         link.seal(&wire::encode_step(&next))

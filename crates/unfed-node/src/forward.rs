@@ -47,6 +47,10 @@ pub enum StepOutput {
     Token(u32),
     /// The last position's logits, for a client that samples itself.
     Logits(Vec<f32>),
+    /// The last shard ran a step of a prompt sent in several steps: nothing to return yet.
+    Deferred,
+    /// Party A's output for shard 1, masked by party B's pad.
+    Masked(unfed_proto::node::Masked),
 }
 
 /// What the last shard does with its logits, per session.
@@ -84,6 +88,7 @@ enum Job {
         id: u64,
         input: StepInput,
         history: Vec<u32>,
+        defer: bool,
         reply: oneshot::Sender<Result<StepOutput, String>>,
     },
     Close {
@@ -100,6 +105,10 @@ struct Session {
     head: Option<Head>,
     /// Tokens the sampler has picked or been told about (for the repetition penalty).
     history: Vec<u32>,
+    /// Whether a step has returned output (not deferred) yet.
+    answered: bool,
+    /// A resumed session's earlier picks, given with a deferred step of its replay.
+    pending_history: Vec<u32>,
     last_used: Instant,
 }
 
@@ -130,17 +139,21 @@ impl Forward {
         rx.await.map_err(|_| stopped())?
     }
 
+    /// One step of session `id`. `history`: a resumed session's earlier picks (last shard);
+    /// `defer`: more of the prompt follows, so the last shard returns nothing yet.
     pub async fn step(
         &self,
         id: u64,
         input: StepInput,
         history: Vec<u32>,
+        defer: bool,
     ) -> Result<StepOutput, String> {
         let (reply, rx) = oneshot::channel();
         self.send(Job::Step {
             id,
             input,
             history,
+            defer,
             reply,
         })
         .await?;
@@ -200,6 +213,8 @@ fn run(model: ShardModel, limits: SessionLimits, mut jobs: mpsc::Receiver<Job>) 
                             cache: model.new_cache(),
                             head,
                             history: Vec::new(),
+                            answered: false,
+                            pending_history: Vec::new(),
                             last_used: now,
                         },
                     );
@@ -211,6 +226,7 @@ fn run(model: ShardModel, limits: SessionLimits, mut jobs: mpsc::Receiver<Job>) 
                 id,
                 input,
                 history,
+                defer,
                 reply,
             } => {
                 let held: usize = sessions.values().map(|s| s.cache.positions()).sum();
@@ -225,17 +241,17 @@ fn run(model: ShardModel, limits: SessionLimits, mut jobs: mpsc::Receiver<Job>) 
                         "the session would exceed {} positions",
                         limits.max_positions
                     )),
-                    // Only a resumed session's first step (a replay) names earlier picks, and
-                    // never more of them than the positions it replays.
-                    Some(s) if !history.is_empty() && (s.cache.positions() != 0 || history.len() > new) => {
-                        Err("history is only accepted with a session's first step, and no longer than it".to_string())
+                    // Only a resumed session's replay names earlier picks, before the session
+                    // has returned anything, and never more of them than the positions so far.
+                    Some(s) if !history.is_empty() && (s.answered || history.len() > s.cache.positions() + new) => {
+                        Err("history is only accepted before a session's first output, and no longer than it".to_string())
                     }
                     Some(_) if held + new > max_total_positions => {
                         Err("busy: the node's KV-cache memory is full; try again later".to_string())
                     }
                     Some(s) => {
                         s.last_used = now;
-                        let r = step(&model, s, input, history);
+                        let r = step(&model, s, input, history, defer);
                         if r.is_err() {
                             // A failed step may have left the cache half-extended.
                             sessions.remove(&id);
@@ -264,6 +280,7 @@ fn step(
     s: &mut Session,
     input: StepInput,
     history: Vec<u32>,
+    defer: bool,
 ) -> Result<StepOutput, String> {
     let cfg = model.config();
     let out = match input {
@@ -277,6 +294,13 @@ fn step(
         }
     }
     .map_err(|e| e.to_string())?;
+    if !history.is_empty() {
+        s.pending_history = history;
+    }
+    if defer && s.head.is_some() {
+        return Ok(StepOutput::Deferred);
+    }
+    s.answered = true;
     match &mut s.head {
         None => {
             let values: Vec<f32> = out
@@ -296,6 +320,7 @@ fn step(
                 .map_err(|e| e.to_string())?,
         )),
         Some(Head::Sample(sampler)) => {
+            let history = std::mem::take(&mut s.pending_history);
             if !history.is_empty() {
                 // A resumed session: the picks made before, for the penalty and the random state.
                 sampler.skip(history.len());

@@ -7,6 +7,7 @@ mod forward;
 pub mod guard;
 pub mod mpc_weights;
 mod onion_keys;
+pub mod pair;
 mod registration;
 mod relay;
 mod service;
@@ -21,13 +22,20 @@ use std::time::Duration;
 use futures::FutureExt;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-use unfed_identity::NodeKey;
+use unfed_identity::{MpcRole, NodeKey};
+use unfed_mpc::Role;
 use unfed_proto::MAX_NODE_MESSAGE;
 use unfed_proto::node::node_server::NodeServer;
 
 pub use forward::{Forward, HeadOutput, SessionLimits, StepInput, StepOutput};
 pub use registration::{Announcement, HeartbeatError, Registration};
-pub use service::{NodeService, NodeState};
+pub use service::{Compute, NodeService, NodeState};
+
+/// What `run` loaded.
+enum Loaded {
+    Plain(unfed_shard::VerifiedShard),
+    PartyA(pair::Party, String),
+}
 
 /// How long a call to the registry may take.
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,6 +55,8 @@ pub enum NodeError {
     Serve(String),
     #[error(transparent)]
     Tls(#[from] unfed_proto::tls::TlsError),
+    #[error("MPC pair: {0}")]
+    Pair(String),
 }
 
 /// How to run a node.
@@ -66,6 +76,9 @@ pub struct NodeConfig {
     pub views: Option<views::ViewLog>,
     pub key: NodeKey,
     pub limits: SessionLimits,
+    /// Serve shard 0 as party A of an MPC pair with this party B (the manifest must ask for
+    /// a pair; `unfed mpc --role a`).
+    pub pair: Option<pair::PairPeer>,
 }
 
 /// Loads the shard (blocking work, off the async workers), then serves until `shutdown`.
@@ -80,32 +93,58 @@ pub async fn run(
     unfed_proto::tls::check_exposure(local, Some(&config.advertise), config.tls.is_some())?;
     let dir = config.shards_dir.clone();
     let index = config.shard_index as usize;
-    let (manifest, manifest_json, shard, tokenizer_json) =
+    let pair = config.pair.clone();
+    let max_positions = config.limits.max_positions;
+    let (manifest, manifest_json, compute, tokenizer_json) =
         tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
             let manifest = unfed_shard::read_manifest(&dir).map_err(Box::new)?;
             let manifest_json = manifest.to_json();
-            let shard =
-                unfed_shard::load_verified_shard(&dir, &manifest, index).map_err(Box::new)?;
+            pair::check_role(&manifest, index, pair.is_some())?;
+            let compute = match pair {
+                Some(p) => {
+                    let party = pair::load_party(&dir, &manifest, Role::A, p.view, max_positions)?;
+                    Loaded::PartyA(party, p.address)
+                }
+                None => Loaded::Plain(
+                    unfed_shard::load_verified_shard(&dir, &manifest, index).map_err(Box::new)?,
+                ),
+            };
             let tokenizer_json = read_tokenizer(&dir, &manifest)?;
-            Ok((manifest, manifest_json, shard, tokenizer_json))
+            Ok((manifest, manifest_json, compute, tokenizer_json))
         })
         .await
         .map_err(|e| NodeError::Serve(e.to_string()))??;
-    let hidden = shard.model.config().hidden;
-    // The largest step a session may send: its whole position budget of hidden states.
-    let max_message = (config.limits.max_positions * hidden * 4 + (1 << 20)).min(MAX_NODE_MESSAGE);
     let max_streams = (2 * config.limits.max_sessions).min(u32::MAX as usize) as u32;
-    let (forward, forward_thread) = forward::Forward::start(shard.model, config.limits.clone())
-        .map_err(|e| NodeError::Serve(format!("cannot start the forward thread: {e}")))?;
+    let (hidden, compute, forward_thread) = match compute {
+        Loaded::Plain(shard) => {
+            let hidden = shard.model.config().hidden;
+            let (forward, thread) = forward::Forward::start(shard.model, config.limits.clone())
+                .map_err(|e| NodeError::Serve(format!("cannot start the forward thread: {e}")))?;
+            (hidden, Compute::Plain(forward), Some(thread))
+        }
+        Loaded::PartyA(party, peer) => {
+            let hidden = party.spec.layer.hidden;
+            let a = pair::PartyA::new(Arc::new(party), peer, config.dialer.clone());
+            (hidden, Compute::PartyA(Arc::new(a)), None)
+        }
+    };
+    // The largest step a session may send: its whole position budget of hidden states, or for
+    // party A a step's dealt material.
+    let max_message = match compute {
+        Compute::Plain(_) => config.limits.max_positions * hidden * 4 + (1 << 20),
+        Compute::PartyA(_) => MAX_NODE_MESSAGE,
+    }
+    .min(MAX_NODE_MESSAGE);
     let state = Arc::new(
         NodeState::new(
             manifest.model_id.clone(),
             config.shard_index,
             manifest.shards.len() as u32,
             hidden,
+            manifest.config.vocab,
             tokenizer_json,
             config.limits.clone(),
-            forward.clone(),
+            compute,
         )
         .with_network(config.registry.clone(), config.dialer.clone())
         .with_views(config.views.clone()),
@@ -120,6 +159,10 @@ pub async fn run(
                 manifest_sha256: Sha256::digest(manifest_json.as_bytes()).into(),
                 manifest_json,
                 onion_key: state.onion_public_key().to_bytes(),
+                mpc: match &config.pair {
+                    Some(p) => MpcRole::A { peer: p.identity },
+                    None => MpcRole::None,
+                },
             };
             let reg = Registration::register(&config.dialer, registry, config.key, &announcement)
                 .await
@@ -134,39 +177,17 @@ pub async fn run(
         shutdown.await;
         let _ = stop.send(true);
     });
-    let heartbeats = registration.map(|(mut reg, mut announcement)| {
-        let state = state.clone();
-        let mut stopped = stopped.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(reg.heartbeat_interval) => {
-                        // A rotated onion key is registered (signed) before the next heartbeat.
-                        let key = state.onion_public_key().to_bytes();
-                        if key != announcement.onion_key {
-                            let old = std::mem::replace(&mut announcement.onion_key, key);
-                            let sent = tokio::time::timeout(REGISTRY_TIMEOUT, reg.announce(&announcement)).await;
-                            if !matches!(sent, Ok(Ok(()))) {
-                                announcement.onion_key = old; // tried again next time
-                            }
-                        }
-                        // A missed heartbeat is retried at the next interval; the registry marks
-                        // the node unhealthy only after several.
-                        let beat = reg.heartbeat(state.active_sessions() as u32);
-                        if let Ok(Err(HeartbeatError::Forgotten)) = tokio::time::timeout(REGISTRY_TIMEOUT, beat).await {
-                            let _ = tokio::time::timeout(REGISTRY_TIMEOUT, reg.announce(&announcement)).await;
-                        }
-                    }
-                    _ = stopped.wait_for(|s| *s).map(|_| ()) => break,
-                }
-            }
-            let _ = tokio::time::timeout(REGISTRY_TIMEOUT, reg.unregister()).await;
-        })
+    let heartbeats = registration.map(|(reg, announcement)| {
+        let (keys, load) = (state.clone(), state.clone());
+        keep_registered(
+            reg,
+            announcement,
+            move || keys.onion_public_key().to_bytes(),
+            move || load.active_sessions() as u32,
+            stopped.clone(),
+        )
     });
 
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let server = unfed_proto::tls::server(config.tls.as_ref())?
         .max_concurrent_streams(Some(max_streams))
         .add_service(
@@ -179,24 +200,74 @@ pub async fn run(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             until_stopped(stopped.clone()),
         );
-    // Open sessions get a short grace period once shutdown begins, not forever.
-    let drain_deadline = async {
-        until_stopped(stopped).await;
-        tokio::time::sleep(DRAIN_TIMEOUT).await;
-    };
-    let served = tokio::select! {
-        r = server => r.map_err(|e| NodeError::Serve(e.to_string())),
-        _ = drain_deadline => Ok(()),
-    };
+    let served = drain(server, stopped).await;
     signal.abort();
     if let Some(h) = heartbeats {
         let _ = h.await;
     }
-    drop(forward);
-    // Sessions still draining hold the forward handle a moment longer; do not wait forever.
-    let join = tokio::task::spawn_blocking(move || forward_thread.join());
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, join).await;
+    if let Some(thread) = forward_thread {
+        // Sessions still draining hold the forward handle a moment longer; do not wait forever.
+        let join = tokio::task::spawn_blocking(move || thread.join());
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, join).await;
+    }
     served
+}
+
+/// Keeps a registration alive until `stopped`: a heartbeat every interval (registering again
+/// if the registry forgot the node), a rotated onion key announced before the next heartbeat,
+/// and a signed goodbye at the end.
+pub(crate) fn keep_registered(
+    mut reg: Registration,
+    mut announcement: Announcement,
+    onion_key: impl Fn() -> [u8; 32] + Send + 'static,
+    active_sessions: impl Fn() -> u32 + Send + 'static,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(reg.heartbeat_interval) => {
+                    // A rotated onion key is registered (signed) before the next heartbeat.
+                    let key = onion_key();
+                    if key != announcement.onion_key {
+                        let old = std::mem::replace(&mut announcement.onion_key, key);
+                        let sent = tokio::time::timeout(REGISTRY_TIMEOUT, reg.announce(&announcement)).await;
+                        if !matches!(sent, Ok(Ok(()))) {
+                            announcement.onion_key = old; // tried again next time
+                        }
+                    }
+                    // A missed heartbeat is retried at the next interval; the registry marks
+                    // the node unhealthy only after several.
+                    let beat = reg.heartbeat(active_sessions());
+                    if let Ok(Err(HeartbeatError::Forgotten)) = tokio::time::timeout(REGISTRY_TIMEOUT, beat).await {
+                        let _ = tokio::time::timeout(REGISTRY_TIMEOUT, reg.announce(&announcement)).await;
+                    }
+                }
+                _ = stopped.wait_for(|s| *s).map(|_| ()) => break,
+            }
+        }
+        let _ = tokio::time::timeout(REGISTRY_TIMEOUT, reg.unregister()).await;
+    })
+}
+
+/// Runs `server` (which stops accepting once `stopped`); open sessions get a short grace period
+/// once shutdown begins, not forever.
+pub(crate) async fn drain(
+    server: impl Future<Output = Result<(), tonic::transport::Error>>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    let drain_deadline = async {
+        until_stopped(stopped).await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    tokio::select! {
+        r = server => r.map_err(|e| NodeError::Serve(e.to_string())),
+        _ = drain_deadline => Ok(()),
+    }
+}
+
+pub(crate) async fn until_stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
 }
 
 fn read_tokenizer(

@@ -2,8 +2,8 @@
 //! decoder layers, dequantized from the shard file into the fixed point of `unfed-mpc`.
 
 use unfed_model::{Checkpoint, ModelConfig};
-use unfed_mpc::layer::{LayerShape, LayerWeights, Matrix, RawLayer};
-use unfed_mpc::shard::{ShardSpec, ShardWeights};
+use unfed_mpc::layer::{LayerWeights, Matrix, RawLayer};
+use unfed_mpc::shard::ShardWeights;
 
 /// Why the weights could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -17,22 +17,7 @@ pub enum MpcWeightsError {
 }
 
 /// The shapes of shard 0 on shares for a model, with `k` layers.
-pub fn spec(cfg: &ModelConfig, k: usize) -> ShardSpec {
-    ShardSpec {
-        layer: LayerShape {
-            hidden: cfg.hidden,
-            ffn: cfg.ffn,
-            n_head: cfg.n_head,
-            n_kv_head: cfg.n_kv_head,
-            head_dim: cfg.head_dim,
-            rope_theta: cfg.rope_theta,
-            interleaved: cfg.arch.rope_interleaved(),
-            eps: cfg.rms_eps,
-        },
-        vocab: cfg.vocab,
-        k,
-    }
-}
+pub use unfed_shard::mpc_spec as spec;
 
 /// The embedding and layers `0..k` of `ck` (a whole model or a shard that starts at layer 0).
 pub fn load(ck: &Checkpoint, cfg: &ModelConfig, k: usize) -> Result<ShardWeights, MpcWeightsError> {

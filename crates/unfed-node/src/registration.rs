@@ -4,8 +4,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::transport::Channel;
-use unfed_identity::NodeKey;
 use unfed_identity::canonical::{Heartbeat, Payload, Register, Unregister};
+use unfed_identity::{MpcRole, NodeKey};
 use unfed_proto::registry::SignedPayload;
 use unfed_proto::registry::registry_client::RegistryClient;
 
@@ -18,6 +18,10 @@ pub struct Announcement {
     pub manifest_sha256: [u8; 32],
     /// The node's public onion key (X25519), signed with the rest.
     pub onion_key: [u8; 32],
+    /// Its part in shard 0's two-party MPC pair, signed with the rest: [`MpcRole::None`] for a
+    /// plain node; party A or B (naming the other party's identity) on shard 0 of a model whose
+    /// manifest has an `mpc` plan, where the registry refuses a plain node.
+    pub mpc: MpcRole,
 }
 
 /// Why a heartbeat failed.
@@ -80,6 +84,7 @@ impl Registration {
             shard_index: a.shard_index,
             manifest_sha256: a.manifest_sha256,
             onion_key: a.onion_key.to_vec(),
+            mpc: a.mpc,
             timestamp_ms: now_ms(),
             nonce: rand::random(),
         });

@@ -13,7 +13,7 @@ use unfed_proto::circuit as wire;
 use unfed_proto::convert;
 use unfed_proto::node::node_server::Node;
 use unfed_proto::node::{
-    HealthReply, HealthRequest, Hidden, Open, Opened, SessionReply, SessionRequest, TokenizerReply,
+    HealthReply, HealthRequest, Open, Opened, SessionReply, SessionRequest, TokenizerReply,
     TokenizerRequest, session_reply, session_request, step,
 };
 
@@ -26,6 +26,14 @@ use crate::relay::{
 use crate::setup_limit::SetupLimit;
 use crate::views::{Seen, ViewLog, saw, saw_peer};
 
+/// What computes this node's layers.
+pub enum Compute {
+    /// The shard in the clear, on the forward thread.
+    Plain(Forward),
+    /// Shard 0 on shares, as party A of an MPC pair.
+    PartyA(Arc<crate::pair::PartyA>),
+}
+
 /// What the service knows about the shard it serves.
 pub struct NodeState {
     pub model_id: String,
@@ -33,11 +41,13 @@ pub struct NodeState {
     /// Shards in the model's manifest: a route has exactly one hop per shard.
     pub num_shards: u32,
     pub hidden: usize,
+    /// The model's vocabulary (the length of its logits).
+    pub vocab: usize,
     pub embedding: bool,
     pub head: bool,
     pub tokenizer_json: String,
     pub limits: SessionLimits,
-    pub forward: Forward,
+    pub compute: Compute,
     /// This node's onion key and the replay tags of every circuit set up with it.
     onion: OnionKeys,
     /// Which next hops this node may relay to.
@@ -57,9 +67,10 @@ impl NodeState {
         shard_index: u32,
         num_shards: u32,
         hidden: usize,
+        vocab: usize,
         tokenizer_json: String,
         limits: SessionLimits,
-        forward: Forward,
+        compute: Compute,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(limits.max_sessions));
         Self {
@@ -67,11 +78,12 @@ impl NodeState {
             shard_index,
             num_shards,
             hidden,
+            vocab,
             embedding: shard_index == 0,
             head: shard_index + 1 == num_shards,
             tokenizer_json,
             limits,
-            forward,
+            compute,
             onion: OnionKeys::generate(),
             next_hops: NextHops::new(None, unfed_proto::Dialer::default()),
             next_session: AtomicU64::new(1),
@@ -134,7 +146,9 @@ impl Node for NodeService {
             request,
             move |inbound, tx| async move {
                 let result = run_session(&state, id, inbound, &tx).await;
-                state.forward.close(id).await;
+                if let Compute::Plain(forward) = &state.compute {
+                    forward.close(id).await;
+                }
                 result
             },
         )
@@ -203,11 +217,21 @@ async fn run_session(
         }
         Place::Relay { next_hop, header } => (None, Some((next_hop, header))),
     };
-    state
-        .forward
-        .open(id, output)
-        .await
-        .map_err(Status::resource_exhausted)?;
+    let mut pair = match &state.compute {
+        Compute::Plain(forward) => {
+            forward
+                .open(id, output)
+                .await
+                .map_err(Status::resource_exhausted)?;
+            None
+        }
+        Compute::PartyA(a) if next.is_some() => {
+            Some(crate::pair::party_a::PairSession::new(a.clone(), id))
+        }
+        Compute::PartyA(_) => {
+            return Err(Status::invalid_argument("party A is never the last shard"));
+        }
+    };
     let mut downstream = match next {
         None => None,
         Some((address, header)) => {
@@ -244,38 +268,39 @@ async fn run_session(
         if !onward.history.is_empty() {
             saw(&state.views, || Seen::History(onward.history.clone()));
         }
-        let input = match (input, state.embedding) {
-            (Some(step::Input::Tokens(t)), true) => {
-                saw(&state.views, || Seen::Tokens(t.ids.clone()));
-                StepInput::Tokens(t.ids)
+        if onward.defer && !state.head {
+            return Err(Status::invalid_argument(
+                "only the last shard defers its output",
+            ));
+        }
+        let out = match (input, pair.as_mut()) {
+            (Some(step::Input::Mpc(m)), Some(pair)) => {
+                let masked = pair.step(&state.model_id, m).await?;
+                StepOutput::Masked(masked)
             }
-            (Some(step::Input::Hidden(h)), false) => {
-                let values = convert::hidden_values(&h, state.hidden)
-                    .map_err(|e| Status::invalid_argument(e.0))?;
-                saw(&state.views, || Seen::Hidden(values.clone()));
-                StepInput::Hidden {
-                    rows: h.rows as usize,
-                    cols: h.cols as usize,
-                    values,
-                }
+            (Some(step::Input::Mpc(_)), None) => {
+                return Err(Status::invalid_argument(
+                    "this node is not party A of an MPC pair",
+                ));
             }
-            (Some(_), true) => return Err(Status::invalid_argument("shard 0 takes token ids")),
-            (Some(_), false) => {
-                return Err(Status::invalid_argument("this shard takes hidden states"));
+            (_, Some(_)) => return Err(Status::invalid_argument("party A takes MPC input")),
+            (input, None) => {
+                let input = plain_input(state, input, &onward.pad)?;
+                let Compute::Plain(forward) = &state.compute else {
+                    return Err(Status::internal("a plain step on a pair"));
+                };
+                forward
+                    .step(id, input, onward.history, onward.defer)
+                    .await
+                    .map_err(|e| {
+                        if e.starts_with("busy") {
+                            Status::resource_exhausted(e)
+                        } else {
+                            Status::invalid_argument(e)
+                        }
+                    })?
             }
-            (None, _) => return Err(Status::invalid_argument("a Step needs an input")),
         };
-        let out = state
-            .forward
-            .step(id, input, onward.history)
-            .await
-            .map_err(|e| {
-                if e.starts_with("busy") {
-                    Status::resource_exhausted(e)
-                } else {
-                    Status::invalid_argument(e)
-                }
-            })?;
         let cell = match (out, downstream.as_mut()) {
             (StepOutput::Token(t), None) => {
                 saw(&state.views, || Seen::Sampled(t));
@@ -285,12 +310,21 @@ async fn run_session(
                 let plain = wire::encode_logits(&logits, top_k.unwrap_or(0));
                 circuit.seal_reply(&plain).map_err(refused)?
             }
+            (StepOutput::Deferred, None) => {
+                // The filler is exactly as long as the session's replies always are.
+                let len = match top_k {
+                    Some(k) => wire::logits_reply_len(k, state.vocab),
+                    None => wire::TOKEN_REPLY_LEN,
+                };
+                circuit.seal_reply(&vec![0; len]).map_err(refused)?
+            }
             (StepOutput::Hidden { rows, cols, values }, Some(down)) => {
-                let hidden: Hidden = convert::hidden(rows, cols, &values);
-                let frame = circuit.seal_next(hidden, onward.onward).map_err(refused)?;
-                let cell = down.step(frame).await?;
-                saw(&state.views, || Seen::Cell(cell.clone()));
-                circuit.relay_reply(&cell).map_err(|_| relay_lost())?
+                let hidden = step::Input::Hidden(convert::hidden(rows, cols, &values));
+                relay(state, &mut circuit, down, hidden, onward.onward).await?
+            }
+            (StepOutput::Masked(masked), Some(down)) => {
+                let input = step::Input::Masked(masked);
+                relay(state, &mut circuit, down, input, onward.onward).await?
             }
             _ => {
                 return Err(Status::internal(
@@ -306,4 +340,81 @@ async fn run_session(
         .await?;
     }
     Ok(())
+}
+
+/// Sends this hop's output on to the next hop and returns its reply cell with our layer added.
+async fn relay(
+    state: &NodeState,
+    circuit: &mut HopCircuit,
+    down: &mut Downstream,
+    input: step::Input,
+    onward: Vec<u8>,
+) -> Result<Vec<u8>, Status> {
+    let frame = circuit.seal_next_input(input, onward).map_err(refused)?;
+    let cell = down.step(frame).await?;
+    saw(&state.views, || Seen::Cell(cell.clone()));
+    circuit.relay_reply(&cell).map_err(|_| relay_lost())
+}
+
+/// A plain shard's input: token ids at shard 0, hidden states after it — given in the clear,
+/// or (right after an MPC pair) masked by the pad whose seed the client put in `pad`.
+fn plain_input(
+    state: &NodeState,
+    input: Option<step::Input>,
+    pad: &[u8],
+) -> Result<StepInput, Status> {
+    if !pad.is_empty() && !matches!(input, Some(step::Input::Masked(_))) {
+        return Err(Status::invalid_argument(
+            "a pad comes only with masked input",
+        ));
+    }
+    match (input, state.embedding) {
+        (Some(step::Input::Tokens(t)), true) => {
+            saw(&state.views, || Seen::Tokens(t.ids.clone()));
+            Ok(StepInput::Tokens(t.ids))
+        }
+        (Some(step::Input::Hidden(h)), false) => {
+            let values = convert::hidden_values(&h, state.hidden)
+                .map_err(|e| Status::invalid_argument(e.0))?;
+            saw(&state.views, || Seen::Hidden(values.clone()));
+            Ok(StepInput::Hidden {
+                rows: h.rows as usize,
+                cols: h.cols as usize,
+                values,
+            })
+        }
+        (Some(step::Input::Masked(m)), false) if state.shard_index == 1 => {
+            let pad: &[u8; wire::PAD_SEED_LEN] = pad.try_into().map_err(|_| {
+                Status::invalid_argument("masked input needs the pad's 16-byte seed")
+            })?;
+            let (rows, cols) = (m.rows as usize, m.cols as usize);
+            let words = unfed_mpc::ring::from_bytes(&m.data)
+                .filter(|w| {
+                    rows > 0 && cols == state.hidden && Some(w.len()) == rows.checked_mul(cols)
+                })
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "masked input of {rows} x {cols} in {} bytes, expected n x {}",
+                        m.data.len(),
+                        state.hidden
+                    ))
+                })?;
+            let sum = unfed_mpc::ring::add(&words, &unfed_mpc::shard::pad(pad, words.len()));
+            let values: Vec<f32> = unfed_mpc::ring::decode_all(&sum)
+                .into_iter()
+                .map(|v| v as f32)
+                .collect();
+            saw(&state.views, || Seen::Hidden(values.clone()));
+            Ok(StepInput::Hidden { rows, cols, values })
+        }
+        (Some(step::Input::Masked(_)), _) => Err(Status::invalid_argument(
+            "only shard 1 takes the masked output of an MPC pair",
+        )),
+        (Some(step::Input::Mpc(_)), _) => Err(Status::invalid_argument(
+            "this node is not party A of an MPC pair",
+        )),
+        (Some(_), true) => Err(Status::invalid_argument("shard 0 takes token ids")),
+        (Some(_), false) => Err(Status::invalid_argument("this shard takes hidden states")),
+        (None, _) => Err(Status::invalid_argument("a Step needs an input")),
+    }
 }

@@ -50,7 +50,7 @@ async fn session_count_and_positions_are_bounded() {
             .contains("already in use")
     );
     match f
-        .step(1, StepInput::Tokens(vec![1, 2, 3]), vec![])
+        .step(1, StepInput::Tokens(vec![1, 2, 3]), vec![], false)
         .await
         .unwrap()
     {
@@ -60,12 +60,16 @@ async fn session_count_and_positions_are_bounded() {
         _ => panic!("a middle shard returns hidden states"),
     }
     let err = f
-        .step(1, StepInput::Tokens((0..14).collect()), vec![])
+        .step(1, StepInput::Tokens((0..14).collect()), vec![], false)
         .await
         .unwrap_err();
     assert!(err.contains("exceed 16 positions"), "{err}");
     // The refused step did not consume the session; closing frees a slot.
-    assert!(f.step(1, StepInput::Tokens(vec![4]), vec![]).await.is_ok());
+    assert!(
+        f.step(1, StepInput::Tokens(vec![4]), vec![], false)
+            .await
+            .is_ok()
+    );
     f.close(2).await;
     f.open(3, None).await.unwrap();
     assert_eq!(f.active_sessions().await, 2);
@@ -83,15 +87,15 @@ async fn kv_memory_cap_refuses_new_positions() {
     );
     f.open(1, None).await.unwrap();
     f.open(2, None).await.unwrap();
-    f.step(1, StepInput::Tokens((0..8).collect()), vec![])
+    f.step(1, StepInput::Tokens((0..8).collect()), vec![], false)
         .await
         .unwrap();
     let err = f
-        .step(2, StepInput::Tokens((0..4).collect()), vec![])
+        .step(2, StepInput::Tokens((0..4).collect()), vec![], false)
         .await
         .unwrap_err();
     assert!(err.contains("memory is full"), "{err}");
-    f.step(2, StepInput::Tokens((0..2).collect()), vec![])
+    f.step(2, StepInput::Tokens((0..2).collect()), vec![], false)
         .await
         .unwrap();
 }
@@ -112,14 +116,14 @@ async fn idle_sessions_are_evicted() {
     .await
     .unwrap();
     assert!(matches!(
-        f.step(1, StepInput::Tokens(vec![1, 2]), vec![])
+        f.step(1, StepInput::Tokens(vec![1, 2]), vec![], false)
             .await
             .unwrap(),
         StepOutput::Token(_)
     ));
     tokio::time::sleep(Duration::from_millis(120)).await;
     let err = f
-        .step(1, StepInput::Tokens(vec![3]), vec![])
+        .step(1, StepInput::Tokens(vec![3]), vec![], false)
         .await
         .unwrap_err();
     assert!(err.contains("no such session"), "{err}");
@@ -136,7 +140,7 @@ async fn sampler_history_only_with_a_replayed_first_step() {
     .await
     .unwrap();
     let err = f
-        .step(1, StepInput::Tokens(vec![1, 2]), vec![5, 6, 7])
+        .step(1, StepInput::Tokens(vec![1, 2]), vec![5, 6, 7], false)
         .await
         .unwrap_err();
     assert!(err.contains("history"), "{err}");
@@ -146,11 +150,11 @@ async fn sampler_history_only_with_a_replayed_first_step() {
     )
     .await
     .unwrap();
-    f.step(2, StepInput::Tokens(vec![1, 2, 3]), vec![2, 3])
+    f.step(2, StepInput::Tokens(vec![1, 2, 3]), vec![2, 3], false)
         .await
         .unwrap();
     let err = f
-        .step(2, StepInput::Tokens(vec![4]), vec![4])
+        .step(2, StepInput::Tokens(vec![4]), vec![4], false)
         .await
         .unwrap_err();
     assert!(err.contains("history"), "{err}");

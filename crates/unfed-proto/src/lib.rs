@@ -144,6 +144,30 @@ pub mod circuit {
     use crate::node::{Onward, Step};
     use prost::Message;
 
+    /// Bytes of the seed of party B's output pad.
+    pub const PAD_SEED_LEN: usize = 16;
+
+    /// The plaintext of the client's frame for party B of an MPC pair: the step's positions
+    /// (u32, little-endian), the seed of B's output pad, then B's dealt material.
+    pub fn encode_b_frame(positions: u32, pad: &[u8; PAD_SEED_LEN], material: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + PAD_SEED_LEN + material.len());
+        out.extend_from_slice(&positions.to_le_bytes());
+        out.extend_from_slice(pad);
+        out.extend_from_slice(material);
+        out
+    }
+
+    /// A frame for party B, parsed: (positions, pad seed, material).
+    pub fn decode_b_frame(bytes: &[u8]) -> Result<(u32, [u8; PAD_SEED_LEN], &[u8]), String> {
+        let (positions, rest) = bytes
+            .split_first_chunk::<4>()
+            .ok_or("a frame for party B shorter than its header")?;
+        let (pad, material) = rest
+            .split_first_chunk::<PAD_SEED_LEN>()
+            .ok_or("a frame for party B shorter than its header")?;
+        Ok((u32::from_le_bytes(*positions), *pad, material))
+    }
+
     /// The plaintext of a link frame.
     pub fn encode_step(step: &Step) -> Vec<u8> {
         step.encode_to_vec()

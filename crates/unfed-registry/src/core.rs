@@ -1,6 +1,7 @@
 //! [`RegistryCore`]: the registry's logic over its database and a clock, free of networking.
 //! Writes (register, heartbeat, unregister) authenticate a canonical payload, bound its
-//! timestamp, refuse a reused nonce and check the manifest; queries live in `status.rs`.
+//! timestamp, refuse a reused nonce and check the manifest (and that a node's MPC role fits
+//! it); queries live in `status.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use unfed_db::{
 use unfed_identity::canonical::{Payload, open_signed};
 
 use crate::validate::{
-    ModelShards, check_address, check_model_id, check_onion_key, manifest_digest, parse_manifest,
+    ModelShards, check_address, check_model_id, check_mpc_role, check_onion_key, manifest_digest,
+    parse_manifest,
 };
 use crate::{Clock, ClusterConfig, ConfigError, RegistryError, RegistryOptions};
 
@@ -158,6 +160,7 @@ impl RegistryCore {
                 ),
             });
         }
+        check_mpc_role(r.identity, r.mpc, &r.model_id, r.shard_index, &shards)?;
         let nonce = NonceRecord {
             identity: r.identity,
             nonce: r.nonce,
@@ -174,6 +177,7 @@ impl RegistryCore {
             model_id: r.model_id.clone(),
             shard_index: r.shard_index,
             onion_key: r.onion_key,
+            mpc: r.mpc,
             registered_at_ms: now,
             last_heartbeat_ms: now,
             active_sessions: 0,

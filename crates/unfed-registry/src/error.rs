@@ -45,6 +45,17 @@ pub enum RegistryError {
         problem: String,
     },
 
+    /// A registration whose MPC role does not fit the model's manifest (a plain shard-0 node of
+    /// a model whose shard 0 runs as an MPC pair, a role for a model or shard without one) or
+    /// names the node itself as its peer.
+    #[error("MPC role refused for model {model_id}: {problem}")]
+    MpcRole {
+        /// The model.
+        model_id: String,
+        /// What does not fit.
+        problem: String,
+    },
+
     /// The signed timestamp is outside the accepted window around the registry's clock.
     #[error(
         "signed timestamp {timestamp_ms} is {} ms {} the registry's clock ({now_ms}); \

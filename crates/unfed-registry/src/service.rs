@@ -11,7 +11,7 @@ use unfed_proto::registry::registry_server::{Registry, RegistryServer};
 use unfed_proto::registry::{
     ClusterInfoReply, ClusterInfoRequest, DiscoverReply, DiscoverRequest, GetManifestReply,
     GetManifestRequest, HeartbeatReply, ListModelsReply, ListModelsRequest, ModelStatus, NodeInfo,
-    RegisterReply, ShardStatus, SignedPayload, UnregisterReply,
+    PairInfo, RegisterReply, ShardStatus, SignedPayload, UnregisterReply,
 };
 
 use crate::worker::{CoreHandle, CoreThread};
@@ -28,6 +28,7 @@ pub fn to_status(err: &RegistryError) -> Status {
         E::MalformedPayload(_)
         | E::WrongKind { .. }
         | E::InvalidField { .. }
+        | E::MpcRole { .. }
         | E::BadManifest(_) => Status::invalid_argument(err.to_string()),
         E::BadSignature(_) => Status::unauthenticated(err.to_string()),
         E::WrongSigner { .. } => Status::permission_denied(err.to_string()),
@@ -176,6 +177,11 @@ impl Registry for RegistryService {
                         shard_index: n.shard_index,
                         last_heartbeat_ms: n.last_heartbeat_ms,
                         onion_key: n.onion_key,
+                        pair: n.pair.map(|b| PairInfo {
+                            identity: b.identity.to_string(),
+                            address: b.address,
+                            onion_key: b.onion_key,
+                        }),
                     })
                     .collect(),
             })

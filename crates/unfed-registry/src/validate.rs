@@ -1,6 +1,8 @@
-//! Checks on what nodes send: `host:port` addresses, model ids, onion keys and manifests.
+//! Checks on what nodes send: `host:port` addresses, model ids, onion keys, MPC roles and
+//! manifests.
 
 use sha2::{Digest, Sha256};
+use unfed_identity::{Address, MpcRole};
 use unfed_shard::Manifest;
 
 use crate::RegistryError;
@@ -20,6 +22,9 @@ pub struct ModelShards {
     pub sha256: [u8; 32],
     /// One `(layer_start, layer_end)` per shard, in shard order (end exclusive).
     pub layers: Vec<(u32, u32)>,
+    /// Shard 0 runs as a two-party MPC pair (the manifest has an `mpc` plan): it is served by
+    /// pairs of a party A and a party B node, never by a plain node.
+    pub mpc: bool,
 }
 
 impl ModelShards {
@@ -70,6 +75,44 @@ pub fn check_onion_key(key: &[u8]) -> Result<(), RegistryError> {
             "onion_key",
             format!("must be {ONION_KEY_LEN} bytes, not {}", key.len()),
         ))
+    }
+}
+
+/// A node's signed MPC role must fit the model: shard 0 of a model whose manifest has an `mpc`
+/// plan is served only by parties A and B (never by a plain node), every other shard and every
+/// shard of another model only by plain nodes, and a party's peer is another identity.
+pub fn check_mpc_role(
+    identity: Address,
+    mpc: MpcRole,
+    model_id: &str,
+    shard_index: u32,
+    shards: &ModelShards,
+) -> Result<(), RegistryError> {
+    let refuse = |problem: String| RegistryError::MpcRole {
+        model_id: model_id.to_owned(),
+        problem,
+    };
+    match (mpc, shards.mpc, shard_index) {
+        (MpcRole::None, true, 0) => Err(refuse(
+            "its manifest runs shard 0 as a two-party MPC pair, so a shard-0 node registers as \
+             party A or party B, naming the other party's identity; a plain node cannot serve it"
+                .into(),
+        )),
+        (MpcRole::None, _, _) => Ok(()),
+        (role, false, _) => Err(refuse(format!(
+            "its manifest has no mpc plan, so its nodes register without an MPC role (this one \
+             says {role})"
+        ))),
+        (role, true, shard) if shard != 0 => Err(refuse(format!(
+            "only shard 0 runs as an MPC pair; a node of shard {shard} registers without an MPC \
+             role (this one says {role})"
+        ))),
+        (role, true, _) => match role.peer() {
+            Some(peer) if peer == identity => Err(refuse(format!(
+                "{role}: a party's peer is the other party's identity, not its own"
+            ))),
+            _ => Ok(()),
+        },
     }
 }
 
@@ -128,5 +171,25 @@ pub fn parse_manifest(json: &str, sha256: [u8; 32]) -> Result<(Manifest, ModelSh
         ));
     }
     u32::try_from(layers.len()).map_err(|_| "too many shards")?;
-    Ok((manifest, ModelShards { sha256, layers }))
+    if let Some(plan) = manifest.mpc {
+        let shard0 = &manifest.shards[0];
+        if manifest.shards.len() < 2 || plan.layers != shard0.layer_end - shard0.layer_start {
+            return Err(format!(
+                "its mpc plan puts {} layers on shares, but shard 0 holds {} of {} shards; the \
+                 plan is shard 0's whole range and at least one more shard follows it",
+                plan.layers,
+                shard0.layer_end - shard0.layer_start,
+                manifest.shards.len()
+            ));
+        }
+    }
+    let mpc = manifest.mpc.is_some();
+    Ok((
+        manifest,
+        ModelShards {
+            sha256,
+            layers,
+            mpc,
+        },
+    ))
 }

@@ -24,9 +24,9 @@ pub use error::ShardError;
 pub use files::{Resolved, resolve_in_dir, shard_file_path};
 pub use load::{VerifiedShard, load_verified_shard};
 pub use manifest::{
-    MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, MAX_MANIFEST_BYTES, Manifest, MpcPlan, Sample,
-    ShardEntry, SourceFile, SourceInfo, TokenizerEntry, Tolerance, VectorInput, Verification,
-    VerificationVector, read_manifest,
+    MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, MAX_MANIFEST_BYTES, Manifest, MpcPlan,
+    Sample, ShardEntry, SourceFile, SourceInfo, TokenizerEntry, Tolerance, VectorInput,
+    Verification, VerificationVector, mpc_spec, read_manifest,
 };
 pub use plan::{partition_layers, partition_with_mpc};
 pub use report::{Check, CheckStatus, VerifyReport};

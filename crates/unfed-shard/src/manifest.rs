@@ -202,7 +202,30 @@ pub struct Sample {
     pub value: f32,
 }
 
+/// The shapes of shard 0 on shares for a model, with `k` decoder layers.
+pub fn mpc_spec(cfg: &ModelConfig, k: usize) -> unfed_mpc::shard::ShardSpec {
+    unfed_mpc::shard::ShardSpec {
+        layer: unfed_mpc::layer::LayerShape {
+            hidden: cfg.hidden,
+            ffn: cfg.ffn,
+            n_head: cfg.n_head,
+            n_kv_head: cfg.n_kv_head,
+            head_dim: cfg.head_dim,
+            rope_theta: cfg.rope_theta,
+            interleaved: cfg.arch.rope_interleaved(),
+            eps: cfg.rms_eps,
+        },
+        vocab: cfg.vocab,
+        k,
+    }
+}
+
 impl Manifest {
+    /// What shard 0 on shares is, when the model requires an MPC pair.
+    pub fn mpc_spec(&self) -> Option<unfed_mpc::shard::ShardSpec> {
+        self.mpc.map(|m| mpc_spec(&self.config, m.layers))
+    }
+
     /// The manifest as pretty-printed JSON, ending in a newline.
     pub fn to_json(&self) -> String {
         // Serialising plain structs of strings and numbers cannot fail; non-finite floats

@@ -64,7 +64,8 @@ pub fn partition_with_mpc(
             n_layer.saturating_sub(1)
         )));
     }
-    let mut ranges = vec![0..k];
+    let mut ranges = Vec::with_capacity(num_shards);
+    ranges.push(0..k);
     ranges.extend(
         partition_layers(n_layer - k, num_shards - 1)?
             .into_iter()

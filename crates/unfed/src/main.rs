@@ -6,6 +6,7 @@ mod bench_mpc;
 mod bench_onion;
 mod generate;
 mod model_cmd;
+mod mpc_cmd;
 mod net_cmd;
 mod preflight;
 mod registry_cmd;
@@ -40,6 +41,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve one shard of a split model as a compute node.
     Node(net_cmd::NodeArgs),
+    /// Serve shard 0 of a model that requires it as one party of a two-party MPC pair.
+    Mpc(mpc_cmd::MpcArgs),
     /// Use the network: list models, or generate through a route of nodes.
     Client(net_cmd::ClientArgs),
     /// Relay circuits in front of entry nodes, so that they never see clients' addresses.
@@ -69,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Node(args) => net_cmd::node(args),
+        Command::Mpc(args) => mpc_cmd::run(args),
         Command::Client(args) => net_cmd::client(args),
         Command::Guard(args) => net_cmd::guard(args),
         Command::Registry(args) => registry_cmd::run(args),

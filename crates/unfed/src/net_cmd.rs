@@ -53,8 +53,9 @@ pub struct NodeArgs {
     max_kv_mib: usize,
 }
 
-pub fn node(args: NodeArgs) -> Result<ExitCode> {
-    let key_path = match args.key {
+/// The node key at `path` (default `~/.unfed/node.key`), created with mode 0600 if missing.
+pub fn node_key(path: Option<PathBuf>) -> Result<unfed_identity::NodeKey> {
+    let key_path = match path {
         Some(k) => k,
         None => std::env::var_os("HOME")
             .map(|h| PathBuf::from(h).join(".unfed/node.key"))
@@ -63,7 +64,11 @@ pub fn node(args: NodeArgs) -> Result<ExitCode> {
     if let Some(parent) = key_path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let key = unfed_identity::NodeKey::load_or_create(&key_path)?;
+    Ok(unfed_identity::NodeKey::load_or_create(&key_path)?)
+}
+
+pub fn node(args: NodeArgs) -> Result<ExitCode> {
+    let key = node_key(args.key)?;
     let tls = args.tls.server()?;
     let dialer = args.tls.dial.dialer()?;
     let runtime = tokio::runtime::Runtime::new()?;
@@ -94,6 +99,7 @@ pub fn node(args: NodeArgs) -> Result<ExitCode> {
                 max_positions: args.max_positions,
                 max_kv_bytes: args.max_kv_mib << 20,
             },
+            pair: None,
         };
         unfed_node::run(config, listener, shutdown_signal()).await?;
         eprintln!("node stopped");

@@ -132,6 +132,7 @@ pub fn start_with(replicas: &[usize], tls: bool) -> Net {
                 views: Some(log),
                 key: unfed_identity::NodeKey::generate(),
                 limits: unfed_node::SessionLimits::default(),
+                pair: None,
             };
             rt.spawn(async move {
                 unfed_node::run(config, listener, std::future::pending())

@@ -11,14 +11,14 @@ mod write;
 use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
-use unfed_identity::Address;
+use unfed_identity::{Address, MpcRole};
 
 use crate::DbError;
 use crate::migrate::{Migration, migrate};
 use crate::sql::open_connection;
 
 /// The schema version this build writes.
-pub const REGISTRY_SCHEMA_VERSION: u32 = 2;
+pub const REGISTRY_SCHEMA_VERSION: u32 = 3;
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -67,6 +67,17 @@ UPDATE manifests SET last_used_ms = MAX(
 CREATE INDEX nodes_by_heartbeat ON nodes (last_heartbeat_ms);
 ",
     },
+    // MPC pairs for shard 0: each node's signed role (0 plain, 1 party A, 2 party B) and, for a
+    // party, the other party's identity. Rows from before are plain nodes.
+    Migration {
+        version: 3,
+        sql: "
+ALTER TABLE nodes ADD COLUMN mpc_role INTEGER NOT NULL DEFAULT 0
+    CHECK (mpc_role IN (0, 1, 2));
+ALTER TABLE nodes ADD COLUMN mpc_peer TEXT
+    CHECK ((mpc_role = 0) = (mpc_peer IS NULL));
+",
+    },
 ];
 
 /// An admitted node, keyed by `(identity, address)`: one identity may serve several addresses.
@@ -82,12 +93,24 @@ pub struct NodeRecord {
     pub shard_index: u32,
     /// The node's public onion (X25519) key, as registered.
     pub onion_key: Vec<u8>,
+    /// Its signed part in shard 0's MPC pair (party A or B and its peer), or none.
+    pub mpc: MpcRole,
     /// Registry time of the first registration of this `(identity, address)`, ms since the epoch.
     pub registered_at_ms: u64,
     /// Registry time of the last registration or heartbeat, ms since the epoch.
     pub last_heartbeat_ms: u64,
     /// Sessions the node reported in its last heartbeat.
     pub active_sessions: u32,
+}
+
+/// A healthy mutual MPC pair: party `a` names `b` as its peer and `b` names `a`, both serving
+/// shard 0 of the same model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairRecord {
+    /// Party A (the entry node clients connect to).
+    pub a: NodeRecord,
+    /// Party B (reached only through A).
+    pub b: NodeRecord,
 }
 
 /// A model's shard manifest, exactly as its first node published it.

@@ -1,14 +1,44 @@
-//! The registry's reads: nodes by key or by model, manifests, nonces.
+//! The registry's reads: nodes by key or by model, healthy mutual MPC pairs, manifests, nonces.
 
 use rusqlite::{OptionalExtension, Row, params};
 use unfed_identity::Address;
 
-use super::{ManifestRecord, NodeRecord, RegistryDb};
+use super::{ManifestRecord, NodeRecord, PairRecord, RegistryDb};
 use crate::DbError;
-use crate::sql::{address_text, bits_u64, read_address, read_hash, read_ordered_u64, read_u32};
+use crate::sql::{
+    address_text, bits_u64, read_address, read_hash, read_mpc_role, read_ordered_u64, read_u32,
+};
 
 const NODE_COLUMNS: &str = "identity, address, model_id, shard_index, onion_key, \
-                            registered_at_ms, last_heartbeat_ms, active_sessions";
+                            registered_at_ms, last_heartbeat_ms, active_sessions, \
+                            mpc_role, mpc_peer";
+
+/// The columns of [`NODE_COLUMNS`] of table alias `t`, renamed `t_column`.
+fn aliased_columns(t: &str) -> String {
+    NODE_COLUMNS
+        .split(',')
+        .map(|c| format!("{t}.{c} AS {t}_{c}", c = c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The renamed columns of [`aliased_columns`].
+fn alias_names(t: &str) -> String {
+    NODE_COLUMNS
+        .split(',')
+        .map(|c| format!("{t}_{c}", c = c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Party B rows (`b`) that make a mutual pair with party A row `a`: same model and shard, role
+/// B, and each naming the other's identity. Both healthy since `?since`.
+const MUTUAL_B: &str = "b.identity = a.mpc_peer AND b.mpc_peer = a.identity AND b.mpc_role = 2
+                        AND b.model_id = a.model_id AND b.shard_index = a.shard_index
+                        AND b.last_heartbeat_ms >= :since";
+/// Party A rows of `:model`'s shard `:shard`, healthy since `:since`.
+const HEALTHY_A: &str = "a.model_id = :model AND a.shard_index = :shard AND a.mpc_role = 1
+                         AND a.last_heartbeat_ms >= :since";
 
 /// Raw columns of a `nodes` row, checked by [`RawNode::into_record`].
 struct RawNode {
@@ -20,19 +50,31 @@ struct RawNode {
     registered_at_ms: i64,
     last_heartbeat_ms: i64,
     active_sessions: i64,
+    mpc_role: i64,
+    mpc_peer: Option<String>,
 }
+
+/// Columns in [`NODE_COLUMNS`].
+const NODE_COLUMN_COUNT: usize = 10;
 
 impl RawNode {
     fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Self::from_row_at(r, 0)
+    }
+
+    /// The node whose [`NODE_COLUMNS`] start at column `at`.
+    fn from_row_at(r: &Row<'_>, at: usize) -> rusqlite::Result<Self> {
         Ok(Self {
-            identity: r.get(0)?,
-            address: r.get(1)?,
-            model_id: r.get(2)?,
-            shard_index: r.get(3)?,
-            onion_key: r.get(4)?,
-            registered_at_ms: r.get(5)?,
-            last_heartbeat_ms: r.get(6)?,
-            active_sessions: r.get(7)?,
+            identity: r.get(at)?,
+            address: r.get(at + 1)?,
+            model_id: r.get(at + 2)?,
+            shard_index: r.get(at + 3)?,
+            onion_key: r.get(at + 4)?,
+            registered_at_ms: r.get(at + 5)?,
+            last_heartbeat_ms: r.get(at + 6)?,
+            active_sessions: r.get(at + 7)?,
+            mpc_role: r.get(at + 8)?,
+            mpc_peer: r.get(at + 9)?,
         })
     }
 
@@ -44,6 +86,7 @@ impl RawNode {
             model_id: self.model_id,
             shard_index: read_u32(T, "shard_index", self.shard_index)?,
             onion_key: self.onion_key,
+            mpc: read_mpc_role(T, self.mpc_role, self.mpc_peer.as_deref())?,
             registered_at_ms: read_ordered_u64(T, "registered_at_ms", self.registered_at_ms)?,
             last_heartbeat_ms: read_ordered_u64(T, "last_heartbeat_ms", self.last_heartbeat_ms)?,
             active_sessions: read_u32(T, "active_sessions", self.active_sessions)?,
@@ -135,6 +178,100 @@ impl RegistryDb {
             ));
         }
         Ok(out)
+    }
+
+    /// The mutual MPC pairs of shard `shard_index` of `model_id` whose two parties both have a
+    /// last heartbeat at or after `heartbeat_since_ms`: a party A row naming identity `B` as
+    /// its peer, with a party B row of identity `B` for the same model and shard naming A's
+    /// identity. One entry per A row, with the most recently heartbeating such B row (then by
+    /// address); at most `limit` entries, most recent A heartbeat first, then by A's identity
+    /// and address. B rows without such an A, and A rows without such a B, are left out.
+    pub fn mpc_pairs(
+        &self,
+        model_id: &str,
+        shard_index: u32,
+        heartbeat_since_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<PairRecord>, DbError> {
+        const DOING: &str = "listing a model's MPC pairs";
+        let since = i64::try_from(heartbeat_since_ms).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {a}, {b} FROM (
+                     SELECT {a_cols}, {b_cols}, ROW_NUMBER() OVER (
+                         PARTITION BY a.identity, a.address
+                         ORDER BY b.last_heartbeat_ms DESC, b.address
+                     ) AS pick
+                     FROM nodes AS a JOIN nodes AS b ON {MUTUAL_B}
+                     WHERE {HEALTHY_A}
+                 )
+                 WHERE pick = 1
+                 ORDER BY a_last_heartbeat_ms DESC, a_identity, a_address
+                 LIMIT :limit",
+                a = alias_names("a"),
+                b = alias_names("b"),
+                a_cols = aliased_columns("a"),
+                b_cols = aliased_columns("b"),
+            ))
+            .map_err(DbError::sql(DOING))?;
+        let rows = stmt
+            .query_map(
+                rusqlite::named_params! {
+                    ":model": model_id,
+                    ":shard": shard_index,
+                    ":since": since,
+                    ":limit": limit,
+                },
+                |r| {
+                    Ok((
+                        RawNode::from_row_at(r, 0)?,
+                        RawNode::from_row_at(r, NODE_COLUMN_COUNT)?,
+                    ))
+                },
+            )
+            .map_err(DbError::sql(DOING))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (a, b) = row.map_err(DbError::sql(DOING))?;
+            out.push(PairRecord {
+                a: a.into_record()?,
+                b: b.into_record()?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// How many entries [`RegistryDb::mpc_pairs`] would list without a limit: party A rows of
+    /// shard `shard_index` of `model_id` with a mutual party B, both heartbeating at or after
+    /// `heartbeat_since_ms`.
+    pub fn mpc_pair_count(
+        &self,
+        model_id: &str,
+        shard_index: u32,
+        heartbeat_since_ms: u64,
+    ) -> Result<u64, DbError> {
+        const DOING: &str = "counting a model's MPC pairs";
+        let since = i64::try_from(heartbeat_since_ms).unwrap_or(i64::MAX);
+        let n: i64 = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT COUNT(*) FROM nodes AS a
+                 WHERE {HEALTHY_A}
+                   AND EXISTS (SELECT 1 FROM nodes AS b WHERE {MUTUAL_B})"
+            ))
+            .map_err(DbError::sql(DOING))?
+            .query_row(
+                rusqlite::named_params! {
+                    ":model": model_id,
+                    ":shard": shard_index,
+                    ":since": since,
+                },
+                |r| r.get(0),
+            )
+            .map_err(DbError::sql(DOING))?;
+        read_ordered_u64("nodes", "count", n)
     }
 
     /// Number of registered nodes (healthy or not).

@@ -10,12 +10,12 @@ use super::{
     RegistryLimit, UpdateOutcome,
 };
 use crate::DbError;
-use crate::sql::{address_text, bits_u64, ordered_u64, read_hash};
+use crate::sql::{address_text, bits_u64, mpc_role_columns, ordered_u64, read_hash};
 
 impl RegistryDb {
     /// Records a registration in one transaction: consumes `nonce`, records `manifest` if the
     /// model has none (refusing a different one), and inserts or refreshes `node` (a refresh
-    /// keeps the first `registered_at_ms`). A new model id or a new `(identity, address)` row
+    /// keeps the first `registered_at_ms` and replaces everything else, the MPC role included). A new model id or a new `(identity, address)` row
     /// beyond `limits` is refused; a refresh of an existing row is not. A refused registration
     /// changes nothing.
     pub fn register_node(
@@ -91,16 +91,20 @@ impl RegistryDb {
             )
             .map_err(DbError::sql(DOING))?;
         }
+        let (mpc_role, mpc_peer) = mpc_role_columns(&node.mpc);
         tx.execute(
             "INSERT INTO nodes (identity, address, model_id, shard_index, onion_key,
-                                registered_at_ms, last_heartbeat_ms, active_sessions)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                                registered_at_ms, last_heartbeat_ms, active_sessions,
+                                mpc_role, mpc_peer)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (identity, address) DO UPDATE SET
                  model_id = excluded.model_id,
                  shard_index = excluded.shard_index,
                  onion_key = excluded.onion_key,
                  last_heartbeat_ms = excluded.last_heartbeat_ms,
-                 active_sessions = excluded.active_sessions",
+                 active_sessions = excluded.active_sessions,
+                 mpc_role = excluded.mpc_role,
+                 mpc_peer = excluded.mpc_peer",
             params![
                 identity,
                 node.address,
@@ -110,6 +114,8 @@ impl RegistryDb {
                 now,
                 ordered_u64("heartbeat time", node.last_heartbeat_ms)?,
                 node.active_sessions,
+                mpc_role,
+                mpc_peer,
             ],
         )
         .map_err(DbError::sql(DOING))?;

@@ -11,8 +11,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use unfed_db::RegistryDb;
-use unfed_identity::NodeKey;
 use unfed_identity::canonical::{Heartbeat, Payload, Register, Unregister, sign_payload};
+use unfed_identity::{MpcRole, NodeKey};
 use unfed_proto::registry::SignedPayload;
 use unfed_proto::registry::registry_client::RegistryClient;
 use unfed_registry::{ClusterConfig, ManualClock, RegistryCore, RegistryOptions, serve};
@@ -31,6 +31,16 @@ pub fn config() -> ClusterConfig {
 
 /// `manifest.json` of a tiny random model split into `num_shards`, model id `model_id`.
 pub fn split_manifest(num_shards: usize, model_id: &str, seed: u64) -> String {
+    split_manifest_with(num_shards, model_id, seed, None)
+}
+
+/// [`split_manifest`] with shard 0 on an MPC pair holding `mpc_layers` layers, if given.
+pub fn split_manifest_with(
+    num_shards: usize,
+    model_id: &str,
+    seed: u64,
+    mpc_layers: Option<usize>,
+) -> String {
     let dir = tempfile::tempdir().unwrap();
     let gguf = dir.path().join("tiny.gguf");
     let spec = unfed_model::testing::TinySpec {
@@ -44,7 +54,7 @@ pub fn split_manifest(num_shards: usize, model_id: &str, seed: u64) -> String {
         num_shards,
         model_id: Some(model_id.into()),
         force: false,
-        mpc_layers: None,
+        mpc_layers,
     };
     unfed_shard::split(&gguf, &out, &opts).unwrap();
     std::fs::read_to_string(out.join(unfed_shard::MANIFEST_FILE)).unwrap()
@@ -66,6 +76,12 @@ pub fn manifest2_conflicting() -> &'static str {
 pub fn manifest_other() -> &'static str {
     static M: OnceLock<String> = OnceLock::new();
     M.get_or_init(|| split_manifest(2, "other", 2))
+}
+
+/// The 3-shard manifest of model `tiny-mpc`, whose shard 0 (one layer) runs as an MPC pair.
+pub fn manifest_mpc() -> &'static str {
+    static M: OnceLock<String> = OnceLock::new();
+    M.get_or_init(|| split_manifest_with(3, "tiny-mpc", 5, Some(1)))
 }
 
 pub fn sha256(text: &str) -> [u8; 32] {
@@ -100,16 +116,59 @@ impl TestNode {
         manifest: &str,
         ts: u64,
     ) -> Payload {
+        self.register_payload_as(model_id, shard, manifest, MpcRole::None, ts)
+    }
+
+    /// A registration payload with MPC role `mpc`; the onion key is `[port byte; 32]`, so
+    /// every test node has its own.
+    pub fn register_payload_as(
+        &mut self,
+        model_id: &str,
+        shard: u32,
+        manifest: &str,
+        mpc: MpcRole,
+        ts: u64,
+    ) -> Payload {
         Payload::Register(Register {
             identity: self.key.address(),
             address: self.address.clone(),
             model_id: model_id.into(),
             shard_index: shard,
             manifest_sha256: sha256(manifest),
-            onion_key: vec![9; 32],
+            onion_key: self.onion_key(),
+            mpc,
             timestamp_ms: ts,
             nonce: self.nonce(),
         })
+    }
+
+    /// The onion key this node registers.
+    pub fn onion_key(&self) -> Vec<u8> {
+        let port: u16 = self
+            .address
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(9);
+        vec![port.to_be_bytes()[1]; 32]
+    }
+
+    /// A signed registration of shard `shard` of `tiny-mpc` ([`manifest_mpc`]) with role `mpc`.
+    pub fn register_mpc(&mut self, shard: u32, mpc: MpcRole, ts: u64) -> SignedPayload {
+        let p = self.register_payload_as("tiny-mpc", shard, manifest_mpc(), mpc, ts);
+        self.sign(&p, manifest_mpc())
+    }
+
+    /// A signed shard-0 registration of `tiny-mpc` as party A of `b`.
+    pub fn register_party_a(&mut self, b: &TestNode, ts: u64) -> SignedPayload {
+        let peer = b.key.address();
+        self.register_mpc(0, MpcRole::A { peer }, ts)
+    }
+
+    /// A signed shard-0 registration of `tiny-mpc` as party B of `a`.
+    pub fn register_party_b(&mut self, a: &TestNode, ts: u64) -> SignedPayload {
+        let peer = a.key.address();
+        self.register_mpc(0, MpcRole::B { peer }, ts)
     }
 
     /// A signed registration of shard `shard` of `tiny` (3 shards) at time `ts`.

@@ -1,0 +1,186 @@
+//! Shard 0 as a two-party MPC pair over the network (`unfed mpc`, docs/mpc.md "On the wire").
+//!
+//! Party A is a node clients reach: the shard-0 hop of their circuits. Party B is reached only
+//! by A. Per client session A opens one stream to B (over A's one connection to it) and hands
+//! B the client's one-hop onion header for B; each step A forwards B's sealed frame, both
+//! parties run [`unfed_mpc::shard::step`] on their dealt material, exchanging one message per
+//! round on the stream, then B sends its output share minus a pad to A, and A sends the sum —
+//! the output masked by B's pad — to shard 1, which the client tells the pad's seed.
+
+mod bridge;
+pub mod party_a;
+pub mod party_b;
+pub mod view;
+
+use std::sync::Arc;
+
+use unfed_mpc::shard::{ShardSpec, ShardState, ShardWeights};
+use unfed_mpc::{Ctx, Link, Material, MpcError, Role, ring};
+
+pub use party_a::PartyA;
+pub use party_b::{PairConfig, run_b};
+pub use view::ViewFile;
+
+/// Positions one step may add (a prompt comes in several steps: the dealt material of one
+/// position is megabytes).
+pub const MAX_STEP_POSITIONS: usize = 64;
+
+/// Party A's configuration: its party B.
+#[derive(Clone)]
+pub struct PairPeer {
+    /// Where B serves (`host:port`, or `https://host:port`).
+    pub address: String,
+    /// B's identity, named in A's signed registration.
+    pub identity: unfed_identity::Address,
+    /// `--record-view`.
+    pub view: Option<ViewFile>,
+}
+
+/// Whether a node may serve shard `index` of `manifest` as a party (`party`) or plainly: shard 0
+/// of a model that requires MPC only on a pair, and a pair only there.
+pub fn check_role(
+    manifest: &unfed_shard::Manifest,
+    index: usize,
+    party: bool,
+) -> Result<(), crate::NodeError> {
+    match (manifest.mpc.is_some() && index == 0, party) {
+        (true, false) => Err(crate::NodeError::Pair(format!(
+            "shard 0 of {} runs on a two-party MPC pair: serve it with `unfed mpc --role a|b`",
+            manifest.model_id
+        ))),
+        (false, true) => Err(crate::NodeError::Pair(format!(
+            "only shard 0 of a model whose manifest asks for MPC runs on a pair; {} does not",
+            manifest.model_id
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Loads shard 0 of `manifest` from `dir` (verified against the manifest) as a party's
+/// fixed-point weights.
+pub fn load_party(
+    dir: &std::path::Path,
+    manifest: &unfed_shard::Manifest,
+    role: Role,
+    view: Option<ViewFile>,
+    max_positions: usize,
+) -> Result<Party, crate::NodeError> {
+    check_role(manifest, 0, true)?;
+    let k = manifest.mpc.map_or(0, |m| m.layers);
+    let shard = unfed_shard::load_verified_shard(dir, manifest, 0).map_err(Box::new)?;
+    let cfg = shard.model.config().clone();
+    let weights = crate::mpc_weights::load(&shard.checkpoint, &cfg, k)
+        .map_err(|e| crate::NodeError::Pair(e.to_string()))?;
+    Ok(Party {
+        role,
+        spec: crate::mpc_weights::spec(&cfg, k),
+        weights: Arc::new(weights),
+        view,
+        max_positions,
+    })
+}
+
+/// What both parties hold: the public weights of shard 0 on shares, and where to record.
+pub struct Party {
+    pub role: Role,
+    pub spec: ShardSpec,
+    pub weights: Arc<ShardWeights>,
+    /// `--record-view`: where what this party receives is written.
+    pub view: Option<ViewFile>,
+    /// Positions one session may reach.
+    pub max_positions: usize,
+}
+
+/// One step's work for a party, on a compute thread.
+pub(crate) struct StepJob {
+    pub party: Arc<Party>,
+    pub session: u64,
+    pub step: u32,
+    pub positions: usize,
+    pub material: Material,
+    /// B: the pad taken off its output share.
+    pub pad: Option<Vec<u64>>,
+    pub state: ShardState,
+}
+
+impl StepJob {
+    /// Runs the step over `link`: for A, the output masked by B's pad; for B, nothing (its
+    /// share, minus the pad, went to A as the last message).
+    pub fn run(mut self, link: &mut dyn Link) -> Result<(Option<Vec<u64>>, ShardState), MpcError> {
+        let p = &self.party;
+        let recording = p.view.is_some();
+        let dealt = recording.then(|| self.material.words.clone());
+        let mut rec = unfed_mpc::link::RecordingLink::new(link, recording);
+        let material = std::mem::replace(
+            &mut self.material,
+            Material {
+                seed: [0; 16],
+                words: Vec::new(),
+            },
+        );
+        let mut ctx = Ctx::party(p.role, material, &mut rec);
+        let out = unfed_mpc::shard::step(
+            &mut ctx,
+            &p.spec,
+            Some(&p.weights),
+            &[],
+            self.positions,
+            &mut self.state,
+        )?;
+        ctx.finish()?;
+        drop(ctx);
+        let result = match (p.role, self.pad.take()) {
+            (Role::B, Some(pad)) => {
+                rec.exchange(&ring::sub(&out, &pad))?;
+                None
+            }
+            (Role::A, None) => {
+                let theirs = rec.exchange(&[])?;
+                if theirs.len() != out.len() {
+                    return Err(MpcError::PeerLength {
+                        expected: out.len(),
+                        got: theirs.len(),
+                    });
+                }
+                Some(ring::add(&out, &theirs))
+            }
+            _ => return Err(MpcError::Link("a pad is B's alone".into())),
+        };
+        if let (Some(view), Some(dealt)) = (&p.view, dealt) {
+            let records = self.records(dealt, &rec.received, &rec.rounds, p.role);
+            view.write(&records)
+                .map_err(|e| MpcError::Link(format!("recording the view: {e}")))?;
+        }
+        Ok((result, self.state))
+    }
+
+    fn records(
+        &self,
+        dealt: Vec<u64>,
+        received: &[u64],
+        rounds: &[usize],
+        role: Role,
+    ) -> Vec<view::Record> {
+        let record = |label: &str, round: usize, words: Vec<u64>| view::Record {
+            label: label.into(),
+            session: self.session,
+            step: self.step,
+            round: round as u32,
+            words,
+        };
+        let mut out = vec![record("dealt", 0, dealt)];
+        for (i, &start) in rounds.iter().enumerate() {
+            let end = rounds.get(i + 1).copied().unwrap_or(received.len());
+            let last = i + 1 == rounds.len();
+            // The last exchange carries the output: B's share minus its pad, to A.
+            let label = match (last, role) {
+                (true, Role::A) => "output",
+                _ => "peer",
+            };
+            if !(last && role == Role::B) {
+                out.push(record(label, i, received[start..end].to_vec()));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,173 @@
+//! Party A's side: the pair's half of a shard-0 hop. A keeps one connection to B; each client
+//! session opens one stream on it, and each step A runs its share of the computation while
+//! forwarding B's sealed frame, then returns the output masked by B's pad.
+
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tonic::transport::Channel;
+use unfed_mpc::shard::ShardState;
+use unfed_mpc::{Material, ring};
+use unfed_proto::MAX_NODE_MESSAGE;
+use unfed_proto::node::pair_client::PairClient;
+use unfed_proto::node::{Masked, MpcInput, PairFrame, PairOpen, pair_frame};
+
+use super::bridge::{self, Inbound, PEER_TIMEOUT};
+use super::{MAX_STEP_POSITIONS, Party, StepJob};
+
+/// Party A of a pair: its computation and its link to B.
+pub struct PartyA {
+    pub party: Arc<Party>,
+    /// Where B serves.
+    pub peer: String,
+    dialer: unfed_proto::Dialer,
+    /// The one connection to B (HTTP/2: every session's stream rides on it), made on first use
+    /// and again after it breaks.
+    channel: Mutex<Option<Channel>>,
+}
+
+impl PartyA {
+    pub fn new(party: Arc<Party>, peer: String, dialer: unfed_proto::Dialer) -> Self {
+        Self {
+            party,
+            peer,
+            dialer,
+            channel: Mutex::new(None),
+        }
+    }
+
+    async fn client(&self) -> Result<PairClient<Channel>, Status> {
+        let mut slot = self.channel.lock().await;
+        let channel = match &*slot {
+            Some(c) => c.clone(),
+            None => {
+                let c = self
+                    .dialer
+                    .connect(&self.peer)
+                    .await
+                    .map_err(|e| Status::unavailable(format!("party B: {e}")))?;
+                *slot = Some(c.clone());
+                c
+            }
+        };
+        Ok(PairClient::new(channel)
+            .max_decoding_message_size(MAX_NODE_MESSAGE)
+            .max_encoding_message_size(MAX_NODE_MESSAGE))
+    }
+
+    async fn forget_channel(&self) {
+        *self.channel.lock().await = None;
+    }
+}
+
+/// One client session at party A.
+pub struct PairSession {
+    a: Arc<PartyA>,
+    id: u64,
+    steps: u32,
+    stream: Option<(mpsc::Sender<PairFrame>, Inbound)>,
+    state: ShardState,
+}
+
+impl PairSession {
+    pub fn new(a: Arc<PartyA>, id: u64) -> Self {
+        Self {
+            a,
+            id,
+            steps: 0,
+            stream: None,
+            state: ShardState::default(),
+        }
+    }
+
+    /// One step: A's share computed with B, returned as the output masked by B's pad.
+    pub async fn step(&mut self, model_id: &str, input: MpcInput) -> Result<Masked, Status> {
+        let positions = input.positions as usize;
+        let party = self.a.party.clone();
+        if positions == 0 || positions > MAX_STEP_POSITIONS {
+            return Err(Status::invalid_argument(format!(
+                "an MPC step adds 1 to {MAX_STEP_POSITIONS} positions, not {positions}"
+            )));
+        }
+        if self.state.positions() + positions > party.max_positions {
+            return Err(Status::invalid_argument(format!(
+                "the session would exceed {} positions",
+                party.max_positions
+            )));
+        }
+        let material = Material::from_bytes(&input.material).ok_or_else(|| {
+            Status::invalid_argument("the dealt material is not a seed and words")
+        })?;
+        match (&self.stream, input.b_onion.is_empty()) {
+            (None, true) => {
+                return Err(Status::invalid_argument(
+                    "the first MPC step carries party B's onion header",
+                ));
+            }
+            (None, false) => self.stream = Some(self.open(model_id, input.b_onion).await?),
+            (Some(_), false) => {
+                return Err(Status::invalid_argument(
+                    "only a session's first MPC step carries B's onion header",
+                ));
+            }
+            (Some(_), true) => {}
+        }
+        let (send, inbound) = self.stream.as_mut().expect("opened above");
+        let sealed = PairFrame {
+            kind: Some(pair_frame::Kind::Sealed(input.for_b)),
+        };
+        tokio::time::timeout(PEER_TIMEOUT, send.send(sealed))
+            .await
+            .map_err(|_| Status::deadline_exceeded("party B stopped reading"))?
+            .map_err(|_| Status::unavailable("party B closed the stream"))?;
+        let job = StepJob {
+            party: party.clone(),
+            session: self.id,
+            step: self.steps,
+            positions,
+            material,
+            pad: None,
+            state: std::mem::take(&mut self.state),
+        };
+        let (out, state) = bridge::run_step(job, send, |f| f, inbound).await?;
+        self.state = state;
+        self.steps += 1;
+        let out = out.ok_or_else(|| Status::internal("party A's step returned no output"))?;
+        Ok(Masked {
+            rows: positions as u32,
+            cols: party.spec.layer.hidden as u32,
+            data: ring::to_bytes(&out),
+        })
+    }
+
+    async fn open(
+        &self,
+        model_id: &str,
+        onion: Vec<u8>,
+    ) -> Result<(mpsc::Sender<PairFrame>, Inbound), Status> {
+        let (send, rx) = mpsc::channel(4);
+        let open = PairFrame {
+            kind: Some(pair_frame::Kind::Open(PairOpen {
+                model_id: model_id.into(),
+                onion,
+            })),
+        };
+        send.send(open)
+            .await
+            .map_err(|_| Status::internal("stream"))?;
+        let mut client = self.a.client().await?;
+        let reply = tokio::time::timeout(PEER_TIMEOUT, client.session(ReceiverStream::new(rx)))
+            .await
+            .map_err(|_| Status::deadline_exceeded("party B did not answer"))?;
+        let stream = match reply {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                self.a.forget_channel().await;
+                return Err(Status::unavailable(format!("party B: {}", s.message())));
+            }
+        };
+        Ok((send, bridge::read_frames(stream)))
+    }
+}

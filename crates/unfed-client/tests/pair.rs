@@ -1,7 +1,9 @@
 //! Shard 0 as a real MPC pair on the network: a registry, party B, party A and two plain
-//! shards on loopback (tiny generated model, shard 0 = embedding + 1 layer on shares). The
-//! model is INCOMPLETE until the pair is registered; the greedy text through the pair equals
-//! the plaintext path; no node ever receives a token id; what each party recorded is there.
+//! shards on loopback (shard 0 = embedding + K layers on shares; a tiny generated model, and
+//! SmolLM2 when slow tests run). The model is INCOMPLETE until the pair is registered; the
+//! greedy tokens through the pair equal the plaintext path, with the last shard sampling and
+//! with the client sampling; no node ever receives a token id; a party refuses malformed
+//! streams and keeps serving; what each party recorded is there.
 
 mod common;
 
@@ -13,8 +15,12 @@ use unfed_model::testing::{TinySpec, write_tiny_gguf};
 use unfed_model::{Checkpoint, Compute, Input, LogitsMode, SamplingParams, ShardModel, ShardRole};
 use unfed_node::pair::{PairConfig, PairPeer, ViewFile, view};
 use unfed_node::views::{Seen, ViewLog};
+use unfed_proto::node::pair_client::PairClient;
+use unfed_proto::node::{PairFrame, PairOpen, pair_frame};
 
 const K: usize = 1;
+/// The prompt arrives in two steps (its first position dealt alone), then one per token.
+const STEPS_PER_SESSION: fn(usize) -> usize = |tokens| 2 + tokens - 1;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -79,14 +85,34 @@ fn a_generation_through_the_mpc_pair_matches_the_plaintext_path() {
         },
     )
     .unwrap();
+    through_the_pair(&dir, &model, "tiny", MAX_TOKENS);
+}
+
+#[test]
+#[cfg_attr(not(unfed_slow), ignore = "slow: real model weights; set UNFED_SLOW=1")]
+fn smollm2_through_the_mpc_pair_matches_the_plaintext_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = unfed_store::ModelStore::open_default().unwrap();
+    let model = store
+        .fetch(
+            unfed_store::find("smollm2-135m").unwrap(),
+            &Default::default(),
+        )
+        .unwrap();
+    through_the_pair(&dir, &model, "smollm2-135m", 32);
+}
+
+/// Splits `model` with shard 0 on a pair, starts the network, generates `n` tokens three ways
+/// and checks what every node and party saw.
+fn through_the_pair(dir: &tempfile::TempDir, model: &std::path::Path, id: &str, n: usize) {
     let shards = dir.path().join("shards");
     let opts = unfed_shard::SplitOptions {
         num_shards: 3,
-        model_id: Some("tiny".into()),
+        model_id: Some(id.into()),
         force: false,
         mpc_layers: Some(K),
     };
-    unfed_shard::split(&model, &shards, &opts).unwrap();
+    unfed_shard::split(model, &shards, &opts).unwrap();
     let (_registry_rt, registry) = start_registry("127.0.0.1:0", &dir.path().join("r.db"), None);
 
     // A plain node cannot serve shard 0 of a model that requires the pair.
@@ -150,8 +176,25 @@ fn a_generation_through_the_mpc_pair_matches_the_plaintext_path() {
     crt.block_on(async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let models = client.list_models().await.unwrap();
-        let tiny = models.iter().find(|m| m.model_id == "tiny").unwrap();
-        assert_eq!(tiny.status, "INCOMPLETE", "{tiny:?}");
+        let status = models.iter().find(|m| m.model_id == id).unwrap();
+        assert_eq!(status.status, "INCOMPLETE", "{status:?}");
+        // Malformed streams to B are refused with a clear error; B keeps serving.
+        for (frame, want) in [
+            (
+                pair_frame::Kind::Words(vec![1, 2, 3]),
+                "starts with an open",
+            ),
+            (
+                pair_frame::Kind::Open(PairOpen {
+                    model_id: id.into(),
+                    onion: vec![7; 100],
+                }),
+                "refused",
+            ),
+        ] {
+            let e = pair_error(&address_b, PairFrame { kind: Some(frame) }).await;
+            assert!(e.contains(want), "{e}");
+        }
     });
 
     let a_log = ViewLog::default();
@@ -165,28 +208,25 @@ fn a_generation_through_the_mpc_pair_matches_the_plaintext_path() {
     rt_a.spawn(async move { unfed_node::run(config_a, listener_a, std::future::pending()).await });
 
     let tokens = crt.block_on(async {
-        common::wait_ready(&mut client).await;
-        let remote = client.model("tiny").await.unwrap();
+        wait_ready(&mut client, id).await;
+        let remote = client.model(id).await.unwrap();
         assert!(remote.manifest.mpc.is_some());
+        let greedy = SamplingParams::greedy();
         let out = client
-            .generate(
-                &remote,
-                PROMPT,
-                MAX_TOKENS,
-                &SamplingParams::greedy(),
-                &mut |_| true,
-            )
+            .generate(&remote, PROMPT, n, &greedy, &mut |_| true)
             .await
             .unwrap();
-        // A second session on the same pair.
+        // A second session on the same pair, the client sampling from the logits it gets
+        // back (each sampled token reaches shard 0 only as shares).
+        client.set_output_mode(unfed_client::OutputMode::ClientSample { top_k: 16 });
         let again = client
-            .generate(&remote, PROMPT, 4, &SamplingParams::greedy(), &mut |_| true)
+            .generate(&remote, PROMPT, 4, &greedy, &mut |_| true)
             .await
             .unwrap();
         assert_eq!(again, out[..4]);
         out
     });
-    assert_eq!(tokens, plaintext(&model, MAX_TOKENS));
+    assert_eq!(tokens, plaintext(model, n));
 
     // No node received a token id: A got dealt shares, the others hidden states.
     for log in logs.iter().chain([&a_log]) {
@@ -209,7 +249,7 @@ fn a_generation_through_the_mpc_pair_matches_the_plaintext_path() {
 
     // Each party's record: what it was dealt and every round from the other, per step. The
     // prompt went in two steps (the first deferred), then one per generated token but the last.
-    let steps = 2 + MAX_TOKENS - 1 + 2 + 3;
+    let steps = STEPS_PER_SESSION(n) + STEPS_PER_SESSION(4);
     for (path, labels) in [
         (&view_a, ["dealt", "peer", "output"]),
         (&view_b, ["dealt", "peer", "peer"]),
@@ -234,6 +274,39 @@ fn a_generation_through_the_mpc_pair_matches_the_plaintext_path() {
         assert_eq!(small, 0, "{path:?} holds small ring elements");
     }
     drop((rt_a, rt_b, runtimes));
+}
+
+/// Opens a stream to party B at `address`, sends `frame`, and returns the error B ends it with.
+async fn pair_error(address: &str, frame: PairFrame) -> String {
+    let channel = unfed_proto::Dialer::default()
+        .connect(address)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(frame).await.unwrap();
+    let mut replies = PairClient::new(channel)
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    match replies.message().await {
+        Err(s) => s.message().to_string(),
+        Ok(m) => panic!("party B answered a malformed stream with {m:?}"),
+    }
+}
+
+async fn wait_ready(client: &mut unfed_client::Client, id: &str) {
+    for _ in 0..600 {
+        let models = client.list_models().await.unwrap();
+        if models
+            .iter()
+            .any(|m| m.model_id == id && m.status == "READY")
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the model never became READY");
 }
 
 fn bind(ip: &str) -> (tokio::runtime::Runtime, tokio::net::TcpListener, String) {

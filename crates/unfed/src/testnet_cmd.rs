@@ -56,6 +56,19 @@ pub struct UpArgs {
     /// Plaintext gRPC on loopback instead of TLS.
     #[arg(long)]
     no_tls: bool,
+    /// Shard 0 on a two-party MPC pair (`unfed mpc`): party B, then party A, per replica.
+    #[arg(long)]
+    mpc: bool,
+    /// With `--mpc`: decoder layers the pair runs on shares.
+    #[arg(long, default_value_t = 1)]
+    mpc_layers: usize,
+}
+
+/// A port on 127.0.0.1 that is free now.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Days a testnet's certificates are valid.
@@ -185,13 +198,18 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         .map(|s| s.name.to_string())
         .unwrap_or_else(|_| args.model.clone());
     let current = unfed_shard::read_manifest(&shards_dir).ok();
-    if current.is_none_or(|m| m.model_id != model_id || m.shards.len() != args.shards) {
+    let mpc_layers = args.mpc.then_some(args.mpc_layers);
+    if current.is_none_or(|m| {
+        m.model_id != model_id
+            || m.shards.len() != args.shards
+            || m.mpc.map(|p| p.layers) != mpc_layers
+    }) {
         eprintln!("splitting {} into {} shards", args.model, args.shards);
         let opts = unfed_shard::SplitOptions {
             num_shards: args.shards,
             model_id: Some(model_id.clone()),
             force: true,
-            mpc_layers: None,
+            mpc_layers,
         };
         unfed_shard::split(&source, &shards_dir, &opts)?;
     }
@@ -253,7 +271,64 @@ fn up(args: UpArgs) -> Result<ExitCode> {
             dir.join("logs/registry.log").display()
         )
     })?;
-    for shard in 0..args.shards {
+    let plain_from = usize::from(args.mpc);
+    if args.mpc {
+        for replica in 0..args.replicas {
+            let names = [format!("mpc-a-{replica}"), format!("mpc-b-{replica}")];
+            let keys = names
+                .clone()
+                .map(|n| dir.join("keys").join(format!("{n}.key")));
+            let id = |k: &Path| -> Result<String> {
+                Ok(unfed_identity::NodeKey::load_or_create(k)?
+                    .address()
+                    .to_string())
+            };
+            let (id_a, id_b) = (id(&keys[0])?, id(&keys[1])?);
+            let ports = [free_port()?, free_port()?];
+            let address = |i: usize| format!("127.0.0.1:{}", ports[i]);
+            // B first: A connects to it.
+            for (i, role) in [(1, "b"), (0, "a")] {
+                let (peer, peer_id) = match i {
+                    0 => (format!("{scheme}{}", address(1)), &id_b),
+                    _ => (format!("{scheme}{}", address(0)), &id_a),
+                };
+                let pid = spawn(
+                    &exe,
+                    dir,
+                    &names[i],
+                    &[
+                        "mpc",
+                        "--role",
+                        role,
+                        "--peer",
+                        &peer,
+                        "--peer-identity",
+                        peer_id,
+                        "--shards-dir",
+                        path(&shards_dir)?,
+                        "--registry",
+                        &registry,
+                        "--port",
+                        &ports[i].to_string(),
+                        "--key",
+                        path(&keys[i])?,
+                    ],
+                    &tls_flags(&names[i])?,
+                )?;
+                state.processes.push(Started::of(pid));
+                save(dir, &state)?;
+                if i == 1 {
+                    wait_for_port(&address(1), Duration::from_secs(60)).with_context(|| {
+                        format!(
+                            "party B did not start; see {}",
+                            dir.join(format!("logs/{}.log", names[1])).display()
+                        )
+                    })?;
+                }
+            }
+        }
+    }
+    for shard in plain_from..args.shards {
         for replica in 0..args.replicas {
             let name = format!("node-{shard}-{replica}");
             let key = dir.join("keys").join(format!("{name}.key"));

@@ -33,7 +33,7 @@ pub use service::{Compute, NodeService, NodeState};
 
 /// What `run` loaded.
 enum Loaded {
-    Plain(unfed_shard::VerifiedShard),
+    Plain(Box<unfed_shard::VerifiedShard>),
     PartyA(pair::Party, String),
 }
 
@@ -105,9 +105,9 @@ pub async fn run(
                     let party = pair::load_party(&dir, &manifest, Role::A, p.view, max_positions)?;
                     Loaded::PartyA(party, p.address)
                 }
-                None => Loaded::Plain(
+                None => Loaded::Plain(Box::new(
                     unfed_shard::load_verified_shard(&dir, &manifest, index).map_err(Box::new)?,
-                ),
+                )),
             };
             let tokenizer_json = read_tokenizer(&dir, &manifest)?;
             Ok((manifest, manifest_json, compute, tokenizer_json))
@@ -141,13 +141,13 @@ pub async fn run(
             config.shard_index,
             manifest.shards.len() as u32,
             hidden,
-            manifest.config.vocab,
             tokenizer_json,
             config.limits.clone(),
             compute,
         )
         .with_network(config.registry.clone(), config.dialer.clone())
-        .with_views(config.views.clone()),
+        .with_views(config.views.clone())
+        .with_vocab(manifest.config.vocab),
     );
 
     let registration = match &config.registry {

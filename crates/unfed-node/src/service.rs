@@ -67,7 +67,6 @@ impl NodeState {
         shard_index: u32,
         num_shards: u32,
         hidden: usize,
-        vocab: usize,
         tokenizer_json: String,
         limits: SessionLimits,
         compute: Compute,
@@ -78,7 +77,7 @@ impl NodeState {
             shard_index,
             num_shards,
             hidden,
-            vocab,
+            vocab: 0,
             embedding: shard_index == 0,
             head: shard_index + 1 == num_shards,
             tokenizer_json,
@@ -97,6 +96,12 @@ impl NodeState {
     /// registry and next hops through `dialer`.
     pub fn with_network(mut self, registry: Option<String>, dialer: unfed_proto::Dialer) -> Self {
         self.next_hops = NextHops::new(registry, dialer);
+        self
+    }
+
+    /// The model's vocabulary (the length of the last shard's logits replies).
+    pub fn with_vocab(mut self, vocab: usize) -> Self {
+        self.vocab = vocab;
         self
     }
 

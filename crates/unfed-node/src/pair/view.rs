@@ -76,8 +76,7 @@ pub fn read(path: &Path) -> std::io::Result<Vec<Record>> {
         Ok(head)
     };
     let mut out = Vec::new();
-    loop {
-        let Ok(len) = take(1) else { break };
+    while let Ok(len) = take(1) {
         let len = len[0] as usize;
         let label = String::from_utf8(take(len)?.to_vec()).map_err(|_| bad("label not UTF-8"))?;
         let session = u64::from_le_bytes(take(8)?.try_into().expect("8"));

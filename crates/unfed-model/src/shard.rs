@@ -147,10 +147,12 @@ pub enum Compute {
 }
 
 impl Compute {
-    /// [`Compute::Kernels`], unless `UNFED_ENGINE=candle` asks for candle (to compare).
+    /// [`Compute::Kernels`], unless `UNFED_ENGINE=candle` asks for candle, or
+    /// `UNFED_ENGINE=reference` for the exact reference (to compare).
     pub fn from_env() -> Compute {
         match std::env::var("UNFED_ENGINE").as_deref() {
             Ok("candle") => Compute::Candle,
+            Ok("reference") => Compute::Reference,
             _ => Compute::Kernels,
         }
     }

@@ -3,6 +3,8 @@
 //! for the test), and the single-process engine's answer to compare with.
 #![allow(dead_code)] // each test file uses part of it
 
+pub mod pair;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

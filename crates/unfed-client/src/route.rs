@@ -49,18 +49,12 @@ pub async fn rank(
     let mut by_shard: Vec<Vec<Candidate>> = vec![Vec::new(); num_shards as usize];
     for n in nodes.iter().filter(|n| n.shard_index < num_shards) {
         // A node without a valid onion key cannot be part of a circuit.
-        let Some(onion_key) = <[u8; 32]>::try_from(n.onion_key.as_slice())
-            .ok()
-            .and_then(|k| OnionPublicKey::from_bytes(k).ok())
-        else {
+        let Some(onion_key) = parse_onion_key(&n.onion_key) else {
             continue;
         };
         let pair = match &n.pair {
             None => None,
-            Some(p) => match <[u8; 32]>::try_from(p.onion_key.as_slice())
-                .ok()
-                .and_then(|k| OnionPublicKey::from_bytes(k).ok())
-            {
+            Some(p) => match parse_onion_key(&p.onion_key) {
                 Some(key) => Some(key),
                 // A pair whose B has no valid key cannot serve.
                 None => continue,
@@ -90,6 +84,13 @@ pub async fn rank(
         entry.sort_by_key(|c| c.rtt);
     }
     by_shard
+}
+
+/// A registered onion key, if it is a valid X25519 key.
+fn parse_onion_key(bytes: &[u8]) -> Option<OnionPublicKey> {
+    <[u8; 32]>::try_from(bytes)
+        .ok()
+        .and_then(|k| OnionPublicKey::from_bytes(k).ok())
 }
 
 /// For every shard, the first candidate that failed least often (`failed` lists the addresses

@@ -236,11 +236,16 @@ pub async fn greedy(client: &mut Client, model: &unfed_client::RemoteModel) -> V
 }
 
 pub async fn wait_ready(client: &mut Client) {
-    for _ in 0..200 {
+    wait_ready_for(client, "tiny", 200).await
+}
+
+/// Waits until `id` is READY, polling every 50 ms at most `polls` times.
+pub async fn wait_ready_for(client: &mut Client, id: &str, polls: usize) {
+    for _ in 0..polls {
         let models = client.list_models().await.unwrap();
         if models
             .iter()
-            .any(|m| m.model_id == "tiny" && m.status == "READY")
+            .any(|m| m.model_id == id && m.status == "READY")
         {
             return;
         }

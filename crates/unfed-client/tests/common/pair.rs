@@ -192,7 +192,7 @@ pub fn through_the_pair(
     rt_a.spawn(async move { unfed_node::run(config_a, listener_a, std::future::pending()).await });
 
     let tokens = crt.block_on(async {
-        wait_ready(&mut client, id).await;
+        super::wait_ready_for(&mut client, id, 600).await;
         let remote = client.model(id).await.unwrap();
         assert!(remote.manifest.mpc.is_some());
         let greedy = SamplingParams::greedy();
@@ -283,20 +283,6 @@ async fn pair_error(address: &str, frame: PairFrame) -> String {
         Err(s) => s.message().to_string(),
         Ok(m) => panic!("party B answered a malformed stream with {m:?}"),
     }
-}
-
-async fn wait_ready(client: &mut unfed_client::Client, id: &str) {
-    for _ in 0..600 {
-        let models = client.list_models().await.unwrap();
-        if models
-            .iter()
-            .any(|m| m.model_id == id && m.status == "READY")
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the model never became READY");
 }
 
 fn bind(ip: &str) -> (tokio::runtime::Runtime, tokio::net::TcpListener, String) {

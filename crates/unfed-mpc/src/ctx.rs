@@ -10,6 +10,7 @@
 //! or has some left over, reports it.
 
 use crate::dcf::{self, DcfKey};
+use crate::dpf::{self, DpfKey};
 use crate::prg::{Prg, Seed, TreePrg};
 use crate::ring;
 use crate::{Link, MpcError, Role};
@@ -254,6 +255,87 @@ impl<'l> Ctx<'l> {
         }
         self.add_public_vec(&mut z, &ring::mul(d, e));
         Ok(z)
+    }
+
+    /// Elementwise products of each of `k` shared vectors (`xs`, concatenated, `k·n`) with one
+    /// shared vector `y` (one round, (k + 1)·n words each way), no truncation: one mask on `y`
+    /// serves the `k` triples, so `y` is opened masked only once.
+    pub fn mul_each(&mut self, xs: &[u64], y: &[u64]) -> Result<Vec<u64>, MpcError> {
+        let n = y.len();
+        debug_assert_eq!(xs.len() % n.max(1), 0);
+        let a = self.random(xs.len());
+        let b = self.random(n);
+        let c = self.derived(xs.len(), || {
+            a.chunks(n).flat_map(|a| ring::mul(a, &b)).collect()
+        })?;
+        let mut masked = ring::sub(xs, &a);
+        masked.extend(ring::sub(y, &b));
+        let opened = self.open(&masked)?;
+        let (d, e) = opened.split_at(xs.len());
+        let mut z = c;
+        for (i, z) in z.iter_mut().enumerate() {
+            let j = i % n;
+            *z = z
+                .wrapping_add(d[i].wrapping_mul(b[j]))
+                .wrapping_add(e[j].wrapping_mul(a[i]));
+        }
+        let public: Vec<u64> = d
+            .iter()
+            .enumerate()
+            .map(|(i, d)| d.wrapping_mul(e[i % n]))
+            .collect();
+        self.add_public_vec(&mut z, &public);
+        Ok(z)
+    }
+
+    /// Shares of `tables[k][idx mod 2^log2]` for every element of the shared index `idx`
+    /// (one round, n words each way; the dealer gives a DPF key of `log2` levels per element).
+    ///
+    /// The opened value is `idx + r` for a dealt uniform `r`; the DPF evaluates to shares of 1
+    /// at `r mod 2^log2` and 0 elsewhere, so `Σ_j table[(c − j) mod 2^log2]·dpf(j)` is a share
+    /// of `table[idx mod 2^log2]`. Each party evaluates the whole domain for each element.
+    pub fn lut(
+        &mut self,
+        idx: &[u64],
+        log2: u32,
+        tables: &[&[u64]],
+    ) -> Result<Vec<Vec<u64>>, MpcError> {
+        let size = 1usize << log2;
+        debug_assert!(tables.iter().all(|t| t.len() == size));
+        let n = idx.len();
+        let mask = size as u64 - 1;
+        let r = self.random(n);
+        let key_words = dpf::key_words(log2);
+        let keys = self.dealt_both(n * key_words, |tree, secret| {
+            let mut words = [Vec::new(), Vec::new()];
+            for v in &r {
+                let roots = [secret.next_seed(), secret.next_seed()];
+                let keys = dpf::generate(tree, log2, v & mask, 1, roots);
+                words[0].extend(keys[0].to_words());
+                words[1].extend(keys[1].to_words());
+            }
+            words
+        })?;
+        let c = self.open(&ring::add(idx, &r))?;
+        let Some(role) = self.role() else {
+            return Ok(vec![vec![0; n]; tables.len()]);
+        };
+        let party = if role == Role::A { 0 } else { 1 };
+        let mut out = vec![Vec::with_capacity(n); tables.len()];
+        for i in 0..n {
+            let key = DpfKey::from_words(log2, &keys[i * key_words..(i + 1) * key_words]);
+            let point = dpf::evaluate_all(&self.tree, party, &key);
+            let c = (c[i] & mask) as usize;
+            for (table, out) in tables.iter().zip(out.iter_mut()) {
+                let mut acc = 0u64;
+                for (j, p) in point.iter().enumerate() {
+                    acc =
+                        acc.wrapping_add(table[(c.wrapping_sub(j)) & (size - 1)].wrapping_mul(*p));
+                }
+                out.push(acc);
+            }
+        }
+        Ok(out)
     }
 
     /// Elementwise square (a dealt pair `(a, a²)`; one round, n words each way), no truncation.

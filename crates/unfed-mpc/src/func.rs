@@ -1,5 +1,5 @@
 //! The non-linear functions of a Llama/Qwen2 layer on shares: fixed-point products, row max,
-//! exp, reciprocal, reciprocal square root, sigmoid/SiLU, softmax and RMSNorm. Nothing is
+//! exp, reciprocal, reciprocal square root, SiLU, softmax and RMSNorm. Nothing is
 //! opened but the masked values of the building blocks in [`crate::ctx`]. Rounds are listed
 //! per function; measured costs and error bounds are in `docs/mpc.md`.
 //!
@@ -10,11 +10,11 @@ use crate::{Ctx, MpcError};
 
 type R = Result<Vec<u64>, MpcError>;
 
-/// Exp is computed on `[−EXP_CLAMP, 0]`; below, it is taken as `exp(−EXP_CLAMP)` (≈ 1e−7,
-/// under one unit in the last place).
-pub const EXP_CLAMP: f64 = 16.0;
+/// Exp is computed on `[−EXP_CLAMP, 0]`; below, it is taken as `exp(−EXP_CLAMP)` (≈ 1.2e−7,
+/// half a unit in the last place).
+pub const EXP_CLAMP: f64 = 15.9;
 
-/// Fractional bits inside the iterations of exp, reciprocal and rsqrt, whose values stay below
+/// Fractional bits inside the iterations of reciprocal and rsqrt, whose values stay below
 /// 4 in magnitude: products of two such values still fit under 2^62, and every squaring or
 /// Newton step loses 2^−28 instead of 2^−20.
 pub const WIDE: u32 = 28;
@@ -72,35 +72,56 @@ pub fn max_rows(ctx: &mut Ctx, x: &[u64], cols: usize, bits: u32) -> R {
     Ok(cur)
 }
 
-/// `exp(x)` for `x ≤ 0` (18 rounds): clamp to `[−16, 0]`, `u = x / 32`, the Taylor
-/// polynomial of degree 4 of `e^u`, squared five times, all at [`WIDE`] fractional bits.
+/// `exp(x)` for `x ≤ 0` (7 rounds): `t = min(−x, EXP_CLAMP)` by one comparison and one
+/// product; `e^−t = e^−c · e^−d` with `c` the centre of `t`'s cell in a table of 512 cells of
+/// width 1/32 (looked up at the cell's shared index, which [`cells`] finds locally) and
+/// `|d| ≤ 1/32`, `e^−d ≈ 1 − d + d²/2` (relative error ≤ 5.1e−6).
 pub fn exp_nonpositive(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
     let mut shifted = x.to_vec();
     ctx.add_public(&mut shifted, encode(EXP_CLAMP));
     let below = ctx.ltz(&shifted, bits + 1)?;
-    let mut floor = ring::scale(x, u64::MAX);
-    ctx.add_public(&mut floor, encode(-EXP_CLAMP));
-    let lift = ctx.mul_raw(&below, &floor)?;
-    let clamped = ring::add(x, &lift);
-    // u = x/32 at WIDE bits is an exact shift.
-    let u = ring::scale(&clamped, 1 << (WIDE - FRAC - 5));
-    // p = 1 + u + u²·(1/2 + u/6 + u²/24), the Taylor polynomial of degree 4.
-    let raw = ctx.square_raw(&u)?;
-    let u2 = ctx.trunc(&raw, WIDE)?;
-    let mut tail = ring::add(
-        &ring::scale(&u, encode_at(1.0 / 6.0, WIDE)),
-        &ring::scale(&u2, encode_at(1.0 / 24.0, WIDE)),
-    );
-    ctx.add_public(&mut tail, encode_at(0.5, WIDE) << WIDE);
-    let tail = ctx.trunc(&tail, WIDE)?;
-    let raw = ctx.mul_raw(&u2, &tail)?;
-    let mut p = ring::add(&ctx.trunc(&raw, WIDE)?, &u);
-    ctx.add_public(&mut p, encode_at(1.0, WIDE));
-    for _ in 0..5 {
-        let raw = ctx.square_raw(&p)?;
-        p = ctx.trunc(&raw, WIDE)?;
-    }
-    ctx.trunc(&p, WIDE - FRAC)
+    // t = −x, or EXP_CLAMP where x < −EXP_CLAMP.
+    let t = ring::add(&ring::scale(x, u64::MAX), &ctx.mul_raw(&below, &shifted)?);
+    let (idx, d) = cells(ctx, &t, EXP_STEP);
+    let table = table(EXP_LOG2, EXP_STEP, |c| (-c).exp());
+    let e = ctx.lut(&idx, EXP_LOG2, &[&table])?.remove(0);
+    let square = ctx.square_raw(&d)?;
+    let half_square = ctx.trunc(&square, FRAC + 1)?;
+    let correction = mul(ctx, &e, &ring::sub(&half_square, &d))?;
+    Ok(ring::add(&e, &correction))
+}
+
+/// Cells of exp's table: 2^EXP_LOG2 of width 2^−EXP_STEP.
+const EXP_LOG2: u32 = 9;
+const EXP_STEP: u32 = 5;
+/// Cells of SiLU's table: 2^SILU_LOG2 of width 2^−SILU_STEP.
+const SILU_LOG2: u32 = 10;
+const SILU_STEP: u32 = 6;
+
+/// For a shared `t ≥ 0` at [`FRAC`] bits: the shared index `i` of its cell of width
+/// `2^−step` and its offset `d` from that cell's centre, `t = (i + 1)·2^−step + d` exactly,
+/// `|d| ≤ 2^−step` (local, no round). Each party splits its own share at bit `FRAC − step`:
+/// the high parts add up to `⌊t·2^step⌋` or one less (the carry between the low parts),
+/// plus a multiple of `2^(64 − FRAC + step)` that vanishes modulo any table size up to that,
+/// and the low parts add up, without wrapping, to the rest.
+fn cells(ctx: &Ctx, t: &[u64], step: u32) -> (Vec<u64>, Vec<u64>) {
+    let k = FRAC - step;
+    let idx = t.iter().map(|v| v >> k).collect();
+    let mut d: Vec<u64> = t.iter().map(|v| v & ((1 << k) - 1)).collect();
+    ctx.add_public(&mut d, (1u64 << k).wrapping_neg());
+    (idx, d)
+}
+
+/// The table of `f` at the centres of the cells of [`cells`]: entry `i` holds
+/// `f((i + 1)·2^−step)`, the last entry `f(0)` (the index `−1`, one below the first cell).
+fn table(log2: u32, step: u32, f: impl Fn(f64) -> f64) -> Vec<u64> {
+    let size = 1i64 << log2;
+    (0..size)
+        .map(|i| {
+            let i = if i == size - 1 { -1 } else { i };
+            encode(f((i + 1) as f64 * (-(step as f64)).exp2()))
+        })
+        .collect()
 }
 
 /// `1/m` for `m ∈ [1, 2]` (13 rounds), returned at [`WIDE`] fractional bits: a linear first
@@ -157,27 +178,46 @@ pub fn rsqrt(ctx: &mut Ctx, x: &[u64], x_frac: u32, lo: i32, hi: i32, c: f64) ->
     scale_by(ctx, &y, WIDE, &onehot, &up, product_max)
 }
 
-/// `σ(x) = 1/(1 + e^−x)` (35 rounds), through `|x|` so that exp never sees a positive input.
-pub fn sigmoid(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
-    let neg = ctx.ltz(x, bits)?;
-    let flip = ctx.mul_raw(&neg, x)?;
-    // −|x| = 2·neg·x − x
-    let minus_abs = ring::sub(&ring::scale(&flip, 2), x);
-    let mut d = exp_nonpositive(ctx, &minus_abs, bits)?;
-    ctx.add_public(&mut d, encode(1.0));
-    let wide = recip_unit(ctx, &d)?;
-    let s = ctx.trunc(&wide, WIDE - FRAC)?;
-    // σ(x) = σ(|x|) + neg·(1 − 2σ(|x|))
-    let mut other = ring::scale(&s, u64::MAX - 1);
-    ctx.add_public(&mut other, encode(1.0));
-    let adjust = ctx.mul_raw(&neg, &other)?;
-    Ok(ring::add(&s, &adjust))
-}
+/// Where SiLU's table ends: beyond, `SiLU(x)` is taken as `ReLU(x)` (the difference is below
+/// 2e−6).
+pub const SILU_CLAMP: f64 = 15.9;
 
-/// `SiLU(x) = x·σ(x)` (37 rounds).
+/// `SiLU(x) = x·σ(x) = ReLU(x) − h(|x|)`, `h(t) = t/(1 + e^t)` (5 rounds): the comparisons of
+/// `x` with 0 and ±SILU_CLAMP in one round, their products with `x` in one more give
+/// `ReLU(x)` and `t = min(|x|, SILU_CLAMP)`; `h(t)` is the tangent at the centre of `t`'s cell
+/// in a table of 1024 cells of width 1/64 (`h` and `h′` looked up together, error
+/// ≤ max|h″|·(1/64)²/2 ≈ 6.1e−5), one product and its truncation.
 pub fn silu(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
-    let s = sigmoid(ctx, x, bits)?;
-    mul(ctx, x, &s)
+    let n = x.len();
+    let clamp = encode(SILU_CLAMP);
+    let mut compared = x.to_vec();
+    for offset in [clamp, clamp.wrapping_neg()] {
+        let mut shifted = x.to_vec();
+        ctx.add_public(&mut shifted, offset);
+        compared.extend(shifted);
+    }
+    // [x < 0], [x < −clamp], [x < clamp], then each times x.
+    let below = ctx.ltz(&compared, bits + 1)?;
+    let products = ctx.mul_each(&below, x)?;
+    let (nx, mx, px) = (&products[..n], &products[n..2 * n], &products[2 * n..]);
+    let relu = ring::sub(x, nx);
+    // t = |x| inside the clamp, the clamp outside: p·x + m·x − 2n·x + clamp·(1 − p + m).
+    let mut t = ring::sub(&ring::add(px, mx), &ring::scale(nx, 2));
+    let outside = ring::sub(&below[n..2 * n], &below[2 * n..]);
+    ring::add_assign(&mut t, &ring::scale(&outside, clamp));
+    ctx.add_public(&mut t, clamp);
+    let (idx, d) = cells(ctx, &t, SILU_STEP);
+    let sigma = |t: f64| 1.0 / (1.0 + (-t).exp());
+    let h = table(SILU_LOG2, SILU_STEP, |t| t * sigma(-t));
+    let slope = table(SILU_LOG2, SILU_STEP, |t| {
+        sigma(-t) - t * sigma(-t) * sigma(t)
+    });
+    let [h, slope]: [Vec<u64>; 2] = ctx
+        .lut(&idx, SILU_LOG2, &[&h, &slope])?
+        .try_into()
+        .expect("two tables");
+    let correction = mul(ctx, &slope, &d)?;
+    Ok(ring::sub(&relu, &ring::add(&h, &correction)))
 }
 
 /// Softmax of each row of a `rows × cols` matrix (masked entries, a public pattern, get

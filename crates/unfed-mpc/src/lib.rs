@@ -10,6 +10,7 @@
 
 pub mod ctx;
 pub mod dcf;
+pub mod dpf;
 pub mod func;
 pub mod layer;
 pub mod link;

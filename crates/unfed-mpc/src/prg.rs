@@ -126,6 +126,38 @@ impl TreePrg {
     }
 }
 
+impl TreePrg {
+    /// The two children of every seed of a tree level (seeds as little-endian `u128`), with
+    /// their control bits, in order (left, right, left, right, …), into `seeds_out` and
+    /// `bits_out`: the seed half of [`Self::expand`] for a whole level at once, so that AES
+    /// runs pipelined (the DPF's `G`). `blocks` is scratch space.
+    pub(crate) fn children(
+        &self,
+        seeds: &[u128],
+        blocks: &mut Vec<aes::Block>,
+        seeds_out: &mut Vec<u128>,
+        bits_out: &mut Vec<bool>,
+    ) {
+        let n = seeds.len();
+        blocks.clear();
+        for _ in 0..2 {
+            blocks.extend(seeds.iter().map(|s| aes::Block::from(s.to_le_bytes())));
+        }
+        let (left, right) = blocks.split_at_mut(n);
+        self.ciphers[0].encrypt_blocks(left);
+        self.ciphers[1].encrypt_blocks(right);
+        seeds_out.clear();
+        bits_out.clear();
+        for (i, seed) in seeds.iter().enumerate() {
+            for side in 0..2 {
+                let child = u128::from_le_bytes(blocks[side * n + i].into()) ^ seed;
+                bits_out.push(child & 1 == 1);
+                seeds_out.push(child & !1);
+            }
+        }
+    }
+}
+
 /// A seed's value in the ring (the DCF's `Convert`).
 pub(crate) fn convert(seed: &Seed) -> u64 {
     u64::from_le_bytes(seed[..8].try_into().expect("8 bytes"))
@@ -155,5 +187,17 @@ mod tests {
         assert_eq!(x.values, y.values);
         assert!(x.seeds.iter().all(|s| s[0] & 1 == 0));
         assert_ne!(x.seeds[0], x.seeds[1]);
+        let (mut seeds, mut bits) = (Vec::new(), Vec::new());
+        let level = [u128::from_le_bytes([9; 16]), u128::from_le_bytes([3; 16])];
+        g.children(&level, &mut Vec::new(), &mut seeds, &mut bits);
+        assert_eq!(
+            (seeds[0], seeds[1]),
+            (
+                u128::from_le_bytes(x.seeds[0]),
+                u128::from_le_bytes(x.seeds[1])
+            )
+        );
+        assert_eq!((bits[0], bits[1]), (x.bits[0], x.bits[1]));
+        assert_eq!(seeds.len(), 4);
     }
 }

@@ -224,6 +224,12 @@ impl<'l> Ctx<'l> {
     }
 
     fn take_words(&mut self, n: usize) -> Result<Vec<u64>, MpcError> {
+        let range = self.take_range(n)?;
+        Ok(self.dealt(range).to_vec())
+    }
+
+    /// Where the next `n` dealt words are, consumed.
+    fn take_range(&mut self, n: usize) -> Result<std::ops::Range<usize>, MpcError> {
         let Source::Party { words, used, .. } = &mut self.source else {
             unreachable!("only parties read words");
         };
@@ -232,7 +238,15 @@ impl<'l> Ctx<'l> {
             return Err(MpcError::MaterialExhausted { needed: n, left });
         }
         *used += n;
-        Ok(words[*used - n..*used].to_vec())
+        Ok(*used - n..*used)
+    }
+
+    /// Dealt words taken before, read in place (empty at the dealer).
+    fn dealt(&self, range: std::ops::Range<usize>) -> &[u64] {
+        match &self.source {
+            Source::Party { words, .. } => &words[range],
+            Source::Dealer { .. } => &[],
+        }
     }
 
     /// Elementwise product of two shared vectors (Beaver triple; one round, 2n words each way).
@@ -321,6 +335,7 @@ impl<'l> Ctx<'l> {
             return Ok(vec![vec![0; n]; tables.len()]);
         };
         let party = if role == Role::A { 0 } else { 1 };
+        let keys = self.dealt(keys);
         let mut out = vec![Vec::with_capacity(n); tables.len()];
         for i in 0..n {
             let key = DpfKey::from_words(log2, &keys[i * key_words..(i + 1) * key_words]);
@@ -461,6 +476,7 @@ impl<'l> Ctx<'l> {
             return Ok(vec![0; n]);
         };
         let party = if role == Role::A { 0 } else { 1 };
+        let keys = self.dealt(keys);
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
             let key = DcfKey::from_words(bits, &keys[i * key_words..(i + 1) * key_words]);
@@ -478,20 +494,20 @@ impl<'l> Ctx<'l> {
     }
 
     /// Material that cannot come from a seed, for both parties (`make` runs only at the dealer,
-    /// returning A's and B's words, `n` each).
+    /// returning A's and B's words, `n` each); where a party's words are, for [`Self::dealt`].
     fn dealt_both(
         &mut self,
         n: usize,
         make: impl FnOnce(&TreePrg, &mut Prg) -> [Vec<u64>; 2],
-    ) -> Result<Vec<u64>, MpcError> {
+    ) -> Result<std::ops::Range<usize>, MpcError> {
         match &mut self.source {
-            Source::Party { .. } => self.take_words(n),
+            Source::Party { .. } => self.take_range(n),
             Source::Dealer { secret, words, .. } => {
                 let [a, b] = make(&self.tree, secret);
                 debug_assert!(a.len() == n && b.len() == n);
                 words[0].extend(a);
                 words[1].extend(b);
-                Ok(Vec::new())
+                Ok(0..0)
             }
         }
     }

@@ -2,22 +2,25 @@
 //! and Extensions", CCS 2016, Fig. 1) with full-domain evaluation: two keys for
 //! `f(x) = β if x = α else 0` over `n`-bit inputs, each alone pseudo-random; the two
 //! evaluations at every point of the domain add up to `f` in Z_2^64. The table lookups of
-//! [`crate::Ctx::lut`] are made of them.
+//! [`crate::Ctx::lut`] are made of them. The tree stops one level early: each leaf seed gives
+//! two 64-bit outputs, halving the AES work of a full-domain evaluation.
 
 use crate::prg::{Seed, TreePrg};
 
 /// One party's key: its root seed, the correction words of the levels (the same in both
-/// keys) and the output correction. Seeds are 128-bit little-endian integers.
+/// keys) and the output correction of the two halves of a leaf. Seeds are 128-bit
+/// little-endian integers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DpfKey {
     pub seed: u128,
     pub levels: Vec<(u128, [bool; 2])>,
-    pub last: u64,
+    pub last: [u64; 2],
 }
 
-/// Ring elements a key of `n` levels takes on the wire ([`DpfKey::to_words`]).
+/// Ring elements a key over `n`-bit inputs takes on the wire ([`DpfKey::to_words`]).
 pub fn key_words(n: u32) -> usize {
-    2 + 2 * n as usize + (2 * n as usize).div_ceil(64) + 1
+    let levels = n as usize - 1;
+    2 + 2 * levels + (2 * levels).div_ceil(64) + 2
 }
 
 /// The two keys of `x = alpha ↦ beta` over `n`-bit inputs (`1 ≤ n ≤ 20`: the full domain is
@@ -26,9 +29,9 @@ pub fn generate(prg: &TreePrg, n: u32, alpha: u64, beta: u64, roots: [Seed; 2]) 
     debug_assert!((1..=20).contains(&n) && alpha >> n == 0);
     let mut seeds = roots.map(u128::from_le_bytes);
     let mut bits = [false, true];
-    let mut levels = Vec::with_capacity(n as usize);
+    let mut levels = Vec::with_capacity(n as usize - 1);
     let (mut blocks, mut children, mut child_bits) = (Vec::new(), Vec::new(), Vec::new());
-    for i in (0..n).rev() {
+    for i in (1..n).rev() {
         let keep = ((alpha >> i) & 1) as usize;
         let lose = 1 - keep;
         prg.children(&seeds, &mut blocks, &mut children, &mut child_bits);
@@ -47,10 +50,14 @@ pub fn generate(prg: &TreePrg, n: u32, alpha: u64, beta: u64, roots: [Seed; 2]) 
         }
         levels.push((seed_cw, bits_cw));
     }
-    let last = sign(bits[1]).wrapping_mul(
-        beta.wrapping_sub(seeds[0] as u64)
-            .wrapping_add(seeds[1] as u64),
-    );
+    let last = [0, 1].map(|half| {
+        let target = if alpha & 1 == half { beta } else { 0 };
+        sign(bits[1]).wrapping_mul(
+            target
+                .wrapping_sub(halves(seeds[0])[half as usize])
+                .wrapping_add(halves(seeds[1])[half as usize]),
+        )
+    });
     roots.map(|seed| DpfKey {
         seed: u128::from_le_bytes(seed),
         levels: levels.clone(),
@@ -74,14 +81,14 @@ pub fn evaluate_all(prg: &TreePrg, party: u8, key: &DpfKey) -> Vec<u64> {
         std::mem::swap(&mut bits, &mut next_bits);
     }
     let party_sign = sign(party == 1);
-    seeds
-        .iter()
-        .zip(&bits)
-        .map(|(seed, bit)| {
-            let v = (*seed as u64).wrapping_add(key.last & 0u64.wrapping_sub(*bit as u64));
-            party_sign.wrapping_mul(v)
-        })
-        .collect()
+    let mut out = Vec::with_capacity(2 * seeds.len());
+    for (seed, bit) in seeds.iter().zip(&bits) {
+        let on = 0u64.wrapping_sub(*bit as u64);
+        for (half, last) in halves(*seed).iter().zip(key.last) {
+            out.push(party_sign.wrapping_mul(half.wrapping_add(last & on)));
+        }
+    }
+    out
 }
 
 impl DpfKey {
@@ -89,7 +96,7 @@ impl DpfKey {
     /// correction.
     pub fn to_words(&self) -> Vec<u64> {
         let n = self.levels.len();
-        let mut words = Vec::with_capacity(key_words(n as u32));
+        let mut words = Vec::with_capacity(key_words(n as u32 + 1));
         push_seed(&mut words, &self.seed);
         let mut packed = vec![0u64; (2 * n).div_ceil(64)];
         for (i, (seed, bits)) in self.levels.iter().enumerate() {
@@ -99,28 +106,33 @@ impl DpfKey {
             }
         }
         words.extend(packed);
-        words.push(self.last);
+        words.extend(self.last);
         words
     }
 
-    /// The key of `n` levels from [`key_words`]`(n)` ring elements.
+    /// The key over `n`-bit inputs from [`key_words`]`(n)` ring elements.
     pub fn from_words(n: u32, words: &[u64]) -> Self {
         debug_assert_eq!(words.len(), key_words(n));
-        let n = n as usize;
-        let packed = &words[2 + 2 * n..words.len() - 1];
+        let n = n as usize - 1;
+        let packed = &words[2 + 2 * n..words.len() - 2];
         let bit = |j: usize| packed[j / 64] >> (j % 64) & 1 == 1;
         Self {
             seed: read_seed(&words[0..2]),
             levels: (0..n)
                 .map(|i| (read_seed(&words[2 + 2 * i..]), [bit(2 * i), bit(2 * i + 1)]))
                 .collect(),
-            last: words[words.len() - 1],
+            last: [words[words.len() - 2], words[words.len() - 1]],
         }
     }
 }
 
 fn sign(negative: bool) -> u64 {
     if negative { u64::MAX } else { 1 }
+}
+
+/// A leaf seed's two outputs.
+fn halves(seed: u128) -> [u64; 2] {
+    [seed as u64, (seed >> 64) as u64]
 }
 
 fn push_seed(words: &mut Vec<u64>, seed: &u128) {

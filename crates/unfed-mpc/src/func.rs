@@ -91,7 +91,9 @@ pub fn exp_nonpositive(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
     Ok(ring::add(&e, &correction))
 }
 
-/// Cells of exp's table: 2^EXP_LOG2 of width 2^−EXP_STEP.
+/// Cells of exp's table: 2^EXP_LOG2 of width 2^−EXP_STEP. Both tables end past their clamp
+/// (15.9·32 < 511, 15.9·64 < 1023), so an index never reaches the last entry, which stands
+/// for the index −1.
 const EXP_LOG2: u32 = 9;
 const EXP_STEP: u32 = 5;
 /// Cells of SiLU's table: 2^SILU_LOG2 of width 2^−SILU_STEP.

@@ -303,7 +303,7 @@ impl<'l> Ctx<'l> {
     }
 
     /// Shares of `tables[k][idx mod 2^log2]` for every element of the shared index `idx`
-    /// (one round, n words each way; the dealer gives a DPF key of `log2` levels per element).
+    /// (one round, n words each way; the dealer gives a DPF key over `log2` bits per element).
     ///
     /// The opened value is `idx + r` for a dealt uniform `r`; the DPF evaluates to shares of 1
     /// at `r mod 2^log2` and 0 elsewhere, so `Σ_j table[(c − j) mod 2^log2]·dpf(j)` is a share

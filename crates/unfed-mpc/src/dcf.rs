@@ -153,7 +153,8 @@ impl DcfKey {
     }
 }
 
-fn sign(negative: bool) -> u64 {
+/// `−1` or `1` in the ring (the sign the second party's share carries).
+pub(crate) fn sign(negative: bool) -> u64 {
     if negative { u64::MAX } else { 1 }
 }
 

@@ -5,6 +5,7 @@
 //! [`crate::Ctx::lut`] are made of them. The tree stops one level early: each leaf seed gives
 //! two 64-bit outputs, halving the AES work of a full-domain evaluation.
 
+use crate::dcf::sign;
 use crate::prg::{Seed, TreePrg};
 
 /// One party's key: its root seed, the correction words of the levels (the same in both
@@ -124,10 +125,6 @@ impl DpfKey {
             last: [words[words.len() - 2], words[words.len() - 1]],
         }
     }
-}
-
-fn sign(negative: bool) -> u64 {
-    if negative { u64::MAX } else { 1 }
 }
 
 /// A leaf seed's two outputs.

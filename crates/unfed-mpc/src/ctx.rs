@@ -9,8 +9,8 @@
 //! depends on a secret, so the two runs cannot drift apart; a party that runs out of material,
 //! or has some left over, reports it.
 
-use crate::dcf::{self, DcfKey};
-use crate::dpf::{self, DpfKey};
+use crate::dcf;
+use crate::dpf;
 use crate::prg::{Prg, Seed, TreePrg};
 use crate::ring;
 use crate::{Link, MpcError, Role};
@@ -321,33 +321,33 @@ impl<'l> Ctx<'l> {
         let r = self.random(n);
         let key_words = dpf::key_words(log2);
         let keys = self.dealt_both(n * key_words, |tree, secret| {
-            let mut words = [Vec::new(), Vec::new()];
-            for v in &r {
-                let roots = [secret.next_seed(), secret.next_seed()];
-                let keys = dpf::generate(tree, log2, v & mask, 1, roots);
-                words[0].extend(keys[0].to_words());
-                words[1].extend(keys[1].to_words());
-            }
-            words
+            let alphas: Vec<u64> = r.iter().map(|v| v & mask).collect();
+            dpf::generate(tree, log2, &alphas, 1, secret)
         })?;
         let c = self.open(&ring::add(idx, &r))?;
         let Some(role) = self.role() else {
             return Ok(vec![vec![0; n]; tables.len()]);
         };
         let party = if role == Role::A { 0 } else { 1 };
+        // The tables reversed and doubled: entry `size − 1 − c + j` is `table[(c − j) mod size]`,
+        // so each lookup is one contiguous inner product.
+        let reversed: Vec<Vec<u64>> = tables
+            .iter()
+            .map(|t| {
+                (0..2 * size)
+                    .map(|m| t[(2 * size - 1 - m) % size])
+                    .collect()
+            })
+            .collect();
         let keys = self.dealt(keys);
+        let (mut scratch, mut point) = (dpf::Scratch::default(), Vec::with_capacity(size));
         let mut out = vec![Vec::with_capacity(n); tables.len()];
-        for i in 0..n {
-            let key = DpfKey::from_words(log2, &keys[i * key_words..(i + 1) * key_words]);
-            let point = dpf::evaluate_all(&self.tree, party, &key);
-            let c = (c[i] & mask) as usize;
-            for (table, out) in tables.iter().zip(out.iter_mut()) {
-                let mut acc = 0u64;
-                for (j, p) in point.iter().enumerate() {
-                    acc =
-                        acc.wrapping_add(table[(c.wrapping_sub(j)) & (size - 1)].wrapping_mul(*p));
-                }
-                out.push(acc);
+        for (i, c) in c.iter().enumerate() {
+            let key = &keys[i * key_words..(i + 1) * key_words];
+            dpf::evaluate_all(&self.tree, party, log2, key, &mut scratch, &mut point);
+            let start = size - 1 - (c & mask) as usize;
+            for (table, out) in reversed.iter().zip(out.iter_mut()) {
+                out.push(ring::dot(&table[start..start + size], &point));
             }
         }
         Ok(out)
@@ -459,15 +459,9 @@ impl<'l> Ctx<'l> {
         let r_bit = self.derived(n, || r.iter().map(|v| (v >> bits) & 1).collect())?;
         let key_words = dcf::key_words(bits);
         let keys = self.dealt_both(n * key_words, |tree, secret| {
-            let mut words = [Vec::new(), Vec::new()];
-            for (v, bit) in r.iter().zip(&r_bit) {
-                let roots = [secret.next_seed(), secret.next_seed()];
-                let beta = 1u64.wrapping_sub(2 * bit);
-                let keys = dcf::generate(tree, bits, v & mask, beta, roots);
-                words[0].extend(keys[0].to_words());
-                words[1].extend(keys[1].to_words());
-            }
-            words
+            let alphas: Vec<u64> = r.iter().map(|v| v & mask).collect();
+            let betas: Vec<u64> = r_bit.iter().map(|b| 1u64.wrapping_sub(2 * b)).collect();
+            dcf::generate(tree, bits, &alphas, &betas, secret)
         })?;
         let mut masked = ring::add(x, &r);
         self.add_public(&mut masked, 1 << bits);
@@ -476,11 +470,11 @@ impl<'l> Ctx<'l> {
             return Ok(vec![0; n]);
         };
         let party = if role == Role::A { 0 } else { 1 };
-        let keys = self.dealt(keys);
+        let low: Vec<u64> = c.iter().map(|c| c & mask).collect();
+        let lt = dcf::evaluate(&self.tree, party, bits, self.dealt(keys), &low);
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
-            let key = DcfKey::from_words(bits, &keys[i * key_words..(i + 1) * key_words]);
-            let xor = r_bit[i].wrapping_add(dcf::evaluate(&self.tree, party, &key, c[i] & mask));
+            let xor = r_bit[i].wrapping_add(lt[i]);
             let c_bit = (c[i] >> bits) & 1;
             let mut lt = xor
                 .wrapping_mul(1u64.wrapping_sub(2 * c_bit))

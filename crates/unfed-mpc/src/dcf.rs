@@ -2,155 +2,137 @@
 //! "Function Secret Sharing for Mixed-Mode and Fixed-Point Secure Computation", Eurocrypt 2021,
 //! Fig. 3): two keys for `f(x) = β if x < α else 0` over `n`-bit inputs, each alone
 //! pseudo-random; the two evaluations at any public `x` add up to `f(x)` in Z_2^64.
+//!
+//! Keys are made and evaluated many at a time, one tree level of every key per batch of AES.
+//! A key is [`key_words`]`(n)` ring elements: the party's root seed (two words, its control
+//! bit in the lowest bit), then per level from the top the correction seed (two words) and
+//! value, then the levels' two correction bits packed, then the last correction word. Only
+//! the root differs between the two parties' keys.
 
-use crate::prg::{Seed, TreePrg, convert};
+use crate::prg::{LEFT, Prg, RIGHT, TreePrg, VALUE, clear, halves, on};
 
-/// One party's key: its root seed and the correction words (the same in both keys).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DcfKey {
-    pub seed: Seed,
-    pub levels: Vec<Level>,
-    pub last: u64,
-}
-
-/// The correction word of one tree level.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Level {
-    pub seed: Seed,
-    pub value: u64,
-    pub bits: [bool; 2],
-}
-
-/// Ring elements a key of `n` levels takes on the wire ([`DcfKey::to_words`]).
+/// Ring elements a key of `n` levels takes.
 pub fn key_words(n: u32) -> usize {
     2 + 3 * n as usize + (2 * n as usize).div_ceil(64) + 1
 }
 
-/// The two keys of `x < alpha ↦ beta` over `n`-bit inputs (`1 ≤ n ≤ 63`), from two fresh
-/// random root seeds.
-pub fn generate(prg: &TreePrg, n: u32, alpha: u64, beta: u64, roots: [Seed; 2]) -> [DcfKey; 2] {
-    debug_assert!((1..=63).contains(&n) && alpha >> n == 0);
-    let mut seeds = roots;
-    let mut bits = [false, true];
-    let mut v_alpha = 0u64;
-    let mut levels = Vec::with_capacity(n as usize);
-    for i in (0..n).rev() {
-        let alpha_bit = (alpha >> i) & 1 == 1;
-        let e = [prg.expand(&seeds[0]), prg.expand(&seeds[1])];
-        let (keep, lose) = if alpha_bit { (1, 0) } else { (0, 1) };
-        let seed_cw = xor(&e[0].seeds[lose], &e[1].seeds[lose]);
-        let sign = sign(bits[1]);
-        let mut value_cw = sign.wrapping_mul(
-            e[1].values[lose]
-                .wrapping_sub(e[0].values[lose])
-                .wrapping_sub(v_alpha),
-        );
-        if lose == 0 {
-            value_cw = value_cw.wrapping_add(sign.wrapping_mul(beta));
-        }
-        v_alpha = v_alpha
-            .wrapping_sub(e[1].values[keep])
-            .wrapping_add(e[0].values[keep])
-            .wrapping_add(sign.wrapping_mul(value_cw));
-        let bits_cw = [
-            e[0].bits[0] ^ e[1].bits[0] ^ alpha_bit ^ true,
-            e[0].bits[1] ^ e[1].bits[1] ^ alpha_bit,
-        ];
+/// The two parties' keys of `x < alphas[i] ↦ betas[i]` over `n`-bit inputs (`1 ≤ n ≤ 63`),
+/// concatenated, with root seeds drawn from `secret`.
+pub fn generate(
+    prg: &TreePrg,
+    n: u32,
+    alphas: &[u64],
+    betas: &[u64],
+    secret: &mut Prg,
+) -> [Vec<u64>; 2] {
+    debug_assert!((1..=63).contains(&n) && alphas.iter().all(|a| a >> n == 0));
+    let (count, kw, n) = (alphas.len(), key_words(n), n as usize);
+    let mut keys = [vec![0u64; count * kw], vec![0u64; count * kw]];
+    // The two parties' current seeds (control bit in the lowest bit) and v_alpha, per key.
+    let mut seeds: Vec<[u128; 2]> = (0..count)
+        .map(|_| [0, 1].map(|b| clear(u128::from_le_bytes(secret.next_seed())) | b))
+        .collect();
+    let mut v_alpha = vec![0u64; count];
+    for (e, s) in seeds.iter().enumerate() {
         for b in 0..2 {
-            seeds[b] = if bits[b] {
-                xor(&e[b].seeds[keep], &seed_cw)
-            } else {
-                e[b].seeds[keep]
-            };
-            bits[b] = e[b].bits[keep] ^ (bits[b] & bits_cw[keep]);
+            write_seed(&mut keys[b][e * kw..], s[b]);
         }
-        levels.push(Level {
-            seed: seed_cw,
-            value: value_cw,
-            bits: bits_cw,
-        });
     }
-    let last = sign(bits[1]).wrapping_mul(
-        convert(&seeds[1])
-            .wrapping_sub(convert(&seeds[0]))
-            .wrapping_sub(v_alpha),
-    );
-    roots.map(|seed| DcfKey {
-        seed,
-        levels: levels.clone(),
-        last,
-    })
-}
-
-/// Party `party`'s (0 or 1) share of `f(x)`.
-pub fn evaluate(prg: &TreePrg, party: u8, key: &DcfKey, x: u64) -> u64 {
-    let n = key.levels.len() as u32;
-    let party_sign = sign(party == 1);
-    let mut seed = key.seed;
-    let mut bit = party == 1;
-    let mut value = 0u64;
-    for (level, i) in key.levels.iter().zip((0..n).rev()) {
-        let mut e = prg.expand(&seed);
-        if bit {
-            for side in 0..2 {
-                e.seeds[side] = xor(&e.seeds[side], &level.seed);
-                e.bits[side] ^= level.bits[side];
-            }
-        }
-        let dir = ((x >> i) & 1) as usize;
-        let step = e.values[dir].wrapping_add(if bit { level.value } else { 0 });
-        value = value.wrapping_add(party_sign.wrapping_mul(step));
-        seed = e.seeds[dir];
-        bit = e.bits[dir];
-    }
-    let end = convert(&seed).wrapping_add(if bit { key.last } else { 0 });
-    value.wrapping_add(party_sign.wrapping_mul(end))
-}
-
-impl DcfKey {
-    /// The key as ring elements: root seed, per level (seed, value), the level bits packed, the
-    /// last correction word.
-    pub fn to_words(&self) -> Vec<u64> {
-        let n = self.levels.len();
-        let mut words = Vec::with_capacity(key_words(n as u32));
-        push_seed(&mut words, &self.seed);
-        for level in &self.levels {
-            push_seed(&mut words, &level.seed);
-            words.push(level.value);
-        }
-        let mut packed = vec![0u64; (2 * n).div_ceil(64)];
-        for (i, level) in self.levels.iter().enumerate() {
-            for side in 0..2 {
-                if level.bits[side] {
-                    packed[(2 * i + side) / 64] |= 1 << ((2 * i + side) % 64);
+    let mut buf = vec![0u128; 6 * count];
+    for level in 0..n {
+        let i = n - 1 - level;
+        for (e, s) in seeds.iter().enumerate() {
+            for b in 0..2 {
+                for (t, tweak) in [LEFT, RIGHT, VALUE].into_iter().enumerate() {
+                    buf[6 * e + 3 * b + t] = clear(s[b]) ^ tweak;
                 }
             }
         }
-        words.extend(packed);
-        words.push(self.last);
-        words
-    }
-
-    /// The key of `n` levels from [`key_words`]`(n)` ring elements.
-    pub fn from_words(n: u32, words: &[u64]) -> Self {
-        debug_assert_eq!(words.len(), key_words(n));
-        let n = n as usize;
-        let seed = read_seed(&words[0..2]);
-        let packed = &words[2 + 3 * n..words.len() - 1];
-        let levels = (0..n)
-            .map(|i| Level {
-                seed: read_seed(&words[2 + 3 * i..]),
-                value: words[4 + 3 * i],
-                bits: [0, 1]
-                    .map(|side| packed[(2 * i + side) / 64] >> ((2 * i + side) % 64) & 1 == 1),
-            })
-            .collect();
-        Self {
-            seed,
-            levels,
-            last: words[words.len() - 1],
+        prg.hash(&mut buf);
+        for (e, s) in seeds.iter_mut().enumerate() {
+            let alpha_bit = ((alphas[e] >> i) & 1) as usize;
+            let (keep, lose) = (alpha_bit, 1 - alpha_bit);
+            // h[b]: party b's left child, right child and values.
+            let h: [&[u128]; 2] = [0, 1].map(|b| &buf[6 * e + 3 * b..6 * e + 3 * b + 3]);
+            let values = h.map(|h| halves(h[2]));
+            let seed_cw = clear(h[0][lose] ^ h[1][lose]);
+            let sign = sign(s[1] & 1 == 1);
+            let mut value_cw = sign.wrapping_mul(
+                values[1][lose]
+                    .wrapping_sub(values[0][lose])
+                    .wrapping_sub(v_alpha[e]),
+            );
+            if lose == 0 {
+                value_cw = value_cw.wrapping_add(sign.wrapping_mul(betas[e]));
+            }
+            v_alpha[e] = v_alpha[e]
+                .wrapping_sub(values[1][keep])
+                .wrapping_add(values[0][keep])
+                .wrapping_add(sign.wrapping_mul(value_cw));
+            let bit = |b: usize, side: usize| (h[b][side] & 1) as u64;
+            let bits_cw = [
+                bit(0, 0) ^ bit(1, 0) ^ alpha_bit as u64 ^ 1,
+                bit(0, 1) ^ bit(1, 1) ^ alpha_bit as u64,
+            ];
+            let keep_cw = seed_cw | bits_cw[keep] as u128;
+            for b in 0..2 {
+                s[b] = h[b][keep] ^ (keep_cw & on(s[b]));
+                let key = &mut keys[b][e * kw..(e + 1) * kw];
+                write_seed(&mut key[2 + 3 * level..], seed_cw);
+                key[4 + 3 * level] = value_cw;
+                for (side, cw) in bits_cw.iter().enumerate() {
+                    key[2 + 3 * n + (2 * level + side) / 64] |= cw << ((2 * level + side) % 64);
+                }
+            }
         }
     }
+    for (e, s) in seeds.iter().enumerate() {
+        let last = sign(s[1] & 1 == 1).wrapping_mul(
+            (clear(s[1]) as u64)
+                .wrapping_sub(clear(s[0]) as u64)
+                .wrapping_sub(v_alpha[e]),
+        );
+        for key in &mut keys {
+            key[(e + 1) * kw - 1] = last;
+        }
+    }
+    keys
+}
+
+/// Party `party`'s (0 or 1) shares of `f_i(xs[i])` for the concatenated keys `keys` of
+/// `n` levels.
+pub fn evaluate(prg: &TreePrg, party: u8, n: u32, keys: &[u64], xs: &[u64]) -> Vec<u64> {
+    let (kw, n) = (key_words(n), n as usize);
+    debug_assert_eq!(keys.len(), xs.len() * kw);
+    let party_sign = sign(party == 1);
+    let key = |e: usize| &keys[e * kw..(e + 1) * kw];
+    let mut seeds: Vec<u128> = (0..xs.len()).map(|e| read_seed(key(e))).collect();
+    let mut values = vec![0u64; xs.len()];
+    let mut buf = vec![0u128; 2 * xs.len()];
+    for level in 0..n {
+        let i = n - 1 - level;
+        for (e, s) in seeds.iter().enumerate() {
+            let dir = ((xs[e] >> i) & 1) as u128;
+            buf[2 * e] = clear(*s) ^ dir;
+            buf[2 * e + 1] = clear(*s) ^ VALUE;
+        }
+        prg.hash(&mut buf);
+        for (e, s) in seeds.iter_mut().enumerate() {
+            let key = key(e);
+            let dir = ((xs[e] >> i) & 1) as usize;
+            let mask = on(*s);
+            let bit_cw = (key[2 + 3 * n + (2 * level + dir) / 64] >> ((2 * level + dir) % 64)) & 1;
+            let cw = read_seed(&key[2 + 3 * level..]) | bit_cw as u128;
+            let step = halves(buf[2 * e + 1])[dir].wrapping_add(key[4 + 3 * level] & mask as u64);
+            values[e] = values[e].wrapping_add(party_sign.wrapping_mul(step));
+            *s = buf[2 * e] ^ (cw & mask);
+        }
+    }
+    for (e, s) in seeds.iter().enumerate() {
+        let end = (clear(*s) as u64).wrapping_add(key(e)[kw - 1] & on(*s) as u64);
+        values[e] = values[e].wrapping_add(party_sign.wrapping_mul(end));
+    }
+    values
 }
 
 /// `−1` or `1` in the ring (the sign the second party's share carries).
@@ -158,26 +140,18 @@ pub(crate) fn sign(negative: bool) -> u64 {
     if negative { u64::MAX } else { 1 }
 }
 
-fn xor(a: &Seed, b: &Seed) -> Seed {
-    std::array::from_fn(|i| a[i] ^ b[i])
+pub(crate) fn write_seed(words: &mut [u64], seed: u128) {
+    words[0] = seed as u64;
+    words[1] = (seed >> 64) as u64;
 }
 
-fn push_seed(words: &mut Vec<u64>, seed: &Seed) {
-    words.push(u64::from_le_bytes(seed[..8].try_into().expect("8 bytes")));
-    words.push(u64::from_le_bytes(seed[8..].try_into().expect("8 bytes")));
-}
-
-fn read_seed(words: &[u64]) -> Seed {
-    let mut seed = [0u8; 16];
-    seed[..8].copy_from_slice(&words[0].to_le_bytes());
-    seed[8..].copy_from_slice(&words[1].to_le_bytes());
-    seed
+pub(crate) fn read_seed(words: &[u64]) -> u128 {
+    words[0] as u128 | (words[1] as u128) << 64
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prg::Prg;
     use proptest::prelude::*;
 
     proptest! {
@@ -188,17 +162,35 @@ mod tests {
         ) {
             let mask = (1u64 << n) - 1;
             let (alpha, x) = (alpha & mask, x & mask);
-            let mut rng = Prg::new(&seed);
+            let probes = [x, alpha, alpha.wrapping_sub(1) & mask, (alpha + 1) & mask, 0, mask];
+            // One key per probe, all for the same comparison, made and evaluated together.
             let prg = TreePrg::new();
-            let keys = generate(&prg, n, alpha, beta, [rng.next_seed(), rng.next_seed()]);
-            for probe in [x, alpha, alpha.wrapping_sub(1) & mask, (alpha + 1) & mask, 0, mask] {
-                let sum = evaluate(&prg, 0, &keys[0], probe)
-                    .wrapping_add(evaluate(&prg, 1, &keys[1], probe));
-                prop_assert_eq!(sum, if probe < alpha { beta } else { 0 }, "x={} alpha={}", probe, alpha);
+            let keys = generate(&prg, n, &[alpha; 6], &[beta; 6], &mut Prg::new(&seed));
+            prop_assert_eq!(keys[0].len(), 6 * key_words(n));
+            let a = evaluate(&prg, 0, n, &keys[0], &probes);
+            let b = evaluate(&prg, 1, n, &keys[1], &probes);
+            for (i, probe) in probes.iter().enumerate() {
+                let want = if *probe < alpha { beta } else { 0 };
+                prop_assert_eq!(a[i].wrapping_add(b[i]), want, "x={} alpha={}", probe, alpha);
             }
-            let words = keys[1].to_words();
-            prop_assert_eq!(words.len(), key_words(n));
-            prop_assert_eq!(&DcfKey::from_words(n, &words), &keys[1]);
+        }
+
+        #[test]
+        fn keys_in_one_batch_are_independent(
+            alphas in proptest::collection::vec(any::<u64>(), 1..20), seed in any::<[u8; 16]>(),
+        ) {
+            let n = 20;
+            let alphas: Vec<u64> = alphas.iter().map(|a| a & ((1 << n) - 1)).collect();
+            let betas: Vec<u64> = (1..=alphas.len() as u64).collect();
+            let prg = TreePrg::new();
+            let keys = generate(&prg, n, &alphas, &betas, &mut Prg::new(&seed));
+            let xs: Vec<u64> = alphas.iter().map(|a| a.saturating_sub(1)).collect();
+            let a = evaluate(&prg, 0, n, &keys[0], &xs);
+            let b = evaluate(&prg, 1, n, &keys[1], &xs);
+            for i in 0..xs.len() {
+                let want = if xs[i] < alphas[i] { betas[i] } else { 0 };
+                prop_assert_eq!(a[i].wrapping_add(b[i]), want);
+            }
         }
     }
 }

@@ -5,146 +5,141 @@
 //! [`crate::Ctx::lut`] are made of them. The tree stops one level early: each leaf seed gives
 //! two 64-bit outputs, halving the AES work of a full-domain evaluation.
 
-use crate::dcf::sign;
-use crate::prg::{Seed, TreePrg};
+use crate::dcf::{read_seed, sign, write_seed};
+use crate::prg::{Prg, RIGHT, TreePrg, clear, halves, on};
 
-/// One party's key: its root seed, the correction words of the levels (the same in both
-/// keys) and the output correction of the two halves of a leaf. Seeds are 128-bit
-/// little-endian integers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DpfKey {
-    pub seed: u128,
-    pub levels: Vec<(u128, [bool; 2])>,
-    pub last: [u64; 2],
-}
-
-/// Ring elements a key over `n`-bit inputs takes on the wire ([`DpfKey::to_words`]).
+/// Ring elements a key over `n`-bit inputs takes: the party's root seed (two words, its
+/// control bit in the lowest bit), the correction seeds of the `n − 1` levels (two words
+/// each), their two correction bits per level packed, and the output correction of a leaf's
+/// two halves. Only the root differs between the two parties' keys.
 pub fn key_words(n: u32) -> usize {
     let levels = n as usize - 1;
     2 + 2 * levels + (2 * levels).div_ceil(64) + 2
 }
 
-/// The two keys of `x = alpha ↦ beta` over `n`-bit inputs (`1 ≤ n ≤ 20`: the full domain is
-/// evaluated), from two fresh random root seeds.
-pub fn generate(prg: &TreePrg, n: u32, alpha: u64, beta: u64, roots: [Seed; 2]) -> [DpfKey; 2] {
-    debug_assert!((1..=20).contains(&n) && alpha >> n == 0);
-    let mut seeds = roots.map(u128::from_le_bytes);
-    let mut bits = [false, true];
-    let mut levels = Vec::with_capacity(n as usize - 1);
-    let (mut blocks, mut children, mut child_bits) = (Vec::new(), Vec::new(), Vec::new());
-    for i in (1..n).rev() {
-        let keep = ((alpha >> i) & 1) as usize;
-        let lose = 1 - keep;
-        prg.children(&seeds, &mut blocks, &mut children, &mut child_bits);
-        // e[b][side]: party b's child on that side.
-        let e =
-            [0, 1].map(|b| [0, 1].map(|side| (children[2 * b + side], child_bits[2 * b + side])));
-        let seed_cw = e[0][lose].0 ^ e[1][lose].0;
-        let bits_cw = [
-            e[0][0].1 ^ e[1][0].1 ^ (keep == 1) ^ true,
-            e[0][1].1 ^ e[1][1].1 ^ (keep == 1),
-        ];
+/// The two parties' keys of `x = alphas[i] ↦ beta` over `n`-bit inputs (`1 ≤ n ≤ 20`: the
+/// full domain is evaluated), concatenated, with root seeds drawn from `secret`.
+pub fn generate(
+    prg: &TreePrg,
+    n: u32,
+    alphas: &[u64],
+    beta: u64,
+    secret: &mut Prg,
+) -> [Vec<u64>; 2] {
+    debug_assert!((1..=20).contains(&n) && alphas.iter().all(|a| a >> n == 0));
+    let (count, kw, levels) = (alphas.len(), key_words(n), n as usize - 1);
+    let mut keys = [vec![0u64; count * kw], vec![0u64; count * kw]];
+    let mut seeds: Vec<[u128; 2]> = (0..count)
+        .map(|_| [0, 1].map(|b| clear(u128::from_le_bytes(secret.next_seed())) | b))
+        .collect();
+    for (e, s) in seeds.iter().enumerate() {
         for b in 0..2 {
-            let (child, bit) = e[b][keep];
-            seeds[b] = if bits[b] { child ^ seed_cw } else { child };
-            bits[b] = bit ^ (bits[b] & bits_cw[keep]);
-        }
-        levels.push((seed_cw, bits_cw));
-    }
-    let last = [0, 1].map(|half| {
-        let target = if alpha & 1 == half { beta } else { 0 };
-        sign(bits[1]).wrapping_mul(
-            target
-                .wrapping_sub(halves(seeds[0])[half as usize])
-                .wrapping_add(halves(seeds[1])[half as usize]),
-        )
-    });
-    roots.map(|seed| DpfKey {
-        seed: u128::from_le_bytes(seed),
-        levels: levels.clone(),
-        last,
-    })
-}
-
-/// Party `party`'s (0 or 1) shares of `f(x)` for every `x` of the domain, in order.
-pub fn evaluate_all(prg: &TreePrg, party: u8, key: &DpfKey) -> Vec<u64> {
-    let mut seeds = vec![key.seed];
-    let mut bits = vec![party == 1];
-    let (mut blocks, mut next, mut next_bits) = (Vec::new(), Vec::new(), Vec::new());
-    for (seed_cw, bits_cw) in &key.levels {
-        prg.children(&seeds, &mut blocks, &mut next, &mut next_bits);
-        for (i, (child, bit)) in next.iter_mut().zip(next_bits.iter_mut()).enumerate() {
-            let parent = bits[i / 2];
-            *child ^= seed_cw & 0u128.wrapping_sub(parent as u128);
-            *bit ^= parent & bits_cw[i % 2];
-        }
-        std::mem::swap(&mut seeds, &mut next);
-        std::mem::swap(&mut bits, &mut next_bits);
-    }
-    let party_sign = sign(party == 1);
-    let mut out = Vec::with_capacity(2 * seeds.len());
-    for (seed, bit) in seeds.iter().zip(&bits) {
-        let on = 0u64.wrapping_sub(*bit as u64);
-        for (half, last) in halves(*seed).iter().zip(key.last) {
-            out.push(party_sign.wrapping_mul(half.wrapping_add(last & on)));
+            write_seed(&mut keys[b][e * kw..], s[b]);
         }
     }
-    out
-}
-
-impl DpfKey {
-    /// The key as ring elements: root seed, the level seeds, the level bits packed, the output
-    /// correction.
-    pub fn to_words(&self) -> Vec<u64> {
-        let n = self.levels.len();
-        let mut words = Vec::with_capacity(key_words(n as u32 + 1));
-        push_seed(&mut words, &self.seed);
-        let mut packed = vec![0u64; (2 * n).div_ceil(64)];
-        for (i, (seed, bits)) in self.levels.iter().enumerate() {
-            push_seed(&mut words, seed);
-            for (side, &bit) in bits.iter().enumerate() {
-                packed[(2 * i + side) / 64] |= (bit as u64) << ((2 * i + side) % 64);
+    let mut buf = vec![0u128; 4 * count];
+    for level in 0..levels {
+        let i = n as usize - 1 - level;
+        for (e, s) in seeds.iter().enumerate() {
+            for b in 0..2 {
+                buf[4 * e + 2 * b] = clear(s[b]);
+                buf[4 * e + 2 * b + 1] = clear(s[b]) ^ RIGHT;
             }
         }
-        words.extend(packed);
-        words.extend(self.last);
-        words
-    }
-
-    /// The key over `n`-bit inputs from [`key_words`]`(n)` ring elements.
-    pub fn from_words(n: u32, words: &[u64]) -> Self {
-        debug_assert_eq!(words.len(), key_words(n));
-        let n = n as usize - 1;
-        let packed = &words[2 + 2 * n..words.len() - 2];
-        let bit = |j: usize| packed[j / 64] >> (j % 64) & 1 == 1;
-        Self {
-            seed: read_seed(&words[0..2]),
-            levels: (0..n)
-                .map(|i| (read_seed(&words[2 + 2 * i..]), [bit(2 * i), bit(2 * i + 1)]))
-                .collect(),
-            last: [words[words.len() - 2], words[words.len() - 1]],
+        prg.hash(&mut buf);
+        for (e, s) in seeds.iter_mut().enumerate() {
+            let keep = ((alphas[e] >> i) & 1) as usize;
+            // h[b][side]: party b's child on that side, its control bit in the lowest bit.
+            let h = [0, 1].map(|b| [buf[4 * e + 2 * b], buf[4 * e + 2 * b + 1]]);
+            let seed_cw = clear(h[0][1 - keep] ^ h[1][1 - keep]);
+            let bit = |b: usize, side: usize| (h[b][side] & 1) as u64;
+            let bits_cw = [
+                bit(0, 0) ^ bit(1, 0) ^ keep as u64 ^ 1,
+                bit(0, 1) ^ bit(1, 1) ^ keep as u64,
+            ];
+            let keep_cw = seed_cw | bits_cw[keep] as u128;
+            for b in 0..2 {
+                s[b] = h[b][keep] ^ (keep_cw & on(s[b]));
+                let key = &mut keys[b][e * kw..(e + 1) * kw];
+                write_seed(&mut key[2 + 2 * level..], seed_cw);
+                for (side, cw) in bits_cw.iter().enumerate() {
+                    key[2 + 2 * levels + (2 * level + side) / 64] |=
+                        cw << ((2 * level + side) % 64);
+                }
+            }
         }
     }
+    for (e, s) in seeds.iter().enumerate() {
+        let leaves = s.map(|s| halves(clear(s)));
+        for half in 0..2 {
+            let target = if alphas[e] & 1 == half as u64 {
+                beta
+            } else {
+                0
+            };
+            let last = sign(s[1] & 1 == 1).wrapping_mul(
+                target
+                    .wrapping_sub(leaves[0][half])
+                    .wrapping_add(leaves[1][half]),
+            );
+            for key in &mut keys {
+                key[(e + 1) * kw - 2 + half] = last;
+            }
+        }
+    }
+    keys
 }
 
-/// A leaf seed's two outputs.
-fn halves(seed: u128) -> [u64; 2] {
-    [seed as u64, (seed >> 64) as u64]
+/// Buffers of full-domain evaluations, kept from one key to the next.
+#[derive(Default)]
+pub struct Scratch {
+    level: Vec<u128>,
+    next: Vec<u128>,
 }
 
-fn push_seed(words: &mut Vec<u64>, seed: &u128) {
-    words.push(*seed as u64);
-    words.push((seed >> 64) as u64);
-}
-
-fn read_seed(words: &[u64]) -> u128 {
-    words[0] as u128 | (words[1] as u128) << 64
+/// Party `party`'s (0 or 1) shares of `f(x)` for every `x` of the domain, in order, into
+/// `out`, for the key `key` (its [`key_words`]`(n)` words).
+pub fn evaluate_all(
+    prg: &TreePrg,
+    party: u8,
+    n: u32,
+    key: &[u64],
+    scratch: &mut Scratch,
+    out: &mut Vec<u64>,
+) {
+    debug_assert_eq!(key.len(), key_words(n));
+    let levels = n as usize - 1;
+    let Scratch { level, next } = scratch;
+    level.clear();
+    level.push(read_seed(key));
+    for l in 0..levels {
+        let bit_cw =
+            |side: usize| (key[2 + 2 * levels + (2 * l + side) / 64] >> ((2 * l + side) % 64)) & 1;
+        let seed_cw = read_seed(&key[2 + 2 * l..]);
+        let cw = [seed_cw | bit_cw(0) as u128, seed_cw | bit_cw(1) as u128];
+        next.clear();
+        next.extend(level.iter().flat_map(|&s| [clear(s), clear(s) ^ RIGHT]));
+        prg.hash(next);
+        for (pair, parent) in next.chunks_exact_mut(2).zip(level.iter()) {
+            let mask = on(*parent);
+            pair[0] ^= cw[0] & mask;
+            pair[1] ^= cw[1] & mask;
+        }
+        std::mem::swap(level, next);
+    }
+    let party_sign = sign(party == 1);
+    let last = [key[key.len() - 2], key[key.len() - 1]];
+    out.clear();
+    out.extend(level.iter().flat_map(|&s| {
+        let mask = on(s) as u64;
+        let h = halves(clear(s));
+        [0, 1].map(|half| party_sign.wrapping_mul(h[half].wrapping_add(last[half] & mask)))
+    }));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prg::Prg;
     use proptest::prelude::*;
 
     proptest! {
@@ -153,21 +148,25 @@ mod tests {
             n in 1u32..=11, alpha in any::<u64>(), beta in any::<u64>(), seed in any::<[u8; 16]>(),
         ) {
             let alpha = alpha & ((1u64 << n) - 1);
-            let mut rng = Prg::new(&seed);
             let prg = TreePrg::new();
-            let keys = generate(&prg, n, alpha, beta, [rng.next_seed(), rng.next_seed()]);
-            let a = evaluate_all(&prg, 0, &keys[0]);
-            let b = evaluate_all(&prg, 1, &keys[1]);
-            prop_assert_eq!(a.len(), 1 << n);
-            for (x, (a, b)) in a.iter().zip(&b).enumerate() {
-                let want = if x as u64 == alpha { beta } else { 0 };
-                prop_assert_eq!(a.wrapping_add(*b), want, "x={} alpha={}", x, alpha);
+            // Two keys in one batch: the second, for another point, must not disturb the first.
+            let other = (alpha + 1) & ((1u64 << n) - 1);
+            let keys = generate(&prg, n, &[alpha, other], beta, &mut Prg::new(&seed));
+            let kw = key_words(n);
+            prop_assert_eq!(keys[0].len(), 2 * kw);
+            let mut scratch = Scratch::default();
+            for (k, point) in [alpha, other].into_iter().enumerate() {
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                evaluate_all(&prg, 0, n, &keys[0][k * kw..(k + 1) * kw], &mut scratch, &mut a);
+                evaluate_all(&prg, 1, n, &keys[1][k * kw..(k + 1) * kw], &mut scratch, &mut b);
+                prop_assert_eq!(a.len(), 1 << n);
+                for (x, (a, b)) in a.iter().zip(&b).enumerate() {
+                    let want = if x as u64 == point { beta } else { 0 };
+                    prop_assert_eq!(a.wrapping_add(*b), want, "x={} point={}", x, point);
+                }
+                // One party's outputs alone look nothing like the point function.
+                prop_assert!(a.iter().filter(|v| **v == 0).count() < 2);
             }
-            // One party's outputs alone look nothing like the point function.
-            prop_assert!(a.iter().filter(|v| **v == 0).count() < 2);
-            let words = keys[1].to_words();
-            prop_assert_eq!(words.len(), key_words(n));
-            prop_assert_eq!(&DpfKey::from_words(n, &words), &keys[1]);
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Pseudo-random generators: AES-128 in counter mode for the long streams a seed stands for,
-//! and the fixed-key AES (Matyas–Meyer–Oseas) length-doubling PRG of the DCF trees.
+//! and the fixed-key AES (Matyas–Meyer–Oseas) PRG of the DCF and DPF trees.
 
 use aes::Aes128;
 use aes::cipher::{BlockEncrypt, KeyInit, generic_array::GenericArray};
@@ -64,27 +64,24 @@ impl Prg {
     }
 }
 
-/// One node of a DCF tree expanded: the left and right child seeds, their control bits and
-/// the two ring elements the evaluation adds on the way down.
-pub(crate) struct Expanded {
-    pub seeds: [Seed; 2],
-    pub bits: [bool; 2],
-    pub values: [u64; 2],
-}
+/// The fixed key of the tree PRG: a public constant, the same at the dealer and both parties.
+const TREE_KEY: [u8; 16] = *b"unfed-mpc/tree\0\0";
 
-/// The fixed keys of the tree PRG: public constants, the same at the dealer and both parties.
-const TREE_KEYS: [[u8; 16]; 3] = [
-    *b"unfed-mpc/dcf/L\0",
-    *b"unfed-mpc/dcf/R\0",
-    *b"unfed-mpc/dcf/V\0",
-];
-
-/// The length-doubling PRG of the DCF trees: `G(s) = (AES_k(s) ⊕ s)` for three fixed keys,
-/// giving the two child seeds (their lowest bit is the control bit, then cleared) and two
-/// 64-bit values.
+/// The length-extending PRG of the FSS trees ([`crate::dcf`], [`crate::dpf`]):
+/// `H(x) = AES_k(x) ⊕ x` (Matyas–Meyer–Oseas) under one fixed public key. A tree node's seed
+/// `s` (a 128-bit integer whose lowest bit is clear) expands into `H(s ⊕ LEFT)` and
+/// `H(s ⊕ RIGHT)`, its children, whose lowest bits are their control bits, and `H(s ⊕ VALUE)`,
+/// two 64-bit values (the DCF's). The three inputs differ, so the outputs are independent in
+/// the ideal-cipher model. Whole tree levels go through [`Self::hash`] at once, so that AES
+/// runs pipelined.
 pub struct TreePrg {
-    ciphers: [Aes128; 3],
+    cipher: Aes128,
 }
+
+/// The tweaks of a node's three outputs.
+pub(crate) const LEFT: u128 = 0;
+pub(crate) const RIGHT: u128 = 1;
+pub(crate) const VALUE: u128 = 2;
 
 impl Default for TreePrg {
     fn default() -> Self {
@@ -95,72 +92,40 @@ impl Default for TreePrg {
 impl TreePrg {
     pub fn new() -> Self {
         Self {
-            ciphers: TREE_KEYS.map(|key| Aes128::new(GenericArray::from_slice(&key))),
+            cipher: Aes128::new(GenericArray::from_slice(&TREE_KEY)),
         }
     }
 
-    pub(crate) fn expand(&self, seed: &Seed) -> Expanded {
-        let mut out = [GenericArray::clone_from_slice(seed); 3];
-        for (cipher, block) in self.ciphers.iter().zip(out.iter_mut()) {
-            cipher.encrypt_block(block);
-            for (b, s) in block.iter_mut().zip(seed) {
-                *b ^= s;
+    /// Replaces every `x` by `H(x)`.
+    pub(crate) fn hash(&self, xs: &mut [u128]) {
+        const CHUNK: usize = 16;
+        let mut blocks = [aes::Block::default(); CHUNK];
+        for xs in xs.chunks_mut(CHUNK) {
+            let blocks = &mut blocks[..xs.len()];
+            for (block, x) in blocks.iter_mut().zip(xs.iter()) {
+                *block = x.to_le_bytes().into();
             }
-        }
-        let child = |block: &GenericArray<u8, _>| {
-            let mut seed: Seed = block.as_slice().try_into().expect("16 bytes");
-            let bit = seed[0] & 1 == 1;
-            seed[0] &= !1;
-            (seed, bit)
-        };
-        let (left, left_bit) = child(&out[0]);
-        let (right, right_bit) = child(&out[1]);
-        Expanded {
-            seeds: [left, right],
-            bits: [left_bit, right_bit],
-            values: [
-                u64::from_le_bytes(out[2][..8].try_into().expect("8 bytes")),
-                u64::from_le_bytes(out[2][8..].try_into().expect("8 bytes")),
-            ],
-        }
-    }
-}
-
-impl TreePrg {
-    /// The two children of every seed of a tree level (seeds as little-endian `u128`), with
-    /// their control bits, in order (left, right, left, right, …), into `seeds_out` and
-    /// `bits_out`: the seed half of [`Self::expand`] for a whole level at once, so that AES
-    /// runs pipelined (the DPF's `G`). `blocks` is scratch space.
-    pub(crate) fn children(
-        &self,
-        seeds: &[u128],
-        blocks: &mut Vec<aes::Block>,
-        seeds_out: &mut Vec<u128>,
-        bits_out: &mut Vec<bool>,
-    ) {
-        let n = seeds.len();
-        blocks.clear();
-        for _ in 0..2 {
-            blocks.extend(seeds.iter().map(|s| aes::Block::from(s.to_le_bytes())));
-        }
-        let (left, right) = blocks.split_at_mut(n);
-        self.ciphers[0].encrypt_blocks(left);
-        self.ciphers[1].encrypt_blocks(right);
-        seeds_out.clear();
-        bits_out.clear();
-        for (i, seed) in seeds.iter().enumerate() {
-            for side in 0..2 {
-                let child = u128::from_le_bytes(blocks[side * n + i].into()) ^ seed;
-                bits_out.push(child & 1 == 1);
-                seeds_out.push(child & !1);
+            self.cipher.encrypt_blocks(blocks);
+            for (x, block) in xs.iter_mut().zip(blocks.iter()) {
+                *x ^= u128::from_le_bytes((*block).into());
             }
         }
     }
 }
 
-/// A seed's value in the ring (the DCF's `Convert`).
-pub(crate) fn convert(seed: &Seed) -> u64 {
-    u64::from_le_bytes(seed[..8].try_into().expect("8 bytes"))
+/// A seed with its lowest (control) bit cleared.
+pub(crate) fn clear(seed: u128) -> u128 {
+    seed & !1
+}
+
+/// All ones where the seed's control bit is set, zeros elsewhere.
+pub(crate) fn on(seed: u128) -> u128 {
+    0u128.wrapping_sub(seed & 1)
+}
+
+/// The two 64-bit halves of a block.
+pub(crate) fn halves(x: u128) -> [u64; 2] {
+    [x as u64, (x >> 64) as u64]
 }
 
 #[cfg(test)]
@@ -179,25 +144,24 @@ mod tests {
     }
 
     #[test]
-    fn the_tree_prg_is_deterministic_and_clears_control_bits() {
+    fn the_tree_prg_is_a_fixed_function_with_distinct_outputs() {
         let g = TreePrg::new();
-        let x = g.expand(&[9; 16]);
-        let y = g.expand(&[9; 16]);
-        assert_eq!(x.seeds, y.seeds);
-        assert_eq!(x.values, y.values);
-        assert!(x.seeds.iter().all(|s| s[0] & 1 == 0));
-        assert_ne!(x.seeds[0], x.seeds[1]);
-        let (mut seeds, mut bits) = (Vec::new(), Vec::new());
-        let level = [u128::from_le_bytes([9; 16]), u128::from_le_bytes([3; 16])];
-        g.children(&level, &mut Vec::new(), &mut seeds, &mut bits);
-        assert_eq!(
-            (seeds[0], seeds[1]),
-            (
-                u128::from_le_bytes(x.seeds[0]),
-                u128::from_le_bytes(x.seeds[1])
-            )
-        );
-        assert_eq!((bits[0], bits[1]), (x.bits[0], x.bits[1]));
-        assert_eq!(seeds.len(), 4);
+        let s = clear(u128::from_le_bytes([9; 16]));
+        let mut level = [s ^ LEFT, s ^ RIGHT, s ^ VALUE, s ^ LEFT];
+        g.hash(&mut level);
+        assert_eq!(level[0], level[3]);
+        assert!(level[0] != level[1] && level[1] != level[2] && level[0] != level[2]);
+        // Batched and one at a time agree, past the chunk size.
+        let mut many: Vec<u128> = (0..40u128).map(|i| s ^ (i << 8)).collect();
+        let single: Vec<u128> = many
+            .iter()
+            .map(|&x| {
+                let mut one = [x];
+                g.hash(&mut one);
+                one[0]
+            })
+            .collect();
+        g.hash(&mut many);
+        assert_eq!(many, single);
     }
 }

@@ -54,6 +54,13 @@ pub fn scale(x: &[u64], c: u64) -> Vec<u64> {
     x.iter().map(|a| a.wrapping_mul(c)).collect()
 }
 
+/// `Σ x_i·y_i`.
+pub fn dot(x: &[u64], y: &[u64]) -> u64 {
+    x.iter()
+        .zip(y)
+        .fold(0u64, |acc, (a, b)| acc.wrapping_add(a.wrapping_mul(*b)))
+}
+
 /// Row-major `x (m×k) · y (k×n)`.
 pub fn matmul(x: &[u64], y: &[u64], m: usize, k: usize, n: usize) -> Vec<u64> {
     let mut out = vec![0u64; m * n];

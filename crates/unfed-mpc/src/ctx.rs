@@ -445,23 +445,29 @@ impl<'l> Ctx<'l> {
     }
 
     /// Shares of `1` where `x < 0` and `0` elsewhere, for `x ∈ [−2^bits, 2^bits)`,
-    /// `bits ≤ 62` (one round, n words each way; the dealer gives a DCF key per element).
+    /// `bits ≤ 62`, compared on the bits above `low`: exact wherever
+    /// `2^low ≤ |x| ≤ 2^bits − 2^low` (everywhere for `low = 0`), 0 or 1 elsewhere (one round,
+    /// n words each way; the dealer gives a DCF key over `bits − low` bits per element).
     ///
     /// With `y = x + 2^bits < 2^(bits+1)` and the opened `c = y + r`: `x ≥ 0` exactly when bit
     /// `bits` of `y` is set, and that bit is `c_bits ⊕ r_bits ⊕ [c mod 2^bits < r mod 2^bits]`.
     /// The comparison of the public `c` with the secret `r` is the DCF, whose output `β` the
-    /// dealer sets to `1 − 2·r_bits`, so that adding shares of `r_bits` gives the XOR.
-    pub fn ltz(&mut self, x: &[u64], bits: u32) -> Result<Vec<u64>, MpcError> {
-        debug_assert!((1..=62).contains(&bits));
+    /// dealer sets to `1 − 2·r_bits`, so that adding shares of `r_bits` gives the XOR. It
+    /// compares `c mod 2^bits` and `r mod 2^bits` without their low `low` bits, which decides
+    /// wrongly only when the two agree above them, that is when `y mod 2^bits`, which is
+    /// `x mod 2^bits`, is within `2^low` of 0.
+    pub fn ltz(&mut self, x: &[u64], bits: u32, low: u32) -> Result<Vec<u64>, MpcError> {
+        debug_assert!((1..=62).contains(&bits) && low < bits);
         let n = x.len();
         let mask = (1u64 << bits) - 1;
         let r = self.random(n);
         let r_bit = self.derived(n, || r.iter().map(|v| (v >> bits) & 1).collect())?;
-        let key_words = dcf::key_words(bits);
+        let levels = bits - low;
+        let key_words = dcf::key_words(levels);
         let keys = self.dealt_both(n * key_words, |tree, secret| {
-            let alphas: Vec<u64> = r.iter().map(|v| v & mask).collect();
+            let alphas: Vec<u64> = r.iter().map(|v| (v & mask) >> low).collect();
             let betas: Vec<u64> = r_bit.iter().map(|b| 1u64.wrapping_sub(2 * b)).collect();
-            dcf::generate(tree, bits, &alphas, &betas, secret)
+            dcf::generate(tree, levels, &alphas, &betas, secret)
         })?;
         let mut masked = ring::add(x, &r);
         self.add_public(&mut masked, 1 << bits);
@@ -470,8 +476,8 @@ impl<'l> Ctx<'l> {
             return Ok(vec![0; n]);
         };
         let party = if role == Role::A { 0 } else { 1 };
-        let low: Vec<u64> = c.iter().map(|c| c & mask).collect();
-        let lt = dcf::evaluate(&self.tree, party, bits, self.dealt(keys), &low);
+        let high: Vec<u64> = c.iter().map(|c| (c & mask) >> low).collect();
+        let lt = dcf::evaluate(&self.tree, party, levels, self.dealt(keys), &high);
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
             let xor = r_bit[i].wrapping_add(lt[i]);

@@ -40,8 +40,10 @@ pub fn row_sums(x: &[u64], cols: usize) -> Vec<u64> {
         .collect()
 }
 
-/// The maximum of each row (a tournament: ⌈log2 cols⌉ levels of a comparison and a
-/// selection, 2 rounds each).
+/// An element of each row within `⌈log2 cols⌉·2^−MAX_SLACK` of the row's maximum (a
+/// tournament: ⌈log2 cols⌉ levels of a comparison and a selection, 2 rounds each). The
+/// comparisons look at the bits above `2^−MAX_SLACK` only ([`Ctx::ltz`]): a pick can be
+/// wrong only between two values closer than that.
 pub fn max_rows(ctx: &mut Ctx, x: &[u64], cols: usize, bits: u32) -> R {
     let rows = x.len() / cols;
     let mut cur = x.to_vec();
@@ -55,7 +57,7 @@ pub fn max_rows(ctx: &mut Ctx, x: &[u64], cols: usize, bits: u32) -> R {
                 right.push(row[2 * j + 1]);
             }
         }
-        let lt = ctx.ltz(&ring::sub(&left, &right), bits + 1)?;
+        let lt = ctx.ltz(&ring::sub(&left, &right), bits + 1, FRAC - MAX_SLACK)?;
         let pick = ctx.mul_raw(&lt, &ring::sub(&right, &left))?;
         let winners = ring::add(&left, &pick);
         let next_width = width.div_ceil(2);
@@ -72,14 +74,19 @@ pub fn max_rows(ctx: &mut Ctx, x: &[u64], cols: usize, bits: u32) -> R {
     Ok(cur)
 }
 
-/// `exp(x)` for `x ≤ 0` (7 rounds): `t = min(−x, EXP_CLAMP)` by one comparison and one
-/// product; `e^−t = e^−c · e^−d` with `c` the centre of `t`'s cell in a table of 512 cells of
-/// width 1/32 (looked up at the cell's shared index, which [`cells`] finds locally) and
-/// `|d| ≤ 1/32`, `e^−d ≈ 1 − d + d²/2` (relative error ≤ 5.1e−6).
+/// Row maxima are within `2^−MAX_SLACK` per tournament level of the true maximum.
+pub const MAX_SLACK: u32 = 10;
+
+/// `exp(x)` for `x ≤ 2^−EXP_STEP` (7 rounds; slightly positive `x` is what an approximate row
+/// max leaves): `t = min(−x, EXP_CLAMP)` by one comparison and one product;
+/// `e^−t = e^−c · e^−d` with `c` the centre of `t`'s cell in a table of 512 cells of width
+/// 1/32 (looked up at the cell's shared index, which [`cells`] finds locally) and
+/// `|d| ≤ 1/32`, `e^−d ≈ 1 − d + d²/2` (relative error ≤ 5.1e−6). The clamp's comparison
+/// looks at the bits above one cell: near the clamp, either answer is within the table.
 pub fn exp_nonpositive(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
     let mut shifted = x.to_vec();
     ctx.add_public(&mut shifted, encode(EXP_CLAMP));
-    let below = ctx.ltz(&shifted, bits + 1)?;
+    let below = ctx.ltz(&shifted, bits + 1, FRAC - EXP_STEP)?;
     // t = −x, or EXP_CLAMP where x < −EXP_CLAMP.
     let t = ring::add(&ring::scale(x, u64::MAX), &ctx.mul_raw(&below, &shifted)?);
     let (idx, d) = cells(ctx, &t, EXP_STEP);
@@ -92,15 +99,15 @@ pub fn exp_nonpositive(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
 }
 
 /// Cells of exp's table: 2^EXP_LOG2 of width 2^−EXP_STEP. Both tables end past their clamp
-/// (15.9·32 < 511, 15.9·64 < 1023), so an index never reaches the last entry, which stands
-/// for the index −1.
+/// (15.9·32 + 1 < 510, 15.9·64 + 1 < 1022), so an index never reaches the last two entries,
+/// which stand for the indices −2 and −1 (`t` down to one cell below 0).
 const EXP_LOG2: u32 = 9;
 const EXP_STEP: u32 = 5;
 /// Cells of SiLU's table: 2^SILU_LOG2 of width 2^−SILU_STEP.
 const SILU_LOG2: u32 = 10;
 const SILU_STEP: u32 = 6;
 
-/// For a shared `t ≥ 0` at [`FRAC`] bits: the shared index `i` of its cell of width
+/// For a shared `t ≥ −2^−step` at [`FRAC`] bits: the shared index `i` of its cell of width
 /// `2^−step` and its offset `d` from that cell's centre, `t = (i + 1)·2^−step + d` exactly,
 /// `|d| ≤ 2^−step` (local, no round). Each party splits its own share at bit `FRAC − step`:
 /// the high parts add up to `⌊t·2^step⌋` or one less (the carry between the low parts),
@@ -115,12 +122,12 @@ fn cells(ctx: &Ctx, t: &[u64], step: u32) -> (Vec<u64>, Vec<u64>) {
 }
 
 /// The table of `f` at the centres of the cells of [`cells`]: entry `i` holds
-/// `f((i + 1)·2^−step)`, the last entry `f(0)` (the index `−1`, one below the first cell).
+/// `f((i + 1)·2^−step)`, the last two `f(−2^−step)` and `f(0)` (the indices −2 and −1).
 fn table(log2: u32, step: u32, f: impl Fn(f64) -> f64) -> Vec<u64> {
     let size = 1i64 << log2;
     (0..size)
         .map(|i| {
-            let i = if i == size - 1 { -1 } else { i };
+            let i = if i >= size - 2 { i - size } else { i };
             encode(f((i + 1) as f64 * (-(step as f64)).exp2()))
         })
         .collect()
@@ -188,7 +195,11 @@ pub const SILU_CLAMP: f64 = 15.9;
 /// `x` with 0 and ±SILU_CLAMP in one round, their products with `x` in one more give
 /// `ReLU(x)` and `t = min(|x|, SILU_CLAMP)`; `h(t)` is the tangent at the centre of `t`'s cell
 /// in a table of 1024 cells of width 1/64 (`h` and `h′` looked up together, error
-/// ≤ max|h″|·(1/64)²/2 ≈ 6.1e−5), one product and its truncation.
+/// ≤ max|h″|·(1/64)²/2 ≈ 6.1e−5), one product and its truncation. The comparisons look at
+/// the bits above one cell ([`Ctx::ltz`]): within a cell of 0 a wrong sign gives
+/// `t = −|x|`, and `ReLU(x) − h(t)` is `SiLU(x)` on both sides (`x − h(x) = −h(−x)`), with
+/// `t` in the cell below 0, which the table covers; within a cell of the clamp either answer
+/// is within the table.
 pub fn silu(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
     let n = x.len();
     let clamp = encode(SILU_CLAMP);
@@ -199,7 +210,7 @@ pub fn silu(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
         compared.extend(shifted);
     }
     // [x < 0], [x < −clamp], [x < clamp], then each times x.
-    let below = ctx.ltz(&compared, bits + 1)?;
+    let below = ctx.ltz(&compared, bits + 1, FRAC - SILU_STEP)?;
     let products = ctx.mul_each(&below, x)?;
     let (nx, mx, px) = (&products[..n], &products[n..2 * n], &products[2 * n..]);
     let relu = ring::sub(x, nx);
@@ -282,7 +293,9 @@ pub fn rmsnorm(ctx: &mut Ctx, x: &[u64], dim: usize, eps: f64, lo: i32, hi: i32)
 
 /// For `x ∈ [base^lo, base^(lo+k))`: shares of the one-hot vector of the octave
 /// `[base^(lo+j), base^(lo+j+1))` holding each element, as `k` vectors (one round: the `k − 1`
-/// comparisons `x < base^(lo+j)` of every element at once).
+/// comparisons `x < base^(lo+j)` of every element at once). The comparisons look at the bits
+/// above 2^−10 of the lowest boundary: an element within that relative distance of a boundary
+/// may land in the octave beside it, which the iterations that follow tolerate.
 fn octaves(
     ctx: &mut Ctx,
     x: &[u64],
@@ -299,7 +312,8 @@ fn octaves(
         ctx.add_public(&mut d, encode_at(-base.powi(lo + j as i32), x_frac));
         diffs.extend(d);
     }
-    let below = ctx.ltz(&diffs, bits)?;
+    let lowest = x_frac as f64 + (lo + 1) as f64 * base.log2() - 10.0;
+    let below = ctx.ltz(&diffs, bits, lowest.max(0.0) as u32)?;
     // below_j = [x < base^(lo+j)]; onehot_0 = below_1, onehot_j = below_(j+1) − below_j,
     // onehot_(k−1) = 1 − below_(k−1).
     let below_j = |j: usize| -> Vec<u64> {

@@ -2,19 +2,31 @@
 //! and Extensions", CCS 2016, Fig. 1) with full-domain evaluation: two keys for
 //! `f(x) = β if x = α else 0` over `n`-bit inputs, each alone pseudo-random; the two
 //! evaluations at every point of the domain add up to `f` in Z_2^64. The table lookups of
-//! [`crate::Ctx::lut`] are made of them. The tree stops one level early: each leaf seed gives
-//! two 64-bit outputs, halving the AES work of a full-domain evaluation.
+//! [`crate::Ctx::lut`] are made of them. The tree stops [`LEAF`] levels early: each leaf
+//! seed `s` expands into `2^LEAF` outputs, the halves of `H(s ⊕ j)` for `j < 2^(LEAF − 1)`,
+//! and the key carries one output correction per position in a leaf. A full-domain
+//! evaluation over 10 bits takes 638 AES blocks, where a tree down to single outputs takes
+//! 2046.
 
 use crate::dcf::{read_seed, sign, write_seed};
 use crate::prg::{Prg, RIGHT, TreePrg, clear, halves, on};
 
+/// The tree stops this many levels above the domain (fewer for smaller domains).
+pub const LEAF: u32 = 4;
+
 /// Ring elements a key over `n`-bit inputs takes: the party's root seed (two words, its
-/// control bit in the lowest bit), the correction seeds of the `n − 1` levels (two words
-/// each), their two correction bits per level packed, and the output correction of a leaf's
-/// two halves. Only the root differs between the two parties' keys.
+/// control bit in the lowest bit), the correction seeds of the tree's levels (two words
+/// each), their two correction bits per level packed, and the output corrections of a leaf.
+/// Only the root differs between the two parties' keys.
 pub fn key_words(n: u32) -> usize {
-    let levels = n as usize - 1;
-    2 + 2 * levels + (2 * levels).div_ceil(64) + 2
+    let (levels, leaf) = shape(n);
+    2 + 2 * levels + (2 * levels).div_ceil(64) + (1 << leaf)
+}
+
+/// The tree's levels and the log2 of a leaf's outputs.
+fn shape(n: u32) -> (usize, usize) {
+    let leaf = n.min(LEAF);
+    ((n - leaf) as usize, leaf as usize)
 }
 
 /// The two parties' keys of `x = alphas[i] ↦ beta` over `n`-bit inputs (`1 ≤ n ≤ 20`: the
@@ -27,7 +39,7 @@ pub fn generate(
     secret: &mut Prg,
 ) -> [Vec<u64>; 2] {
     debug_assert!((1..=20).contains(&n) && alphas.iter().all(|a| a >> n == 0));
-    let (count, kw, levels) = (alphas.len(), key_words(n), n as usize - 1);
+    let (count, kw, (levels, leaf)) = (alphas.len(), key_words(n), shape(n));
     let mut keys = [vec![0u64; count * kw], vec![0u64; count * kw]];
     let mut seeds: Vec<[u128; 2]> = (0..count)
         .map(|_| [0, 1].map(|b| clear(u128::from_le_bytes(secret.next_seed())) | b))
@@ -63,27 +75,26 @@ pub fn generate(
                 let key = &mut keys[b][e * kw..(e + 1) * kw];
                 write_seed(&mut key[2 + 2 * level..], seed_cw);
                 for (side, cw) in bits_cw.iter().enumerate() {
-                    key[2 + 2 * levels + (2 * level + side) / 64] |=
-                        cw << ((2 * level + side) % 64);
+                    key[2 + 2 * levels + (2 * level + side) / 64] |= cw << ((2 * level + side) % 64);
                 }
             }
         }
     }
+    let width = 1usize << leaf;
+    let mut leaves = Vec::new();
     for (e, s) in seeds.iter().enumerate() {
-        let leaves = s.map(|s| halves(clear(s)));
-        for half in 0..2 {
-            let target = if alphas[e] & 1 == half as u64 {
-                beta
-            } else {
-                0
-            };
-            let last = sign(s[1] & 1 == 1).wrapping_mul(
-                target
-                    .wrapping_sub(leaves[0][half])
-                    .wrapping_add(leaves[1][half]),
-            );
+        leaves.clear();
+        for b in 0..2 {
+            expand_leaf(prg, s[b], width, &mut leaves);
+        }
+        let (leaf_a, leaf_b) = leaves.split_at(width);
+        let target = (alphas[e] & (width as u64 - 1)) as usize;
+        let sign = sign(s[1] & 1 == 1);
+        for w in 0..width {
+            let beta = if w == target { beta } else { 0 };
+            let last = sign.wrapping_mul(beta.wrapping_sub(leaf_a[w]).wrapping_add(leaf_b[w]));
             for key in &mut keys {
-                key[(e + 1) * kw - 2 + half] = last;
+                key[(e + 1) * kw - width + w] = last;
             }
         }
     }
@@ -108,17 +119,21 @@ pub fn evaluate_all(
     out: &mut Vec<u64>,
 ) {
     debug_assert_eq!(key.len(), key_words(n));
-    let levels = n as usize - 1;
+    let (levels, leaf) = shape(n);
     let Scratch { level, next } = scratch;
     level.clear();
     level.push(read_seed(key));
     for l in 0..levels {
-        let bit_cw =
-            |side: usize| (key[2 + 2 * levels + (2 * l + side) / 64] >> ((2 * l + side) % 64)) & 1;
+        let bit_cw = |side: usize| {
+            (key[2 + 2 * levels + (2 * l + side) / 64] >> ((2 * l + side) % 64)) & 1
+        };
         let seed_cw = read_seed(&key[2 + 2 * l..]);
         let cw = [seed_cw | bit_cw(0) as u128, seed_cw | bit_cw(1) as u128];
-        next.clear();
-        next.extend(level.iter().flat_map(|&s| [clear(s), clear(s) ^ RIGHT]));
+        next.resize(2 * level.len(), 0);
+        for (pair, parent) in next.chunks_exact_mut(2).zip(level.iter()) {
+            pair[0] = clear(*parent);
+            pair[1] = clear(*parent) ^ RIGHT;
+        }
         prg.hash(next);
         for (pair, parent) in next.chunks_exact_mut(2).zip(level.iter()) {
             let mask = on(*parent);
@@ -127,14 +142,43 @@ pub fn evaluate_all(
         }
         std::mem::swap(level, next);
     }
+    // Every leaf's blocks at once, then the corrections.
+    let width = 1usize << leaf;
+    let blocks = width / 2;
+    next.resize(level.len() * blocks, 0);
+    for (leaf_blocks, s) in next.chunks_exact_mut(blocks).zip(level.iter()) {
+        for (j, block) in leaf_blocks.iter_mut().enumerate() {
+            *block = clear(*s) ^ j as u128;
+        }
+    }
+    prg.hash(next);
     let party_sign = sign(party == 1);
-    let last = [key[key.len() - 2], key[key.len() - 1]];
-    out.clear();
-    out.extend(level.iter().flat_map(|&s| {
-        let mask = on(s) as u64;
-        let h = halves(clear(s));
-        [0, 1].map(|half| party_sign.wrapping_mul(h[half].wrapping_add(last[half] & mask)))
-    }));
+    let last = &key[key.len() - width..];
+    out.resize(level.len() * width, 0);
+    for ((out, leaf_blocks), s) in out
+        .chunks_exact_mut(width)
+        .zip(next.chunks_exact(blocks))
+        .zip(level.iter())
+    {
+        let mask = on(*s) as u64;
+        for (j, block) in leaf_blocks.iter().enumerate() {
+            for (half, w) in halves(*block).into_iter().enumerate() {
+                let at = 2 * j + half;
+                out[at] = party_sign.wrapping_mul(w.wrapping_add(last[at] & mask));
+            }
+        }
+    }
+}
+
+/// A leaf seed's `width` outputs, appended to `out`.
+fn expand_leaf(prg: &TreePrg, seed: u128, width: usize, out: &mut Vec<u64>) {
+    let mut blocks = [0u128; 1 << (LEAF - 1)];
+    let blocks = &mut blocks[..width / 2];
+    for (j, block) in blocks.iter_mut().enumerate() {
+        *block = clear(seed) ^ j as u128;
+    }
+    prg.hash(blocks);
+    out.extend(blocks.iter().flat_map(|b| halves(*b)));
 }
 
 #[cfg(test)]
@@ -145,7 +189,7 @@ mod tests {
     proptest! {
         #[test]
         fn the_two_evaluations_add_up_to_the_point_function(
-            n in 1u32..=11, alpha in any::<u64>(), beta in any::<u64>(), seed in any::<[u8; 16]>(),
+            n in 1u32..=12, alpha in any::<u64>(), beta in any::<u64>(), seed in any::<[u8; 16]>(),
         ) {
             let alpha = alpha & ((1u64 << n) - 1);
             let prg = TreePrg::new();

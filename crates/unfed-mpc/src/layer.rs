@@ -1,4 +1,4 @@
-//! The embedding lookup and Llama/Qwen2 decoder layers on shares, with secret-shared KV
+//! Llama/Qwen2 decoder layers on shares, with secret-shared KV
 //! caches: what the MPC pair runs for shard 0.
 //!
 //! Weights are public (they are the model's); activations, keys, values and every
@@ -77,6 +77,11 @@ impl Matrix {
             }
         }
         Ok(Self { rows, cols, data })
+    }
+
+    /// The entries, row-major.
+    pub(crate) fn data(&self) -> &[i32] {
+        &self.data
     }
 
     /// `x (t×cols) · Wᵀ` at twice the fixed-point scale (local).
@@ -181,34 +186,6 @@ impl SharedKv {
     pub fn positions(&self) -> usize {
         self.len
     }
-}
-
-/// Shares of the one-hot rows of `tokens` (`t × vocab`): the dealer knows the tokens, A
-/// expands its share from its seed, B receives the rest. `tokens` is read only at the dealer.
-pub fn onehot_input(ctx: &mut Ctx, tokens: &[u32], t: usize, vocab: usize) -> R {
-    ctx.derived(t * vocab, || {
-        let mut rows = vec![0u64; t * vocab];
-        for (i, &tok) in tokens.iter().enumerate() {
-            rows[i * vocab + tok as usize] = 1;
-        }
-        rows
-    })
-}
-
-/// The embedding lookup on shared one-hot rows: `onehot (t×vocab) · E` (local, exact).
-pub fn embed(table: Option<&Matrix>, onehot: &[u64], t: usize, hidden: usize) -> Vec<u64> {
-    let Some(table) = table else {
-        return vec![0; t * hidden];
-    };
-    let mut out = vec![0u64; t * hidden];
-    for (row, o) in onehot.chunks(table.rows).zip(out.chunks_mut(hidden)) {
-        for (e, w) in row.iter().zip(table.data.chunks(hidden)) {
-            for (o, w) in o.iter_mut().zip(w) {
-                *o = o.wrapping_add(e.wrapping_mul(*w as i64 as u64));
-            }
-        }
-    }
-    out
 }
 
 /// Runs the layer on `t` new positions of shared hidden states `x` (`t × hidden`),

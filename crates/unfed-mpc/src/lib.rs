@@ -11,6 +11,7 @@
 pub mod ctx;
 pub mod dcf;
 pub mod dpf;
+pub mod embedding;
 pub mod func;
 pub mod layer;
 pub mod link;

@@ -98,7 +98,7 @@ impl TreePrg {
 
     /// Replaces every `x` by `H(x)`.
     pub(crate) fn hash(&self, xs: &mut [u128]) {
-        const CHUNK: usize = 16;
+        const CHUNK: usize = 64;
         let mut blocks = [aes::Block::default(); CHUNK];
         for xs in xs.chunks_mut(CHUNK) {
             let blocks = &mut blocks[..xs.len()];

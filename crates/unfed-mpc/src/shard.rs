@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::layer::{self, LayerShape, LayerWeights, Matrix, SharedKv};
+use crate::embedding::{self, Embedding};
+use crate::layer::{self, LayerShape, LayerWeights, SharedKv};
 use crate::link::RecordingLink;
 use crate::prg::{Prg, Seed};
 use crate::{Ctx, Material, MpcError, Role, Stats, mem_pair, ring};
@@ -21,7 +22,7 @@ pub struct ShardSpec {
 /// The public weights a party holds.
 pub struct ShardWeights {
     /// `[vocab][hidden]`.
-    pub embedding: Matrix,
+    pub embedding: Embedding,
     pub layers: Vec<LayerWeights>,
 }
 
@@ -50,8 +51,11 @@ pub fn step(
     if state.kv.is_empty() {
         state.kv = vec![SharedKv::default(); spec.k];
     }
-    let onehot = layer::onehot_input(ctx, tokens, t, spec.vocab)?;
-    let mut x = layer::embed(weights.map(|w| &w.embedding), &onehot, t, spec.layer.hidden);
+    let onehot = embedding::onehot_input(ctx, tokens, t, spec.vocab)?;
+    let mut x = match weights {
+        Some(w) => w.embedding.lookup(&onehot, t),
+        None => vec![0; t * spec.layer.hidden],
+    };
     for (i, kv) in state.kv.iter_mut().enumerate() {
         x = layer::forward(ctx, &spec.layer, weights.map(|w| &w.layers[i]), &x, t, kv)?;
     }

@@ -5,7 +5,8 @@
 mod common;
 
 use common::{Weights, f32s, random_weights, raw, reals};
-use unfed_mpc::layer::{self, LayerShape, LayerWeights, Matrix, SharedKv};
+use unfed_mpc::embedding::{self, Embedding};
+use unfed_mpc::layer::{self, LayerShape, LayerWeights, SharedKv};
 use unfed_mpc::prg::Prg;
 use unfed_mpc::ring::{self, decode};
 use unfed_mpc::{Ctx, Material, MemLink, Role, mem_pair};
@@ -208,25 +209,37 @@ fn a_layer_on_shares_matches_the_plaintext_layer_through_prefill_and_decode() {
 
 #[test]
 fn the_embedding_lookup_on_shared_one_hot_rows_is_exact() {
-    let (vocab, hidden) = (50, 8);
-    let table = f32s(3, vocab * hidden, -0.1, 0.1);
-    let m = Matrix::encode("token_embd", &table, vocab, hidden, None, |_| 1.0).unwrap();
-    let tokens = [7u32, 0, 49, 7];
-    let out = common::run(9, &[], |ctx, _| {
-        let onehot = layer::onehot_input(ctx, &tokens, tokens.len(), vocab)?;
-        Ok(layer::embed(
-            ctx.role().map(|_| &m),
-            &onehot,
-            tokens.len(),
-            hidden,
-        ))
-    })
-    .output;
-    for (i, &tok) in tokens.iter().enumerate() {
-        let want: Vec<u64> = table[tok as usize * hidden..][..hidden]
-            .iter()
-            .map(|v| ring::encode(*v as f64))
-            .collect();
-        assert_eq!(&out[i * hidden..][..hidden], want.as_slice());
+    let (vocab, hidden) = (50, 40);
+    // Arbitrary values (held at full width) and block-quantized ones, as a quantized
+    // checkpoint dequantizes them (held in 8-bit blocks; the last block is short).
+    let arbitrary = f32s(3, vocab * hidden, -0.1, 0.1);
+    let quantized: Vec<f32> = f32s(4, vocab * hidden, 0.0, 256.0)
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let (r, b) = (i / hidden, i % hidden / 32);
+            let d = 2f32.powi(-(((r + b) % 9) as i32) - 6);
+            q.floor() * d - ((3 * r + b) % 5) as f32 * 0.01
+        })
+        .collect();
+    for (table, compact) in [(arbitrary, false), (quantized, true)] {
+        let e = Embedding::encode(&table, vocab, hidden).unwrap();
+        assert_eq!(e.compact(), compact);
+        let tokens = [7u32, 0, 49, 7];
+        let out = common::run(9, &[], |ctx, _| {
+            let onehot = embedding::onehot_input(ctx, &tokens, tokens.len(), vocab)?;
+            Ok(match ctx.role() {
+                Some(_) => e.lookup(&onehot, tokens.len()),
+                None => vec![0; tokens.len() * hidden],
+            })
+        })
+        .output;
+        for (i, &tok) in tokens.iter().enumerate() {
+            let want: Vec<u64> = table[tok as usize * hidden..][..hidden]
+                .iter()
+                .map(|v| ring::encode(*v as f64))
+                .collect();
+            assert_eq!(&out[i * hidden..][..hidden], want.as_slice());
+        }
     }
 }

@@ -6,7 +6,8 @@
 mod common;
 
 use common::{f32s, random_weights, raw};
-use unfed_mpc::layer::{LayerShape, LayerWeights, Matrix};
+use unfed_mpc::embedding::Embedding;
+use unfed_mpc::layer::{LayerShape, LayerWeights};
 use unfed_mpc::ring;
 use unfed_mpc::shard::{LocalPair, ShardSpec, ShardWeights, View};
 
@@ -32,8 +33,7 @@ fn spec() -> ShardSpec {
 
 fn weights(s: &ShardSpec) -> (Vec<f32>, ShardWeights) {
     let table = f32s(40, VOCAB * s.layer.hidden, -0.5, 0.5);
-    let embedding =
-        Matrix::encode("token_embd", &table, VOCAB, s.layer.hidden, None, |_| 1.0).unwrap();
+    let embedding = Embedding::encode(&table, VOCAB, s.layer.hidden).unwrap();
     let w = random_weights(&s.layer, 41, true);
     let layers = vec![LayerWeights::new(&s.layer, &raw(&w)).unwrap()];
     (table, ShardWeights { embedding, layers })

@@ -2,7 +2,8 @@
 //! decoder layers, dequantized from the shard file into the fixed point of `unfed-mpc`.
 
 use unfed_model::{Checkpoint, ModelConfig};
-use unfed_mpc::layer::{LayerWeights, Matrix, RawLayer};
+use unfed_mpc::embedding::Embedding;
+use unfed_mpc::layer::{LayerWeights, RawLayer};
 use unfed_mpc::shard::ShardWeights;
 
 /// Why the weights could not be loaded.
@@ -29,14 +30,7 @@ pub fn load(ck: &Checkpoint, cfg: &ModelConfig, k: usize) -> Result<ShardWeights
     }
     let spec = spec(cfg, k);
     let get = |name: &str| -> Result<Vec<f32>, MpcWeightsError> { Ok(ck.dequantized(name)?.1) };
-    let embedding = Matrix::encode(
-        "token_embd",
-        &get("token_embd.weight")?,
-        cfg.vocab,
-        cfg.hidden,
-        None,
-        |_| 1.0,
-    )?;
+    let embedding = Embedding::encode(&get("token_embd.weight")?, cfg.vocab, cfg.hidden)?;
     let mut layers = Vec::with_capacity(k);
     for i in 0..k {
         let p = |n: &str| format!("blk.{i}.{n}");

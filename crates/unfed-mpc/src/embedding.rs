@@ -1,0 +1,129 @@
+//! The embedding lookup on shares: the tokens' shared one-hot rows times the public table,
+//! computed locally by each party over the whole table (any lookup that hides the row from
+//! the party doing it must touch every row). The work streams through the table once per
+//! token, so the table is held as small as it exactly can be: in blocks of 32 columns, each
+//! `offset + scale·q` with 8-bit `q`, which the weights of a quantized checkpoint always
+//! allow, and at full width otherwise.
+
+use crate::layer::Matrix;
+use crate::{Ctx, MpcError};
+
+/// Columns of a block that shares one scale and offset.
+const BLOCK: usize = 32;
+
+/// A public `[vocab][hidden]` embedding table in fixed point.
+#[derive(Clone, Debug)]
+pub struct Embedding {
+    rows: usize,
+    cols: usize,
+    form: Form,
+}
+
+#[derive(Clone, Debug)]
+enum Form {
+    /// Per row and block `(scale, offset)`; per entry `q`: the entry is `offset + scale·q`.
+    Blocks { params: Vec<(u32, i32)>, q: Vec<u8> },
+    /// Every entry at full width.
+    Full(Matrix),
+}
+
+impl Embedding {
+    /// `w` row-major `[rows][cols]`, encoded as [`Matrix::encode`] does.
+    pub fn encode(w: &[f32], rows: usize, cols: usize) -> Result<Self, MpcError> {
+        let full = Matrix::encode("token_embd", w, rows, cols, None, |_| 1.0)?;
+        let form = blocks(full.data(), cols).unwrap_or(Form::Full(full));
+        Ok(Self { rows, cols, form })
+    }
+
+    /// Whether the table is held in 8-bit blocks.
+    pub fn compact(&self) -> bool {
+        matches!(self.form, Form::Blocks { .. })
+    }
+
+    /// `onehot (t × rows) · table`: shares of the rows the one-hot rows select (local, exact).
+    pub fn lookup(&self, onehot: &[u64], t: usize) -> Vec<u64> {
+        let (rows, cols) = (self.rows, self.cols);
+        debug_assert_eq!(onehot.len(), t * rows);
+        let mut out = vec![0u64; t * cols];
+        match &self.form {
+            Form::Full(m) => {
+                for r in 0..rows {
+                    let w = &m.data()[r * cols..(r + 1) * cols];
+                    for (i, o) in out.chunks_mut(cols).enumerate() {
+                        let e = onehot[i * rows + r];
+                        for (o, w) in o.iter_mut().zip(w) {
+                            *o = o.wrapping_add(e.wrapping_mul(*w as i64 as u64));
+                        }
+                    }
+                }
+            }
+            Form::Blocks { params, q } => {
+                let nb = cols.div_ceil(BLOCK);
+                // Σ_r onehot_r·offset_rb, per token and block, added at the end.
+                let mut offsets = vec![0u64; t * nb];
+                for r in 0..rows {
+                    let (q, params) = (&q[r * cols..(r + 1) * cols], &params[r * nb..(r + 1) * nb]);
+                    for (i, o) in out.chunks_mut(cols).enumerate() {
+                        let e = onehot[i * rows + r];
+                        let blocks = o.chunks_mut(BLOCK).zip(q.chunks(BLOCK)).zip(params);
+                        for (b, ((o, q), &(scale, offset))) in blocks.enumerate() {
+                            let a = e.wrapping_mul(scale as u64);
+                            for (o, q) in o.iter_mut().zip(q) {
+                                *o = o.wrapping_add(a.wrapping_mul(*q as u64));
+                            }
+                            let sum = &mut offsets[i * nb + b];
+                            *sum = sum.wrapping_add(e.wrapping_mul(offset as i64 as u64));
+                        }
+                    }
+                }
+                for (o, sums) in out.chunks_mut(cols).zip(offsets.chunks(nb)) {
+                    for (o, sum) in o.chunks_mut(BLOCK).zip(sums) {
+                        o.iter_mut().for_each(|v| *v = v.wrapping_add(*sum));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Shares of the one-hot rows of `tokens` (`t × vocab`): the dealer knows the tokens, A
+/// expands its share from its seed, B receives the rest. `tokens` is read only at the dealer.
+pub fn onehot_input(
+    ctx: &mut Ctx,
+    tokens: &[u32],
+    t: usize,
+    vocab: usize,
+) -> Result<Vec<u64>, MpcError> {
+    ctx.derived(t * vocab, || {
+        let mut rows = vec![0u64; t * vocab];
+        for (i, &tok) in tokens.iter().enumerate() {
+            rows[i * vocab + tok as usize] = 1;
+        }
+        rows
+    })
+}
+
+/// The table in 8-bit blocks, when every block is exactly `offset + scale·q`: the offset is
+/// the block's minimum, the scale the greatest common divisor of the differences from it.
+fn blocks(data: &[i32], cols: usize) -> Option<Form> {
+    let mut params = Vec::with_capacity(data.len() / BLOCK + 1);
+    let mut q = Vec::with_capacity(data.len());
+    for row in data.chunks(cols) {
+        for block in row.chunks(BLOCK) {
+            let min = *block.iter().min()?;
+            let diff = |v: &i32| (*v as i64 - min as i64) as u64;
+            let scale = block.iter().map(diff).fold(0, gcd).max(1);
+            if block.iter().any(|v| diff(v) / scale > u8::MAX as u64) {
+                return None;
+            }
+            params.push((u32::try_from(scale).ok()?, min));
+            q.extend(block.iter().map(|v| (diff(v) / scale) as u8));
+        }
+    }
+    Some(Form::Blocks { params, q })
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}

@@ -1,6 +1,6 @@
 //! A party's (or the dealer's) view of one computation: where its correlated randomness comes
 //! from, the link to the other party, and the interactive building blocks — opening, Beaver
-//! products, truncation, comparison — every protocol is made of.
+//! products, truncation, comparison, table lookup — every protocol is made of.
 //!
 //! The same protocol code runs in three roles. Party A and party B hold shares and exchange
 //! masked values over a [`Link`]. The dealer (the client) runs the identical sequence of calls
@@ -271,37 +271,6 @@ impl<'l> Ctx<'l> {
         Ok(z)
     }
 
-    /// Elementwise products of each of `k` shared vectors (`xs`, concatenated, `k·n`) with one
-    /// shared vector `y` (one round, (k + 1)·n words each way), no truncation: one mask on `y`
-    /// serves the `k` triples, so `y` is opened masked only once.
-    pub fn mul_each(&mut self, xs: &[u64], y: &[u64]) -> Result<Vec<u64>, MpcError> {
-        let n = y.len();
-        debug_assert_eq!(xs.len() % n.max(1), 0);
-        let a = self.random(xs.len());
-        let b = self.random(n);
-        let c = self.derived(xs.len(), || {
-            a.chunks(n).flat_map(|a| ring::mul(a, &b)).collect()
-        })?;
-        let mut masked = ring::sub(xs, &a);
-        masked.extend(ring::sub(y, &b));
-        let opened = self.open(&masked)?;
-        let (d, e) = opened.split_at(xs.len());
-        let mut z = c;
-        for (i, z) in z.iter_mut().enumerate() {
-            let j = i % n;
-            *z = z
-                .wrapping_add(d[i].wrapping_mul(b[j]))
-                .wrapping_add(e[j].wrapping_mul(a[i]));
-        }
-        let public: Vec<u64> = d
-            .iter()
-            .enumerate()
-            .map(|(i, d)| d.wrapping_mul(e[i % n]))
-            .collect();
-        self.add_public_vec(&mut z, &public);
-        Ok(z)
-    }
-
     /// Shares of `tables[k][idx mod 2^log2]` for every element of the shared index `idx`
     /// (one round, n words each way; the dealer gives a DPF key over `log2` bits per element).
     ///
@@ -444,53 +413,100 @@ impl<'l> Ctx<'l> {
         Ok(out)
     }
 
-    /// Shares of `1` where `x < 0` and `0` elsewhere, for `x ∈ [−2^bits, 2^bits)`,
-    /// `bits ≤ 62`, compared on the bits above `low`: exact wherever
-    /// `2^low ≤ |x| ≤ 2^bits − 2^low` (everywhere for `low = 0`), 0 or 1 elsewhere (one round,
-    /// n words each way; the dealer gives a DCF key over `bits − low` bits per element).
+    /// For each public threshold `τ` (a ring element at the scale of `x`): shares of
+    /// `[x < τ]`, and when `times` of `[x < τ]·x`, threshold after threshold (`τ`-major,
+    /// `thresholds.len() · n` each). One round and n words each way for all of it: `x` is
+    /// opened masked once, and the dealer gives one DCF key per element, which each party
+    /// evaluates at every threshold. Each `x − τ` must lie in `[−2^bits, 2^bits)`,
+    /// `bits ≤ 62`; the comparison looks at the bits above `low`, and is exact wherever
+    /// `2^low ≤ |x − τ| ≤ 2^bits − 2^low` (everywhere for `low = 0`), 0 or 1 elsewhere.
     ///
-    /// With `y = x + 2^bits < 2^(bits+1)` and the opened `c = y + r`: `x ≥ 0` exactly when bit
-    /// `bits` of `y` is set, and that bit is `c_bits ⊕ r_bits ⊕ [c mod 2^bits < r mod 2^bits]`.
-    /// The comparison of the public `c` with the secret `r` is the DCF, whose output `β` the
-    /// dealer sets to `1 − 2·r_bits`, so that adding shares of `r_bits` gives the XOR. It
-    /// compares `c mod 2^bits` and `r mod 2^bits` without their low `low` bits, which decides
-    /// wrongly only when the two agree above them, that is when `y mod 2^bits`, which is
-    /// `x mod 2^bits`, is within `2^low` of 0.
-    pub fn ltz(&mut self, x: &[u64], bits: u32, low: u32) -> Result<Vec<u64>, MpcError> {
+    /// With the opened `c = x + 2^bits + r` and `y = c − τ − r = x − τ + 2^bits`, which lies in
+    /// `[0, 2^(bits+1))`: `x ≥ τ` exactly when bit `bits` of `y` is set, and that bit is
+    /// `c'_bits ⊕ r_bits ⊕ D` for `c' = c − τ` and `D = [c' mod 2^bits < r mod 2^bits]`. `D` is
+    /// the DCF at `c'`, whose output the dealer sets to `1 − 2·r_bits`, so that adding shares of
+    /// `r_bits` gives `X = r_bits ⊕ D`. Comparing without the low `low` bits decides `D`
+    /// wrongly only when `c'` and `r` agree above them, that is when `y mod 2^bits` is within
+    /// `2^low` of 0.
+    ///
+    /// The product needs no second round (as in the FSS ReLU gates of Boyle et al.):
+    /// `[x < τ]·x = [x < τ]·(c − 2^bits) − [x < τ]·r`, the first term public times shared, and
+    /// `[x < τ]·r = r − c'_bits·r − (1 − 2·c'_bits)·X·r`, whose `X·r` the DCF gives as a second
+    /// output, `(1 − 2·r_bits)·r`, next to a dealt share of `r_bits·r`.
+    pub fn compare(
+        &mut self,
+        x: &[u64],
+        thresholds: &[u64],
+        bits: u32,
+        low: u32,
+        times: bool,
+    ) -> Result<(Vec<u64>, Vec<u64>), MpcError> {
         debug_assert!((1..=62).contains(&bits) && low < bits);
-        let n = x.len();
+        let (n, t) = (x.len(), thresholds.len());
         let mask = (1u64 << bits) - 1;
+        let outputs = if times { 2 } else { 1 };
         let r = self.random(n);
         let r_bit = self.derived(n, || r.iter().map(|v| (v >> bits) & 1).collect())?;
-        let levels = bits - low;
-        let key_words = dcf::key_words(levels);
+        let r_times_bit = if times {
+            self.derived(n, || ring::mul(&r, &r_bit))?
+        } else {
+            Vec::new()
+        };
+        let shape = (bits - low, outputs);
+        let key_words = dcf::key_words(shape.0, outputs);
         let keys = self.dealt_both(n * key_words, |tree, secret| {
             let alphas: Vec<u64> = r.iter().map(|v| (v & mask) >> low).collect();
-            let betas: Vec<u64> = r_bit.iter().map(|b| 1u64.wrapping_sub(2 * b)).collect();
-            dcf::generate(tree, levels, &alphas, &betas, secret)
+            let betas: Vec<u64> = r
+                .iter()
+                .zip(&r_bit)
+                .flat_map(|(r, b)| {
+                    let sign = 1u64.wrapping_sub(2 * b);
+                    [sign, sign.wrapping_mul(*r)].into_iter().take(outputs)
+                })
+                .collect();
+            dcf::generate(tree, shape.0, outputs, &alphas, &betas, secret)
         })?;
         let mut masked = ring::add(x, &r);
         self.add_public(&mut masked, 1 << bits);
         let c = self.open(&masked)?;
+        let products = if times { t * n } else { 0 };
         let Some(role) = self.role() else {
-            return Ok(vec![0; n]);
+            return Ok((vec![0; t * n], vec![0; products]));
         };
-        let party = if role == Role::A { 0 } else { 1 };
-        let high: Vec<u64> = c.iter().map(|c| (c & mask) >> low).collect();
-        let lt = dcf::evaluate(&self.tree, party, levels, self.dealt(keys), &high);
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let xor = r_bit[i].wrapping_add(lt[i]);
-            let c_bit = (c[i] >> bits) & 1;
-            let mut lt = xor
-                .wrapping_mul(1u64.wrapping_sub(2 * c_bit))
-                .wrapping_neg();
-            if role == Role::A {
-                lt = lt.wrapping_add(1 - c_bit);
+        let a = role == Role::A;
+        let points: Vec<u64> = c
+            .iter()
+            .flat_map(|c| {
+                thresholds
+                    .iter()
+                    .map(move |tau| (c.wrapping_sub(*tau) & mask) >> low)
+            })
+            .collect();
+        let d = dcf::evaluate(&self.tree, !a as u8, shape, self.dealt(keys), &points, t);
+        let (mut below, mut product) = (vec![0u64; t * n], vec![0u64; products]);
+        for (e, c) in c.iter().enumerate() {
+            for (j, tau) in thresholds.iter().enumerate() {
+                let at = (e * t + j) * outputs;
+                let c_bit = (c.wrapping_sub(*tau) >> bits) & 1;
+                let sign = 1u64.wrapping_sub(2 * c_bit);
+                let x_share = r_bit[e].wrapping_add(d[at]);
+                let mut lt = sign.wrapping_mul(x_share).wrapping_neg();
+                if a {
+                    lt = lt.wrapping_add(1 - c_bit);
+                }
+                below[j * n + e] = lt;
+                if times {
+                    let xr = r_times_bit[e].wrapping_add(d[at + 1]);
+                    let lt_r = r[e]
+                        .wrapping_sub(c_bit.wrapping_mul(r[e]))
+                        .wrapping_sub(sign.wrapping_mul(xr));
+                    product[j * n + e] = lt
+                        .wrapping_mul(c.wrapping_sub(1 << bits))
+                        .wrapping_sub(lt_r);
+                }
             }
-            out.push(lt);
         }
-        Ok(out)
+        Ok((below, product))
     }
 
     /// Material that cannot come from a seed, for both parties (`make` runs only at the dealer,

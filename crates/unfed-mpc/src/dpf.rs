@@ -75,7 +75,8 @@ pub fn generate(
                 let key = &mut keys[b][e * kw..(e + 1) * kw];
                 write_seed(&mut key[2 + 2 * level..], seed_cw);
                 for (side, cw) in bits_cw.iter().enumerate() {
-                    key[2 + 2 * levels + (2 * level + side) / 64] |= cw << ((2 * level + side) % 64);
+                    key[2 + 2 * levels + (2 * level + side) / 64] |=
+                        cw << ((2 * level + side) % 64);
                 }
             }
         }
@@ -84,8 +85,8 @@ pub fn generate(
     let mut leaves = Vec::new();
     for (e, s) in seeds.iter().enumerate() {
         leaves.clear();
-        for b in 0..2 {
-            expand_leaf(prg, s[b], width, &mut leaves);
+        for seed in s {
+            expand_leaf(prg, *seed, width, &mut leaves);
         }
         let (leaf_a, leaf_b) = leaves.split_at(width);
         let target = (alphas[e] & (width as u64 - 1)) as usize;
@@ -124,9 +125,8 @@ pub fn evaluate_all(
     level.clear();
     level.push(read_seed(key));
     for l in 0..levels {
-        let bit_cw = |side: usize| {
-            (key[2 + 2 * levels + (2 * l + side) / 64] >> ((2 * l + side) % 64)) & 1
-        };
+        let bit_cw =
+            |side: usize| (key[2 + 2 * levels + (2 * l + side) / 64] >> ((2 * l + side) % 64)) & 1;
         let seed_cw = read_seed(&key[2 + 2 * l..]);
         let cw = [seed_cw | bit_cw(0) as u128, seed_cw | bit_cw(1) as u128];
         next.resize(2 * level.len(), 0);

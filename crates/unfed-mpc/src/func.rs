@@ -41,8 +41,8 @@ pub fn row_sums(x: &[u64], cols: usize) -> Vec<u64> {
 }
 
 /// An element of each row within `⌈log2 cols⌉·2^−MAX_SLACK` of the row's maximum (a
-/// tournament: ⌈log2 cols⌉ levels of a comparison and a selection, 2 rounds each). The
-/// comparisons look at the bits above `2^−MAX_SLACK` only ([`Ctx::ltz`]): a pick can be
+/// tournament: ⌈log2 cols⌉ levels of a comparison and its product, one round each). The
+/// comparisons look at the bits above `2^−MAX_SLACK` only ([`Ctx::compare`]): a pick can be
 /// wrong only between two values closer than that.
 pub fn max_rows(ctx: &mut Ctx, x: &[u64], cols: usize, bits: u32) -> R {
     let rows = x.len() / cols;
@@ -57,9 +57,10 @@ pub fn max_rows(ctx: &mut Ctx, x: &[u64], cols: usize, bits: u32) -> R {
                 right.push(row[2 * j + 1]);
             }
         }
-        let lt = ctx.ltz(&ring::sub(&left, &right), bits + 1, FRAC - MAX_SLACK)?;
-        let pick = ctx.mul_raw(&lt, &ring::sub(&right, &left))?;
-        let winners = ring::add(&left, &pick);
+        // left − [left < right]·(left − right)
+        let diff = ring::sub(&left, &right);
+        let (_, lt_diff) = ctx.compare(&diff, &[0], bits + 1, FRAC - MAX_SLACK, true)?;
+        let winners = ring::sub(&left, &lt_diff);
         let next_width = width.div_ceil(2);
         let mut next = Vec::with_capacity(rows * next_width);
         for (r, row) in cur.chunks(width).enumerate() {
@@ -77,8 +78,8 @@ pub fn max_rows(ctx: &mut Ctx, x: &[u64], cols: usize, bits: u32) -> R {
 /// Row maxima are within `2^−MAX_SLACK` per tournament level of the true maximum.
 pub const MAX_SLACK: u32 = 10;
 
-/// `exp(x)` for `x ≤ 2^−EXP_STEP` (7 rounds; slightly positive `x` is what an approximate row
-/// max leaves): `t = min(−x, EXP_CLAMP)` by one comparison and one product;
+/// `exp(x)` for `x ≤ 2^−EXP_STEP` (6 rounds; slightly positive `x` is what an approximate row
+/// max leaves): `t = min(−x, EXP_CLAMP)` by one comparison and its product;
 /// `e^−t = e^−c · e^−d` with `c` the centre of `t`'s cell in a table of 512 cells of width
 /// 1/32 (looked up at the cell's shared index, which [`cells`] finds locally) and
 /// `|d| ≤ 1/32`, `e^−d ≈ 1 − d + d²/2` (relative error ≤ 5.1e−6). The clamp's comparison
@@ -86,9 +87,9 @@ pub const MAX_SLACK: u32 = 10;
 pub fn exp_nonpositive(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
     let mut shifted = x.to_vec();
     ctx.add_public(&mut shifted, encode(EXP_CLAMP));
-    let below = ctx.ltz(&shifted, bits + 1, FRAC - EXP_STEP)?;
+    let (_, below_shifted) = ctx.compare(&shifted, &[0], bits + 1, FRAC - EXP_STEP, true)?;
     // t = −x, or EXP_CLAMP where x < −EXP_CLAMP.
-    let t = ring::add(&ring::scale(x, u64::MAX), &ctx.mul_raw(&below, &shifted)?);
+    let t = ring::add(&ring::scale(x, u64::MAX), &below_shifted);
     let (idx, d) = cells(ctx, &t, EXP_STEP);
     let table = table(EXP_LOG2, EXP_STEP, |c| (-c).exp());
     let e = ctx.lut(&idx, EXP_LOG2, &[&table])?.remove(0);
@@ -149,27 +150,29 @@ pub fn recip_unit(ctx: &mut Ctx, m: &[u64]) -> R {
     Ok(y)
 }
 
-/// `1/x` for `x ∈ [1, 2^log2_max)` (18 rounds): the comparisons `x ≥ 2^j` (one round) select
-/// the octave, `x` is scaled into `[1, 2)`, [`recip_unit`], and scaled back.
+/// `1/x` for `x ∈ [1, 2^log2_max)` (17 rounds): the comparisons `x ≥ 2^j` and their products
+/// with `x` (one round) select the octave and scale `x` into `[1, 2)`, [`recip_unit`], and
+/// the result is scaled back.
 pub fn recip(ctx: &mut Ctx, x: &[u64], log2_max: u32) -> R {
-    let onehot = octaves(ctx, x, FRAC, 2.0, 0, log2_max as usize, FRAC + log2_max + 1)?;
+    let [onehot, times_x] = octaves(ctx, x, FRAC, 2.0, 0, log2_max as usize, FRAC + log2_max + 1)?;
     let down: Vec<f64> = (0..log2_max).map(|j| (-(j as f64)).exp2()).collect();
-    let m = scale_by(ctx, x, FRAC, &onehot, &down, 2.0)?;
+    let m = scale_selected(ctx, &times_x, FRAC, &down, 2.0)?;
     let y = recip_unit(ctx, &m)?;
     scale_by(ctx, &y, WIDE, &onehot, &down, 1.1)
 }
 
-/// `c/√x` for `x ∈ [4^lo, 4^hi)` given at `x_frac` fractional bits (18 rounds): the
-/// comparisons `x ≥ 4^j` select the octave pair, `x` is scaled into `[1, 4)`, a linear first
+/// `c/√x` for `x ∈ [4^lo, 4^hi)` given at `x_frac` fractional bits (17 rounds): the
+/// comparisons `x ≥ 4^j` and their products with `x` select the octave pair and scale `x`
+/// into `[1, 4)`, a linear first
 /// guess (relative error ≤ 0.087) and three Newton steps `y ← (3y − m·y³)/2`, scaled back by
 /// `c·2^−j`. Needs `x_frac + 2·hi ≤ 61` and `x_frac ≤ 39`.
 pub fn rsqrt(ctx: &mut Ctx, x: &[u64], x_frac: u32, lo: i32, hi: i32, c: f64) -> R {
     let n = x.len();
     let bits = (x_frac as i32 + 2 * hi + 1).max(x_frac as i32 + 1) as u32;
-    let onehot = octaves(ctx, x, x_frac, 4.0, lo, (hi - lo) as usize, bits)?;
+    let [onehot, times_x] = octaves(ctx, x, x_frac, 4.0, lo, (hi - lo) as usize, bits)?;
     let down: Vec<f64> = (lo..hi).map(|j| (-2.0 * j as f64).exp2()).collect();
     let m = ring::scale(
-        &scale_by(ctx, x, x_frac, &onehot, &down, 4.0)?,
+        &scale_selected(ctx, &times_x, x_frac, &down, 4.0)?,
         1 << (WIDE - FRAC),
     );
     let mut y = ctx.trunc(&ring::scale(&m, encode_at(-0.152, WIDE)), WIDE)?;
@@ -191,27 +194,21 @@ pub fn rsqrt(ctx: &mut Ctx, x: &[u64], x_frac: u32, lo: i32, hi: i32, c: f64) ->
 /// 2e−6).
 pub const SILU_CLAMP: f64 = 15.9;
 
-/// `SiLU(x) = x·σ(x) = ReLU(x) − h(|x|)`, `h(t) = t/(1 + e^t)` (5 rounds): the comparisons of
-/// `x` with 0 and ±SILU_CLAMP in one round, their products with `x` in one more give
+/// `SiLU(x) = x·σ(x) = ReLU(x) − h(|x|)`, `h(t) = t/(1 + e^t)` (4 rounds): the comparisons of
+/// `x` with 0 and ±SILU_CLAMP and their products with `x`, all in one round, give
 /// `ReLU(x)` and `t = min(|x|, SILU_CLAMP)`; `h(t)` is the tangent at the centre of `t`'s cell
 /// in a table of 1024 cells of width 1/64 (`h` and `h′` looked up together, error
 /// ≤ max|h″|·(1/64)²/2 ≈ 6.1e−5), one product and its truncation. The comparisons look at
-/// the bits above one cell ([`Ctx::ltz`]): within a cell of 0 a wrong sign gives
+/// the bits above one cell ([`Ctx::compare`]): within a cell of 0 a wrong sign gives
 /// `t = −|x|`, and `ReLU(x) − h(t)` is `SiLU(x)` on both sides (`x − h(x) = −h(−x)`), with
 /// `t` in the cell below 0, which the table covers; within a cell of the clamp either answer
 /// is within the table.
 pub fn silu(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
     let n = x.len();
     let clamp = encode(SILU_CLAMP);
-    let mut compared = x.to_vec();
-    for offset in [clamp, clamp.wrapping_neg()] {
-        let mut shifted = x.to_vec();
-        ctx.add_public(&mut shifted, offset);
-        compared.extend(shifted);
-    }
-    // [x < 0], [x < −clamp], [x < clamp], then each times x.
-    let below = ctx.ltz(&compared, bits + 1, FRAC - SILU_STEP)?;
-    let products = ctx.mul_each(&below, x)?;
+    // [x < 0], [x < −clamp], [x < clamp], and each times x.
+    let thresholds = [0, clamp.wrapping_neg(), clamp];
+    let (below, products) = ctx.compare(x, &thresholds, bits + 1, FRAC - SILU_STEP, true)?;
     let (nx, mx, px) = (&products[..n], &products[n..2 * n], &products[2 * n..]);
     let relu = ring::sub(x, nx);
     // t = |x| inside the clamp, the clamp outside: p·x + m·x − 2n·x + clamp·(1 − p + m).
@@ -292,10 +289,11 @@ pub fn rmsnorm(ctx: &mut Ctx, x: &[u64], dim: usize, eps: f64, lo: i32, hi: i32)
 }
 
 /// For `x ∈ [base^lo, base^(lo+k))`: shares of the one-hot vector of the octave
-/// `[base^(lo+j), base^(lo+j+1))` holding each element, as `k` vectors (one round: the `k − 1`
-/// comparisons `x < base^(lo+j)` of every element at once). The comparisons look at the bits
-/// above 2^−10 of the lowest boundary: an element within that relative distance of a boundary
-/// may land in the octave beside it, which the iterations that follow tolerate.
+/// `[base^(lo+j), base^(lo+j+1))` holding each element, as `k` vectors, and of their products
+/// with `x` (one round: the `k − 1` comparisons `x < base^(lo+j)` of every element and their
+/// products at once). The comparisons look at the bits above 2^−10 of the lowest boundary: an
+/// element within that relative distance of a boundary may land in the octave beside it,
+/// which the iterations that follow tolerate.
 fn octaves(
     ctx: &mut Ctx,
     x: &[u64],
@@ -304,32 +302,53 @@ fn octaves(
     lo: i32,
     k: usize,
     bits: u32,
-) -> Result<Vec<Vec<u64>>, MpcError> {
+) -> Result<[Vec<Vec<u64>>; 2], MpcError> {
     let n = x.len();
-    let mut diffs = Vec::with_capacity(n * (k - 1));
-    for j in 1..k {
-        let mut d = x.to_vec();
-        ctx.add_public(&mut d, encode_at(-base.powi(lo + j as i32), x_frac));
-        diffs.extend(d);
-    }
+    let thresholds: Vec<u64> = (1..k)
+        .map(|j| encode_at(base.powi(lo + j as i32), x_frac))
+        .collect();
     let lowest = x_frac as f64 + (lo + 1) as f64 * base.log2() - 10.0;
-    let below = ctx.ltz(&diffs, bits, lowest.max(0.0) as u32)?;
-    // below_j = [x < base^(lo+j)]; onehot_0 = below_1, onehot_j = below_(j+1) − below_j,
-    // onehot_(k−1) = 1 − below_(k−1).
-    let below_j = |j: usize| -> Vec<u64> {
-        if j == k {
-            let mut one = vec![0; n];
-            ctx.add_public(&mut one, 1);
-            one
-        } else if j == 0 {
-            vec![0; n]
-        } else {
-            below[(j - 1) * n..j * n].to_vec()
-        }
+    let (below, times) = ctx.compare(x, &thresholds, bits, lowest.max(0.0) as u32, true)?;
+    // below_j = [x < base^(lo+j)] (0 for j = 0, 1 for j = k); onehot_j = below_(j+1) − below_j,
+    // and the same for the products with x.
+    let differences = |all: &[u64], top: Vec<u64>| -> Vec<Vec<u64>> {
+        let at = |j: usize| -> Vec<u64> {
+            match j {
+                0 => vec![0; n],
+                j if j == k => top.clone(),
+                j => all[(j - 1) * n..j * n].to_vec(),
+            }
+        };
+        (0..k).map(|j| ring::sub(&at(j + 1), &at(j))).collect()
     };
-    Ok((0..k)
-        .map(|j| ring::sub(&below_j(j + 1), &below_j(j)))
-        .collect())
+    let mut one = vec![0; n];
+    ctx.add_public(&mut one, 1);
+    Ok([differences(&below, one), differences(&times, x.to_vec())])
+}
+
+/// `Σ_j values_j·products_j` for the products `onehot_j·x` of [`octaves`], `x` at `x_frac`
+/// fractional bits, returned at `FRAC` (1 round, the truncation); the values are encoded with
+/// as many extra fractional bits as the bound `|x · value| < product_max` leaves room for.
+fn scale_selected(
+    ctx: &mut Ctx,
+    products: &[Vec<u64>],
+    x_frac: u32,
+    values: &[f64],
+    product_max: f64,
+) -> R {
+    let extra = extra_bits(x_frac, product_max);
+    let mut raw = vec![0u64; products[0].len()];
+    for (p, v) in products.iter().zip(values) {
+        ring::add_assign(&mut raw, &ring::scale(p, encode_at(*v, FRAC + extra)));
+    }
+    ctx.trunc(&raw, x_frac + extra)
+}
+
+/// Fractional bits a public factor can carry beyond `FRAC` in a product of magnitude below
+/// `product_max` with a value at `x_frac` bits, under 2^61.
+fn extra_bits(x_frac: u32, product_max: f64) -> u32 {
+    let room = 61.0 - (x_frac + FRAC) as f64 - product_max.log2().ceil();
+    room.clamp(0.0, FRAC as f64) as u32
 }
 
 /// `x · Σ_j onehot_j·values_j` for `x` at `x_frac` fractional bits, returned at `FRAC`
@@ -343,8 +362,7 @@ fn scale_by(
     values: &[f64],
     product_max: f64,
 ) -> R {
-    let room = 61.0 - (x_frac + FRAC) as f64 - product_max.log2().ceil();
-    let extra = room.clamp(0.0, FRAC as f64) as u32;
+    let extra = extra_bits(x_frac, product_max);
     let mut selected = vec![0u64; x.len()];
     for (hot, v) in onehot.iter().zip(values) {
         let c = encode_at(*v, FRAC + extra);

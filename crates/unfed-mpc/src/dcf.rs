@@ -127,50 +127,75 @@ pub fn evaluate(
     xs: &[u64],
     points: usize,
 ) -> Vec<u64> {
-    let (kw, n) = (key_words(n, m), n as usize);
+    let mut values = match m {
+        1 => evaluate_m::<1>(prg, n, keys, xs, points),
+        _ => evaluate_m::<2>(prg, n, keys, xs, points),
+    };
+    if party == 1 {
+        values.iter_mut().for_each(|v| *v = v.wrapping_neg());
+    }
+    values
+}
+
+/// Party 0's side of [`evaluate`] (party 1's is its negation) for `M` outputs.
+fn evaluate_m<const M: usize>(
+    prg: &TreePrg,
+    n: u32,
+    keys: &[u64],
+    xs: &[u64],
+    points: usize,
+) -> Vec<u64> {
+    let (kw, n) = (key_words(n, M), n as usize);
     debug_assert_eq!(keys.len() * points, xs.len() * kw);
-    let party_sign = sign(party == 1);
-    let key = |e: usize| &keys[e / points * kw..(e / points + 1) * kw];
-    let mut seeds: Vec<u128> = (0..xs.len()).map(|e| read_seed(key(e))).collect();
-    let mut values = vec![0u64; xs.len() * m];
-    let per = 1 + m;
+    let keys: Vec<&[u64]> = keys.chunks_exact(kw).collect();
+    let mut seeds: Vec<u128> = keys
+        .iter()
+        .flat_map(|k| std::iter::repeat_n(read_seed(k), points))
+        .collect();
+    let mut values = vec![[0u64; M]; xs.len()];
+    let per = 1 + M;
     let mut buf = vec![0u128; per * xs.len()];
     for level in 0..n {
         let i = n - 1 - level;
-        for (e, s) in seeds.iter().enumerate() {
-            let dir = ((xs[e] >> i) & 1) as u128;
-            buf[per * e] = clear(*s) ^ dir;
-            for k in 0..m {
-                buf[per * e + 1 + k] = clear(*s) ^ (VALUE + k as u128);
+        for ((block, s), x) in buf.chunks_exact_mut(per).zip(&seeds).zip(xs) {
+            block[0] = clear(*s) ^ ((x >> i) & 1) as u128;
+            for (k, b) in block[1..].iter_mut().enumerate() {
+                *b = clear(*s) ^ (VALUE + k as u128);
             }
         }
         prg.hash(&mut buf);
-        for (e, s) in seeds.iter_mut().enumerate() {
-            let key = key(e);
-            let dir = ((xs[e] >> i) & 1) as usize;
-            let mask = on(*s);
-            let at = 2 + (2 + m) * level;
-            let packed = 2 + (2 + m) * n + (2 * level + dir) / 64;
-            let bit_cw = (key[packed] >> ((2 * level + dir) % 64)) & 1;
-            for k in 0..m {
-                let step =
-                    halves(buf[per * e + 1 + k])[dir].wrapping_add(key[at + 2 + k] & mask as u64);
-                let v = &mut values[e * m + k];
-                *v = v.wrapping_add(party_sign.wrapping_mul(step));
+        let at = 2 + (2 + M) * level;
+        let packed = 2 + (2 + M) * n + 2 * level / 64;
+        let shift = 2 * level % 64;
+        for (key, e) in keys.iter().zip((0..xs.len()).step_by(points)) {
+            let seed_cw = read_seed(&key[at..]);
+            let value_cw = &key[at + 2..at + 2 + M];
+            let bits_cw = key[packed] >> shift;
+            for e in e..e + points {
+                let dir = ((xs[e] >> i) & 1) as usize;
+                let s = &mut seeds[e];
+                let mask = on(*s);
+                let block = &buf[per * e..per * (e + 1)];
+                for k in 0..M {
+                    let step = halves(block[1 + k])[dir].wrapping_add(value_cw[k] & mask as u64);
+                    values[e][k] = values[e][k].wrapping_add(step);
+                }
+                let cw = seed_cw | ((bits_cw >> dir) & 1) as u128;
+                *s = block[0] ^ (cw & mask);
             }
-            let cw = read_seed(&key[at..]) | bit_cw as u128;
-            *s = buf[per * e] ^ (cw & mask);
         }
     }
-    for (e, s) in seeds.iter().enumerate() {
-        for k in 0..m {
-            let last = key(e)[kw - m + k];
-            let end = end_value(*s, k).wrapping_add(last & on(*s) as u64);
-            let v = &mut values[e * m + k];
-            *v = v.wrapping_add(party_sign.wrapping_mul(end));
+    for (key, e) in keys.iter().zip((0..xs.len()).step_by(points)) {
+        let last = &key[kw - M..];
+        for e in e..e + points {
+            let s = seeds[e];
+            for k in 0..M {
+                let end = end_value(s, k).wrapping_add(last[k] & on(s) as u64);
+                values[e][k] = values[e][k].wrapping_add(end);
+            }
         }
     }
-    values
+    values.into_iter().flatten().collect()
 }
 
 /// A leaf seed's value for output `k < 2`: its halves (the first is the paper's `Convert`).

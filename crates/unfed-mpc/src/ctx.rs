@@ -193,6 +193,38 @@ impl<'l> Ctx<'l> {
         Ok(ring::add(x, &theirs))
     }
 
+    /// Opens bits `shift .. shift + width` of each party's share: both parties learn
+    /// `Σ_parties (share >> shift) mod 2^width`, which is bits `shift ..` of `x` when
+    /// `shift = 0`, and otherwise `⌊x / 2^shift⌋` or one less (the carry between the shares'
+    /// low bits), modulo `2^width`. One round; whole groups of values go packed at `width`
+    /// bits ([`ring::pack`]), the few left over as whole shares (from which the other party
+    /// takes the same bits), so every word sent is as uniform as the shares are.
+    pub fn open_bits(&mut self, x: &[u64], shift: u32, width: u32) -> Result<Vec<u64>, MpcError> {
+        let Some(link) = self.link.as_deref_mut() else {
+            return Ok(vec![0; x.len()]);
+        };
+        let part = |v: &u64| (v >> shift) & ring::low_mask(width);
+        let packed = x.len() / ring::pack_group(width) * ring::pack_group(width);
+        let mine: Vec<u64> = x.iter().map(part).collect();
+        let mut message = ring::pack(&mine[..packed], width);
+        let packed_words = message.len();
+        message.extend_from_slice(&x[packed..]);
+        let theirs = link.exchange(&message)?;
+        if theirs.len() != message.len() {
+            return Err(MpcError::PeerLength {
+                expected: message.len(),
+                got: theirs.len(),
+            });
+        }
+        self.stats.rounds += 1;
+        self.stats.words_sent += message.len() as u64;
+        let mut sum = ring::unpack(&theirs[..packed_words], width, packed);
+        sum.extend(theirs[packed_words..].iter().map(part));
+        ring::add_assign(&mut sum, &mine);
+        sum.iter_mut().for_each(|v| *v &= ring::low_mask(width));
+        Ok(sum)
+    }
+
     /// Shares of `n` uniformly random ring elements neither party knows (the dealer sees the
     /// values). Costs no words: both parties expand their seeds.
     pub fn random(&mut self, n: usize) -> Vec<u64> {
@@ -271,10 +303,43 @@ impl<'l> Ctx<'l> {
         Ok(z)
     }
 
+    /// Elementwise products of the rows of a `rows × cols` shared matrix `x` with a shared
+    /// value per row, `y` (one round, `rows·cols + rows` words each way), no truncation: one
+    /// mask on each `y` serves its whole row, so `y` is opened masked once.
+    pub fn mul_rows(&mut self, x: &[u64], y: &[u64]) -> Result<Vec<u64>, MpcError> {
+        let cols = x.len() / y.len().max(1);
+        debug_assert_eq!(x.len(), cols * y.len());
+        let a = self.random(x.len());
+        let b = self.random(y.len());
+        let c = self.derived(x.len(), || {
+            a.iter()
+                .enumerate()
+                .map(|(i, a)| a.wrapping_mul(b[i / cols]))
+                .collect()
+        })?;
+        let mut masked = ring::sub(x, &a);
+        masked.extend(ring::sub(y, &b));
+        let opened = self.open(&masked)?;
+        let (d, e) = opened.split_at(x.len());
+        let a_party = self.role() == Some(Role::A);
+        let mut z = c;
+        for (i, z) in z.iter_mut().enumerate() {
+            let (b, e) = (b[i / cols], e[i / cols]);
+            *z = z
+                .wrapping_add(d[i].wrapping_mul(b))
+                .wrapping_add(e.wrapping_mul(a[i]));
+            if a_party {
+                *z = z.wrapping_add(d[i].wrapping_mul(e));
+            }
+        }
+        Ok(z)
+    }
+
     /// Shares of `tables[k][idx mod 2^log2]` for every element of the shared index `idx`
-    /// (one round, n words each way; the dealer gives a DPF key over `log2` bits per element).
+    /// (one round, `log2` bits per element each way; the dealer gives a DPF key over `log2`
+    /// bits per element).
     ///
-    /// The opened value is `idx + r` for a dealt uniform `r`; the DPF evaluates to shares of 1
+    /// The opened value is `idx + r mod 2^log2` for a dealt uniform `r`; the DPF evaluates to shares of 1
     /// at `r mod 2^log2` and 0 elsewhere, so `Σ_j table[(c − j) mod 2^log2]·dpf(j)` is a share
     /// of `table[idx mod 2^log2]`. Each party evaluates the whole domain for each element.
     pub fn lut(
@@ -293,7 +358,7 @@ impl<'l> Ctx<'l> {
             let alphas: Vec<u64> = r.iter().map(|v| v & mask).collect();
             dpf::generate(tree, log2, &alphas, 1, secret)
         })?;
-        let c = self.open(&ring::add(idx, &r))?;
+        let c = self.open_bits(&ring::add(idx, &r), 0, log2)?;
         let Some(role) = self.role() else {
             return Ok(vec![vec![0; n]; tables.len()]);
         };
@@ -376,14 +441,18 @@ impl<'l> Ctx<'l> {
         Ok(out)
     }
 
-    /// Divides a shared vector by `2^bits`, rounding down or up by at most one unit, for any
-    /// `|x| < 2^62` (one round, n words each way). Nothing about `x` is opened: the opened value
-    /// is `x + 2^62 + r` for a dealt uniform `r`.
+    /// Divides a shared vector by `2^bits`, within two units of `x / 2^bits`, for any
+    /// `|x| < 2^61` (one round, `64 − bits` bits per element each way). Nothing about `x` is
+    /// opened: the opened value is `x + 2^62 + r` for a dealt uniform `r`, and of it only the
+    /// bits above `bits`.
     ///
     /// With `y = x + 2^62 < 2^63`, `r' = r mod 2^63` and `c = y + r`: `y + r'` cannot overflow,
     /// so `y = (c mod 2^63) − r' + 2^63·(msb(c) ⊕ msb(r))`, and dividing the terms separately
     /// loses only the borrow between their low bits. The dealer gives shares of `r`,
-    /// `r' >> bits` and `msb(r)`.
+    /// `r' >> bits` and `msb(r)`. The parties open `⌊c / 2^bits⌋` or one less
+    /// ([`Self::open_bits`]): that is `c − δ` with `0 ≤ δ < 2^(bits+1)` in place of `c`, so the
+    /// result is that of `y − δ`, from `⌊y / 2^bits⌋ − 2` to `⌊y / 2^bits⌋ + 1`; A adds one unit
+    /// back, which centres the error.
     pub fn trunc(&mut self, x: &[u64], bits: u32) -> Result<Vec<u64>, MpcError> {
         debug_assert!((1..63).contains(&bits));
         let n = x.len();
@@ -394,19 +463,17 @@ impl<'l> Ctx<'l> {
         let r_msb = self.derived(n, || r.iter().map(|v| v >> 63).collect())?;
         let mut masked = ring::add(x, &r);
         self.add_public(&mut masked, 1 << 62);
-        let c = self.open(&masked)?;
+        let high = self.open_bits(&masked, bits, 64 - bits)?;
         let a = self.role() == Some(Role::A);
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
-            let c_msb = c[i] >> 63;
+            let c_msb = high[i] >> (63 - bits);
             let xor_share = r_msb[i].wrapping_mul(1u64.wrapping_sub(2 * c_msb));
             let mut v = xor_share
                 .wrapping_mul(1 << (63 - bits))
                 .wrapping_sub(r_high[i]);
             if a {
-                v = v
-                    .wrapping_add(((c[i] & (u64::MAX >> 1)) >> bits) + (c_msb << (63 - bits)))
-                    .wrapping_sub(1 << (62 - bits));
+                v = v.wrapping_add(high[i] + 1).wrapping_sub(1 << (62 - bits));
             }
             out.push(v);
         }

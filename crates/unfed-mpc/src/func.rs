@@ -263,7 +263,8 @@ pub fn softmax_rows(
     let sums = row_sums(&e, cols);
     let log2_max = (usize::BITS - cols.leading_zeros()) + 1;
     let inv = recip(ctx, &sums, log2_max)?;
-    mul(ctx, &e, &broadcast(&inv, cols))
+    let raw = ctx.mul_rows(&e, &inv)?;
+    ctx.trunc(&raw, FRAC)
 }
 
 /// `1/rms(row)` for each row of a `rows × dim` matrix, `rms = √(mean(x²) + eps)`, for
@@ -285,7 +286,8 @@ pub const SUM_FRAC: u32 = 58 - FRAC;
 /// into whatever public linear map follows.
 pub fn rmsnorm(ctx: &mut Ctx, x: &[u64], dim: usize, eps: f64, lo: i32, hi: i32) -> R {
     let inv = inv_rms(ctx, x, dim, eps, lo, hi)?;
-    mul(ctx, x, &broadcast(&inv, dim))
+    let raw = ctx.mul_rows(x, &inv)?;
+    ctx.trunc(&raw, FRAC)
 }
 
 /// For `x ∈ [base^lo, base^(lo+k))`: shares of the one-hot vector of the octave

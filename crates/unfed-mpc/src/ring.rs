@@ -86,6 +86,52 @@ pub fn reveal(a: &[u64], b: &[u64]) -> Vec<u64> {
     add(a, b)
 }
 
+/// How many values of `width` bits fill a whole number of words exactly.
+pub fn pack_group(width: u32) -> usize {
+    let gcd = |mut a: u32, mut b: u32| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    64 / gcd(64, width) as usize
+}
+
+/// Values below `2^width` (`1 ≤ width ≤ 64`) as a bit stream, little-endian: a multiple of
+/// [`pack_group`] values fills its words exactly.
+pub fn pack(values: &[u64], width: u32) -> Vec<u64> {
+    let w = width as usize;
+    let mut out = vec![0u64; (values.len() * w).div_ceil(64)];
+    for (i, v) in values.iter().enumerate() {
+        let (word, offset) = (i * w / 64, i * w % 64);
+        out[word] |= v << offset;
+        if offset + w > 64 {
+            out[word + 1] |= v >> (64 - offset);
+        }
+    }
+    out
+}
+
+/// The first `n` values of `width` bits of a stream [`pack`] made.
+pub fn unpack(words: &[u64], width: u32, n: usize) -> Vec<u64> {
+    let w = width as usize;
+    (0..n)
+        .map(|i| {
+            let (word, offset) = (i * w / 64, i * w % 64);
+            let mut v = words[word] >> offset;
+            if offset + w > 64 {
+                v |= words[word + 1] << (64 - offset);
+            }
+            v & low_mask(width)
+        })
+        .collect()
+}
+
+/// `2^width − 1` (all ones for 64).
+pub fn low_mask(width: u32) -> u64 {
+    u64::MAX >> (64 - width)
+}
+
 /// Ring elements as bytes, little-endian.
 pub fn to_bytes(x: &[u64]) -> Vec<u8> {
     x.iter().flat_map(|v| v.to_le_bytes()).collect()

@@ -18,6 +18,8 @@ pub mod link;
 pub mod prg;
 pub mod ring;
 pub mod shard;
+#[cfg(target_arch = "x86_64")]
+mod vaes;
 
 pub use ctx::{Ctx, Material, Stats};
 pub use link::{Link, MemLink, mem_pair};

@@ -387,6 +387,36 @@ impl<'l> Ctx<'l> {
         Ok(out)
     }
 
+    /// Shares of `count` one-hot vectors of length `len ≤ 2^20`, one after the other, whose
+    /// ones sit at the `count` positions `points` returns (it runs only at the dealer). No
+    /// round: the dealer gives each party a DPF key per vector (a few dozen words), and each
+    /// party evaluates it over the whole domain.
+    pub fn one_hot(
+        &mut self,
+        count: usize,
+        len: usize,
+        points: impl FnOnce() -> Vec<u64>,
+    ) -> Result<Vec<u64>, MpcError> {
+        let log2 = len.next_power_of_two().trailing_zeros().max(1);
+        let key_words = dpf::key_words(log2);
+        let keys = self.dealt_both(count * key_words, |tree, secret| {
+            let points = points();
+            debug_assert_eq!(points.len(), count);
+            dpf::generate(tree, log2, &points, 1, secret)
+        })?;
+        let Some(role) = self.role() else {
+            return Ok(vec![0; count * len]);
+        };
+        let party = if role == Role::A { 0 } else { 1 };
+        let (mut scratch, mut point) = (dpf::Scratch::default(), Vec::new());
+        let mut out = Vec::with_capacity(count * len);
+        for key in self.dealt(keys).chunks_exact(key_words) {
+            dpf::evaluate_all(&self.tree, party, log2, key, &mut scratch, &mut point);
+            out.extend_from_slice(&point[..len]);
+        }
+        Ok(out)
+    }
+
     /// Elementwise square (a dealt pair `(a, a²)`; one round, n words each way), no truncation.
     pub fn square_raw(&mut self, x: &[u64]) -> Result<Vec<u64>, MpcError> {
         let n = x.len();

@@ -87,21 +87,16 @@ impl Embedding {
     }
 }
 
-/// Shares of the one-hot rows of `tokens` (`t × vocab`): the dealer knows the tokens, A
-/// expands its share from its seed, B receives the rest. `tokens` is read only at the dealer.
+/// Shares of the one-hot rows of `tokens` (`t × vocab`), each from a DPF key the dealer gives
+/// both parties ([`Ctx::one_hot`]): no token id and no one-hot row is ever sent. `tokens` is
+/// read only at the dealer.
 pub fn onehot_input(
     ctx: &mut Ctx,
     tokens: &[u32],
     t: usize,
     vocab: usize,
 ) -> Result<Vec<u64>, MpcError> {
-    ctx.derived(t * vocab, || {
-        let mut rows = vec![0u64; t * vocab];
-        for (i, &tok) in tokens.iter().enumerate() {
-            rows[i * vocab + tok as usize] = 1;
-        }
-        rows
-    })
+    ctx.one_hot(t, vocab, || tokens.iter().map(|&tok| tok as u64).collect())
 }
 
 /// The table in 8-bit blocks, when every block is exactly `offset + scale·q`: the offset is

@@ -1,7 +1,8 @@
 //! What each party of the pair receives, recorded over a whole session (a prompt and decode
-//! steps) for two different prompts of equal length: from the other party and from the dealer,
-//! every word must look like a uniform ring element, the two prompts' views must be alike, and
-//! no token id, one-hot entry or embedding value of the prompt may appear.
+//! steps) for two different prompts of equal length: from the other party every word must look
+//! like a uniform ring element and the two prompts' views must be alike; in nothing received,
+//! from the other party or from the dealer, may a token id, one-hot entry or embedding value of
+//! the prompt appear. The dealt input is a DPF key per token, whose shares `dpf.rs` tests.
 
 mod common;
 
@@ -113,11 +114,6 @@ fn the_parties_views_look_uniform_and_carry_nothing_of_the_prompt() {
     for (p, [a, b]) in views.iter().enumerate() {
         assert_uniform(&format!("prompt {p}: A from B"), &a.link);
         assert_uniform(&format!("prompt {p}: B from A"), &b.link);
-        // B's first dealt words are its share of the prompt's one-hot rows.
-        assert_uniform(
-            &format!("prompt {p}: B's one-hot share"),
-            &b.material[..t * VOCAB],
-        );
         for view in [a, b] {
             let all: std::collections::HashSet<u64> =
                 view.link.iter().chain(&view.material).copied().collect();
@@ -146,11 +142,6 @@ fn the_parties_views_look_uniform_and_carry_nothing_of_the_prompt() {
             &views[1][i].link,
         );
     }
-    assert_alike(
-        "B's one-hot share",
-        &views[0][1].material[..t * VOCAB],
-        &views[1][1].material[..t * VOCAB],
-    );
 
     // Control: the plaintext one-hot rows, fed to the same check, fail it.
     let mut onehot = vec![0u64; t * VOCAB];

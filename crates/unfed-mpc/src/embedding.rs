@@ -21,8 +21,13 @@ pub struct Embedding {
 
 #[derive(Clone, Debug)]
 enum Form {
-    /// Per row and block `(scale, offset)`; per entry `q`: the entry is `offset + scale·q`.
-    Blocks { params: Vec<(u32, i32)>, q: Vec<u8> },
+    /// Per row and block a scale and an offset; per entry `q`: the entry is
+    /// `offset + scale·q`.
+    Blocks {
+        scales: Vec<u32>,
+        offsets: Vec<i32>,
+        q: Vec<u8>,
+    },
     /// Every entry at full width.
     Full(Matrix),
 }
@@ -57,26 +62,37 @@ impl Embedding {
                     }
                 }
             }
-            Form::Blocks { params, q } => {
+            Form::Blocks { scales, offsets, q } => {
                 let nb = cols.div_ceil(BLOCK);
                 // Σ_r onehot_r·offset_rb, per token and block, added at the end.
-                let mut offsets = vec![0u64; t * nb];
+                let mut sums = vec![0u64; t * nb];
+                let whole = cols / BLOCK * BLOCK;
                 for r in 0..rows {
-                    let (q, params) = (&q[r * cols..(r + 1) * cols], &params[r * nb..(r + 1) * nb]);
-                    for (i, o) in out.chunks_mut(cols).enumerate() {
+                    let q = &q[r * cols..(r + 1) * cols];
+                    let (scales, offsets) = (&scales[r * nb..][..nb], &offsets[r * nb..][..nb]);
+                    for (i, (o, sums)) in out.chunks_mut(cols).zip(sums.chunks_mut(nb)).enumerate()
+                    {
                         let e = onehot[i * rows + r];
-                        let blocks = o.chunks_mut(BLOCK).zip(q.chunks(BLOCK)).zip(params);
-                        for (b, ((o, q), &(scale, offset))) in blocks.enumerate() {
-                            let a = e.wrapping_mul(scale as u64);
+                        for (sum, offset) in sums.iter_mut().zip(offsets) {
+                            *sum = sum.wrapping_add(e.wrapping_mul(*offset as i64 as u64));
+                        }
+                        let (o, o_rest) = o.split_at_mut(whole);
+                        let blocks = o.chunks_exact_mut(BLOCK).zip(q.chunks_exact(BLOCK));
+                        for ((o, q), scale) in blocks.zip(scales) {
+                            let o: &mut [u64; BLOCK] = o.try_into().expect("a block");
+                            let q: &[u8; BLOCK] = q.try_into().expect("a block");
+                            add_scaled(o, q, e.wrapping_mul(*scale as u64));
+                        }
+                        let (o, q) = (o_rest, &q[whole..]);
+                        if let Some(scale) = scales.get(cols / BLOCK) {
+                            let a = e.wrapping_mul(*scale as u64);
                             for (o, q) in o.iter_mut().zip(q) {
                                 *o = o.wrapping_add(a.wrapping_mul(*q as u64));
                             }
-                            let sum = &mut offsets[i * nb + b];
-                            *sum = sum.wrapping_add(e.wrapping_mul(offset as i64 as u64));
                         }
                     }
                 }
-                for (o, sums) in out.chunks_mut(cols).zip(offsets.chunks(nb)) {
+                for (o, sums) in out.chunks_mut(cols).zip(sums.chunks(nb)) {
                     for (o, sum) in o.chunks_mut(BLOCK).zip(sums) {
                         o.iter_mut().for_each(|v| *v = v.wrapping_add(*sum));
                     }
@@ -102,7 +118,7 @@ pub fn onehot_input(
 /// The table in 8-bit blocks, when every block is exactly `offset + scale·q`: the offset is
 /// the block's minimum, the scale the greatest common divisor of the differences from it.
 fn blocks(data: &[i32], cols: usize) -> Option<Form> {
-    let mut params = Vec::with_capacity(data.len() / BLOCK + 1);
+    let (mut scales, mut offsets) = (Vec::new(), Vec::new());
     let mut q = Vec::with_capacity(data.len());
     for row in data.chunks(cols) {
         for block in row.chunks(BLOCK) {
@@ -112,11 +128,19 @@ fn blocks(data: &[i32], cols: usize) -> Option<Form> {
             if block.iter().any(|v| diff(v) / scale > u8::MAX as u64) {
                 return None;
             }
-            params.push((u32::try_from(scale).ok()?, min));
+            scales.push(u32::try_from(scale).ok()?);
+            offsets.push(min);
             q.extend(block.iter().map(|v| (diff(v) / scale) as u8));
         }
     }
-    Some(Form::Blocks { params, q })
+    Some(Form::Blocks { scales, offsets, q })
+}
+
+/// `o += a·q` over one block.
+fn add_scaled(o: &mut [u64; BLOCK], q: &[u8; BLOCK], a: u64) {
+    for (o, q) in o.iter_mut().zip(q) {
+        *o = o.wrapping_add(a.wrapping_mul(*q as u64));
+    }
 }
 
 fn gcd(a: u64, b: u64) -> u64 {

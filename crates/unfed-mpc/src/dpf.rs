@@ -129,10 +129,9 @@ pub fn evaluate_all(
             |side: usize| (key[2 + 2 * levels + (2 * l + side) / 64] >> ((2 * l + side) % 64)) & 1;
         let seed_cw = read_seed(&key[2 + 2 * l..]);
         let cw = [seed_cw | bit_cw(0) as u128, seed_cw | bit_cw(1) as u128];
-        next.resize(2 * level.len(), 0);
-        for (pair, parent) in next.chunks_exact_mut(2).zip(level.iter()) {
-            pair[0] = clear(*parent);
-            pair[1] = clear(*parent) ^ RIGHT;
+        next.clear();
+        for parent in level.iter() {
+            next.extend([clear(*parent), clear(*parent) ^ RIGHT]);
         }
         prg.hash(next);
         for (pair, parent) in next.chunks_exact_mut(2).zip(level.iter()) {
@@ -145,14 +144,11 @@ pub fn evaluate_all(
     // Every leaf's blocks at once, then the corrections.
     let width = 1usize << leaf;
     let blocks = width / 2;
-    next.resize(level.len() * blocks, 0);
-    for (leaf_blocks, s) in next.chunks_exact_mut(blocks).zip(level.iter()) {
-        for (j, block) in leaf_blocks.iter_mut().enumerate() {
-            *block = clear(*s) ^ j as u128;
-        }
+    next.clear();
+    for s in level.iter() {
+        next.extend((0..blocks as u128).map(|j| clear(*s) ^ j));
     }
     prg.hash(next);
-    let party_sign = sign(party == 1);
     let last = &key[key.len() - width..];
     out.resize(level.len() * width, 0);
     for ((out, leaf_blocks), s) in out
@@ -160,13 +156,16 @@ pub fn evaluate_all(
         .zip(next.chunks_exact(blocks))
         .zip(level.iter())
     {
-        let mask = on(*s) as u64;
-        for (j, block) in leaf_blocks.iter().enumerate() {
-            for (half, w) in halves(*block).into_iter().enumerate() {
-                let at = 2 * j + half;
-                out[at] = party_sign.wrapping_mul(w.wrapping_add(last[at] & mask));
-            }
+        for (pair, block) in out.chunks_exact_mut(2).zip(leaf_blocks) {
+            pair.copy_from_slice(&halves(*block));
         }
+        let mask = on(*s) as u64;
+        for (o, last) in out.iter_mut().zip(last) {
+            *o = o.wrapping_add(last & mask);
+        }
+    }
+    if party == 1 {
+        out.iter_mut().for_each(|v| *v = v.wrapping_neg());
     }
 }
 

@@ -103,14 +103,18 @@ impl TreePrg {
     /// Replaces every `x` by `H(x)`.
     pub(crate) fn hash(&self, xs: &mut [u128]) {
         #[cfg(target_arch = "x86_64")]
-        let xs = match &self.fast {
-            Some(keys) => {
-                let (whole, rest) = xs.split_at_mut(xs.len() / 16 * 16);
-                crate::vaes::hash(keys, whole);
-                rest
+        if let Some(keys) = &self.fast {
+            let (whole, rest) = xs.split_at_mut(xs.len() / 16 * 16);
+            crate::vaes::hash(keys, whole);
+            if !rest.is_empty() {
+                // The last few blocks padded to a whole group.
+                let mut padded = [0u128; 16];
+                padded[..rest.len()].copy_from_slice(rest);
+                crate::vaes::hash(keys, &mut padded);
+                rest.copy_from_slice(&padded[..rest.len()]);
             }
-            None => xs,
-        };
+            return;
+        }
         self.hash_portable(xs);
     }
 

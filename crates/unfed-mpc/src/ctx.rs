@@ -178,19 +178,25 @@ impl<'l> Ctx<'l> {
 
     /// Opens a shared vector: both parties learn `x`. One round.
     pub fn open(&mut self, x: &[u64]) -> Result<Vec<u64>, MpcError> {
-        let Some(link) = self.link.as_deref_mut() else {
+        if self.is_dealer() {
             return Ok(vec![0; x.len()]);
-        };
-        let theirs = link.exchange(x)?;
-        if theirs.len() != x.len() {
+        }
+        Ok(ring::add(x, &self.exchange(x)?))
+    }
+
+    /// One round: sends `message`, returns the other party's message of the same length.
+    fn exchange(&mut self, message: &[u64]) -> Result<Vec<u64>, MpcError> {
+        let link = self.link.as_deref_mut().expect("a party has a link");
+        let theirs = link.exchange(message)?;
+        if theirs.len() != message.len() {
             return Err(MpcError::PeerLength {
-                expected: x.len(),
+                expected: message.len(),
                 got: theirs.len(),
             });
         }
         self.stats.rounds += 1;
-        self.stats.words_sent += x.len() as u64;
-        Ok(ring::add(x, &theirs))
+        self.stats.words_sent += message.len() as u64;
+        Ok(theirs)
     }
 
     /// Opens bits `shift .. shift + width` of each party's share: both parties learn
@@ -200,24 +206,16 @@ impl<'l> Ctx<'l> {
     /// bits ([`ring::pack`]), the few left over as whole shares (from which the other party
     /// takes the same bits), so every word sent is as uniform as the shares are.
     pub fn open_bits(&mut self, x: &[u64], shift: u32, width: u32) -> Result<Vec<u64>, MpcError> {
-        let Some(link) = self.link.as_deref_mut() else {
+        if self.is_dealer() {
             return Ok(vec![0; x.len()]);
-        };
+        }
         let part = |v: &u64| (v >> shift) & ring::low_mask(width);
         let packed = x.len() / ring::pack_group(width) * ring::pack_group(width);
         let mine: Vec<u64> = x.iter().map(part).collect();
         let mut message = ring::pack(&mine[..packed], width);
         let packed_words = message.len();
         message.extend_from_slice(&x[packed..]);
-        let theirs = link.exchange(&message)?;
-        if theirs.len() != message.len() {
-            return Err(MpcError::PeerLength {
-                expected: message.len(),
-                got: theirs.len(),
-            });
-        }
-        self.stats.rounds += 1;
-        self.stats.words_sent += message.len() as u64;
+        let theirs = self.exchange(&message)?;
         let mut sum = ring::unpack(&theirs[..packed_words], width, packed);
         sum.extend(theirs[packed_words..].iter().map(part));
         ring::add_assign(&mut sum, &mine);

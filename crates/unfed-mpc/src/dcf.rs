@@ -84,20 +84,18 @@ pub fn generate(
                     key[key_at + 2 + k] = value_cw;
                 }
             }
-            let bit = |b: usize, side: usize| (h[b][side] & 1) as u64;
-            let bits_cw = [
-                bit(0, 0) ^ bit(1, 0) ^ alpha_bit as u64 ^ 1,
-                bit(0, 1) ^ bit(1, 1) ^ alpha_bit as u64,
-            ];
-            let keep_cw = seed_cw | bits_cw[keep] as u128;
-            for b in 0..2 {
-                s[b] = h[b][keep] ^ (keep_cw & on(s[b]));
-                let key = &mut keys[b][e * kw..(e + 1) * kw];
-                write_seed(&mut key[2 + (2 + m) * level..], seed_cw);
-                for (side, cw) in bits_cw.iter().enumerate() {
-                    key[2 + (2 + m) * n + (2 * level + side) / 64] |=
-                        cw << ((2 * level + side) % 64);
-                }
+            let children = h.map(|h| [h[0], h[1]]);
+            let bits_cw = descend(children, s, keep, seed_cw);
+            for key in &mut keys {
+                let key = &mut key[e * kw..(e + 1) * kw];
+                write_level(
+                    key,
+                    2 + (2 + m) * level,
+                    2 + (2 + m) * n,
+                    level,
+                    seed_cw,
+                    bits_cw,
+                );
             }
         }
     }
@@ -201,6 +199,43 @@ fn evaluate_m<const M: usize>(
 /// A leaf seed's value for output `k < 2`: its halves (the first is the paper's `Convert`).
 fn end_value(seed: u128, k: usize) -> u64 {
     halves(clear(seed))[k]
+}
+
+/// One level down the two parties' trees towards `keep` (the tree step of a DCF or DPF key's
+/// generation): from their children `h[b][side]` (control bit in the lowest bit) and the
+/// level's correction seed, the correction bits, with `s` moved to the kept children.
+pub(crate) fn descend(
+    h: [[u128; 2]; 2],
+    s: &mut [u128; 2],
+    keep: usize,
+    seed_cw: u128,
+) -> [u64; 2] {
+    let bit = |b: usize, side: usize| (h[b][side] & 1) as u64;
+    let bits_cw = [
+        bit(0, 0) ^ bit(1, 0) ^ keep as u64 ^ 1,
+        bit(0, 1) ^ bit(1, 1) ^ keep as u64,
+    ];
+    let keep_cw = seed_cw | bits_cw[keep] as u128;
+    for (b, s) in s.iter_mut().enumerate() {
+        *s = h[b][keep] ^ (keep_cw & on(*s));
+    }
+    bits_cw
+}
+
+/// Writes a level's correction seed at `seed_at` and its two bits into the packed bits at
+/// `packed_at` of one key.
+pub(crate) fn write_level(
+    key: &mut [u64],
+    seed_at: usize,
+    packed_at: usize,
+    level: usize,
+    seed_cw: u128,
+    bits_cw: [u64; 2],
+) {
+    write_seed(&mut key[seed_at..], seed_cw);
+    for (side, cw) in bits_cw.iter().enumerate() {
+        key[packed_at + (2 * level + side) / 64] |= cw << ((2 * level + side) % 64);
+    }
 }
 
 /// `−1` or `1` in the ring (the sign the second party's share carries).

@@ -8,7 +8,7 @@
 //! evaluation over 10 bits takes 638 AES blocks, where a tree down to single outputs takes
 //! 2046.
 
-use crate::dcf::{read_seed, sign, write_seed};
+use crate::dcf::{descend, read_seed, sign, write_level, write_seed};
 use crate::prg::{Prg, RIGHT, TreePrg, clear, halves, on};
 
 /// The tree stops this many levels above the domain (fewer for smaller domains).
@@ -64,20 +64,10 @@ pub fn generate(
             // h[b][side]: party b's child on that side, its control bit in the lowest bit.
             let h = [0, 1].map(|b| [buf[4 * e + 2 * b], buf[4 * e + 2 * b + 1]]);
             let seed_cw = clear(h[0][1 - keep] ^ h[1][1 - keep]);
-            let bit = |b: usize, side: usize| (h[b][side] & 1) as u64;
-            let bits_cw = [
-                bit(0, 0) ^ bit(1, 0) ^ keep as u64 ^ 1,
-                bit(0, 1) ^ bit(1, 1) ^ keep as u64,
-            ];
-            let keep_cw = seed_cw | bits_cw[keep] as u128;
-            for b in 0..2 {
-                s[b] = h[b][keep] ^ (keep_cw & on(s[b]));
-                let key = &mut keys[b][e * kw..(e + 1) * kw];
-                write_seed(&mut key[2 + 2 * level..], seed_cw);
-                for (side, cw) in bits_cw.iter().enumerate() {
-                    key[2 + 2 * levels + (2 * level + side) / 64] |=
-                        cw << ((2 * level + side) % 64);
-                }
+            let bits_cw = descend(h, s, keep, seed_cw);
+            for key in &mut keys {
+                let key = &mut key[e * kw..(e + 1) * kw];
+                write_level(key, 2 + 2 * level, 2 + 2 * levels, level, seed_cw, bits_cw);
             }
         }
     }

@@ -1,0 +1,186 @@
+//! The building blocks made of function secret sharing: comparison (DCF keys) and table
+//! lookup and one-hot vectors (DPF keys). Part of [`Ctx`]; the dealer makes the keys with
+//! the tree PRG, each party evaluates its own.
+
+use crate::ring;
+use crate::{Ctx, MpcError, Role, dcf, dpf};
+
+impl Ctx<'_> {
+    /// Shares of `tables[k][idx mod 2^log2]` for every element of the shared index `idx`
+    /// (one round, `log2` bits per element each way; the dealer gives a DPF key over `log2`
+    /// bits per element).
+    ///
+    /// The opened value is `idx + r mod 2^log2` for a dealt uniform `r`; the DPF evaluates to shares of 1
+    /// at `r mod 2^log2` and 0 elsewhere, so `Σ_j table[(c − j) mod 2^log2]·dpf(j)` is a share
+    /// of `table[idx mod 2^log2]`. Each party evaluates the whole domain for each element.
+    pub fn lut(
+        &mut self,
+        idx: &[u64],
+        log2: u32,
+        tables: &[&[u64]],
+    ) -> Result<Vec<Vec<u64>>, MpcError> {
+        let size = 1usize << log2;
+        debug_assert!(tables.iter().all(|t| t.len() == size));
+        let n = idx.len();
+        let mask = size as u64 - 1;
+        let r = self.random(n);
+        let key_words = dpf::key_words(log2);
+        let keys = self.dealt_both(n * key_words, |tree, secret| {
+            let alphas: Vec<u64> = r.iter().map(|v| v & mask).collect();
+            dpf::generate(tree, log2, &alphas, 1, secret)
+        })?;
+        let c = self.open_bits(&ring::add(idx, &r), 0, log2)?;
+        let Some(role) = self.role() else {
+            return Ok(vec![vec![0; n]; tables.len()]);
+        };
+        let party = if role == Role::A { 0 } else { 1 };
+        // The tables reversed and doubled: entry `size − 1 − c + j` is `table[(c − j) mod size]`,
+        // so each lookup is one contiguous inner product.
+        let reversed: Vec<Vec<u64>> = tables
+            .iter()
+            .map(|t| {
+                (0..2 * size)
+                    .map(|m| t[(2 * size - 1 - m) % size])
+                    .collect()
+            })
+            .collect();
+        let keys = self.dealt(keys);
+        let (mut scratch, mut point) = (dpf::Scratch::default(), Vec::with_capacity(size));
+        let mut out = vec![Vec::with_capacity(n); tables.len()];
+        for (i, c) in c.iter().enumerate() {
+            let key = &keys[i * key_words..(i + 1) * key_words];
+            dpf::evaluate_all(&self.tree, party, log2, key, &mut scratch, &mut point);
+            let start = size - 1 - (c & mask) as usize;
+            for (table, out) in reversed.iter().zip(out.iter_mut()) {
+                out.push(ring::dot(&table[start..start + size], &point));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Shares of `count` one-hot vectors of length `len ≤ 2^20`, one after the other, whose
+    /// ones sit at the `count` positions `points` returns (it runs only at the dealer). No
+    /// round: the dealer gives each party a DPF key per vector (a few dozen words), and each
+    /// party evaluates it over the whole domain.
+    pub fn one_hot(
+        &mut self,
+        count: usize,
+        len: usize,
+        points: impl FnOnce() -> Vec<u64>,
+    ) -> Result<Vec<u64>, MpcError> {
+        let log2 = len.next_power_of_two().trailing_zeros().max(1);
+        let key_words = dpf::key_words(log2);
+        let keys = self.dealt_both(count * key_words, |tree, secret| {
+            let points = points();
+            debug_assert_eq!(points.len(), count);
+            dpf::generate(tree, log2, &points, 1, secret)
+        })?;
+        let Some(role) = self.role() else {
+            return Ok(vec![0; count * len]);
+        };
+        let party = if role == Role::A { 0 } else { 1 };
+        let (mut scratch, mut point) = (dpf::Scratch::default(), Vec::new());
+        let mut out = Vec::with_capacity(count * len);
+        for key in self.dealt(keys).chunks_exact(key_words) {
+            dpf::evaluate_all(&self.tree, party, log2, key, &mut scratch, &mut point);
+            out.extend_from_slice(&point[..len]);
+        }
+        Ok(out)
+    }
+
+    /// For each public threshold `τ` (a ring element at the scale of `x`): shares of
+    /// `[x < τ]`, and when `times` of `[x < τ]·x`, threshold after threshold (`τ`-major,
+    /// `thresholds.len() · n` each). One round and n words each way for all of it: `x` is
+    /// opened masked once, and the dealer gives one DCF key per element, which each party
+    /// evaluates at every threshold. Each `x − τ` must lie in `[−2^bits, 2^bits)`,
+    /// `bits ≤ 62`; the comparison looks at the bits above `low`, and is exact wherever
+    /// `2^low ≤ |x − τ| ≤ 2^bits − 2^low` (everywhere for `low = 0`), 0 or 1 elsewhere.
+    ///
+    /// With the opened `c = x + 2^bits + r` and `y = c − τ − r = x − τ + 2^bits`, which lies in
+    /// `[0, 2^(bits+1))`: `x ≥ τ` exactly when bit `bits` of `y` is set, and that bit is
+    /// `c'_bits ⊕ r_bits ⊕ D` for `c' = c − τ` and `D = [c' mod 2^bits < r mod 2^bits]`. `D` is
+    /// the DCF at `c'`, whose output the dealer sets to `1 − 2·r_bits`, so that adding shares of
+    /// `r_bits` gives `X = r_bits ⊕ D`. Comparing without the low `low` bits decides `D`
+    /// wrongly only when `c'` and `r` agree above them, that is when `y mod 2^bits` is within
+    /// `2^low` of 0.
+    ///
+    /// The product needs no second round (as in the FSS ReLU gates of Boyle et al.):
+    /// `[x < τ]·x = [x < τ]·(c − 2^bits) − [x < τ]·r`, the first term public times shared, and
+    /// `[x < τ]·r = r − c'_bits·r − (1 − 2·c'_bits)·X·r`, whose `X·r` the DCF gives as a second
+    /// output, `(1 − 2·r_bits)·r`, next to a dealt share of `r_bits·r`.
+    pub fn compare(
+        &mut self,
+        x: &[u64],
+        thresholds: &[u64],
+        bits: u32,
+        low: u32,
+        times: bool,
+    ) -> Result<(Vec<u64>, Vec<u64>), MpcError> {
+        debug_assert!((1..=62).contains(&bits) && low < bits);
+        let (n, t) = (x.len(), thresholds.len());
+        let mask = (1u64 << bits) - 1;
+        let outputs = if times { 2 } else { 1 };
+        let r = self.random(n);
+        let r_bit = self.derived(n, || r.iter().map(|v| (v >> bits) & 1).collect())?;
+        let r_times_bit = if times {
+            self.derived(n, || ring::mul(&r, &r_bit))?
+        } else {
+            Vec::new()
+        };
+        let shape = (bits - low, outputs);
+        let key_words = dcf::key_words(shape.0, outputs);
+        let keys = self.dealt_both(n * key_words, |tree, secret| {
+            let alphas: Vec<u64> = r.iter().map(|v| (v & mask) >> low).collect();
+            let betas: Vec<u64> = r
+                .iter()
+                .zip(&r_bit)
+                .flat_map(|(r, b)| {
+                    let sign = 1u64.wrapping_sub(2 * b);
+                    [sign, sign.wrapping_mul(*r)].into_iter().take(outputs)
+                })
+                .collect();
+            dcf::generate(tree, shape.0, outputs, &alphas, &betas, secret)
+        })?;
+        let mut masked = ring::add(x, &r);
+        self.add_public(&mut masked, 1 << bits);
+        let c = self.open(&masked)?;
+        let products = if times { t * n } else { 0 };
+        let Some(role) = self.role() else {
+            return Ok((vec![0; t * n], vec![0; products]));
+        };
+        let a = role == Role::A;
+        let points: Vec<u64> = c
+            .iter()
+            .flat_map(|c| {
+                thresholds
+                    .iter()
+                    .map(move |tau| (c.wrapping_sub(*tau) & mask) >> low)
+            })
+            .collect();
+        let d = dcf::evaluate(&self.tree, !a as u8, shape, self.dealt(keys), &points, t);
+        let (mut below, mut product) = (vec![0u64; t * n], vec![0u64; products]);
+        for (e, c) in c.iter().enumerate() {
+            for (j, tau) in thresholds.iter().enumerate() {
+                let at = (e * t + j) * outputs;
+                let c_bit = (c.wrapping_sub(*tau) >> bits) & 1;
+                let sign = 1u64.wrapping_sub(2 * c_bit);
+                let x_share = r_bit[e].wrapping_add(d[at]);
+                let mut lt = sign.wrapping_mul(x_share).wrapping_neg();
+                if a {
+                    lt = lt.wrapping_add(1 - c_bit);
+                }
+                below[j * n + e] = lt;
+                if times {
+                    let xr = r_times_bit[e].wrapping_add(d[at + 1]);
+                    let lt_r = r[e]
+                        .wrapping_sub(c_bit.wrapping_mul(r[e]))
+                        .wrapping_sub(sign.wrapping_mul(xr));
+                    product[j * n + e] = lt
+                        .wrapping_mul(c.wrapping_sub(1 << bits))
+                        .wrapping_sub(lt_r);
+                }
+            }
+        }
+        Ok((below, product))
+    }
+}

@@ -163,9 +163,8 @@ pub fn recip(ctx: &mut Ctx, x: &[u64], log2_max: u32) -> R {
 
 /// `c/√x` for `x ∈ [4^lo, 4^hi)` given at `x_frac` fractional bits (17 rounds): the
 /// comparisons `x ≥ 4^j` and their products with `x` select the octave pair and scale `x`
-/// into `[1, 4)`, a linear first
-/// guess (relative error ≤ 0.087) and three Newton steps `y ← (3y − m·y³)/2`, scaled back by
-/// `c·2^−j`. Needs `x_frac + 2·hi ≤ 61` and `x_frac ≤ 39`.
+/// into `[1, 4)`, a linear first guess (relative error ≤ 0.087) and three Newton steps
+/// `y ← (3y − m·y³)/2`, scaled back by `c·2^−j`. Needs `x_frac + 2·hi ≤ 61` and `x_frac ≤ 39`.
 pub fn rsqrt(ctx: &mut Ctx, x: &[u64], x_frac: u32, lo: i32, hi: i32, c: f64) -> R {
     let n = x.len();
     let bits = (x_frac as i32 + 2 * hi + 1).max(x_frac as i32 + 1) as u32;

@@ -121,6 +121,11 @@ impl<'l> Ctx<'l> {
         }
     }
 
+    /// The index the FSS keys use for this party (A 0, B 1), `None` for the dealer.
+    fn key_index(&self) -> Option<u8> {
+        self.role().map(|role| (role == Role::B) as u8)
+    }
+
     pub fn is_dealer(&self) -> bool {
         self.role().is_none()
     }

@@ -163,12 +163,9 @@ fn evaluate_m<const M: usize>(
         }
         prg.hash(&mut buf);
         let at = 2 + (2 + M) * level;
-        let packed = 2 + (2 + M) * n + 2 * level / 64;
-        let shift = 2 * level % 64;
         for (key, e) in keys.iter().zip((0..xs.len()).step_by(points)) {
-            let seed_cw = read_seed(&key[at..]);
+            let cw = read_level(key, at, 2 + (2 + M) * n, level);
             let value_cw = &key[at + 2..at + 2 + M];
-            let bits_cw = key[packed] >> shift;
             for e in e..e + points {
                 let dir = ((xs[e] >> i) & 1) as usize;
                 let s = &mut seeds[e];
@@ -178,8 +175,7 @@ fn evaluate_m<const M: usize>(
                     let step = halves(block[1 + k])[dir].wrapping_add(value_cw[k] & mask as u64);
                     values[e][k] = values[e][k].wrapping_add(step);
                 }
-                let cw = seed_cw | ((bits_cw >> dir) & 1) as u128;
-                *s = block[0] ^ (cw & mask);
+                *s = block[0] ^ (cw[dir] & mask);
             }
         }
     }
@@ -220,6 +216,17 @@ pub(crate) fn descend(
         *s = h[b][keep] ^ (keep_cw & on(*s));
     }
     bits_cw
+}
+
+/// A level's corrections of one key, per side: the correction seed with that side's
+/// correction bit in its lowest bit (what [`write_level`] wrote).
+pub(crate) fn read_level(key: &[u64], seed_at: usize, packed_at: usize, level: usize) -> [u128; 2] {
+    let seed_cw = read_seed(&key[seed_at..]);
+    let bits = key[packed_at + 2 * level / 64] >> (2 * level % 64);
+    [
+        seed_cw | (bits & 1) as u128,
+        seed_cw | ((bits >> 1) & 1) as u128,
+    ]
 }
 
 /// Writes a level's correction seed at `seed_at` and its two bits into the packed bits at

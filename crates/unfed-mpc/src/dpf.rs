@@ -8,7 +8,7 @@
 //! evaluation over 10 bits takes 638 AES blocks, where a tree down to single outputs takes
 //! 2046.
 
-use crate::dcf::{descend, read_seed, sign, write_level, write_seed};
+use crate::dcf::{descend, read_level, read_seed, sign, write_level, write_seed};
 use crate::prg::{Prg, RIGHT, TreePrg, clear, halves, on};
 
 /// The tree stops this many levels above the domain (fewer for smaller domains).
@@ -115,10 +115,7 @@ pub fn evaluate_all(
     level.clear();
     level.push(read_seed(key));
     for l in 0..levels {
-        let bit_cw =
-            |side: usize| (key[2 + 2 * levels + (2 * l + side) / 64] >> ((2 * l + side) % 64)) & 1;
-        let seed_cw = read_seed(&key[2 + 2 * l..]);
-        let cw = [seed_cw | bit_cw(0) as u128, seed_cw | bit_cw(1) as u128];
+        let cw = read_level(key, 2 + 2 * l, 2 + 2 * levels, l);
         next.clear();
         for parent in level.iter() {
             next.extend([clear(*parent), clear(*parent) ^ RIGHT]);
@@ -136,7 +133,7 @@ pub fn evaluate_all(
     let blocks = width / 2;
     next.clear();
     for s in level.iter() {
-        next.extend((0..blocks as u128).map(|j| clear(*s) ^ j));
+        next.extend(leaf_inputs(*s, blocks));
     }
     prg.hash(next);
     let last = &key[key.len() - width..];
@@ -163,11 +160,16 @@ pub fn evaluate_all(
 fn expand_leaf(prg: &TreePrg, seed: u128, width: usize, out: &mut Vec<u64>) {
     let mut blocks = [0u128; 1 << (LEAF - 1)];
     let blocks = &mut blocks[..width / 2];
-    for (j, block) in blocks.iter_mut().enumerate() {
-        *block = clear(seed) ^ j as u128;
+    for (block, input) in blocks.iter_mut().zip(leaf_inputs(seed, width / 2)) {
+        *block = input;
     }
     prg.hash(blocks);
     out.extend(blocks.iter().flat_map(|b| halves(*b)));
+}
+
+/// The inputs of `H` whose halves are a leaf's outputs: `s ⊕ j` for `j < blocks`.
+fn leaf_inputs(seed: u128, blocks: usize) -> impl Iterator<Item = u128> {
+    (0..blocks as u128).map(move |j| clear(seed) ^ j)
 }
 
 #[cfg(test)]

@@ -88,13 +88,12 @@ pub fn reveal(a: &[u64], b: &[u64]) -> Vec<u64> {
 
 /// How many values of `width` bits fill a whole number of words exactly.
 pub fn pack_group(width: u32) -> usize {
-    let gcd = |mut a: u32, mut b: u32| {
-        while b != 0 {
-            (a, b) = (b, a % b);
-        }
-        a
-    };
-    64 / gcd(64, width) as usize
+    64 / gcd(64, width as u64) as usize
+}
+
+/// The greatest common divisor.
+pub(crate) fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// Values below `2^width` (`1 ≤ width ≤ 64`) as a bit stream, little-endian: a multiple of

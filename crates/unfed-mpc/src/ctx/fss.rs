@@ -3,7 +3,7 @@
 //! the tree PRG, each party evaluates its own.
 
 use crate::ring;
-use crate::{Ctx, MpcError, Role, dcf, dpf};
+use crate::{Ctx, MpcError, dcf, dpf};
 
 impl Ctx<'_> {
     /// Shares of `tables[k][idx mod 2^log2]` for every element of the shared index `idx`
@@ -30,10 +30,9 @@ impl Ctx<'_> {
             dpf::generate(tree, log2, &alphas, 1, secret)
         })?;
         let c = self.open_bits(&ring::add(idx, &r), 0, log2)?;
-        let Some(role) = self.role() else {
+        let Some(party) = self.key_index() else {
             return Ok(vec![vec![0; n]; tables.len()]);
         };
-        let party = if role == Role::A { 0 } else { 1 };
         // The tables reversed and doubled: entry `size − 1 − c + j` is `table[(c − j) mod size]`,
         // so each lookup is one contiguous inner product.
         let reversed: Vec<Vec<u64>> = tables
@@ -75,10 +74,9 @@ impl Ctx<'_> {
             debug_assert_eq!(points.len(), count);
             dpf::generate(tree, log2, &points, 1, secret)
         })?;
-        let Some(role) = self.role() else {
+        let Some(party) = self.key_index() else {
             return Ok(vec![0; count * len]);
         };
-        let party = if role == Role::A { 0 } else { 1 };
         let (mut scratch, mut point) = (dpf::Scratch::default(), Vec::new());
         let mut out = Vec::with_capacity(count * len);
         for key in self.dealt(keys).chunks_exact(key_words) {
@@ -145,10 +143,10 @@ impl Ctx<'_> {
         self.add_public(&mut masked, 1 << bits);
         let c = self.open(&masked)?;
         let products = if times { t * n } else { 0 };
-        let Some(role) = self.role() else {
+        let Some(party) = self.key_index() else {
             return Ok((vec![0; t * n], vec![0; products]));
         };
-        let a = role == Role::A;
+        let a = party == 0;
         let points: Vec<u64> = c
             .iter()
             .flat_map(|c| {
@@ -157,7 +155,7 @@ impl Ctx<'_> {
                     .map(move |tau| (c.wrapping_sub(*tau) & mask) >> low)
             })
             .collect();
-        let d = dcf::evaluate(&self.tree, !a as u8, shape, self.dealt(keys), &points, t);
+        let d = dcf::evaluate(&self.tree, party, shape, self.dealt(keys), &points, t);
         let (mut below, mut product) = (vec![0u64; t * n], vec![0u64; products]);
         for (e, c) in c.iter().enumerate() {
             for (j, tau) in thresholds.iter().enumerate() {

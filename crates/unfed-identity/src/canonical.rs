@@ -1,7 +1,9 @@
-//! The canonical registry payloads: what a node signs to register, heartbeat and unregister.
+//! The canonical registry payloads: what a node (or a guard relay) signs to register,
+//! heartbeat and unregister.
 //!
 //! Layout (all integers big-endian; specified with test vectors in `docs/protocol.md`):
-//! `"UNFED"` (5 bytes), version `1`, kind (`1` register, `2` heartbeat, `3` unregister), then
+//! `"UNFED"` (5 bytes), version `1`, kind (`1` register, `2` heartbeat, `3` unregister, `4`
+//! register a guard), then
 //! the fields in declaration order. An [`Address`] is its 20 raw bytes, a `String` or `Vec<u8>`
 //! a `u16` length and the bytes, `u32`/`u64` 4/8 bytes, `[u8; 32]` its 32 raw bytes, an
 //! [`MpcRole`] one byte (`0` none, `1` party A, `2` party B) followed, for a party, by its
@@ -20,6 +22,8 @@ pub const KIND_REGISTER: u8 = 1;
 pub const KIND_HEARTBEAT: u8 = 2;
 /// Kind byte of [`Payload::Unregister`].
 pub const KIND_UNREGISTER: u8 = 3;
+/// Kind byte of [`Payload::RegisterGuard`].
+pub const KIND_REGISTER_GUARD: u8 = 4;
 /// Longest accepted encoded payload.
 pub const MAX_PAYLOAD_LEN: usize = 1024;
 /// Longest `address` (host:port) in bytes.
@@ -35,12 +39,14 @@ pub const MPC_ROLE_A: u8 = 1;
 /// Role byte of [`MpcRole::B`].
 pub const MPC_ROLE_B: u8 = 2;
 
-/// What a node signs for the registry.
+/// What a node or a guard relay signs for the registry. Heartbeats and unregistrations name
+/// an `(identity, address)` and serve both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
     Register(Register),
     Heartbeat(Heartbeat),
     Unregister(Unregister),
+    RegisterGuard(RegisterGuard),
 }
 
 /// A node announces that it serves one shard of a model.
@@ -122,7 +128,21 @@ impl std::fmt::Display for MpcRole {
     }
 }
 
-/// A registered node says it is still alive.
+/// A guard relay (`unfed guard`) announces that it relays circuits to entry nodes, so that
+/// clients can find it through the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterGuard {
+    /// The signer.
+    pub identity: Address,
+    /// `host:port` the guard serves on (at most 255 bytes of UTF-8).
+    pub address: String,
+    /// The guard's X25519 public key; at most 64 bytes.
+    pub onion_key: Vec<u8>,
+    pub timestamp_ms: u64,
+    pub nonce: u64,
+}
+
+/// A registered node (or guard) says it is still alive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Heartbeat {
     pub identity: Address,
@@ -132,7 +152,7 @@ pub struct Heartbeat {
     pub nonce: u64,
 }
 
-/// A node leaves the registry.
+/// A node (or guard) leaves the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unregister {
     pub identity: Address,
@@ -184,6 +204,14 @@ impl Payload {
                 w.extend_from_slice(&u.timestamp_ms.to_be_bytes());
                 w.extend_from_slice(&u.nonce.to_be_bytes());
             }
+            Payload::RegisterGuard(g) => {
+                w.push(KIND_REGISTER_GUARD);
+                w.extend_from_slice(&g.identity.0);
+                put_bytes(&mut w, g.address.as_bytes());
+                put_bytes(&mut w, &g.onion_key);
+                w.extend_from_slice(&g.timestamp_ms.to_be_bytes());
+                w.extend_from_slice(&g.nonce.to_be_bytes());
+            }
         }
         w
     }
@@ -205,6 +233,10 @@ impl Payload {
             }
             Payload::Heartbeat(h) => check("address", h.address.len(), MAX_ADDRESS_LEN),
             Payload::Unregister(u) => check("address", u.address.len(), MAX_ADDRESS_LEN),
+            Payload::RegisterGuard(g) => {
+                check("address", g.address.len(), MAX_ADDRESS_LEN)?;
+                check("onion_key", g.onion_key.len(), MAX_ONION_KEY_LEN)
+            }
         }
     }
 
@@ -257,6 +289,13 @@ impl Payload {
                 timestamp_ms: r.u64("timestamp_ms")?,
                 nonce: r.u64("nonce")?,
             }),
+            KIND_REGISTER_GUARD => Payload::RegisterGuard(RegisterGuard {
+                identity: r.address()?,
+                address: r.string("address", MAX_ADDRESS_LEN)?,
+                onion_key: r.bytes("onion_key", MAX_ONION_KEY_LEN)?.to_vec(),
+                timestamp_ms: r.u64("timestamp_ms")?,
+                nonce: r.u64("nonce")?,
+            }),
             other => return Err(IdentityError::UnknownKind(other)),
         };
         let trailing = bytes.len() - r.offset;
@@ -272,6 +311,7 @@ impl Payload {
             Payload::Register(r) => r.identity,
             Payload::Heartbeat(h) => h.identity,
             Payload::Unregister(u) => u.identity,
+            Payload::RegisterGuard(g) => g.identity,
         }
     }
 
@@ -281,6 +321,7 @@ impl Payload {
             Payload::Register(r) => &r.address,
             Payload::Heartbeat(h) => &h.address,
             Payload::Unregister(u) => &u.address,
+            Payload::RegisterGuard(g) => &g.address,
         }
     }
 
@@ -290,6 +331,7 @@ impl Payload {
             Payload::Register(r) => r.timestamp_ms,
             Payload::Heartbeat(h) => h.timestamp_ms,
             Payload::Unregister(u) => u.timestamp_ms,
+            Payload::RegisterGuard(g) => g.timestamp_ms,
         }
     }
 
@@ -299,6 +341,7 @@ impl Payload {
             Payload::Register(r) => r.nonce,
             Payload::Heartbeat(h) => h.nonce,
             Payload::Unregister(u) => u.nonce,
+            Payload::RegisterGuard(g) => g.nonce,
         }
     }
 }

@@ -69,8 +69,10 @@ pub enum IdentityError {
     /// A payload version this code does not speak.
     #[error("unsupported payload version {0} (this node speaks version 1)")]
     UnsupportedVersion(u8),
-    /// A payload kind byte that is not 1, 2 or 3.
-    #[error("unknown payload kind {0} (expected 1 register, 2 heartbeat or 3 unregister)")]
+    /// A payload kind byte that is not 1, 2, 3 or 4.
+    #[error(
+        "unknown payload kind {0} (expected 1 register, 2 heartbeat, 3 unregister or 4 register a guard)"
+    )]
     UnknownKind(u8),
     /// A variable-length field over its cap.
     #[error("field {field} is {len} bytes, more than its limit of {max}")]

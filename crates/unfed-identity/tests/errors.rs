@@ -56,8 +56,8 @@ fn decode_error_messages() {
         "unsupported payload version 2 (this node speaks version 1)"
     );
     assert_eq!(
-        decode_err(b"UNFED\x01\x04"),
-        "unknown payload kind 4 (expected 1 register, 2 heartbeat or 3 unregister)"
+        decode_err(b"UNFED\x01\x05"),
+        "unknown payload kind 5 (expected 1 register, 2 heartbeat, 3 unregister or 4 register a guard)"
     );
     assert_eq!(
         decode_err(&good[..good.len() - 1]),

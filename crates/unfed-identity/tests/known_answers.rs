@@ -2,7 +2,9 @@
 //! payload vectors of `docs/protocol.md` (signatures made independently with Python
 //! `eth-account` 0.14.0 by `tests/vectors/gen_vectors.py`).
 
-use unfed_identity::canonical::{Heartbeat, Payload, Register, Unregister, open_signed};
+use unfed_identity::canonical::{
+    Heartbeat, Payload, Register, RegisterGuard, Unregister, open_signed,
+};
 use unfed_identity::{Address, MpcRole, NodeKey, eip191_hash, keccak256, recover};
 
 const KEY: &str = "0x4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318";
@@ -89,6 +91,17 @@ fn register_party(role_a: bool) -> Payload {
     })
 }
 
+/// Vector 6: a guard relay's registration (96 bytes).
+fn register_guard() -> Payload {
+    Payload::RegisterGuard(RegisterGuard {
+        identity: identity(),
+        address: "guard.example:443".into(),
+        onion_key: (96u8..128).collect(),
+        timestamp_ms: 1_700_000_120_000,
+        nonce: 47,
+    })
+}
+
 /// (signing key, payload, encoding, EIP-191 hash, eth-account signature)
 fn vectors() -> Vec<(NodeKey, Payload, &'static str, &'static str, &'static str)> {
     vec![
@@ -142,6 +155,16 @@ fn vectors() -> Vec<(NodeKey, Payload, &'static str, &'static str, &'static str)
             "905a8fd7edfc0215300a7cf166aea90c3d000d4fbb5645124b34e2f6f8cbec00",
             "0dbb72c6efcaf9d2e9b2a2257bd2ab6ab4640f7ba221874e5ed2d80ad6e697a878419d737bc86a709a6c\
              a01441cb5a06d861f3cee451e8c7c0c0e825a4c45a7d1b",
+        ),
+        (
+            key(),
+            register_guard(),
+            "554e46454401042c7536e3605d9c16a7a3d7b1898e529396a65c23001167756172642e6578616d706c65\
+             3a3434330020606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f000001\
+             8bcfe73cc0000000000000002f",
+            "fe34ba91f6c368a5b9efb9ab23bfd6ece433c280c4d50fbf8951d534f485ba1f",
+            "ffa51e8ea89e26f879de0fe42d1e40682962fee055b4e79a76c40cd24198691f63af02460c083d020a70\
+             a539ad53572e40a21e107d1e3d6bc585b6e3e4404fd91b",
         ),
     ]
 }
@@ -306,5 +329,5 @@ fn truncated_vector_message_from_the_doc() {
 #[test]
 fn payload_vector_lengths() {
     let lens: Vec<usize> = vectors().iter().map(|v| v.1.encode().len()).collect();
-    assert_eq!(lens, [144, 63, 62, 164, 164]);
+    assert_eq!(lens, [144, 63, 62, 164, 164, 96]);
 }

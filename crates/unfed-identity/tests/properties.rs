@@ -3,7 +3,8 @@
 
 use proptest::prelude::*;
 use unfed_identity::canonical::{
-    Heartbeat, MAX_PAYLOAD_LEN, Payload, Register, Unregister, open_signed, sign_payload,
+    Heartbeat, MAX_PAYLOAD_LEN, Payload, Register, RegisterGuard, Unregister, open_signed,
+    sign_payload,
 };
 use unfed_identity::{Address, MpcRole, NodeKey, recover};
 
@@ -79,7 +80,23 @@ fn arb_payload() -> impl Strategy<Value = Payload> {
             })
         },
     );
-    prop_oneof![register, heartbeat, unregister]
+    let guard = (
+        arb_address(),
+        arb_text(),
+        proptest::collection::vec(any::<u8>(), 0..=64),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(|(identity, address, onion_key, timestamp_ms, nonce)| {
+            Payload::RegisterGuard(RegisterGuard {
+                identity,
+                address,
+                onion_key,
+                timestamp_ms,
+                nonce,
+            })
+        });
+    prop_oneof![register, heartbeat, unregister, guard]
 }
 
 fn arb_key() -> impl Strategy<Value = NodeKey> {
@@ -94,6 +111,7 @@ fn owned_by(mut payload: Payload, key: &NodeKey) -> Payload {
         Payload::Register(r) => r.identity = key.address(),
         Payload::Heartbeat(h) => h.identity = key.address(),
         Payload::Unregister(u) => u.identity = key.address(),
+        Payload::RegisterGuard(g) => g.identity = key.address(),
     }
     payload
 }

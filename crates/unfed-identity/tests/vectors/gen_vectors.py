@@ -1,6 +1,6 @@
 """Independent known-answer vectors for crates/unfed-identity (see docs/protocol.md).
 
-Encodes the five test payloads with its own encoder (not the Rust code) and signs them with
+Encodes the six test payloads with its own encoder (not the Rust code) and signs them with
 eth-account's `sign_message(encode_defunct(...))`, i.e. what an Ethereum wallet's
 `personal_sign` produces. Run:
 
@@ -34,10 +34,14 @@ reg_a = mpc_reg(ident, b"127.0.0.1:7001", bytes(range(32, 64)), 1, ident2, 17000
 reg_b = mpc_reg(ident2, b"127.0.0.1:7002", bytes(range(64, 96)), 2, ident, 1700000090000, 46)
 hb = hdr + bytes([2]) + ident + s(b"127.0.0.1:7001") + struct.pack(">I", 3) + struct.pack(">Q", 1700000030000) + struct.pack(">Q", 43)
 un = hdr + bytes([3]) + ident + s("nöde.example:443".encode()) + struct.pack(">Q", 1700000060000) + struct.pack(">Q", 44)
+# A guard relay (KEY) registers: identity, address, onion key, timestamp, nonce.
+guard = hdr + bytes([4]) + ident + s(b"guard.example:443") + s(bytes(range(96, 128))) \
+    + struct.pack(">Q", 1700000120000) + struct.pack(">Q", 47)
 print("eth-account", eth_account.__version__ if hasattr(eth_account, "__version__") else "?")
 print("address", acct.address)
 for name, p, signer in [("register", reg, acct), ("heartbeat", hb, acct), ("unregister", un, acct),
-                        ("register party A", reg_a, acct), ("register party B", reg_b, acct2)]:
+                        ("register party A", reg_a, acct), ("register party B", reg_b, acct2),
+                        ("register guard", guard, acct)]:
     sm = signer.sign_message(encode_defunct(primitive=p))
     print(name, len(p)); print(" enc", p.hex()); print(" hash", sm.message_hash.hex() if hasattr(sm,'message_hash') else sm.messageHash.hex()); print(" sig", sm.signature.hex())
 for msg in [b"Some data", b"hello", b""]:

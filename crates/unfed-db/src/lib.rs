@@ -4,8 +4,8 @@
 //! applies the migrations it lacks (idempotently, in one immediate transaction each) and refuses
 //! a file written by a newer build. Callers see typed records and typed functions only.
 //!
-//! - [`RegistryDb`]: the registry's nodes (with their MPC roles), shard manifests and seen
-//!   nonces (replay protection).
+//! - [`RegistryDb`]: the registry's nodes (with their MPC roles), guard relays, shard manifests
+//!   and seen nonces (replay protection).
 
 mod error;
 mod migrate;
@@ -14,8 +14,9 @@ mod sql;
 
 pub use error::DbError;
 pub use registry::{
-    ManifestRecord, NodeRecord, NonceRecord, PairRecord, Pruned, REGISTRY_SCHEMA_VERSION,
-    RegisterLimits, RegisterOutcome, RegistryDb, RegistryLimit, UpdateOutcome,
+    GuardRecord, ManifestRecord, NodeRecord, NonceRecord, PairRecord, Pruned,
+    REGISTRY_SCHEMA_VERSION, RegisterLimits, RegisterOutcome, RegistryDb, RegistryLimit,
+    UpdateOutcome,
 };
 
 /// Result of a database operation.

@@ -163,17 +163,19 @@ fn version_2_files_are_migrated_with_plain_nodes() {
         let mut db = RegistryDb::open(&path).unwrap();
         put(&mut db, &node(addr(1), "h:1", 0, MpcRole::None, 1000));
     }
-    // Take the file back to version 2: drop the role columns and the version row.
+    // Take the file back to version 2: drop the guards (version 4), the role columns (3) and
+    // their version rows.
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "ALTER TABLE nodes DROP COLUMN mpc_peer;
+        "DROP TABLE guards;
+         ALTER TABLE nodes DROP COLUMN mpc_peer;
          ALTER TABLE nodes DROP COLUMN mpc_role;
-         DELETE FROM schema_version WHERE version = 3;",
+         DELETE FROM schema_version WHERE version >= 3;",
     )
     .unwrap();
     drop(conn);
     let mut db = RegistryDb::open(&path).unwrap();
-    assert_eq!(db.schema_version().unwrap(), 3);
+    assert_eq!(db.schema_version().unwrap(), REGISTRY_SCHEMA_VERSION);
     assert_eq!(
         db.node(&addr(1), "h:1").unwrap().unwrap().mpc,
         MpcRole::None

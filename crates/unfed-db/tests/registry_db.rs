@@ -71,12 +71,12 @@ fn register_heartbeat_unregister_and_replays() {
     );
 
     assert_eq!(
-        db.heartbeat_node(&nonce(a, 3, 3000), &a, "h:1", 3000, 4)
+        db.heartbeat(&nonce(a, 3, 3000), &a, "h:1", 3000, 4)
             .unwrap(),
         UpdateOutcome::Done
     );
     assert_eq!(
-        db.heartbeat_node(&nonce(a, 3, 3000), &a, "h:1", 3500, 4)
+        db.heartbeat(&nonce(a, 3, 3000), &a, "h:1", 3500, 4)
             .unwrap(),
         UpdateOutcome::Replay
     );
@@ -86,21 +86,19 @@ fn register_heartbeat_unregister_and_replays() {
     // Unknown node: refused, and the nonce is not consumed.
     let b = addr(2);
     assert_eq!(
-        db.heartbeat_node(&nonce(b, 9, 3000), &b, "h:1", 3000, 0)
+        db.heartbeat(&nonce(b, 9, 3000), &b, "h:1", 3000, 0)
             .unwrap(),
         UpdateOutcome::NotRegistered
     );
     assert!(!db.nonce_seen(&b, 9).unwrap());
     assert_eq!(
-        db.unregister_node(&nonce(b, 9, 3000), &b, "h:1", 3000)
-            .unwrap(),
+        db.unregister(&nonce(b, 9, 3000), &b, "h:1", 3000).unwrap(),
         UpdateOutcome::NotRegistered
     );
     assert!(db.node(&a, "h:1").unwrap().is_some());
 
     assert_eq!(
-        db.unregister_node(&nonce(a, 4, 4000), &a, "h:1", 4000)
-            .unwrap(),
+        db.unregister(&nonce(a, 4, 4000), &a, "h:1", 4000).unwrap(),
         UpdateOutcome::Done
     );
     assert!(db.node(&a, "h:1").unwrap().is_none());
@@ -324,7 +322,7 @@ fn caps_refuse_new_rows_but_not_refreshes() {
     assert_eq!(reg(&mut db, a, 5, &m2, "h:2", 50), ok(false));
     // Once a row leaves there is room again.
     assert_eq!(
-        db.unregister_node(&nonce(a, 6, 60), &a, "h:2", 60).unwrap(),
+        db.unregister(&nonce(a, 6, 60), &a, "h:2", 60).unwrap(),
         UpdateOutcome::Done
     );
     assert_eq!(reg(&mut db, c, 3, &m1, "h:1", 70), ok(true));
@@ -396,12 +394,12 @@ fn prune_stale_removes_silent_nodes_then_orphaned_manifests() {
     reg(&mut db, c, 1, &other, 1000);
     reg(&mut db, d, 1, &third, 1000);
     // `other` loses its only node at 2000; `third` at 4000, when d moves to `tiny`.
-    db.unregister_node(&nonce(c, 2, 2000), &c, "h:1", 2000)
-        .unwrap();
+    db.unregister(&nonce(c, 2, 2000), &c, "h:1", 2000).unwrap();
     reg(&mut db, d, 2, &tiny, 4000);
 
     let pruned = |nodes, manifests: &[&str]| Pruned {
         nodes,
+        guards: 0,
         manifests: manifests.iter().map(|m| m.to_string()).collect(),
     };
     // a is silent since 1000; `other` has been orphaned since 2000.
@@ -462,6 +460,7 @@ fn version_1_files_are_migrated() {
         db.prune_stale(200, 200).unwrap(),
         Pruned {
             nodes: 0,
+            guards: 0,
             manifests: vec!["old".into()]
         }
     );

@@ -229,7 +229,7 @@ impl RegistryCore {
         };
         let outcome =
             self.db
-                .heartbeat_node(&nonce, &h.identity, &h.address, now, h.active_sessions)?;
+                .heartbeat(&nonce, &h.identity, &h.address, now, h.active_sessions)?;
         update_result(outcome, nonce, h.address)
     }
 
@@ -247,7 +247,7 @@ impl RegistryCore {
         };
         let outcome = self
             .db
-            .unregister_node(&nonce, &u.identity, &u.address, now)?;
+            .unregister(&nonce, &u.identity, &u.address, now)?;
         update_result(outcome, nonce, u.address)
     }
 

@@ -1,10 +1,11 @@
-//! The registry's database: admitted nodes, the shard manifest of each model, and the nonces
-//! already seen per identity (so that a signed request cannot be replayed, even across a
+//! The registry's database: admitted nodes, guard relays, the shard manifest of each model, and
+//! the nonces already seen per identity (so that a signed request cannot be replayed, even across a
 //! restart).
 //!
 //! Writes that belong together (recording the nonce, checking the manifest, storing the node)
 //! run in one transaction: a refused request changes nothing, not even the nonce table.
 
+mod guards;
 mod read;
 mod write;
 
@@ -18,7 +19,7 @@ use crate::migrate::{Migration, migrate};
 use crate::sql::open_connection;
 
 /// The schema version this build writes.
-pub const REGISTRY_SCHEMA_VERSION: u32 = 3;
+pub const REGISTRY_SCHEMA_VERSION: u32 = 4;
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -78,6 +79,23 @@ ALTER TABLE nodes ADD COLUMN mpc_peer TEXT
     CHECK ((mpc_role = 0) = (mpc_peer IS NULL));
 ",
     },
+    // Guard relays (`unfed guard`), keyed like nodes; an `(identity, address)` is a node or a
+    // guard, never both.
+    Migration {
+        version: 4,
+        sql: "
+CREATE TABLE guards (
+    identity          TEXT    NOT NULL,
+    address           TEXT    NOT NULL,
+    onion_key         BLOB    NOT NULL,
+    registered_at_ms  INTEGER NOT NULL,
+    last_heartbeat_ms INTEGER NOT NULL,
+    active_sessions   INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (identity, address)
+) WITHOUT ROWID;
+CREATE INDEX guards_by_heartbeat ON guards (last_heartbeat_ms);
+",
+    },
 ];
 
 /// An admitted node, keyed by `(identity, address)`: one identity may serve several addresses.
@@ -100,6 +118,23 @@ pub struct NodeRecord {
     /// Registry time of the last registration or heartbeat, ms since the epoch.
     pub last_heartbeat_ms: u64,
     /// Sessions the node reported in its last heartbeat.
+    pub active_sessions: u32,
+}
+
+/// An admitted guard relay, keyed by `(identity, address)` like a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardRecord {
+    /// The identity (Ethereum address) that signed its registration.
+    pub identity: Address,
+    /// `host:port` where the guard serves.
+    pub address: String,
+    /// The guard's public onion (X25519) key, as registered.
+    pub onion_key: Vec<u8>,
+    /// Registry time of the first registration of this `(identity, address)`, ms since the epoch.
+    pub registered_at_ms: u64,
+    /// Registry time of the last registration or heartbeat, ms since the epoch.
+    pub last_heartbeat_ms: u64,
+    /// Sessions the guard reported in its last heartbeat.
     pub active_sessions: u32,
 }
 
@@ -135,9 +170,10 @@ pub struct NonceRecord {
     pub timestamp_ms: u64,
 }
 
-/// Caps checked by [`RegistryDb::register_node`] in its transaction, so that state cannot grow
-/// without bound. Refreshing an existing `(identity, address)` row is never refused by the
-/// node caps.
+/// Caps checked by [`RegistryDb::register_node`] and [`RegistryDb::register_guard`] in their
+/// transactions, so that state cannot grow without bound. Refreshing an existing
+/// `(identity, address)` row is never refused by the node caps. Guards are capped apart from
+/// nodes, by the same two node caps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RegisterLimits {
     /// Most manifests (model ids) held; a new model id beyond it is refused.
@@ -173,6 +209,8 @@ pub enum RegistryLimit {
 pub struct Pruned {
     /// Node rows removed.
     pub nodes: usize,
+    /// Guard rows removed.
+    pub guards: usize,
     /// Model ids whose manifest was removed, by model id.
     pub manifests: Vec<String>,
 }
@@ -201,14 +239,14 @@ pub enum RegisterOutcome {
     },
 }
 
-/// What a heartbeat or an unregistration did.
+/// What a heartbeat or an unregistration (of a node or a guard) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpdateOutcome {
     /// Applied.
     Done,
     /// The nonce was already used by this identity; nothing changed.
     Replay,
-    /// No node is registered under this `(identity, address)`; nothing changed.
+    /// No node or guard is registered under this `(identity, address)`; nothing changed.
     NotRegistered,
 }
 

@@ -1,6 +1,7 @@
-//! The registry's writes: registration, heartbeat and unregistration, each one transaction that
-//! also consumes the request's nonce (with the growth caps checked inside it), and pruning of
-//! old nonces, stale nodes and orphaned manifests.
+//! The registry's writes: a node's registration, heartbeats and unregistrations (of nodes and
+//! guards), each one transaction that also consumes the request's nonce (with the growth caps
+//! checked inside it), and pruning of old nonces, stale nodes and guards, and orphaned
+//! manifests. A guard's registration is in `guards.rs`.
 
 use rusqlite::{OptionalExtension, Transaction, params};
 use unfed_identity::Address;
@@ -15,9 +16,10 @@ use crate::sql::{address_text, bits_u64, mpc_role_columns, ordered_u64, read_has
 impl RegistryDb {
     /// Records a registration in one transaction: consumes `nonce`, records `manifest` if the
     /// model has none (refusing a different one), and inserts or refreshes `node` (a refresh
-    /// keeps the first `registered_at_ms` and replaces everything else, the MPC role included). A new model id or a new `(identity, address)` row
-    /// beyond `limits` is refused; a refresh of an existing row is not. A refused registration
-    /// changes nothing.
+    /// keeps the first `registered_at_ms` and replaces everything else, the MPC role included).
+    /// A guard registered under the same `(identity, address)` is removed: the address now
+    /// serves a node. A new model id or a new `(identity, address)` row beyond `limits` is
+    /// refused; a refresh of an existing row is not. A refused registration changes nothing.
     pub fn register_node(
         &mut self,
         nonce: &NonceRecord,
@@ -119,6 +121,11 @@ impl RegistryDb {
             ],
         )
         .map_err(DbError::sql(DOING))?;
+        tx.execute(
+            "DELETE FROM guards WHERE identity = ?1 AND address = ?2",
+            params![identity, node.address],
+        )
+        .map_err(DbError::sql(DOING))?;
         // The model gained a node; a model this row moved away from may have lost its last.
         touch_manifest(&tx, &node.model_id, now)?;
         if let Some(prev) = previous_model.filter(|m| *m != node.model_id) {
@@ -128,8 +135,9 @@ impl RegistryDb {
         Ok(RegisterOutcome::Registered { new: !known })
     }
 
-    /// Records a heartbeat of the node `(identity, address)` in one transaction with its nonce.
-    pub fn heartbeat_node(
+    /// Records a heartbeat of the node or guard `(identity, address)` in one transaction with
+    /// its nonce.
+    pub fn heartbeat(
         &mut self,
         nonce: &NonceRecord,
         identity: &Address,
@@ -142,18 +150,22 @@ impl RegistryDb {
         if !insert_nonce(&tx, nonce)? {
             return Ok(UpdateOutcome::Replay);
         }
-        let changed = tx
-            .execute(
-                "UPDATE nodes SET last_heartbeat_ms = ?3, active_sessions = ?4
-                 WHERE identity = ?1 AND address = ?2",
-                params![
-                    address_text(identity),
-                    address,
-                    ordered_u64("heartbeat time", heartbeat_ms)?,
-                    active_sessions,
-                ],
-            )
-            .map_err(DbError::sql(DOING))?;
+        let (identity, at) = (
+            address_text(identity),
+            ordered_u64("heartbeat time", heartbeat_ms)?,
+        );
+        let mut changed = 0;
+        for table in ["nodes", "guards"] {
+            changed += tx
+                .execute(
+                    &format!(
+                        "UPDATE {table} SET last_heartbeat_ms = ?3, active_sessions = ?4
+                         WHERE identity = ?1 AND address = ?2"
+                    ),
+                    params![identity, address, at, active_sessions],
+                )
+                .map_err(DbError::sql(DOING))?;
+        }
         if changed == 0 {
             // Dropping the transaction rolls the nonce back.
             return Ok(UpdateOutcome::NotRegistered);
@@ -162,19 +174,29 @@ impl RegistryDb {
         Ok(UpdateOutcome::Done)
     }
 
-    /// Removes the node `(identity, address)` in one transaction with its nonce. The model's
-    /// manifest stays.
-    pub fn unregister_node(
+    /// Removes the node or guard `(identity, address)` in one transaction with its nonce. A
+    /// node's manifest stays.
+    pub fn unregister(
         &mut self,
         nonce: &NonceRecord,
         identity: &Address,
         address: &str,
         now_ms: u64,
     ) -> Result<UpdateOutcome, DbError> {
-        const DOING: &str = "removing a node";
+        const DOING: &str = "removing a node or guard";
         let tx = self.conn.transaction().map_err(DbError::sql(DOING))?;
         if !insert_nonce(&tx, nonce)? {
             return Ok(UpdateOutcome::Replay);
+        }
+        let guards = tx
+            .execute(
+                "DELETE FROM guards WHERE identity = ?1 AND address = ?2",
+                params![address_text(identity), address],
+            )
+            .map_err(DbError::sql(DOING))?;
+        if guards > 0 {
+            tx.commit().map_err(DbError::sql(DOING))?;
+            return Ok(UpdateOutcome::Done);
         }
         let removed: Option<String> = tx
             .query_row(
@@ -205,7 +227,8 @@ impl RegistryDb {
             .map_err(DbError::sql("pruning old nonces"))
     }
 
-    /// In one transaction: removes node rows whose last heartbeat is before `before_ms`, then
+    /// In one transaction: removes node and guard rows whose last heartbeat is before
+    /// `before_ms`, then
     /// manifests that have no node row and whose model last gained or lost a node row before
     /// `before_ms` (the removal of a stale row counts as a loss at `now_ms`, so a manifest
     /// outlives its last node by the same delay). Returns what was removed.
@@ -226,6 +249,12 @@ impl RegistryDb {
                 params![cutoff],
             )
             .map_err(DbError::sql(DOING))?;
+        let guards = tx
+            .execute(
+                "DELETE FROM guards WHERE last_heartbeat_ms < ?1",
+                params![cutoff],
+            )
+            .map_err(DbError::sql(DOING))?;
         let mut manifests = {
             let mut stmt = tx
                 .prepare_cached(
@@ -243,17 +272,25 @@ impl RegistryDb {
         };
         tx.commit().map_err(DbError::sql(DOING))?;
         manifests.sort();
-        Ok(Pruned { nodes, manifests })
+        Ok(Pruned {
+            nodes,
+            guards,
+            manifests,
+        })
     }
 }
 
-fn limit(limit: RegistryLimit, max: u32) -> RegisterOutcome {
+pub(super) fn limit(limit: RegistryLimit, max: u32) -> RegisterOutcome {
     // Dropping the transaction rolls the nonce back.
     RegisterOutcome::LimitReached { limit, max }
 }
 
 /// `SELECT COUNT(*) ...` as a u32 (saturating), for comparing with a cap.
-fn count(tx: &Transaction<'_>, sql: &str, p: impl rusqlite::Params) -> Result<u32, DbError> {
+pub(super) fn count(
+    tx: &Transaction<'_>,
+    sql: &str,
+    p: impl rusqlite::Params,
+) -> Result<u32, DbError> {
     let n: i64 = tx
         .query_row(sql, p, |r| r.get(0))
         .map_err(DbError::sql("counting rows against a cap"))?;
@@ -261,7 +298,11 @@ fn count(tx: &Transaction<'_>, sql: &str, p: impl rusqlite::Params) -> Result<u3
 }
 
 /// Records that a node row of `model_id` was added, moved away or removed at `at_ms`.
-fn touch_manifest(tx: &Transaction<'_>, model_id: &str, at_ms: i64) -> Result<(), DbError> {
+pub(super) fn touch_manifest(
+    tx: &Transaction<'_>,
+    model_id: &str,
+    at_ms: i64,
+) -> Result<(), DbError> {
     tx.execute(
         "UPDATE manifests SET last_used_ms = MAX(last_used_ms, ?2) WHERE model_id = ?1",
         params![model_id, at_ms],
@@ -271,7 +312,7 @@ fn touch_manifest(tx: &Transaction<'_>, model_id: &str, at_ms: i64) -> Result<()
 }
 
 /// Records a nonce; false when this identity already used it.
-fn insert_nonce(tx: &Transaction<'_>, n: &NonceRecord) -> Result<bool, DbError> {
+pub(super) fn insert_nonce(tx: &Transaction<'_>, n: &NonceRecord) -> Result<bool, DbError> {
     let inserted = tx
         .execute(
             "INSERT INTO seen_nonces (identity, nonce, timestamp_ms) VALUES (?1, ?2, ?3)

@@ -1,14 +1,14 @@
 //! [`RegistryCore`]: the registry's logic over its database and a clock, free of networking.
-//! Writes (register, heartbeat, unregister) authenticate a canonical payload, bound its
-//! timestamp, refuse a reused nonce and check the manifest (and that a node's MPC role fits
-//! it); queries live in `status.rs`.
+//! Writes (register a node or a guard relay, heartbeat, unregister) authenticate a canonical
+//! payload, bound its timestamp, refuse a reused nonce and check the manifest (and that a
+//! node's MPC role fits it); queries live in `status.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use unfed_db::{
-    ManifestRecord, NodeRecord, NonceRecord, RegisterOutcome, RegistryDb, RegistryLimit,
-    UpdateOutcome,
+    GuardRecord, ManifestRecord, NodeRecord, NonceRecord, RegisterOutcome, RegistryDb,
+    RegistryLimit, UpdateOutcome,
 };
 use unfed_identity::canonical::{Payload, open_signed};
 
@@ -183,39 +183,51 @@ impl RegistryCore {
             active_sessions: 0,
         };
         let limits = self.options.register_limits();
-        match self.db.register_node(&nonce, &manifest, &node, &limits)? {
-            RegisterOutcome::Registered { new } => {
-                self.models.entry(r.model_id).or_insert(shards);
-                Ok(Registered {
-                    heartbeat_interval_ms: self.options.heartbeat_interval_ms(),
-                    new,
-                })
-            }
-            RegisterOutcome::Replay => Err(RegistryError::Replay {
-                identity: r.identity,
-                nonce: r.nonce,
-            }),
-            RegisterOutcome::ManifestConflict { existing_sha256 } => {
-                Err(RegistryError::ManifestConflict {
-                    model_id: r.model_id,
-                    existing: hex::encode(existing_sha256),
-                })
-            }
-            RegisterOutcome::LimitReached { limit, max } => Err(match limit {
-                RegistryLimit::Models => RegistryError::TooManyModels {
-                    model_id: r.model_id,
-                    max,
-                },
-                RegistryLimit::NodesPerIdentity => RegistryError::TooManyNodesForIdentity {
-                    identity: r.identity,
-                    max,
-                },
-                RegistryLimit::Nodes => RegistryError::TooManyNodes { max },
-            }),
-        }
+        let outcome = self.db.register_node(&nonce, &manifest, &node, &limits)?;
+        let new = registered(outcome, &nonce, Some(&r.model_id))?;
+        self.models.entry(r.model_id).or_insert(shards);
+        Ok(Registered {
+            heartbeat_interval_ms: self.options.heartbeat_interval_ms(),
+            new,
+        })
     }
 
-    /// Records a heartbeat of the signer's own node at the address the payload names.
+    /// Admits a guard relay: `payload` must be a canonical `RegisterGuard` signed by its
+    /// identity. It then heartbeats and unregisters like a node.
+    pub fn register_guard(
+        &mut self,
+        payload: &[u8],
+        signature: &[u8],
+    ) -> Result<Registered, RegistryError> {
+        let now = self.clock.now_ms();
+        let g = match self.open(payload, signature, now)? {
+            Payload::RegisterGuard(g) => g,
+            other => return Err(wrong_kind("RegisterGuard", "register guard", &other)),
+        };
+        check_address(&g.address)?;
+        check_onion_key(&g.onion_key)?;
+        let nonce = NonceRecord {
+            identity: g.identity,
+            nonce: g.nonce,
+            timestamp_ms: g.timestamp_ms,
+        };
+        let guard = GuardRecord {
+            identity: g.identity,
+            address: g.address,
+            onion_key: g.onion_key,
+            registered_at_ms: now,
+            last_heartbeat_ms: now,
+            active_sessions: 0,
+        };
+        let limits = self.options.register_limits();
+        let outcome = self.db.register_guard(&nonce, &guard, &limits)?;
+        Ok(Registered {
+            heartbeat_interval_ms: self.options.heartbeat_interval_ms(),
+            new: registered(outcome, &nonce, None)?,
+        })
+    }
+
+    /// Records a heartbeat of the signer's own node or guard at the address the payload names.
     pub fn heartbeat(&mut self, payload: &[u8], signature: &[u8]) -> Result<(), RegistryError> {
         let now = self.clock.now_ms();
         let h = match self.open(payload, signature, now)? {
@@ -227,13 +239,13 @@ impl RegistryCore {
             nonce: h.nonce,
             timestamp_ms: h.timestamp_ms,
         };
-        let outcome =
-            self.db
-                .heartbeat(&nonce, &h.identity, &h.address, now, h.active_sessions)?;
+        let outcome = self
+            .db
+            .heartbeat(&nonce, &h.identity, &h.address, now, h.active_sessions)?;
         update_result(outcome, nonce, h.address)
     }
 
-    /// Removes the signer's own node at the address the payload names.
+    /// Removes the signer's own node or guard at the address the payload names.
     pub fn unregister(&mut self, payload: &[u8], signature: &[u8]) -> Result<(), RegistryError> {
         let now = self.clock.now_ms();
         let u = match self.open(payload, signature, now)? {
@@ -245,9 +257,7 @@ impl RegistryCore {
             nonce: u.nonce,
             timestamp_ms: u.timestamp_ms,
         };
-        let outcome = self
-            .db
-            .unregister(&nonce, &u.identity, &u.address, now)?;
+        let outcome = self.db.unregister(&nonce, &u.identity, &u.address, now)?;
         update_result(outcome, nonce, u.address)
     }
 
@@ -281,6 +291,39 @@ impl RegistryCore {
     }
 }
 
+/// Whether a registration recorded a new row, or why it was refused (`model_id`: the model a
+/// node registers for; None for a guard).
+fn registered(
+    outcome: RegisterOutcome,
+    nonce: &NonceRecord,
+    model_id: Option<&str>,
+) -> Result<bool, RegistryError> {
+    match outcome {
+        RegisterOutcome::Registered { new } => Ok(new),
+        RegisterOutcome::Replay => Err(RegistryError::Replay {
+            identity: nonce.identity,
+            nonce: nonce.nonce,
+        }),
+        RegisterOutcome::ManifestConflict { existing_sha256 } => {
+            Err(RegistryError::ManifestConflict {
+                model_id: model_id.unwrap_or_default().to_owned(),
+                existing: hex::encode(existing_sha256),
+            })
+        }
+        RegisterOutcome::LimitReached { limit, max } => Err(match limit {
+            RegistryLimit::Models => RegistryError::TooManyModels {
+                model_id: model_id.unwrap_or_default().to_owned(),
+                max,
+            },
+            RegistryLimit::NodesPerIdentity => RegistryError::TooManyNodesForIdentity {
+                identity: nonce.identity,
+                max,
+            },
+            RegistryLimit::Nodes => RegistryError::TooManyNodes { max },
+        }),
+    }
+}
+
 fn update_result(
     outcome: UpdateOutcome,
     nonce: NonceRecord,
@@ -307,6 +350,7 @@ fn wrong_kind(call: &'static str, expected: &'static str, got: &Payload) -> Regi
             Payload::Register(_) => "register",
             Payload::Heartbeat(_) => "heartbeat",
             Payload::Unregister(_) => "unregister",
+            Payload::RegisterGuard(_) => "register guard",
         },
     }
 }

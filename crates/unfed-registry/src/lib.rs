@@ -4,7 +4,8 @@
 //! - [`RegistryCore`]: the logic, over a [`unfed_db::RegistryDb`] and an injectable [`Clock`];
 //!   no networking. Shard 0 of a model whose manifest has an `mpc` plan is served by MPC pairs:
 //!   nodes register as party A or B naming each other, and only healthy mutual pairs count for
-//!   status and are discovered (as A, carrying B). Every write is a canonical payload (`unfed_identity::canonical`) signed by
+//!   status and are discovered (as A, carrying B). Guard relays register too and are listed
+//!   to clients choosing one. Every write is a canonical payload (`unfed_identity::canonical`) signed by
 //!   the node's identity, with a timestamp inside the clock-skew window and a nonce never used
 //!   before by that identity (persisted, so a restart does not reopen a replay window).
 //! - [`CoreThread`] / [`CoreHandle`]: the dedicated thread that owns the core and its SQLite
@@ -33,8 +34,8 @@ pub use config::{
 pub use error::RegistryError;
 pub use service::{MAX_CONCURRENT_PER_CONNECTION, RegistryService, ServeError, serve, to_status};
 pub use status::{
-    DiscoveredNode, Discovery, MAX_DISCOVERED_PER_SHARD, ModelStatus, PairPeer, Readiness,
-    ShardCoverage,
+    DiscoveredNode, Discovery, ListedGuard, MAX_DISCOVERED_PER_SHARD, MAX_LISTED_GUARDS,
+    ModelStatus, PairPeer, Readiness, ShardCoverage,
 };
 pub use validate::{MAX_MANIFEST_JSON, MAX_MODEL_ID_CHARS, ModelShards, ONION_KEY_LEN};
 pub use worker::{CoreHandle, CoreThread, QUEUE_CAPACITY};

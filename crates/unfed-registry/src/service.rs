@@ -10,8 +10,9 @@ use unfed_proto::MAX_REGISTRY_MESSAGE;
 use unfed_proto::registry::registry_server::{Registry, RegistryServer};
 use unfed_proto::registry::{
     ClusterInfoReply, ClusterInfoRequest, DiscoverReply, DiscoverRequest, GetManifestReply,
-    GetManifestRequest, HeartbeatReply, ListModelsReply, ListModelsRequest, ModelStatus, NodeInfo,
-    PairInfo, RegisterReply, ShardStatus, SignedPayload, UnregisterReply,
+    GetManifestRequest, GuardInfo, HeartbeatReply, ListGuardsReply, ListGuardsRequest,
+    ListModelsReply, ListModelsRequest, ModelStatus, NodeInfo, PairInfo, RegisterReply,
+    ShardStatus, SignedPayload, UnregisterReply,
 };
 
 use crate::worker::{CoreHandle, CoreThread};
@@ -126,6 +127,45 @@ impl Registry for RegistryService {
         self.call(move |core| {
             core.unregister(&p.payload, &p.signature)
                 .map(|()| UnregisterReply {})
+        })
+        .await
+    }
+
+    async fn register_guard(
+        &self,
+        request: Request<SignedPayload>,
+    ) -> Result<Response<RegisterReply>, Status> {
+        let p = request.into_inner();
+        if !p.manifest_json.is_empty() {
+            return Err(Status::invalid_argument(
+                "guard registrations carry no manifest_json; leave it empty",
+            ));
+        }
+        self.call(move |core| {
+            let r = core.register_guard(&p.payload, &p.signature)?;
+            Ok(RegisterReply {
+                heartbeat_interval_ms: r.heartbeat_interval_ms,
+            })
+        })
+        .await
+    }
+
+    async fn list_guards(
+        &self,
+        _request: Request<ListGuardsRequest>,
+    ) -> Result<Response<ListGuardsReply>, Status> {
+        self.call(|core| {
+            let guards = core
+                .guards()?
+                .into_iter()
+                .map(|g| GuardInfo {
+                    identity: g.identity.to_string(),
+                    address: g.address,
+                    onion_key: g.onion_key,
+                    last_heartbeat_ms: g.last_heartbeat_ms,
+                })
+                .collect();
+            Ok(ListGuardsReply { guards })
         })
         .await
     }

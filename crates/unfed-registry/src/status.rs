@@ -3,7 +3,7 @@
 //! at most `healthy_intervals` heartbeat intervals old. Shard 0 of a model whose manifest has an
 //! `mpc` plan is served by healthy mutual pairs instead: a party A node whose named party B is
 //! healthy on the same shard and names it back; discovery lists each such A once, with its B.
-//! Nothing returned here is secret.
+//! Guard relays are listed by the same health rule. Nothing returned here is secret.
 
 use unfed_identity::Address;
 
@@ -11,6 +11,9 @@ use crate::{RegistryCore, RegistryError};
 
 /// At most this many nodes per shard are returned by discovery (most recent heartbeat first).
 pub const MAX_DISCOVERED_PER_SHARD: usize = 64;
+
+/// At most this many guards are listed (most recent heartbeat first).
+pub const MAX_LISTED_GUARDS: usize = 64;
 
 /// The MPC shard: the one a manifest's `mpc` plan puts on shares.
 const MPC_SHARD: u32 = 0;
@@ -102,7 +105,34 @@ pub struct Discovery {
     pub nodes: Vec<DiscoveredNode>,
 }
 
+/// A healthy guard relay, as listed to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedGuard {
+    /// The guard's identity.
+    pub identity: Address,
+    /// `host:port`.
+    pub address: String,
+    /// Its X25519 onion key, as signed in its registration.
+    pub onion_key: Vec<u8>,
+    /// Registry time of its last heartbeat, ms since the epoch.
+    pub last_heartbeat_ms: u64,
+}
+
 impl RegistryCore {
+    /// The healthy guard relays, at most [`MAX_LISTED_GUARDS`], most recent heartbeat first.
+    pub fn guards(&self) -> Result<Vec<ListedGuard>, RegistryError> {
+        let guards = self.db.guards(self.healthy_since_ms(), MAX_LISTED_GUARDS)?;
+        Ok(guards
+            .into_iter()
+            .map(|g| ListedGuard {
+                identity: g.identity,
+                address: g.address,
+                onion_key: g.onion_key,
+                last_heartbeat_ms: g.last_heartbeat_ms,
+            })
+            .collect())
+    }
+
     /// Oldest heartbeat time that still counts as healthy.
     fn healthy_since_ms(&self) -> u64 {
         self.clock

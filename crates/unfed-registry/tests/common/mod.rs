@@ -11,7 +11,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use unfed_db::RegistryDb;
-use unfed_identity::canonical::{Heartbeat, Payload, Register, Unregister, sign_payload};
+use unfed_identity::canonical::{
+    Heartbeat, Payload, Register, RegisterGuard, Unregister, sign_payload,
+};
 use unfed_identity::{MpcRole, NodeKey};
 use unfed_proto::registry::SignedPayload;
 use unfed_proto::registry::registry_client::RegistryClient;
@@ -175,6 +177,18 @@ impl TestNode {
     pub fn register(&mut self, shard: u32, ts: u64) -> SignedPayload {
         let p = self.register_payload("tiny", shard, manifest3(), ts);
         self.sign(&p, manifest3())
+    }
+
+    /// A signed registration of this node's address as a guard relay at time `ts`.
+    pub fn register_guard(&mut self, ts: u64) -> SignedPayload {
+        let p = Payload::RegisterGuard(RegisterGuard {
+            identity: self.key.address(),
+            address: self.address.clone(),
+            onion_key: self.onion_key(),
+            timestamp_ms: ts,
+            nonce: self.nonce(),
+        });
+        self.sign(&p, "")
     }
 
     pub fn heartbeat_payload(&mut self, ts: u64) -> Payload {

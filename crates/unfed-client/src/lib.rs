@@ -4,6 +4,7 @@
 //! the registry and its first hop (the guard, or else the entry node).
 
 mod circuit;
+pub mod guards;
 pub mod pair;
 mod route;
 
@@ -23,10 +24,13 @@ use unfed_proto::node::{
     session_reply, session_request,
 };
 use unfed_proto::registry::registry_client::RegistryClient;
-use unfed_proto::registry::{DiscoverRequest, GetManifestRequest, ListModelsRequest, ModelStatus};
+use unfed_proto::registry::{
+    DiscoverRequest, GetManifestRequest, ListGuardsRequest, ListModelsRequest, ModelStatus,
+};
 use unfed_shard::Manifest;
 
 pub use circuit::{ClientCircuit, Extras};
+pub use guards::{GuardChoiceError, GuardState, ListedGuard};
 pub use route::{Candidate, Route, pick_route};
 
 /// How long a route may take to open.
@@ -52,6 +56,8 @@ pub enum ClientError {
     Tokenizer(String),
     #[error("guard {addr}: {message}")]
     Guard { addr: String, message: String },
+    #[error(transparent)]
+    GuardChoice(#[from] GuardChoiceError),
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
@@ -74,8 +80,16 @@ pub struct Client {
     registry: RegistryClient<Channel>,
     ignore_eos: bool,
     output: OutputMode,
-    /// A guard relay every circuit starts at: its address and onion key.
-    guard: Option<(String, OnionPublicKey)>,
+    /// A guard relay every circuit starts at.
+    guard: Option<GuardHop>,
+}
+
+/// The guard relay in front of every circuit.
+struct GuardHop {
+    address: String,
+    onion_key: OnionPublicKey,
+    /// Its identity, when it came from the registry: no hop of a route may share it.
+    identity: Option<String>,
 }
 
 /// A model as the client needs it: manifest, tokenizer, and where its shards are served.
@@ -132,8 +146,32 @@ impl Client {
             .ok()
             .and_then(|k| OnionPublicKey::from_bytes(k).ok())
             .ok_or_else(|| bad("its onion key is not a valid X25519 key".into()))?;
-        self.guard = Some((address.into(), key));
+        self.guard = Some(GuardHop {
+            address: address.into(),
+            onion_key: key,
+            identity: None,
+        });
         Ok(())
+    }
+
+    /// The healthy guard relays the registry lists (see [`GuardState::choose`] for picking one).
+    pub async fn listed_guards(&mut self) -> Result<Vec<ListedGuard>> {
+        let r = self
+            .registry
+            .list_guards(ListGuardsRequest {})
+            .await
+            .map_err(|s| self.registry_error(s))?;
+        Ok(guards::parse_listed(&r.into_inner().guards))
+    }
+
+    /// Starts every circuit at `guard`, with the onion key of its signed registration; no
+    /// node run by the guard's identity is put on a route behind it.
+    pub fn use_listed_guard(&mut self, guard: &ListedGuard) {
+        self.guard = Some(GuardHop {
+            address: guard.address.clone(),
+            onion_key: guard.onion_key,
+            identity: Some(guard.identity.clone()),
+        });
     }
 
     /// Who samples each token from now on.
@@ -173,8 +211,15 @@ impl Client {
             .await
             .map_err(|s| self.registry_error(s))?
             .into_inner();
+        let mut nodes = r.nodes;
+        // The guard's operator already sees this client's address: none of its nodes may
+        // see what the route carries too.
+        if let Some(id) = self.guard.as_ref().and_then(|g| g.identity.as_ref()) {
+            nodes
+                .retain(|n| n.identity != *id && n.pair.as_ref().is_none_or(|b| b.identity != *id));
+        }
         let probe_entry = self.guard.is_none();
-        Ok(route::rank(&self.dialer, model_id, r.num_shards, &r.nodes, probe_entry).await)
+        Ok(route::rank(&self.dialer, model_id, r.num_shards, &nodes, probe_entry).await)
     }
 
     /// The manifest (from the registry) and the tokenizer (from a shard-0 node, through the
@@ -227,7 +272,7 @@ impl Client {
     /// The model's tokenizer.json and who served it: the guard, or the first entry node.
     async fn tokenizer(&mut self, model_id: &str) -> Result<(String, String)> {
         let failed = |s: tonic::Status| ClientError::Tokenizer(s.message().to_string());
-        if let Some((guard, _)) = &self.guard {
+        if let Some(GuardHop { address: guard, .. }) = &self.guard {
             let channel = self
                 .dialer
                 .connect(guard)
@@ -345,7 +390,7 @@ struct Request<'a> {
 async fn run_route(
     dialer: &Dialer,
     route: &Route,
-    guard: Option<&(String, OnionPublicKey)>,
+    guard: Option<&GuardHop>,
     req: &Request<'_>,
     generated: &mut Vec<u32>,
     on_token: &mut (dyn FnMut(u32) -> bool + Send),
@@ -367,7 +412,7 @@ async fn run_route(
             (wire::Output::Logits { top_k }, Some((sampler, top_k)))
         }
     };
-    let mut circuit = circuit::ClientCircuit::build(route, guard.map(|g| g.1), &output)?;
+    let mut circuit = circuit::ClientCircuit::build(route, guard.map(|g| g.onion_key), &output)?;
     let mut dealer = match &req.mpc {
         None => None,
         Some(spec) => {
@@ -397,7 +442,7 @@ async fn run_route(
                 .session(requests)
                 .await
         }
-        Some((address, _)) => {
+        Some(GuardHop { address, .. }) => {
             let channel = dialer.connect(address).await?;
             GuardClient::new(channel)
                 .max_decoding_message_size(unfed_proto::MAX_NODE_MESSAGE)

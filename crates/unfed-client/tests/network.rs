@@ -133,6 +133,80 @@ async fn network_generates(net: &Net, expected: Vec<u32>) {
 }
 
 #[test]
+fn a_registered_guard_is_found_at_the_registry_and_never_fronts_its_own_nodes() {
+    let net = start(&[2, 1, 1]);
+    let expected = reference(&net.model);
+    let rt = client_runtime();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let guard = listener.local_addr().unwrap().to_string();
+    // The guard's operator also runs the first replica of shard 0.
+    let (own_node, _, _) = &net.views[0];
+    let key = unfed_identity::NodeKey::from_hex(&net.keys[0]).unwrap();
+    let identity = key.address().to_string();
+    let config = unfed_node::guard::GuardConfig {
+        registry: Some(net.registry.clone()),
+        max_sessions: 4,
+        idle_timeout: Duration::from_secs(30),
+        tls: None,
+        dialer: net.dialer.clone(),
+        views: None,
+        announce: Some(unfed_node::guard::GuardAnnouncement {
+            key,
+            advertise: guard.clone(),
+        }),
+    };
+    rt.spawn(unfed_node::guard::serve(
+        config,
+        listener,
+        std::future::pending(),
+    ));
+    rt.block_on(async {
+        let mut client = net.client().await;
+        wait_ready(&mut client).await;
+        let mut listed = client.listed_guards().await.unwrap();
+        for _ in 0..100 {
+            if !listed.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            listed = client.listed_guards().await.unwrap();
+        }
+        assert_eq!(listed.len(), 1, "the guard registered");
+        assert_eq!(
+            (listed[0].identity.as_str(), listed[0].address.as_str()),
+            (identity.as_str(), guard.as_str())
+        );
+        let mut state = unfed_client::GuardState::default();
+        let (chosen, _) = state
+            .choose(
+                &listed,
+                1_800_000_000_000,
+                std::path::Path::new("guards.json"),
+            )
+            .unwrap();
+        client.use_listed_guard(chosen);
+        // Shard 0 has two replicas; the one the guard's identity runs is left out.
+        let entry: Vec<String> = client.candidates("tiny").await.unwrap()[0]
+            .iter()
+            .map(|c| c.address.clone())
+            .collect();
+        assert_eq!(entry.len(), 1);
+        assert_ne!(&entry[0], own_node);
+        let model = client.model("tiny").await.unwrap();
+        assert_eq!(greedy(&mut client, &model).await, expected);
+    });
+    // The circuit's entry was the other replica: the guard's own node saw no tokens.
+    let own_record = net.views[0].2.entries();
+    assert!(
+        !own_record
+            .iter()
+            .any(|s| matches!(s, unfed_node::views::Seen::Tokens(_)))
+    );
+}
+
+#[test]
 fn a_generation_through_a_guard_relay_generates_the_same() {
     let net = start(&[1, 1, 1]);
     let expected = reference(&net.model);
@@ -148,6 +222,7 @@ fn a_generation_through_a_guard_relay_generates_the_same() {
         tls: None,
         dialer: net.dialer.clone(),
         views: None,
+        announce: None,
     };
     rt.spawn(unfed_node::guard::serve(
         config,

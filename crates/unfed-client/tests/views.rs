@@ -53,6 +53,10 @@ fn no_node_sees_both_who_asked_and_what_and_no_relay_sees_the_output() {
         tls: net.cert(GUARD),
         dialer: net.dialer.clone().from_ip(GUARD.parse().unwrap()),
         views: Some(guard_log.clone()),
+        announce: Some(unfed_node::guard::GuardAnnouncement {
+            key: unfed_identity::NodeKey::generate(),
+            advertise: guard.clone(),
+        }),
     };
     rt.spawn(unfed_node::guard::serve(
         config,
@@ -63,7 +67,16 @@ fn no_node_sees_both_who_asked_and_what_and_no_relay_sees_the_output() {
         let dialer = net.dialer.clone().from_ip(client_ip);
         let mut client = Client::connect_with(&net.registry, dialer).await.unwrap();
         wait_ready(&mut client).await;
-        client.use_guard(&guard).await.unwrap();
+        // The client finds the guard at the registry (its signed registration and onion key).
+        let listed = loop {
+            let listed = client.listed_guards().await.unwrap();
+            if !listed.is_empty() {
+                break listed;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(listed[0].address, guard);
+        client.use_listed_guard(&listed[0]);
         let model = client.model("tiny").await.unwrap();
         greedy(&mut client, &model).await
     });

@@ -2,6 +2,8 @@
 //! The client connects to the guard, so the entry node (which sees token ids in output mode
 //! `off`) never learns the client's address; the guard learns the client's address and the
 //! entry node's, and nothing else: the frames it forwards are sealed on the entry node's link.
+//! With an identity key it registers at the registry (signed, with its onion key) and
+//! heartbeats there, so clients can find it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,41 +40,83 @@ pub struct GuardConfig {
     pub dialer: unfed_proto::Dialer,
     /// Where to record what this guard sees (an audit aid; None: nothing is recorded).
     pub views: Option<ViewLog>,
+    /// Register at `registry` with this identity and advertised address, so that clients can
+    /// find the guard there (None: clients learn of it some other way).
+    pub announce: Option<GuardAnnouncement>,
 }
 
-/// Serves the guard on `listener` until `shutdown`.
+/// How a guard presents itself at the registry.
+pub struct GuardAnnouncement {
+    /// The identity that signs its registration and heartbeats.
+    pub key: unfed_identity::NodeKey,
+    /// The address clients dial: `https://host:port` with TLS, `host:port` on loopback.
+    pub advertise: String,
+}
+
+/// Serves the guard on `listener` until `shutdown` (registered at the registry meanwhile, when
+/// `config.announce` says how).
 pub async fn serve(
     config: GuardConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let service = GuardService {
-        state: Arc::new(GuardState {
-            onion: OnionKeys::generate(),
-            next_hops: NextHops::new(config.registry, config.dialer),
-            permits: Arc::new(Semaphore::new(config.max_sessions)),
-            idle_timeout: config.idle_timeout,
-            views: config.views,
-            setups: SetupLimit::default(),
-        }),
-    };
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    unfed_proto::tls::check_exposure(local, None, config.tls.is_some())
+    let advertised = config.announce.as_ref().map(|a| a.advertise.as_str());
+    unfed_proto::tls::check_exposure(local, advertised, config.tls.is_some())
         .map_err(|e| e.to_string())?;
-    unfed_proto::tls::server(config.tls.as_ref())
+    let max_sessions = config.max_sessions;
+    let state = Arc::new(GuardState {
+        onion: OnionKeys::generate(),
+        next_hops: NextHops::new(config.registry.clone(), config.dialer.clone()),
+        permits: Arc::new(Semaphore::new(max_sessions)),
+        idle_timeout: config.idle_timeout,
+        views: config.views,
+        setups: SetupLimit::default(),
+    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signal = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let heartbeats = match (config.announce, &config.registry) {
+        (Some(a), Some(registry)) => {
+            let announcement = crate::Announcement {
+                advertise: a.advertise,
+                onion_key: state.onion.public_key().to_bytes(),
+                serves: crate::Serves::Guard,
+            };
+            let reg = crate::Registration::register(&config.dialer, registry, a.key, &announcement)
+                .await?;
+            let (keys, load) = (state.clone(), state.clone());
+            Some(crate::keep_registered(
+                reg,
+                announcement,
+                move || keys.onion.public_key().to_bytes(),
+                move || (max_sessions - load.permits.available_permits()) as u32,
+                stopped.clone(),
+            ))
+        }
+        (Some(_), None) => return Err("a guard can only register with a registry".into()),
+        (None, _) => None,
+    };
+    let server = unfed_proto::tls::server(config.tls.as_ref())
         .map_err(|e| e.to_string())?
-        .max_concurrent_streams(Some((2 * config.max_sessions).min(u32::MAX as usize) as u32))
+        .max_concurrent_streams(Some((2 * max_sessions).min(u32::MAX as usize) as u32))
         .add_service(
-            GuardServer::new(service)
+            GuardServer::new(GuardService { state })
                 .max_decoding_message_size(unfed_proto::MAX_NODE_MESSAGE)
                 .max_encoding_message_size(unfed_proto::MAX_NODE_MESSAGE),
         )
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
-        .map_err(|e| e.to_string())
+            crate::until_stopped(stopped.clone()),
+        );
+    let served = crate::drain(server, stopped).await;
+    signal.abort();
+    if let Some(h) = heartbeats {
+        let _ = h.await;
+    }
+    served.map_err(|e| e.to_string())
 }
 
 struct GuardState {

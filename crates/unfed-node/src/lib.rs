@@ -28,7 +28,7 @@ use unfed_proto::MAX_NODE_MESSAGE;
 use unfed_proto::node::node_server::NodeServer;
 
 pub use forward::{Forward, HeadOutput, SessionLimits, StepInput, StepOutput};
-pub use registration::{Announcement, HeartbeatError, Registration};
+pub use registration::{Announcement, HeartbeatError, Registration, Serves, ShardAnnouncement};
 pub use service::{Compute, NodeService, NodeState};
 
 /// What `run` loaded.
@@ -154,15 +154,17 @@ pub async fn run(
         Some(registry) => {
             let announcement = Announcement {
                 advertise: config.advertise.clone(),
-                model_id: manifest.model_id.clone(),
-                shard_index: config.shard_index,
-                manifest_sha256: Sha256::digest(manifest_json.as_bytes()).into(),
-                manifest_json,
                 onion_key: state.onion_public_key().to_bytes(),
-                mpc: match &config.pair {
-                    Some(p) => MpcRole::A { peer: p.identity },
-                    None => MpcRole::None,
-                },
+                serves: Serves::Shard(ShardAnnouncement {
+                    model_id: manifest.model_id.clone(),
+                    shard_index: config.shard_index,
+                    manifest_sha256: Sha256::digest(manifest_json.as_bytes()).into(),
+                    manifest_json,
+                    mpc: match &config.pair {
+                        Some(p) => MpcRole::A { peer: p.identity },
+                        None => MpcRole::None,
+                    },
+                }),
             };
             let reg = Registration::register(&config.dialer, registry, config.key, &announcement)
                 .await

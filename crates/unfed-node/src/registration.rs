@@ -1,23 +1,37 @@
-//! A node's relationship with its registry: a signed registration, signed heartbeats at the
-//! interval the registry asks for, and a signed goodbye on shutdown.
+//! A node's (or guard relay's) relationship with its registry: a signed registration, signed
+//! heartbeats at the interval the registry asks for, and a signed goodbye on shutdown.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::transport::Channel;
-use unfed_identity::canonical::{Heartbeat, Payload, Register, Unregister};
+use unfed_identity::canonical::{Heartbeat, Payload, Register, RegisterGuard, Unregister};
 use unfed_identity::{MpcRole, NodeKey};
 use unfed_proto::registry::SignedPayload;
 use unfed_proto::registry::registry_client::RegistryClient;
 
-/// What a node tells the registry about itself.
+/// What a node or guard tells the registry about itself.
 pub struct Announcement {
     pub advertise: String,
+    /// The public onion key (X25519), signed with the rest.
+    pub onion_key: [u8; 32],
+    /// A shard of a model, or guard relaying.
+    pub serves: Serves,
+}
+
+/// What an announced service does.
+pub enum Serves {
+    /// One shard of a model.
+    Shard(ShardAnnouncement),
+    /// Guard relaying (`unfed guard`): circuits from clients to entry nodes.
+    Guard,
+}
+
+/// The shard a node serves.
+pub struct ShardAnnouncement {
     pub model_id: String,
     pub shard_index: u32,
     pub manifest_json: String,
     pub manifest_sha256: [u8; 32],
-    /// The node's public onion key (X25519), signed with the rest.
-    pub onion_key: [u8; 32],
     /// Its part in shard 0's two-party MPC pair, signed with the rest: [`MpcRole::None`] for a
     /// plain node; party A or B (naming the other party's identity) on shard 0 of a model whose
     /// manifest has an `mpc` plan, where the registry refuses a plain node.
@@ -77,21 +91,36 @@ impl Registration {
 
     /// Sends a signed registration (again, if the registry has forgotten the node).
     pub async fn announce(&mut self, a: &Announcement) -> Result<(), String> {
-        let payload = Payload::Register(Register {
-            identity: self.key.address(),
-            address: a.advertise.clone(),
-            model_id: a.model_id.clone(),
-            shard_index: a.shard_index,
-            manifest_sha256: a.manifest_sha256,
-            onion_key: a.onion_key.to_vec(),
-            mpc: a.mpc,
-            timestamp_ms: now_ms(),
-            nonce: rand::random(),
-        });
-        let reply = self
-            .client
-            .register(signed(&self.key, &payload, a.manifest_json.clone()))
-            .await
+        let (identity, timestamp_ms, nonce) = (self.key.address(), now_ms(), rand::random());
+        let reply = match &a.serves {
+            Serves::Shard(s) => {
+                let payload = Payload::Register(Register {
+                    identity,
+                    address: a.advertise.clone(),
+                    model_id: s.model_id.clone(),
+                    shard_index: s.shard_index,
+                    manifest_sha256: s.manifest_sha256,
+                    onion_key: a.onion_key.to_vec(),
+                    mpc: s.mpc,
+                    timestamp_ms,
+                    nonce,
+                });
+                let request = signed(&self.key, &payload, s.manifest_json.clone());
+                self.client.register(request).await
+            }
+            Serves::Guard => {
+                let payload = Payload::RegisterGuard(RegisterGuard {
+                    identity,
+                    address: a.advertise.clone(),
+                    onion_key: a.onion_key.to_vec(),
+                    timestamp_ms,
+                    nonce,
+                });
+                let request = signed(&self.key, &payload, String::new());
+                self.client.register_guard(request).await
+            }
+        };
+        let reply = reply
             .map_err(|s| format!("the registry refused the registration: {}", s.message()))?
             .into_inner();
         self.heartbeat_interval =

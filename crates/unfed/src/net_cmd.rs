@@ -75,10 +75,9 @@ pub fn node(args: NodeArgs) -> Result<ExitCode> {
     runtime.block_on(async move {
         let listener = listen(&args.host, args.port).await?;
         let bound: SocketAddr = listener.local_addr()?;
-        let advertise = args.advertise.unwrap_or_else(|| match tls {
-            Some(_) => format!("{}{bound}", unfed_proto::tls::TLS_SCHEME),
-            None => bound.to_string(),
-        });
+        let advertise = args
+            .advertise
+            .unwrap_or_else(|| advertised(&listener, tls.is_some()));
         eprintln!(
             "node {} for shard {} listening on {bound}",
             key.address(),
@@ -105,6 +104,18 @@ pub fn node(args: NodeArgs) -> Result<ExitCode> {
         eprintln!("node stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The address a service on `listener` advertises by default: the bound address, as
+/// `https://host:port` with TLS.
+fn advertised(listener: &tokio::net::TcpListener, tls: bool) -> String {
+    let bound = listener
+        .local_addr()
+        .map_or_else(|_| "unknown".into(), |a| a.to_string());
+    match tls {
+        true => format!("{}{bound}", unfed_proto::tls::TLS_SCHEME),
+        false => bound,
+    }
 }
 
 /// A listener on `host:port`, or why there is none.
@@ -152,17 +163,29 @@ pub struct GuardArgs {
     /// Seconds a silent client keeps its session.
     #[arg(long, default_value_t = 300)]
     idle_timeout: u64,
+    /// The address clients dial, as registered: `https://host:port` with TLS, `host:port` on
+    /// loopback without (default: the bound address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// The identity key that signs the guard's registration (created with mode 0600 if
+    /// missing; default `~/.unfed/node.key`). No node of this identity is put behind it.
+    #[arg(long)]
+    key: Option<PathBuf>,
     #[command(flatten)]
     tls: crate::tls_args::ServeTlsArgs,
 }
 
 pub fn guard(args: GuardArgs) -> Result<ExitCode> {
+    let key = node_key(args.key)?;
     let tls = args.tls.server()?;
     let dialer = args.tls.dial.dialer()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let listener = listen(&args.host, args.port).await?;
-        eprintln!("guard listening on {}", listener.local_addr()?);
+        let advertise = args
+            .advertise
+            .unwrap_or_else(|| advertised(&listener, tls.is_some()));
+        eprintln!("guard {} listening on {advertise}", key.address());
         let config = unfed_node::guard::GuardConfig {
             registry: Some(args.registry),
             max_sessions: args.max_sessions,
@@ -170,6 +193,7 @@ pub fn guard(args: GuardArgs) -> Result<ExitCode> {
             tls,
             dialer,
             views: None,
+            announce: Some(unfed_node::guard::GuardAnnouncement { key, advertise }),
         };
         unfed_node::guard::serve(config, listener, shutdown_signal())
             .await
@@ -189,10 +213,14 @@ pub struct ClientArgs {
     /// List the registry's models with READY / INCOMPLETE and shard coverage.
     #[arg(long)]
     list_models: bool,
-    /// Start every circuit at this guard relay (`unfed guard`), so that no node of the route
-    /// sees this client's address.
+    /// Start every circuit at a guard relay (`unfed guard`), so that no node of the route
+    /// sees this client's address: `auto` keeps using one the registry lists (chosen once and
+    /// remembered in `--guard-state`, as Tor keeps its guards), or the guard's address.
     #[arg(long)]
     guard: Option<String>,
+    /// Where `--guard auto` remembers its guards (default `~/.unfed/guards.json`).
+    #[arg(long)]
+    guard_state: Option<PathBuf>,
     /// Model id (default: the only READY model).
     #[arg(long)]
     model: Option<String>,
@@ -216,6 +244,28 @@ pub struct ClientArgs {
     mode: Option<ClientMode>,
 }
 
+/// `--guard auto`: the first kept guard the registry lists, or a newly sampled one (kept).
+async fn choose_guard(client: &mut Client, state: Option<PathBuf>) -> Result<()> {
+    let path = match state {
+        Some(p) => p,
+        None => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".unfed/guards.json"))
+            .context("no --guard-state and no HOME to keep the guard state in")?,
+    };
+    let listed = client.listed_guards().await?;
+    let mut state = unfed_client::GuardState::load(&path)?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let (guard, changed) = state.choose(&listed, now_ms, &path)?;
+    if changed {
+        state.save(&path)?;
+    }
+    eprintln!("guard {} at {}", guard.identity, guard.address);
+    client.use_listed_guard(guard);
+    Ok(())
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum OutputModeArg {
     Off,
@@ -236,8 +286,10 @@ pub fn client(args: ClientArgs) -> Result<ExitCode> {
 
 async fn client_main(args: ClientArgs) -> Result<ExitCode> {
     let mut client = Client::connect_with(&args.registry, args.tls.dialer()?).await?;
-    if let Some(guard) = &args.guard {
-        client.use_guard(guard).await?;
+    match args.guard.as_deref() {
+        None => {}
+        Some("auto") => choose_guard(&mut client, args.guard_state).await?,
+        Some(address) => client.use_guard(address).await?,
     }
     if let OutputModeArg::DecodeClientSample = args.output_mode {
         client.set_output_mode(unfed_client::OutputMode::ClientSample {

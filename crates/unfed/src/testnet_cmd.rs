@@ -358,6 +358,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
     let guard = match args.guard_port {
         None => None,
         Some(port) => {
+            let key = dir.join("keys").join("guard.key");
             let pid = spawn(
                 &exe,
                 dir,
@@ -368,6 +369,8 @@ fn up(args: UpArgs) -> Result<ExitCode> {
                     &registry,
                     "--port",
                     &port.to_string(),
+                    "--key",
+                    path(&key)?,
                 ],
                 &tls_flags("guard")?,
             )?;
@@ -389,11 +392,12 @@ fn up(args: UpArgs) -> Result<ExitCode> {
             &dialer,
             &registry,
             &model_id,
+            guard.is_some(),
             Duration::from_secs(180),
         ))
         .with_context(|| {
             format!(
-                "the model did not become READY; logs are in {}",
+                "the model did not become READY (or the guard was not listed); logs are in {}",
                 dir.join("logs").display()
             )
         })?;
@@ -405,10 +409,12 @@ fn up(args: UpArgs) -> Result<ExitCode> {
     if let Some(c) = &certs {
         flags += &format!(" --tls-ca {}", c.ca_file().display());
     }
-    let via = guard
-        .as_ref()
-        .map(|g| format!(" --guard {g}"))
-        .unwrap_or_default();
+    // The client finds the guard at the registry and keeps it in the testnet's directory.
+    let guard_state = dir.join("guards.json");
+    let via = match &guard {
+        Some(_) => format!(" --guard auto --guard-state {}", guard_state.display()),
+        None => String::new(),
+    };
     eprintln!("  ask:   unfed client {flags}{via} --prompt \"Hello!\"");
     eprintln!("  chat:  unfed client {flags}{via} chat");
     eprintln!("  stop:  unfed testnet down --dir {}", dir.display());
@@ -424,8 +430,8 @@ fn up(args: UpArgs) -> Result<ExitCode> {
             &args.max_tokens.to_string(),
         ]);
         client.args(&dial_flags);
-        if let Some(g) = &guard {
-            client.args(["--guard", g]);
+        if guard.is_some() {
+            client.args(["--guard", "auto", "--guard-state", path(&guard_state)?]);
         }
         let status = client.status()?;
         if !status.success() {
@@ -477,10 +483,12 @@ fn wait_for_port(addr: &str, limit: Duration) -> Result<()> {
     bail!("nothing listens on {addr} after {limit:?}")
 }
 
+/// Waits until the registry says `model_id` is READY and, with `guard`, lists a guard relay.
 async fn wait_ready(
     dialer: &unfed_proto::Dialer,
     registry: &str,
     model_id: &str,
+    guard: bool,
     limit: Duration,
 ) -> Result<()> {
     let start = Instant::now();
@@ -490,6 +498,7 @@ async fn wait_ready(
             && models
                 .iter()
                 .any(|m| m.model_id == model_id && m.status == "READY")
+            && (!guard || c.listed_guards().await.is_ok_and(|g| !g.is_empty()))
         {
             return Ok(());
         }

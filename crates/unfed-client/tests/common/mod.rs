@@ -35,6 +35,8 @@ pub struct Net {
     pub ca: Option<Arc<TestnetCa>>,
     /// What each node saw: its address, shard and record.
     pub views: Vec<(String, u32, ViewLog)>,
+    /// Each node's identity key (hex), in the order of `views`.
+    pub keys: Vec<String>,
 }
 
 impl Net {
@@ -109,7 +111,7 @@ pub fn start_with(replicas: &[usize], tls: bool) -> Net {
     );
 
     let nodes = Arc::new(Mutex::new(HashMap::new()));
-    let mut views = Vec::new();
+    let (mut views, mut keys) = (Vec::new(), Vec::new());
     for (shard, &n) in replicas.iter().enumerate() {
         for _ in 0..n {
             let ip = format!("127.0.0.{}", 11 + views.len());
@@ -124,6 +126,7 @@ pub fn start_with(replicas: &[usize], tls: bool) -> Net {
             let address = advertised(tls, &listener.local_addr().unwrap().to_string());
             let log = ViewLog::default();
             views.push((address.clone(), shard as u32, log.clone()));
+            keys.push(hex::encode(rand::random::<[u8; 32]>()));
             let config = unfed_node::NodeConfig {
                 shards_dir: shards.clone(),
                 shard_index: shard as u32,
@@ -132,7 +135,7 @@ pub fn start_with(replicas: &[usize], tls: bool) -> Net {
                 tls: ca.as_deref().map(|ca| cert_for(ca, &ip)),
                 dialer: dialer.clone().from_ip(ip.parse().unwrap()),
                 views: Some(log),
-                key: unfed_identity::NodeKey::generate(),
+                key: unfed_identity::NodeKey::from_hex(&keys[keys.len() - 1]).unwrap(),
                 limits: unfed_node::SessionLimits::default(),
                 pair: None,
             };
@@ -153,6 +156,7 @@ pub fn start_with(replicas: &[usize], tls: bool) -> Net {
         dialer,
         ca,
         views,
+        keys,
     }
 }
 

@@ -237,14 +237,16 @@ pub async fn run_b(
             let manifest_json = manifest.to_json();
             let announcement = crate::Announcement {
                 advertise: config.advertise.clone(),
-                model_id: manifest.model_id.clone(),
-                shard_index: 0,
-                manifest_sha256: sha2::Sha256::digest(manifest_json.as_bytes()).into(),
-                manifest_json,
                 onion_key: b.onion.public_key().to_bytes(),
-                mpc: unfed_identity::MpcRole::B {
-                    peer: config.peer_identity,
-                },
+                serves: crate::Serves::Shard(crate::ShardAnnouncement {
+                    model_id: manifest.model_id.clone(),
+                    shard_index: 0,
+                    manifest_sha256: sha2::Sha256::digest(manifest_json.as_bytes()).into(),
+                    manifest_json,
+                    mpc: unfed_identity::MpcRole::B {
+                        peer: config.peer_identity,
+                    },
+                }),
             };
             let reg =
                 crate::Registration::register(&config.dialer, registry, config.key, &announcement)

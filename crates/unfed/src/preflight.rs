@@ -10,7 +10,11 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use unfed_proto::Dialer;
 use unfed_proto::node::HealthRequest;
-use unfed_proto::registry::{ClusterInfoRequest, DiscoverRequest, ListModelsRequest};
+use unfed_proto::node::OnionKeyRequest;
+use unfed_proto::node::guard_client::GuardClient;
+use unfed_proto::registry::{
+    ClusterInfoRequest, DiscoverRequest, GuardInfo, ListGuardsRequest, ListModelsRequest,
+};
 use unfed_proto::tls::{ServerTls, Target};
 
 use crate::tls_args::{DialArgs, ServeTlsArgs};
@@ -21,7 +25,8 @@ pub enum PreflightCommand {
     Node(NodeCheck),
     /// The dashboard's bind address and certificate (`unfed web`).
     Web(WebCheck),
-    /// A running network, through its registry: every listed node reachable and verified.
+    /// A running network, through its registry: every listed node and guard reachable and
+    /// verified.
     Runtime(RuntimeCheck),
 }
 
@@ -217,7 +222,53 @@ async fn network(c: RuntimeCheck) -> Report {
             r.add(name, outcome.map(|t| format!("{}: {t}", n.address)));
         }
     }
+    match registry.list_guards(ListGuardsRequest {}).await {
+        Ok(g) => {
+            for guard in g.into_inner().guards {
+                let name = format!("guard {}", guard.identity);
+                r.add(name, guard_serves(&dialer, &guard).await);
+            }
+        }
+        Err(s) => {
+            let refused = format!("the registry refused: {}", s.message());
+            r.add("guards", Err(refused));
+        }
+    }
     r
+}
+
+/// A listed guard answers at its address with the onion key of its registration.
+async fn guard_serves(dialer: &Dialer, guard: &GuardInfo) -> Result<String, String> {
+    let channel = dialer.connect(&guard.address).await?;
+    let key = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        GuardClient::new(channel).onion_key(OnionKeyRequest {}),
+    )
+    .await
+    .map_err(|_| format!("{}: no answer within 5 s", guard.address))?
+    .map_err(|s| format!("{}: {}", guard.address, s.message()))?
+    .into_inner()
+    .onion_key;
+    if key != guard.onion_key {
+        return Err(format!(
+            "{} answers with another onion key than its registration's",
+            guard.address
+        ));
+    }
+    Ok(format!(
+        "{}: {}, onion key as registered",
+        guard.address,
+        transport(&guard.address)
+    ))
+}
+
+/// How an address is reached: verified TLS, or plaintext on loopback.
+fn transport(address: &str) -> &'static str {
+    if address.starts_with(unfed_proto::tls::TLS_SCHEME) {
+        "TLS verified"
+    } else {
+        "plaintext, loopback"
+    }
 }
 
 /// The listen and advertise checks; returns the certificate when it loads.
@@ -387,14 +438,11 @@ async fn node_serves(
             health.model_id, health.shard_index
         ));
     }
-    let transport = if address.starts_with(unfed_proto::tls::TLS_SCHEME) {
-        "TLS verified"
-    } else {
-        "plaintext, loopback"
-    };
     Ok(format!(
-        "{transport}, {}/{} sessions",
-        health.active_sessions, health.max_sessions
+        "{}, {}/{} sessions",
+        transport(address),
+        health.active_sessions,
+        health.max_sessions
     ))
 }
 

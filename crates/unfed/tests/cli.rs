@@ -304,7 +304,7 @@ fn preflight_passes_a_tls_testnet_and_fails_unsafe_configurations() {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(dir.path(), Arch::Llama);
-    let port = free_port();
+    let (port, guard_port) = (free_port(), free_port());
     let tn = dir.path().join("testnet");
     let tls = tn.join("tls");
     let file = |name: &str| tls.join(name).to_str().unwrap().to_string();
@@ -319,10 +319,12 @@ fn preflight_passes_a_tls_testnet_and_fails_unsafe_configurations() {
             "2",
             "--registry-port",
             &port,
+            "--guard-port",
+            &guard_port,
         ],
     );
     let registry = format!("https://127.0.0.1:{port}");
-    // The running network: registry and every node reachable and verified over TLS.
+    // The running network: registry, every node and the guard reachable and verified over TLS.
     let runtime = ["preflight", "runtime", "--registry", &registry];
     preflight(
         &[&runtime[..], &["--tls-ca", &ca]].concat(),
@@ -333,6 +335,11 @@ fn preflight_passes_a_tls_testnet_and_fails_unsafe_configurations() {
         &[&runtime[..], &["--tls-ca", &ca]].concat(),
         true,
         "TLS verified",
+    );
+    preflight(
+        &[&runtime[..], &["--tls-ca", &ca]].concat(),
+        true,
+        &format!("https://127.0.0.1:{guard_port}: TLS verified, onion key as registered"),
     );
     // Without the testnet's CA nothing verifies.
     preflight(&runtime, false, "UnknownIssuer");

@@ -35,8 +35,14 @@ fn last_logits(model: &ShardModel, input: Input, cache: &mut unfed_model::KvCach
     out.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
+/// Positions of one pair step, as the network client sends a prompt: one, then at most this
+/// many per step (`unfed_client::pair::MAX_STEP_POSITIONS`).
+const STEP_POSITIONS: usize = 64;
+
 /// `n` greedy tokens after `prompt`, in plaintext (shard 0 on the exact reference path, then
-/// the rest on `rest_compute`) and with shard 0 on shares (then the same rest).
+/// the rest on `rest_compute`) and with shard 0 on shares (then the same rest). The pair takes
+/// the prompt in the network client's steps (one position, then 64 at most), so the cache of
+/// earlier steps carries into later ones as it does on the network.
 fn generate(path: &Path, k: usize, prompt: &[u32], n: usize, rest_compute: Compute) -> Outcome {
     let ck = Checkpoint::open(path).unwrap();
     let cfg = ck.config().unwrap();
@@ -71,7 +77,13 @@ fn generate(path: &Path, k: usize, prompt: &[u32], n: usize, rest_compute: Compu
             )
             .unwrap();
         let reference = reference.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let hidden = pair.step(&next_mpc).unwrap();
+        let mut hidden = Vec::new();
+        let (mut at, mut size) = (0, 1);
+        while at < next_mpc.len() {
+            let end = (at + size).min(next_mpc.len());
+            hidden.extend(pair.step(&next_mpc[at..end]).unwrap());
+            (at, size) = (end, STEP_POSITIONS);
+        }
         if plain == mpc {
             for (a, b) in hidden.iter().zip(&reference) {
                 max_err = max_err.max((a - b).abs());
@@ -167,6 +179,21 @@ fn check_real(model: &str) {
                     out.plain, out.mpc
                 ));
             }
+        }
+    }
+    if model == "smollm2-135m" {
+        // `unfed bench`'s 107-token prompt: three pair steps (1, 64, 42 positions).
+        let ids = tok
+            .encode(include_str!("../../unfed-engine/src/bench_prompt.txt"))
+            .unwrap();
+        assert!(ids.len() > 1 + STEP_POSITIONS);
+        let out = generate(&path, 1, &ids, 32, Compute::Reference);
+        eprintln!("{model} k=1 bench prompt: max abs error {:e}", out.max_err);
+        if out.mpc != out.plain {
+            failures.push(format!(
+                "{model} k=1 bench prompt:\n plain {:?}\n mpc   {:?}",
+                out.plain, out.mpc
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

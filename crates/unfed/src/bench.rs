@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// testnet runs) and once in plaintext.
     #[arg(long)]
     network: bool,
+    /// With --network: also a TLS testnet whose shard 0 (the embedding and this many layers)
+    /// runs as a two-party MPC pair (`testnet up --mpc`), measured against the plain one.
+    #[arg(long, value_name = "K", requires = "network")]
+    mpc_layers: Option<usize>,
     /// Measure only the quantized matrix kernels (GMAC/s per weight type and instruction set,
     /// for 1 token and for this many), no model needed.
     #[arg(long, value_name = "BATCH", num_args = 0..=1, default_missing_value = "64")]
@@ -67,6 +71,8 @@ struct Network {
     model: unfed_client::RemoteModel,
     dir: tempfile::TempDir,
     tls: bool,
+    /// Shard 0 on an MPC pair holding this many layers.
+    mpc_layers: Option<usize>,
 }
 
 impl Drop for Network {
@@ -87,9 +93,13 @@ impl Path {
         match self {
             Path::Local(l) => l.description.clone(),
             Path::Network(n) => format!(
-                "network, {} shards, {}",
+                "network, {} shards, {}{}",
                 n.model.manifest.shards.len(),
-                if n.tls { "TLS" } else { "plaintext" }
+                if n.tls { "TLS" } else { "plaintext" },
+                match n.mpc_layers {
+                    Some(k) => format!(", shard 0 on an MPC pair (K = {k})"),
+                    None => String::new(),
+                }
             ),
         }
     }
@@ -100,6 +110,7 @@ fn start_network(
     shards: usize,
     store: Option<&std::path::Path>,
     tls: bool,
+    mpc_layers: Option<usize>,
 ) -> Result<Network> {
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -125,6 +136,9 @@ fn start_network(
     }
     if !tls {
         cmd.arg("--no-tls");
+    }
+    if let Some(k) = mpc_layers {
+        cmd.args(["--mpc", "--mpc-layers", &k.to_string()]);
     }
     let runtime = tokio::runtime::Runtime::new()?;
     let status = cmd.status()?;
@@ -157,6 +171,7 @@ fn start_network(
         model,
         dir,
         tls,
+        mpc_layers,
     })
 }
 
@@ -205,8 +220,13 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         if args.shards == 0 {
             bail!("--network needs --shards of at least 1");
         }
+        let store = args.store.as_deref();
         for tls in [true, false] {
-            let network = start_network(&args.model, args.shards, args.store.as_deref(), tls)?;
+            let network = start_network(&args.model, args.shards, store, tls, None)?;
+            paths.push(Path::Network(network));
+        }
+        if let Some(k) = args.mpc_layers {
+            let network = start_network(&args.model, args.shards, store, true, Some(k))?;
             paths.push(Path::Network(network));
         }
     }
@@ -246,7 +266,24 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             (p.description(), prefill, decode)
         })
         .collect();
-    let identical = outputs.windows(2).all(|w| w[0] == w[1]);
+    // Fixed point on shares is close to the engine, not bit-identical: the MPC path's greedy
+    // tokens are compared apart, as the length of the prefix they share with the whole model's.
+    let is_mpc = |p: &Path| matches!(p, Path::Network(n) if n.mpc_layers.is_some());
+    let exact: Vec<&Vec<u32>> = paths
+        .iter()
+        .zip(&outputs)
+        .filter(|(p, _)| !is_mpc(p))
+        .map(|(_, o)| o)
+        .collect();
+    let identical = exact.windows(2).all(|w| w[0] == w[1]);
+    let mpc_row = paths.iter().position(is_mpc);
+    let mpc_agrees = mpc_row.map(|i| {
+        outputs[i]
+            .iter()
+            .zip(&outputs[0])
+            .take_while(|(a, b)| a == b)
+            .count()
+    });
     if args.json {
         let paths: Vec<_> = rows
             .iter()
@@ -255,6 +292,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         let v = serde_json::json!({
             "model": model, "quant": quant, "threads": threads, "prompt_tokens": req.prompt_ids.len(),
             "generated": args.generate, "runs": args.runs, "paths": paths, "greedy_identical": identical,
+            "mpc_greedy_prefix": mpc_agrees,
         });
         println!("{v}");
     } else {
@@ -277,16 +315,43 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 t / wd
             );
         }
-        if let [.., (_, tp, td), (_, pp, pd)] = &rows[..]
-            && args.network
-        {
+        if args.network {
+            // Rows: whole, [3 shards,] TLS network, plaintext network[, MPC network].
+            let tls = paths
+                .iter()
+                .position(|p| matches!(p, Path::Network(n) if n.tls && n.mpc_layers.is_none()));
+            if let Some(t) = tls {
+                let ((_, tp, td), (_, pp, pd)) = (&rows[t], &rows[t + 1]);
+                println!(
+                    "TLS / plaintext network: prefill {:.3}x, decode {:.3}x",
+                    tp / pp,
+                    td / pd
+                );
+                if let Some(m) = mpc_row {
+                    let (_, mp, md) = &rows[m];
+                    println!(
+                        "MPC pair / plain shard 0, both networks on TLS: added {:.1} ms per decode \
+                         token, {:.1} ms per prompt token",
+                        1e3 / md - 1e3 / td,
+                        1e3 / mp - 1e3 / tp
+                    );
+                }
+            }
+        }
+        println!(
+            "greedy tokens identical on every path{}: {identical}",
+            if mpc_row.is_some() {
+                " but the MPC pair's"
+            } else {
+                ""
+            }
+        );
+        if let Some(n) = mpc_agrees {
             println!(
-                "TLS / plaintext network: prefill {:.3}x, decode {:.3}x",
-                tp / pp,
-                td / pd
+                "MPC pair's greedy tokens equal the whole model's for the first {n} of {}",
+                req.max_tokens
             );
         }
-        println!("greedy tokens identical on every path: {identical}");
         if args.network {
             println!("(network prefill includes discovery and opening the route)");
         }

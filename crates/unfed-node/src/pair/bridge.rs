@@ -1,6 +1,5 @@
-//! The pair's stream as an `unfed_mpc::Link`: the step runs on a blocking thread and each of
-//! its exchanges crosses two bounded channels to the async side, which moves the words to and
-//! from the other party's stream until the step is done.
+//! The pair's stream as an `unfed_mpc::Link`: the step runs on a blocking thread that sends
+//! each round's words on the other party's stream and reads theirs from it directly.
 
 use std::time::Duration;
 
@@ -43,8 +42,10 @@ pub(crate) fn words_frame(words: &[u64]) -> PairFrame {
     }
 }
 
-/// Runs `job` with its link bridged onto the other party: `send` puts a frame on our stream,
-/// `inbound` yields theirs. Returns what the step returned.
+/// Runs `job` with its link bridged onto the other party: the step's thread puts each
+/// round's frame on our stream (`send`, after `wrap`) and takes the other party's words from
+/// `inbound` itself, so a round crosses no task of ours in between (each hop is a thread
+/// wake-up, and a step has ~90 rounds). Returns what the step returned.
 pub(crate) async fn run_step<M, F>(
     job: StepJob,
     send: &mpsc::Sender<M>,
@@ -53,66 +54,56 @@ pub(crate) async fn run_step<M, F>(
 ) -> Result<(Option<Vec<u64>>, unfed_mpc::shard::ShardState), Status>
 where
     M: Send + 'static,
-    F: Fn(PairFrame) -> M,
+    F: Fn(PairFrame) -> M + Send + 'static,
 {
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u64>>(2);
-    let (in_tx, in_rx) = mpsc::channel::<Vec<u64>>(2);
-    let mut compute = tokio::task::spawn_blocking(move || {
-        let mut link = ThreadLink {
-            out: out_tx,
-            inp: in_rx,
-        };
-        job.run(&mut link)
-    });
-    let to_status = |e: MpcError| Status::aborted(format!("MPC step: {e}"));
-    let forward = |words: Vec<u64>| {
-        let frame = wrap(words_frame(&words));
-        async move {
+    // The thread holds the inbound frames for the step and hands them back at its end.
+    let (_, closed) = mpsc::channel(1);
+    let mut link = ThreadLink {
+        runtime: tokio::runtime::Handle::current(),
+        send: send.clone(),
+        wrap,
+        inbound: std::mem::replace(inbound, closed),
+    };
+    let (done, back) = tokio::task::spawn_blocking(move || {
+        let done = job.run(&mut link);
+        (done, link.inbound)
+    })
+    .await
+    .map_err(|e| Status::internal(format!("MPC step thread: {e}")))?;
+    *inbound = back;
+    done.map_err(|e| Status::aborted(format!("MPC step: {e}")))
+}
+
+/// The step thread's end of the stream.
+struct ThreadLink<M, F> {
+    runtime: tokio::runtime::Handle,
+    send: mpsc::Sender<M>,
+    wrap: F,
+    inbound: Inbound,
+}
+
+impl<M: Send + 'static, F: Fn(PairFrame) -> M> Link for ThreadLink<M, F> {
+    fn exchange(&mut self, mine: &[u64]) -> Result<Vec<u64>, MpcError> {
+        let fail = |why: &str| MpcError::Link(why.into());
+        let frame = (self.wrap)(words_frame(mine));
+        let (send, inbound) = (&self.send, &mut self.inbound);
+        let frame = self.runtime.block_on(async {
             tokio::time::timeout(PEER_TIMEOUT, send.send(frame))
                 .await
-                .map_err(|_| Status::deadline_exceeded("the other party stopped reading"))?
-                .map_err(|_| Status::unavailable("the other party hung up"))
-        }
-    };
-    loop {
-        tokio::select! {
-            done = &mut compute => {
-                // The thread has ended: whatever it sent is already queued.
-                while let Ok(words) = out_rx.try_recv() {
-                    forward(words).await?;
-                }
-                return done
-                    .map_err(|e| Status::internal(format!("MPC step thread: {e}")))?
-                    .map_err(to_status);
+                .map_err(|_| fail("the other party stopped reading"))?
+                .map_err(|_| fail("the other party hung up"))?;
+            match tokio::time::timeout(PEER_TIMEOUT, inbound.recv()).await {
+                Err(_) => Err(fail("the other party is silent")),
+                Ok(None) => Err(fail("the other party closed the stream")),
+                Ok(Some(Err(s))) => Err(MpcError::Link(format!("the other party: {}", s.message()))),
+                Ok(Some(Ok(frame))) => Ok(frame),
             }
-            Some(words) = out_rx.recv() => forward(words).await?,
-            frame = tokio::time::timeout(PEER_TIMEOUT, inbound.recv()) => {
-                let words = match frame {
-                    Err(_) => return Err(Status::deadline_exceeded("the other party is silent")),
-                    Ok(None) => return Err(Status::unavailable("the other party closed the stream")),
-                    Ok(Some(Err(s))) => return Err(Status::unavailable(format!("the other party: {}", s.message()))),
-                    Ok(Some(Ok(PairFrame { kind: Some(pair_frame::Kind::Words(w)) }))) => w,
-                    Ok(Some(Ok(_))) => return Err(Status::invalid_argument("expected a round's words")),
-                };
-                let words = ring::from_bytes(&words)
-                    .ok_or_else(|| Status::invalid_argument("a round's words are not whole u64s"))?;
-                // A thread that already failed no longer listens; its error is next.
-                let _ = in_tx.send(words).await;
-            }
+        })?;
+        match frame {
+            PairFrame {
+                kind: Some(pair_frame::Kind::Words(w)),
+            } => ring::from_bytes(&w).ok_or_else(|| fail("a round's words are not whole u64s")),
+            _ => Err(fail("expected a round's words")),
         }
-    }
-}
-
-/// The compute thread's end of the bridge.
-struct ThreadLink {
-    out: mpsc::Sender<Vec<u64>>,
-    inp: mpsc::Receiver<Vec<u64>>,
-}
-
-impl Link for ThreadLink {
-    fn exchange(&mut self, mine: &[u64]) -> Result<Vec<u64>, MpcError> {
-        let gone = || MpcError::Link("the other party's stream closed".into());
-        self.out.blocking_send(mine.to_vec()).map_err(|_| gone())?;
-        self.inp.blocking_recv().ok_or_else(gone)
     }
 }

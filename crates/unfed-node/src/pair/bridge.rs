@@ -95,7 +95,9 @@ impl<M: Send + 'static, F: Fn(PairFrame) -> M> Link for ThreadLink<M, F> {
             match tokio::time::timeout(PEER_TIMEOUT, inbound.recv()).await {
                 Err(_) => Err(fail("the other party is silent")),
                 Ok(None) => Err(fail("the other party closed the stream")),
-                Ok(Some(Err(s))) => Err(MpcError::Link(format!("the other party: {}", s.message()))),
+                Ok(Some(Err(s))) => {
+                    Err(MpcError::Link(format!("the other party: {}", s.message())))
+                }
                 Ok(Some(Ok(frame))) => Ok(frame),
             }
         })?;

@@ -132,19 +132,16 @@ async fn network_generates(net: &Net, expected: Vec<u32>) {
     }
 }
 
-#[test]
-fn a_registered_guard_is_found_at_the_registry_and_never_fronts_its_own_nodes() {
-    let net = start(&[2, 1, 1]);
-    let expected = reference(&net.model);
-    let rt = client_runtime();
+/// A plaintext guard relay for `net` on 127.0.0.1, registered under `key` if given; its address.
+fn start_guard(
+    net: &Net,
+    rt: &tokio::runtime::Runtime,
+    key: Option<unfed_identity::NodeKey>,
+) -> String {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let guard = listener.local_addr().unwrap().to_string();
-    // The guard's operator also runs the first replica of shard 0.
-    let (own_node, _, _) = &net.views[0];
-    let key = unfed_identity::NodeKey::from_hex(&net.keys[0]).unwrap();
-    let identity = key.address().to_string();
     let config = unfed_node::guard::GuardConfig {
         registry: Some(net.registry.clone()),
         max_sessions: 4,
@@ -152,7 +149,7 @@ fn a_registered_guard_is_found_at_the_registry_and_never_fronts_its_own_nodes() 
         tls: None,
         dialer: net.dialer.clone(),
         views: None,
-        announce: Some(unfed_node::guard::GuardAnnouncement {
+        announce: key.map(|key| unfed_node::guard::GuardAnnouncement {
             key,
             advertise: guard.clone(),
         }),
@@ -162,6 +159,19 @@ fn a_registered_guard_is_found_at_the_registry_and_never_fronts_its_own_nodes() 
         listener,
         std::future::pending(),
     ));
+    guard
+}
+
+#[test]
+fn a_registered_guard_is_found_at_the_registry_and_never_fronts_its_own_nodes() {
+    let net = start(&[2, 1, 1]);
+    let expected = reference(&net.model);
+    let rt = client_runtime();
+    // The guard's operator also runs the first replica of shard 0.
+    let (own_node, _, _) = &net.views[0];
+    let key = unfed_identity::NodeKey::from_hex(&net.keys[0]).unwrap();
+    let identity = key.address().to_string();
+    let guard = start_guard(&net, &rt, Some(key));
     rt.block_on(async {
         let mut client = net.client().await;
         wait_ready(&mut client).await;
@@ -211,24 +221,7 @@ fn a_generation_through_a_guard_relay_generates_the_same() {
     let net = start(&[1, 1, 1]);
     let expected = reference(&net.model);
     let rt = client_runtime();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let guard = listener.local_addr().unwrap().to_string();
-    let config = unfed_node::guard::GuardConfig {
-        registry: Some(net.registry.clone()),
-        max_sessions: 4,
-        idle_timeout: Duration::from_secs(30),
-        tls: None,
-        dialer: net.dialer.clone(),
-        views: None,
-        announce: None,
-    };
-    rt.spawn(unfed_node::guard::serve(
-        config,
-        listener,
-        std::future::pending(),
-    ));
+    let guard = start_guard(&net, &rt, None);
     rt.block_on(async {
         let mut client = net.client().await;
         wait_ready(&mut client).await;

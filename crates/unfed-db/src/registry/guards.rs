@@ -5,8 +5,8 @@
 use rusqlite::{OptionalExtension, Row, params};
 use unfed_identity::Address;
 
-use super::write::{count, insert_nonce, limit, touch_manifest};
-use super::{GuardRecord, NonceRecord, RegisterLimits, RegisterOutcome, RegistryDb, RegistryLimit};
+use super::write::{insert_nonce, over_caps, touch_manifest};
+use super::{GuardRecord, NonceRecord, RegisterLimits, RegisterOutcome, RegistryDb};
 use crate::DbError;
 use crate::sql::{address_text, ordered_u64, read_address, read_ordered_u64, read_u32};
 
@@ -40,21 +40,8 @@ impl RegistryDb {
             .optional()
             .map_err(DbError::sql(DOING))?
             .is_some();
-        if !known {
-            let mine = count(
-                &tx,
-                "SELECT COUNT(*) FROM guards WHERE identity = ?1",
-                params![identity],
-            )?;
-            if mine >= limits.max_nodes_per_identity {
-                return Ok(limit(
-                    RegistryLimit::NodesPerIdentity,
-                    limits.max_nodes_per_identity,
-                ));
-            }
-            if count(&tx, "SELECT COUNT(*) FROM guards", [])? >= limits.max_nodes {
-                return Ok(limit(RegistryLimit::Nodes, limits.max_nodes));
-            }
+        if !known && let Some(refused) = over_caps(&tx, "guards", &identity, limits)? {
+            return Ok(refused);
         }
         let now = ordered_u64("registration time", guard.registered_at_ms)?;
         tx.execute(

@@ -64,21 +64,8 @@ impl RegistryDb {
             .optional()
             .map_err(DbError::sql(DOING))?;
         let known = previous_model.is_some();
-        if !known {
-            let mine = count(
-                &tx,
-                "SELECT COUNT(*) FROM nodes WHERE identity = ?1",
-                params![identity],
-            )?;
-            if mine >= limits.max_nodes_per_identity {
-                return Ok(limit(
-                    RegistryLimit::NodesPerIdentity,
-                    limits.max_nodes_per_identity,
-                ));
-            }
-            if count(&tx, "SELECT COUNT(*) FROM nodes", [])? >= limits.max_nodes {
-                return Ok(limit(RegistryLimit::Nodes, limits.max_nodes));
-            }
+        if !known && let Some(refused) = over_caps(&tx, "nodes", &identity, limits)? {
+            return Ok(refused);
         }
         if new_model {
             tx.execute(
@@ -280,7 +267,32 @@ impl RegistryDb {
     }
 }
 
-pub(super) fn limit(limit: RegistryLimit, max: u32) -> RegisterOutcome {
+/// Whether a new row of `identity` in `table` (`nodes` or `guards`) would pass a cap of
+/// `limits`: the refusal if so.
+pub(super) fn over_caps(
+    tx: &Transaction<'_>,
+    table: &str,
+    identity: &str,
+    limits: &RegisterLimits,
+) -> Result<Option<RegisterOutcome>, DbError> {
+    let mine = count(
+        tx,
+        &format!("SELECT COUNT(*) FROM {table} WHERE identity = ?1"),
+        params![identity],
+    )?;
+    if mine >= limits.max_nodes_per_identity {
+        return Ok(Some(limit(
+            RegistryLimit::NodesPerIdentity,
+            limits.max_nodes_per_identity,
+        )));
+    }
+    if count(tx, &format!("SELECT COUNT(*) FROM {table}"), [])? >= limits.max_nodes {
+        return Ok(Some(limit(RegistryLimit::Nodes, limits.max_nodes)));
+    }
+    Ok(None)
+}
+
+fn limit(limit: RegistryLimit, max: u32) -> RegisterOutcome {
     // Dropping the transaction rolls the nonce back.
     RegisterOutcome::LimitReached { limit, max }
 }

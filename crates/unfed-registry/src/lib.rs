@@ -34,8 +34,8 @@ pub use config::{
 pub use error::RegistryError;
 pub use service::{MAX_CONCURRENT_PER_CONNECTION, RegistryService, ServeError, serve, to_status};
 pub use status::{
-    DiscoveredNode, Discovery, ListedGuard, MAX_DISCOVERED_PER_SHARD, MAX_LISTED_GUARDS,
-    ModelStatus, PairPeer, Readiness, ShardCoverage,
+    DiscoveredNode, Discovery, MAX_DISCOVERED_PER_SHARD, MAX_LISTED_GUARDS, ModelStatus, PairPeer,
+    Readiness, ShardCoverage,
 };
 pub use validate::{MAX_MANIFEST_JSON, MAX_MODEL_ID_CHARS, ModelShards, ONION_KEY_LEN};
 pub use worker::{CoreHandle, CoreThread, QUEUE_CAPACITY};

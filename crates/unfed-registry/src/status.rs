@@ -105,32 +105,10 @@ pub struct Discovery {
     pub nodes: Vec<DiscoveredNode>,
 }
 
-/// A healthy guard relay, as listed to clients.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListedGuard {
-    /// The guard's identity.
-    pub identity: Address,
-    /// `host:port`.
-    pub address: String,
-    /// Its X25519 onion key, as signed in its registration.
-    pub onion_key: Vec<u8>,
-    /// Registry time of its last heartbeat, ms since the epoch.
-    pub last_heartbeat_ms: u64,
-}
-
 impl RegistryCore {
     /// The healthy guard relays, at most [`MAX_LISTED_GUARDS`], most recent heartbeat first.
-    pub fn guards(&self) -> Result<Vec<ListedGuard>, RegistryError> {
-        let guards = self.db.guards(self.healthy_since_ms(), MAX_LISTED_GUARDS)?;
-        Ok(guards
-            .into_iter()
-            .map(|g| ListedGuard {
-                identity: g.identity,
-                address: g.address,
-                onion_key: g.onion_key,
-                last_heartbeat_ms: g.last_heartbeat_ms,
-            })
-            .collect())
+    pub fn guards(&self) -> Result<Vec<unfed_db::GuardRecord>, RegistryError> {
+        Ok(self.db.guards(self.healthy_since_ms(), MAX_LISTED_GUARDS)?)
     }
 
     /// Oldest heartbeat time that still counts as healthy.

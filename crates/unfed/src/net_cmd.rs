@@ -77,7 +77,7 @@ pub fn node(args: NodeArgs) -> Result<ExitCode> {
         let bound: SocketAddr = listener.local_addr()?;
         let advertise = args
             .advertise
-            .unwrap_or_else(|| advertised(&listener, tls.is_some()));
+            .unwrap_or_else(|| advertised(bound, tls.is_some()));
         eprintln!(
             "node {} for shard {} listening on {bound}",
             key.address(),
@@ -106,15 +106,12 @@ pub fn node(args: NodeArgs) -> Result<ExitCode> {
     })
 }
 
-/// The address a service on `listener` advertises by default: the bound address, as
-/// `https://host:port` with TLS.
-fn advertised(listener: &tokio::net::TcpListener, tls: bool) -> String {
-    let bound = listener
-        .local_addr()
-        .map_or_else(|_| "unknown".into(), |a| a.to_string());
+/// The address a service bound to `bound` advertises by default: `https://host:port` with
+/// TLS, `host:port` without.
+fn advertised(bound: SocketAddr, tls: bool) -> String {
     match tls {
         true => format!("{}{bound}", unfed_proto::tls::TLS_SCHEME),
-        false => bound,
+        false => bound.to_string(),
     }
 }
 
@@ -182,9 +179,10 @@ pub fn guard(args: GuardArgs) -> Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let listener = listen(&args.host, args.port).await?;
+        let bound = listener.local_addr()?;
         let advertise = args
             .advertise
-            .unwrap_or_else(|| advertised(&listener, tls.is_some()));
+            .unwrap_or_else(|| advertised(bound, tls.is_some()));
         eprintln!("guard {} listening on {advertise}", key.address());
         let config = unfed_node::guard::GuardConfig {
             registry: Some(args.registry),

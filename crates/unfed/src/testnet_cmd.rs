@@ -355,44 +355,41 @@ fn up(args: UpArgs) -> Result<ExitCode> {
             save(dir, &state)?;
         }
     }
-    let guard = match args.guard_port {
-        None => None,
-        Some(port) => {
-            let key = dir.join("keys").join("guard.key");
-            let pid = spawn(
-                &exe,
-                dir,
+    let guard = args.guard_port.is_some();
+    if let Some(port) = args.guard_port {
+        let key = dir.join("keys").join("guard.key");
+        let pid = spawn(
+            &exe,
+            dir,
+            "guard",
+            &[
                 "guard",
-                &[
-                    "guard",
-                    "--registry",
-                    &registry,
-                    "--port",
-                    &port.to_string(),
-                    "--key",
-                    path(&key)?,
-                ],
-                &tls_flags("guard")?,
-            )?;
-            state.processes.push(Started::of(pid));
-            save(dir, &state)?;
-            let address = format!("127.0.0.1:{port}");
-            wait_for_port(&address, Duration::from_secs(15)).with_context(|| {
-                format!(
-                    "the guard did not start; see {}",
-                    dir.join("logs/guard.log").display()
-                )
-            })?;
-            Some(format!("{scheme}{address}"))
-        }
-    };
+                "--registry",
+                &registry,
+                "--port",
+                &port.to_string(),
+                "--key",
+                path(&key)?,
+            ],
+            &tls_flags("guard")?,
+        )?;
+        state.processes.push(Started::of(pid));
+        save(dir, &state)?;
+        let address = format!("127.0.0.1:{port}");
+        wait_for_port(&address, Duration::from_secs(15)).with_context(|| {
+            format!(
+                "the guard did not start; see {}",
+                dir.join("logs/guard.log").display()
+            )
+        })?;
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime
         .block_on(wait_ready(
             &dialer,
             &registry,
             &model_id,
-            guard.is_some(),
+            guard,
             Duration::from_secs(180),
         ))
         .with_context(|| {
@@ -411,9 +408,9 @@ fn up(args: UpArgs) -> Result<ExitCode> {
     }
     // The client finds the guard at the registry and keeps it in the testnet's directory.
     let guard_state = dir.join("guards.json");
-    let via = match &guard {
-        Some(_) => format!(" --guard auto --guard-state {}", guard_state.display()),
-        None => String::new(),
+    let via = match guard {
+        true => format!(" --guard auto --guard-state {}", guard_state.display()),
+        false => String::new(),
     };
     eprintln!("  ask:   unfed client {flags}{via} --prompt \"Hello!\"");
     eprintln!("  chat:  unfed client {flags}{via} chat");
@@ -430,7 +427,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
             &args.max_tokens.to_string(),
         ]);
         client.args(&dial_flags);
-        if guard.is_some() {
+        if guard {
             client.args(["--guard", "auto", "--guard-state", path(&guard_state)?]);
         }
         let status = client.status()?;

@@ -95,11 +95,11 @@ impl RegistryDb {
             ))
             .map_err(DbError::sql(DOING))?;
         let rows = stmt
-            .query_map(params![since, limit], guard_from_row)
+            .query_map(params![since, limit], RawGuard::from_row)
             .map_err(DbError::sql(DOING))?;
         let mut out = Vec::new();
         for row in rows {
-            out.push(row.map_err(DbError::sql(DOING))??);
+            out.push(row.map_err(DbError::sql(DOING))?.into_record()?);
         }
         Ok(out)
     }
@@ -110,21 +110,33 @@ impl RegistryDb {
             .query_row(
                 &format!("SELECT {GUARD_COLUMNS} FROM guards WHERE identity = ?1 AND address = ?2"),
                 params![address_text(identity), address],
-                guard_from_row,
+                RawGuard::from_row,
             )
             .optional()
             .map_err(DbError::sql("reading a guard"))?
+            .map(RawGuard::into_record)
             .transpose()
     }
 }
 
-/// A `guards` row, its values checked (the outer error is SQLite's, the inner one ours).
-fn guard_from_row(r: &Row<'_>) -> rusqlite::Result<Result<GuardRecord, DbError>> {
-    const T: &str = "guards";
-    let (identity, address, onion_key): (String, String, Vec<u8>) =
-        (r.get(0)?, r.get(1)?, r.get(2)?);
-    let (registered, heartbeat, sessions): (i64, i64, i64) = (r.get(3)?, r.get(4)?, r.get(5)?);
-    Ok((|| {
+/// Raw columns of a `guards` row ([`GUARD_COLUMNS`]), checked by [`RawGuard::into_record`].
+struct RawGuard(String, String, Vec<u8>, i64, i64, i64);
+
+impl RawGuard {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self(
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ))
+    }
+
+    fn into_record(self) -> Result<GuardRecord, DbError> {
+        const T: &str = "guards";
+        let Self(identity, address, onion_key, registered, heartbeat, sessions) = self;
         Ok(GuardRecord {
             identity: read_address(T, &identity)?,
             address,
@@ -133,5 +145,5 @@ fn guard_from_row(r: &Row<'_>) -> rusqlite::Result<Result<GuardRecord, DbError>>
             last_heartbeat_ms: read_ordered_u64(T, "last_heartbeat_ms", heartbeat)?,
             active_sessions: read_u32(T, "active_sessions", sessions)?,
         })
-    })())
+    }
 }

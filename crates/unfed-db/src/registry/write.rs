@@ -215,9 +215,8 @@ impl RegistryDb {
     }
 
     /// In one transaction: removes node and guard rows whose last heartbeat is before
-    /// `before_ms`, then
-    /// manifests that have no node row and whose model last gained or lost a node row before
-    /// `before_ms` (the removal of a stale row counts as a loss at `now_ms`, so a manifest
+    /// `before_ms`, then manifests that have no node row and whose model last gained or lost a
+    /// node row before `before_ms` (the removal of a stale row counts as a loss at `now_ms`, so a manifest
     /// outlives its last node by the same delay). Returns what was removed.
     pub fn prune_stale(&mut self, before_ms: u64, now_ms: u64) -> Result<Pruned, DbError> {
         const DOING: &str = "pruning stale nodes and manifests";
@@ -298,11 +297,7 @@ fn limit(limit: RegistryLimit, max: u32) -> RegisterOutcome {
 }
 
 /// `SELECT COUNT(*) ...` as a u32 (saturating), for comparing with a cap.
-pub(super) fn count(
-    tx: &Transaction<'_>,
-    sql: &str,
-    p: impl rusqlite::Params,
-) -> Result<u32, DbError> {
+fn count(tx: &Transaction<'_>, sql: &str, p: impl rusqlite::Params) -> Result<u32, DbError> {
     let n: i64 = tx
         .query_row(sql, p, |r| r.get(0))
         .map_err(DbError::sql("counting rows against a cap"))?;

@@ -474,8 +474,10 @@ async fn run_route(
                 step(&send, &mut replies, frame).await?
             }
             Some(d) => {
+                // Another decode step may follow: deal its layers while this one runs.
+                let ahead = generated.len() + 1 < max_tokens;
                 let (d, cell) =
-                    pair_step(d, &mut circuit, &send, &mut replies, now, history).await?;
+                    pair_step(d, &mut circuit, &send, &mut replies, now, history, ahead).await?;
                 dealer = Some(d);
                 cell
             }
@@ -520,6 +522,7 @@ async fn step(
 
 /// One step through an MPC pair: `ids` dealt (off the async workers) in as many frames as
 /// their material needs, all but the last deferred at the last shard; the last one's cell.
+/// With `ahead`, the layers of the next (one-token) step are dealt while the last frame runs.
 async fn pair_step(
     mut dealer: pair::PairDealer,
     circuit: &mut ClientCircuit,
@@ -527,6 +530,7 @@ async fn pair_step(
     replies: &mut Streaming<SessionReply>,
     mut ids: Vec<u32>,
     history: Vec<u32>,
+    ahead: bool,
 ) -> std::result::Result<(pair::PairDealer, Vec<u8>), String> {
     let mut history = Some(history);
     loop {
@@ -547,11 +551,22 @@ async fn pair_step(
             defer: !ids.is_empty(),
         };
         let frame = circuit.frame_with(unfed_proto::node::step::Input::Mpc(dealt.input), extras)?;
-        let cell = step(send, replies, frame).await?;
-        if ids.is_empty() {
-            return Ok((dealer, cell));
+        let reply = step(send, replies, frame);
+        if !ids.is_empty() {
+            circuit.filler(&reply.await?)?;
+            continue;
         }
-        circuit.filler(&cell)?;
+        if !ahead {
+            return Ok((dealer, reply.await?));
+        }
+        let dealing = tokio::task::spawn_blocking(move || {
+            let dealt = dealer.deal_ahead();
+            (dealer, dealt)
+        });
+        let (cell, dealt) = tokio::join!(reply, dealing);
+        let (dealer, dealt) = dealt.map_err(|e| format!("dealing: {e}"))?;
+        dealt?;
+        return Ok((dealer, cell?));
     }
 }
 

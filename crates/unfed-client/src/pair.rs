@@ -4,8 +4,8 @@
 //! seed of the pad B takes off its output share, which only shard 1 is told.
 
 use unfed_mpc::prg::{Prg, Seed};
-use unfed_mpc::shard::{ShardSpec, ShardState, step};
-use unfed_mpc::{Ctx, Material};
+use unfed_mpc::Material;
+use unfed_mpc::shard::{ShardSpec, ShardState, deal_input, deal_layers};
 use unfed_onion::{Direction, HopPayload, OnionPublicKey, RouteHop, SessionSender};
 use unfed_proto::circuit as wire;
 use unfed_proto::node::MpcInput;
@@ -29,6 +29,9 @@ pub struct PairDealer {
     b_onion: Option<Vec<u8>>,
     /// Positions a step took last time without passing the material limit.
     chunk: usize,
+    /// The layers of a one-position step dealt ahead ([`PairDealer::deal_ahead`]), with the
+    /// caches' state after it.
+    ahead: Option<([Material; 2], ShardState)>,
 }
 
 /// One dealt step.
@@ -58,7 +61,21 @@ impl PairDealer {
             to_b: built.hop_keys[0].sender(Direction::Forward),
             b_onion: Some(built.header.to_vec()),
             chunk: 1,
+            ahead: None,
         })
+    }
+
+    /// Deals the layers of a one-position step (the next decode step) now, so that
+    /// [`PairDealer::deal`] of one token has only its input left to deal. The layers do not
+    /// depend on the token; a client calls this while the step before runs.
+    pub fn deal_ahead(&mut self) -> Result<(), String> {
+        if self.ahead.is_none() {
+            let mut state = self.state.clone();
+            let layers = deal_layers(&mut self.rng, &self.spec, 1, &mut state)
+                .map_err(|e| format!("dealing: {e}"))?;
+            self.ahead = Some((layers, state));
+        }
+        Ok(())
     }
 
     /// Deals the next step for the first of `ids` (as many as fit one step's material).
@@ -67,39 +84,41 @@ impl PairDealer {
             return Err("an MPC step needs tokens".into());
         }
         let mut t = ids.len().min(self.chunk).min(MAX_STEP_POSITIONS);
-        loop {
-            let before = self.state.clone();
-            let seeds = [
-                self.rng.next_seed(),
-                self.rng.next_seed(),
-                self.rng.next_seed(),
-            ];
-            let mut dealer = Ctx::dealer(seeds);
-            step(&mut dealer, &self.spec, None, &ids[..t], t, &mut self.state)
-                .map_err(|e| format!("dealing: {e}"))?;
-            let [a, b] = dealer.into_material().ok_or("dealing: not a dealer")?;
-            let size = a.len_bytes() + b.len_bytes();
-            let per_position = size.div_ceil(t);
-            self.chunk = (MAX_STEP_MATERIAL / per_position).max(1);
-            if size > MAX_STEP_MATERIAL && t > 1 {
-                self.state = before;
+        // Layers dealt ahead serve a one-position step; a longer one deals its own.
+        let ahead = self.ahead.take().filter(|_| t == 1);
+        let dealing = |e| format!("dealing: {e}");
+        let (layers, state) = match ahead {
+            Some(dealt) => dealt,
+            None => loop {
+                let mut state = self.state.clone();
+                let layers = deal_layers(&mut self.rng, &self.spec, t, &mut state).map_err(dealing)?;
+                let size = layers[0].len_bytes() + layers[1].len_bytes();
+                self.chunk = (MAX_STEP_MATERIAL / size.div_ceil(t)).max(1);
+                if size <= MAX_STEP_MATERIAL || t == 1 {
+                    break (layers, state);
+                }
                 t = self.chunk.min(t - 1);
-                continue;
-            }
-            return self.seal(a, b, t);
-        }
+            },
+        };
+        let input = deal_input(&mut self.rng, &self.spec, &ids[..t]).map_err(dealing)?;
+        self.state = state;
+        self.seal(input, layers, t)
     }
 
-    fn seal(&mut self, a: Material, b: Material, t: usize) -> Result<DealtStep, String> {
+    fn seal(&mut self, input: [Material; 2], layers: [Material; 2], t: usize) -> Result<DealtStep, String> {
+        let [input_a, input_b] = input;
+        let [layers_a, layers_b] = layers;
         let pad: Seed = rand::random();
+        let frame = wire::encode_b_frame(t as u32, &pad, &input_b.to_bytes(), &layers_b.to_bytes());
         let for_b = self
             .to_b
-            .seal(&wire::encode_b_frame(t as u32, &pad, &b.to_bytes()))
+            .seal(&frame)
             .map_err(|e| format!("sealing for party B: {e}"))?;
         Ok(DealtStep {
             input: MpcInput {
                 positions: t as u32,
-                material: a.to_bytes(),
+                input: input_a.to_bytes(),
+                layers: layers_a.to_bytes(),
                 for_b,
                 b_onion: self.b_onion.take().unwrap_or_default(),
             },

@@ -1,6 +1,7 @@
 //! Shard 0 on shares: the embedding lookup on shared one-hot rows and the first `k` decoder
 //! layers, one step at a time over secret-shared KV caches. [`LocalPair`] runs the dealer and
-//! both parties in one process (tests, benchmarks); the network runs the same [`step`].
+//! both parties in one process (tests, benchmarks); the network deals with [`deal_input`] and
+//! [`deal_layers`] and runs the same [`run`].
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,7 @@ use crate::embedding::{self, Embedding};
 use crate::layer::{self, LayerShape, LayerWeights, SharedKv};
 use crate::link::RecordingLink;
 use crate::prg::{Prg, Seed};
-use crate::{Ctx, Material, MpcError, Role, Stats, mem_pair, ring};
+use crate::{Ctx, Link, Material, MpcError, Role, Stats, mem_pair, ring};
 
 /// What the dealer and the parties agree on: shapes only.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,24 +39,92 @@ impl ShardState {
     }
 }
 
-/// One step on `t` new tokens: shares of the output hidden states (`t × hidden`). The dealer
-/// passes the tokens (and no weights); the parties pass `&[]` and their weights.
-pub fn step(
+/// One party's material for one step, in two parts dealt apart: the input's (the keys of the
+/// token ids, dealt once the tokens are known) and the layers' (independent of the tokens, so a
+/// client can deal it while the step before is still running).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepMaterial {
+    pub input: Material,
+    pub layers: Material,
+}
+
+impl StepMaterial {
+    /// Bytes on the wire.
+    pub fn len_bytes(&self) -> usize {
+        self.input.len_bytes() + self.layers.len_bytes()
+    }
+
+    /// Every dealt word, the input's first (seeds not included).
+    pub fn words(&self) -> Vec<u64> {
+        [&self.input.words[..], &self.layers.words[..]].concat()
+    }
+}
+
+/// Deals the input part of a step on `tokens`: each party's shares of their one-hot rows.
+pub fn deal_input(rng: &mut Prg, spec: &ShardSpec, tokens: &[u32]) -> Result<[Material; 2], MpcError> {
+    let mut dealer = dealer(rng);
+    embedding::onehot_input(&mut dealer, tokens, tokens.len(), spec.vocab)?;
+    Ok(dealer.into_material().expect("a dealer"))
+}
+
+/// Deals the layers part of a step adding `t` positions, advancing the dealer's `state` (the
+/// masks it dealt for the shared caches) as the parties' steps will advance theirs.
+pub fn deal_layers(
+    rng: &mut Prg,
+    spec: &ShardSpec,
+    t: usize,
+    state: &mut ShardState,
+) -> Result<[Material; 2], MpcError> {
+    let mut dealer = dealer(rng);
+    layers(&mut dealer, spec, None, vec![0; t * spec.layer.hidden], t, state)?;
+    Ok(dealer.into_material().expect("a dealer"))
+}
+
+/// A party's step adding `t` positions: its share of the output hidden states (`t × hidden`)
+/// and its traffic. Every dealt word must be used.
+pub fn run(
+    role: Role,
+    spec: &ShardSpec,
+    weights: &ShardWeights,
+    t: usize,
+    state: &mut ShardState,
+    material: StepMaterial,
+    link: &mut dyn Link,
+) -> Result<(Vec<u64>, Stats), MpcError> {
+    let mut ctx = Ctx::party(role, material.input, link);
+    let onehot = embedding::onehot_input(&mut ctx, &[], t, spec.vocab)?;
+    ctx.finish()?;
+    let first = ctx.stats();
+    let x = weights.embedding.lookup(&onehot, t);
+    let mut ctx = Ctx::party(role, material.layers, link);
+    let out = layers(&mut ctx, spec, Some(weights), x, t, state)?;
+    ctx.finish()?;
+    let second = ctx.stats();
+    Ok((
+        out,
+        Stats {
+            rounds: first.rounds + second.rounds,
+            words_sent: first.words_sent + second.words_sent,
+        },
+    ))
+}
+
+fn dealer(rng: &mut Prg) -> Ctx<'static> {
+    Ctx::dealer([rng.next_seed(), rng.next_seed(), rng.next_seed()])
+}
+
+/// The decoder layers on shares of their input `x` (the dealer passes zeros and no weights).
+fn layers(
     ctx: &mut Ctx,
     spec: &ShardSpec,
     weights: Option<&ShardWeights>,
-    tokens: &[u32],
+    mut x: Vec<u64>,
     t: usize,
     state: &mut ShardState,
 ) -> Result<Vec<u64>, MpcError> {
     if state.kv.is_empty() {
         state.kv = vec![SharedKv::default(); spec.k];
     }
-    let onehot = embedding::onehot_input(ctx, tokens, t, spec.vocab)?;
-    let mut x = match weights {
-        Some(w) => w.embedding.lookup(&onehot, t),
-        None => vec![0; t * spec.layer.hidden],
-    };
     for (i, kv) in state.kv.iter_mut().enumerate() {
         x = layer::forward(ctx, &spec.layer, weights.map(|w| &w.layers[i]), &x, t, kv)?;
     }
@@ -121,34 +190,24 @@ impl<'w> LocalPair<'w> {
     pub fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>, MpcError> {
         let t = tokens.len();
         let start = Instant::now();
-        let seeds = [
-            self.rng.next_seed(),
-            self.rng.next_seed(),
-            self.rng.next_seed(),
-        ];
         let [dealer_state, state_a, state_b] = &mut self.states;
-        let mut dealer = Ctx::dealer(seeds);
-        step(&mut dealer, &self.spec, None, tokens, t, dealer_state)?;
-        let [ma, mb] = dealer.into_material().expect("a dealer");
+        let [ia, ib] = deal_input(&mut self.rng, &self.spec, tokens)?;
+        let [la, lb] = deal_layers(&mut self.rng, &self.spec, t, dealer_state)?;
+        let (ma, mb) = (
+            StepMaterial { input: ia, layers: la },
+            StepMaterial { input: ib, layers: lb },
+        );
         self.dealt[0] += ma.len_bytes();
         self.dealt[1] += mb.len_bytes();
         let dealt = Instant::now();
         self.deal_time += dealt - start;
-        let (mut la, mut lb) = mem_pair();
+        let (mut link_a, mut link_b) = mem_pair();
         let (spec, weights) = (&self.spec, self.weights);
         let recording = self.views.is_some();
-        let party = |role, m: Material, link: &mut crate::MemLink, state: &mut ShardState| {
-            let material = if recording {
-                m.words.clone()
-            } else {
-                Vec::new()
-            };
+        let party = |role, m: StepMaterial, link: &mut crate::MemLink, state: &mut ShardState| {
+            let material = if recording { m.words() } else { Vec::new() };
             let mut recorder = RecordingLink::new(link, recording);
-            let mut ctx = Ctx::party(role, m, &mut recorder);
-            let out = step(&mut ctx, spec, Some(weights), &[], t, state)?;
-            ctx.finish()?;
-            let stats = ctx.stats();
-            drop(ctx);
+            let (out, stats) = run(role, spec, weights, t, state, m, &mut recorder)?;
             let view = View {
                 link: recorder.received,
                 material,
@@ -156,8 +215,8 @@ impl<'w> LocalPair<'w> {
             Ok::<_, MpcError>((out, stats, view))
         };
         let (a, b) = std::thread::scope(|s| {
-            let a = s.spawn(|| party(Role::A, ma, &mut la, state_a));
-            let b = s.spawn(|| party(Role::B, mb, &mut lb, state_b));
+            let a = s.spawn(|| party(Role::A, ma, &mut link_a, state_a));
+            let b = s.spawn(|| party(Role::B, mb, &mut link_b, state_b));
             (a.join().expect("party A"), b.join().expect("party B"))
         });
         self.pair_time += dealt.elapsed();

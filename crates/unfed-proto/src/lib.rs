@@ -148,24 +148,50 @@ pub mod circuit {
     pub const PAD_SEED_LEN: usize = 16;
 
     /// The plaintext of the client's frame for party B of an MPC pair: the step's positions
-    /// (u32, little-endian), the seed of B's output pad, then B's dealt material.
-    pub fn encode_b_frame(positions: u32, pad: &[u8; PAD_SEED_LEN], material: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(4 + PAD_SEED_LEN + material.len());
+    /// (u32, little-endian), the seed of B's output pad, the length of B's input material
+    /// (u32), B's input material, then B's layers material.
+    pub fn encode_b_frame(
+        positions: u32,
+        pad: &[u8; PAD_SEED_LEN],
+        input: &[u8],
+        layers: &[u8],
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + PAD_SEED_LEN + input.len() + layers.len());
         out.extend_from_slice(&positions.to_le_bytes());
         out.extend_from_slice(pad);
-        out.extend_from_slice(material);
+        out.extend_from_slice(&(input.len() as u32).to_le_bytes());
+        out.extend_from_slice(input);
+        out.extend_from_slice(layers);
         out
     }
 
-    /// A frame for party B, parsed: (positions, pad seed, material).
-    pub fn decode_b_frame(bytes: &[u8]) -> Result<(u32, [u8; PAD_SEED_LEN], &[u8]), String> {
-        let (positions, rest) = bytes
-            .split_first_chunk::<4>()
-            .ok_or("a frame for party B shorter than its header")?;
-        let (pad, material) = rest
-            .split_first_chunk::<PAD_SEED_LEN>()
-            .ok_or("a frame for party B shorter than its header")?;
-        Ok((u32::from_le_bytes(*positions), *pad, material))
+    /// A frame for party B, parsed.
+    pub fn decode_b_frame(bytes: &[u8]) -> Result<BFrame<'_>, String> {
+        let short = "a frame for party B shorter than its header";
+        let (positions, rest) = bytes.split_first_chunk::<4>().ok_or(short)?;
+        let (pad, rest) = rest.split_first_chunk::<PAD_SEED_LEN>().ok_or(short)?;
+        let (len, rest) = rest.split_first_chunk::<4>().ok_or(short)?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if len > rest.len() {
+            return Err("a frame for party B whose input material runs past its end".into());
+        }
+        let (input, layers) = rest.split_at(len);
+        Ok(BFrame {
+            positions: u32::from_le_bytes(*positions),
+            pad: *pad,
+            input,
+            layers,
+        })
+    }
+
+    /// What a frame for party B holds.
+    pub struct BFrame<'a> {
+        pub positions: u32,
+        /// The seed of B's output pad.
+        pub pad: [u8; PAD_SEED_LEN],
+        /// B's dealt material, input and layers (each a seed, then words).
+        pub input: &'a [u8],
+        pub layers: &'a [u8],
     }
 
     /// The plaintext of a link frame.

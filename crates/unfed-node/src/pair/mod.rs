@@ -3,7 +3,7 @@
 //! Party A is a node clients reach: the shard-0 hop of their circuits. Party B is reached only
 //! by A. Per client session A opens one stream to B (over A's one connection to it) and hands
 //! B the client's one-hop onion header for B; each step A forwards B's sealed frame, both
-//! parties run [`unfed_mpc::shard::step`] on their dealt material, exchanging one message per
+//! parties run [`unfed_mpc::shard::run`] on their dealt material, exchanging one message per
 //! round on the stream, then B sends its output share minus a pad to A, and A sends the sum —
 //! the output masked by B's pad — to shard 1, which the client tells the pad's seed.
 
@@ -14,8 +14,8 @@ pub mod view;
 
 use std::sync::Arc;
 
-use unfed_mpc::shard::{ShardSpec, ShardState, ShardWeights};
-use unfed_mpc::{Ctx, Link, Material, MpcError, Role, ring};
+use unfed_mpc::shard::{ShardSpec, ShardState, ShardWeights, StepMaterial};
+use unfed_mpc::{Link, Material, MpcError, Role, ring};
 
 pub use party_a::PartyA;
 pub use party_b::{PairConfig, run_b};
@@ -91,13 +91,26 @@ pub struct Party {
     pub max_positions: usize,
 }
 
+/// A step's dealt material from its wire form (each part a seed, then words).
+fn step_material(input: &[u8], layers: &[u8]) -> Result<StepMaterial, tonic::Status> {
+    let part = |bytes| {
+        Material::from_bytes(bytes).ok_or_else(|| {
+            tonic::Status::invalid_argument("the dealt material is not a seed and words")
+        })
+    };
+    Ok(StepMaterial {
+        input: part(input)?,
+        layers: part(layers)?,
+    })
+}
+
 /// One step's work for a party, on a compute thread.
 pub(crate) struct StepJob {
     pub party: Arc<Party>,
     pub session: u64,
     pub step: u32,
     pub positions: usize,
-    pub material: Material,
+    pub material: StepMaterial,
     /// B: the pad taken off its output share.
     pub pad: Option<Vec<u64>>,
     pub state: ShardState,
@@ -106,30 +119,22 @@ pub(crate) struct StepJob {
 impl StepJob {
     /// Runs the step over `link`: for A, the output masked by B's pad; for B, nothing (its
     /// share, minus the pad, went to A as the last message).
-    pub fn run(mut self, link: &mut dyn Link) -> Result<(Option<Vec<u64>>, ShardState), MpcError> {
-        let p = &self.party;
-        let recording = p.view.is_some();
-        let dealt = recording.then(|| self.material.words.clone());
-        let mut rec = unfed_mpc::link::RecordingLink::new(link, recording);
-        let material = std::mem::replace(
-            &mut self.material,
-            Material {
-                seed: [0; 16],
-                words: Vec::new(),
-            },
-        );
-        let mut ctx = Ctx::party(p.role, material, &mut rec);
-        let out = unfed_mpc::shard::step(
-            &mut ctx,
-            &p.spec,
-            Some(&p.weights),
-            &[],
-            self.positions,
-            &mut self.state,
+    pub fn run(self, link: &mut dyn Link) -> Result<(Option<Vec<u64>>, ShardState), MpcError> {
+        let StepJob {
+            party: p,
+            session,
+            step,
+            positions,
+            material,
+            pad,
+            mut state,
+        } = self;
+        let dealt = p.view.is_some().then(|| material.words());
+        let mut rec = unfed_mpc::link::RecordingLink::new(link, p.view.is_some());
+        let (out, _) = unfed_mpc::shard::run(
+            p.role, &p.spec, &p.weights, positions, &mut state, material, &mut rec,
         )?;
-        ctx.finish()?;
-        drop(ctx);
-        let result = match (p.role, self.pad.take()) {
+        let result = match (p.role, pad) {
             (Role::B, Some(pad)) => {
                 rec.exchange(&ring::sub(&out, &pad))?;
                 None
@@ -147,40 +152,43 @@ impl StepJob {
             _ => return Err(MpcError::Link("a pad is B's alone".into())),
         };
         if let (Some(view), Some(dealt)) = (&p.view, dealt) {
-            let records = self.records(dealt, &rec.received, &rec.rounds, p.role);
+            let records = records(session, step, dealt, &rec.received, &rec.rounds, p.role);
             view.write(&records)
                 .map_err(|e| MpcError::Link(format!("recording the view: {e}")))?;
         }
-        Ok((result, self.state))
+        Ok((result, state))
     }
+}
 
-    fn records(
-        &self,
-        dealt: Vec<u64>,
-        received: &[u64],
-        rounds: &[usize],
-        role: Role,
-    ) -> Vec<view::Record> {
-        let record = |label: &str, round: usize, words: Vec<u64>| view::Record {
-            label: label.into(),
-            session: self.session,
-            step: self.step,
-            round: round as u32,
-            words,
+/// What a party records of one step: what it was dealt, then what the other party sent, round
+/// by round.
+fn records(
+    session: u64,
+    step: u32,
+    dealt: Vec<u64>,
+    received: &[u64],
+    rounds: &[usize],
+    role: Role,
+) -> Vec<view::Record> {
+    let record = |label: &str, round: usize, words: Vec<u64>| view::Record {
+        label: label.into(),
+        session,
+        step,
+        round: round as u32,
+        words,
+    };
+    let mut out = vec![record("dealt", 0, dealt)];
+    for (i, &start) in rounds.iter().enumerate() {
+        let end = rounds.get(i + 1).copied().unwrap_or(received.len());
+        let last = i + 1 == rounds.len();
+        // The last exchange carries the output: B's share minus its pad, to A.
+        let label = match (last, role) {
+            (true, Role::A) => "output",
+            _ => "peer",
         };
-        let mut out = vec![record("dealt", 0, dealt)];
-        for (i, &start) in rounds.iter().enumerate() {
-            let end = rounds.get(i + 1).copied().unwrap_or(received.len());
-            let last = i + 1 == rounds.len();
-            // The last exchange carries the output: B's share minus its pad, to A.
-            let label = match (last, role) {
-                (true, Role::A) => "output",
-                _ => "peer",
-            };
-            if !(last && role == Role::B) {
-                out.push(record(label, i, received[start..end].to_vec()));
-            }
+        if !(last && role == Role::B) {
+            out.push(record(label, i, received[start..end].to_vec()));
         }
-        out
     }
+    out
 }

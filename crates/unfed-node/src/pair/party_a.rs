@@ -9,7 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::Channel;
 use unfed_mpc::shard::ShardState;
-use unfed_mpc::{Material, ring};
+use unfed_mpc::ring;
 use unfed_proto::MAX_NODE_MESSAGE;
 use unfed_proto::node::pair_client::PairClient;
 use unfed_proto::node::{Masked, MpcInput, PairFrame, PairOpen, pair_frame};
@@ -97,9 +97,7 @@ impl PairSession {
                 party.max_positions
             )));
         }
-        let material = Material::from_bytes(&input.material).ok_or_else(|| {
-            Status::invalid_argument("the dealt material is not a seed and words")
-        })?;
+        let material = super::step_material(&input.input, &input.layers)?;
         match (&self.stream, input.b_onion.is_empty()) {
             (None, true) => {
                 return Err(Status::invalid_argument(

@@ -11,7 +11,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use unfed_mpc::shard::{ShardState, pad};
-use unfed_mpc::{Material, Role};
+use unfed_mpc::Role;
 use unfed_onion::Direction;
 use unfed_proto::circuit as wire;
 use unfed_proto::node::pair_server::Pair;
@@ -149,9 +149,8 @@ async fn run_session(
         let plain = frames
             .open(&sealed)
             .map_err(|e| Status::invalid_argument(format!("a step for party B refused: {e}")))?;
-        let (positions, seed, material) =
-            wire::decode_b_frame(&plain).map_err(Status::invalid_argument)?;
-        let positions = positions as usize;
+        let frame = wire::decode_b_frame(&plain).map_err(Status::invalid_argument)?;
+        let positions = frame.positions as usize;
         if positions == 0
             || positions > MAX_STEP_POSITIONS
             || state.positions() + positions > party.max_positions
@@ -161,16 +160,14 @@ async fn run_session(
                 party.max_positions
             )));
         }
-        let material = Material::from_bytes(material).ok_or_else(|| {
-            Status::invalid_argument("the dealt material is not a seed and words")
-        })?;
+        let material = super::step_material(frame.input, frame.layers)?;
         let job = StepJob {
             party: party.clone(),
             session: id,
             step,
             positions,
             material,
-            pad: Some(pad(&seed, positions * party.spec.layer.hidden)),
+            pad: Some(pad(&frame.pad, positions * party.spec.layer.hidden)),
             state: std::mem::take(&mut state),
         };
         debug_assert_eq!(party.role, Role::B);

@@ -7,7 +7,7 @@ use unfed_onion::{
     SessionSender,
 };
 use unfed_proto::circuit as wire;
-use unfed_proto::node::{Onward, Step, Tokens, step};
+use unfed_proto::node::{MpcAhead, Onward, Step, Tokens, step};
 use zeroize::Zeroizing;
 
 use crate::route::Route;
@@ -146,10 +146,22 @@ impl ClientCircuit {
                 .seal(&wire::encode_onward(&layer))
                 .map_err(|e| e.to_string())?;
         }
-        let step = Step {
+        self.seal(Step {
             input: Some(input),
             onward,
-        };
+        })
+    }
+
+    /// The frame that takes an MPC pair the layers of its next step ahead: for the entry node
+    /// alone (no onward layers), and answered by no reply cell.
+    pub fn frame_ahead(&mut self, ahead: MpcAhead) -> Result<Vec<u8>, String> {
+        self.seal(Step {
+            input: Some(step::Input::Ahead(ahead)),
+            onward: Vec::new(),
+        })
+    }
+
+    fn seal(&mut self, step: Step) -> Result<Vec<u8>, String> {
         let frame = self
             .link
             .seal(&wire::encode_step(&step))

@@ -507,11 +507,22 @@ async fn step(
     replies: &mut Streaming<SessionReply>,
     frame: Vec<u8>,
 ) -> std::result::Result<Vec<u8>, String> {
+    send_frame(send, frame).await?;
+    reply_cell(replies).await
+}
+
+async fn send_frame(
+    send: &mpsc::Sender<SessionRequest>,
+    frame: Vec<u8>,
+) -> std::result::Result<(), String> {
     send.send(SessionRequest {
         kind: Some(session_request::Kind::Frame(frame)),
     })
     .await
-    .map_err(|_| "stream closed".to_string())?;
+    .map_err(|_| "stream closed".to_string())
+}
+
+async fn reply_cell(replies: &mut Streaming<SessionReply>) -> std::result::Result<Vec<u8>, String> {
     match next_reply(replies, STEP_TIMEOUT).await? {
         Some(SessionReply {
             kind: Some(session_reply::Kind::Cell(cell)),
@@ -522,7 +533,8 @@ async fn step(
 
 /// One step through an MPC pair: `ids` dealt (off the async workers) in as many frames as
 /// their material needs, all but the last deferred at the last shard; the last one's cell.
-/// With `ahead`, the layers of the next (one-token) step are dealt while the last frame runs.
+/// With `ahead`, the layers of the next (one-token) step are dealt and sent to the pair while
+/// the last frame runs.
 async fn pair_step(
     mut dealer: pair::PairDealer,
     circuit: &mut ClientCircuit,
@@ -534,15 +546,14 @@ async fn pair_step(
 ) -> std::result::Result<(pair::PairDealer, Vec<u8>), String> {
     let mut history = Some(history);
     loop {
-        let (back, dealt, rest) = tokio::task::spawn_blocking(move || {
+        let (back, dealt, rest) = off_workers(move || {
             let dealt = dealer.deal(&ids);
             if let Ok(d) = &dealt {
                 ids.drain(..d.positions);
             }
             (dealer, dealt, ids)
         })
-        .await
-        .map_err(|e| format!("dealing: {e}"))?;
+        .await?;
         (dealer, ids) = (back, rest);
         let dealt = dealt?;
         let extras = Extras {
@@ -551,23 +562,35 @@ async fn pair_step(
             defer: !ids.is_empty(),
         };
         let frame = circuit.frame_with(unfed_proto::node::step::Input::Mpc(dealt.input), extras)?;
-        let reply = step(send, replies, frame);
+        send_frame(send, frame).await?;
         if !ids.is_empty() {
-            circuit.filler(&reply.await?)?;
+            circuit.filler(&reply_cell(replies).await?)?;
             continue;
         }
         if !ahead {
-            return Ok((dealer, reply.await?));
+            return Ok((dealer, reply_cell(replies).await?));
         }
-        let dealing = tokio::task::spawn_blocking(move || {
-            let dealt = dealer.deal_ahead();
-            (dealer, dealt)
-        });
-        let (cell, dealt) = tokio::join!(reply, dealing);
-        let (dealer, dealt) = dealt.map_err(|e| format!("dealing: {e}"))?;
-        dealt?;
-        return Ok((dealer, cell?));
+        let send_ahead = async {
+            let (dealer, dealt) = off_workers(move || {
+                let dealt = dealer.deal_ahead();
+                (dealer, dealt)
+            })
+            .await?;
+            send_frame(send, circuit.frame_ahead(dealt?)?).await?;
+            Ok::<_, String>(dealer)
+        };
+        let (cell, dealer) = tokio::join!(reply_cell(replies), send_ahead);
+        return Ok((dealer?, cell?));
     }
+}
+
+/// Runs `f` on a blocking thread (dealing is milliseconds of CPU).
+async fn off_workers<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("dealing: {e}"))
 }
 
 /// The next reply on a session stream, or why there is none (errors, and a route that stays

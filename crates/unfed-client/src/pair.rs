@@ -3,12 +3,12 @@
 //! clear), seals B's part for B alone (a one-hop onion to B's key, carried by A), and picks the
 //! seed of the pad B takes off its output share, which only shard 1 is told.
 
-use unfed_mpc::prg::{Prg, Seed};
 use unfed_mpc::Material;
+use unfed_mpc::prg::{Prg, Seed};
 use unfed_mpc::shard::{ShardSpec, ShardState, deal_input, deal_layers};
 use unfed_onion::{Direction, HopPayload, OnionPublicKey, RouteHop, SessionSender};
 use unfed_proto::circuit as wire;
-use unfed_proto::node::MpcInput;
+use unfed_proto::node::{MpcAhead, MpcInput};
 
 /// Bytes of material (A's and B's together) one step may carry: a frame holds at most
 /// `unfed_proto::MAX_NODE_MESSAGE`, and a prompt whose material is larger is sent in several
@@ -29,9 +29,9 @@ pub struct PairDealer {
     b_onion: Option<Vec<u8>>,
     /// Positions a step took last time without passing the material limit.
     chunk: usize,
-    /// The layers of a one-position step dealt ahead ([`PairDealer::deal_ahead`]), with the
-    /// caches' state after it.
-    ahead: Option<([Material; 2], ShardState)>,
+    /// The caches' state after the one-position step whose layers went ahead
+    /// ([`PairDealer::deal_ahead`]): the pair holds them, the next step deals only its input.
+    ahead: Option<ShardState>,
 }
 
 /// One dealt step.
@@ -65,60 +65,80 @@ impl PairDealer {
         })
     }
 
-    /// Deals the layers of a one-position step (the next decode step) now, so that
-    /// [`PairDealer::deal`] of one token has only its input left to deal. The layers do not
-    /// depend on the token; a client calls this while the step before runs.
-    pub fn deal_ahead(&mut self) -> Result<(), String> {
-        if self.ahead.is_none() {
-            let mut state = self.state.clone();
-            let layers = deal_layers(&mut self.rng, &self.spec, 1, &mut state)
-                .map_err(|e| format!("dealing: {e}"))?;
-            self.ahead = Some((layers, state));
+    /// Deals the layers of a one-position step (the next decode step) now, for the pair to
+    /// hold until it comes: they do not depend on the token, so a client sends them while the
+    /// step before runs, and the next [`PairDealer::deal`] has only its input left to deal.
+    pub fn deal_ahead(&mut self) -> Result<MpcAhead, String> {
+        if self.ahead.is_some() {
+            return Err("the layers of the next step went ahead already".into());
         }
-        Ok(())
+        let mut state = self.state.clone();
+        let [a, b] = deal_layers(&mut self.rng, &self.spec, 1, &mut state)
+            .map_err(|e| format!("dealing: {e}"))?;
+        let for_b = self.seal_for_b(&wire::encode_b_frame(0, &[0; 16], &[], &b.to_bytes()))?;
+        self.ahead = Some(state);
+        Ok(MpcAhead {
+            layers: a.to_bytes(),
+            for_b,
+        })
     }
 
-    /// Deals the next step for the first of `ids` (as many as fit one step's material).
+    /// Deals the next step for the first of `ids` (as many as fit one step's material; one
+    /// when its layers went ahead).
     pub fn deal(&mut self, ids: &[u32]) -> Result<DealtStep, String> {
         if ids.is_empty() {
             return Err("an MPC step needs tokens".into());
         }
-        let mut t = ids.len().min(self.chunk).min(MAX_STEP_POSITIONS);
-        // Layers dealt ahead serve a one-position step; a longer one deals its own.
-        let ahead = self.ahead.take().filter(|_| t == 1);
         let dealing = |e| format!("dealing: {e}");
-        let (layers, state) = match ahead {
-            Some(dealt) => dealt,
-            None => loop {
-                let mut state = self.state.clone();
-                let layers = deal_layers(&mut self.rng, &self.spec, t, &mut state).map_err(dealing)?;
-                let size = layers[0].len_bytes() + layers[1].len_bytes();
-                self.chunk = (MAX_STEP_MATERIAL / size.div_ceil(t)).max(1);
-                if size <= MAX_STEP_MATERIAL || t == 1 {
-                    break (layers, state);
-                }
-                t = self.chunk.min(t - 1);
-            },
+        if let Some(state) = self.ahead.take() {
+            let input = deal_input(&mut self.rng, &self.spec, &ids[..1]).map_err(dealing)?;
+            self.state = state;
+            return self.seal(input, None, 1);
+        }
+        let mut t = ids.len().min(self.chunk).min(MAX_STEP_POSITIONS);
+        let (layers, state) = loop {
+            let mut state = self.state.clone();
+            let layers = deal_layers(&mut self.rng, &self.spec, t, &mut state).map_err(dealing)?;
+            let size = layers[0].len_bytes() + layers[1].len_bytes();
+            self.chunk = (MAX_STEP_MATERIAL / size.div_ceil(t)).max(1);
+            if size <= MAX_STEP_MATERIAL || t == 1 {
+                break (layers, state);
+            }
+            t = self.chunk.min(t - 1);
         };
         let input = deal_input(&mut self.rng, &self.spec, &ids[..t]).map_err(dealing)?;
         self.state = state;
-        self.seal(input, layers, t)
+        self.seal(input, Some(layers), t)
     }
 
-    fn seal(&mut self, input: [Material; 2], layers: [Material; 2], t: usize) -> Result<DealtStep, String> {
+    fn seal_for_b(&mut self, frame: &[u8]) -> Result<Vec<u8>, String> {
+        self.to_b
+            .seal(frame)
+            .map_err(|e| format!("sealing for party B: {e}"))
+    }
+
+    /// The step's frames: A's input, B's sealed; the layers `None` when they went ahead.
+    fn seal(
+        &mut self,
+        input: [Material; 2],
+        layers: Option<[Material; 2]>,
+        t: usize,
+    ) -> Result<DealtStep, String> {
         let [input_a, input_b] = input;
-        let [layers_a, layers_b] = layers;
+        let [layers_a, layers_b] =
+            layers.map_or([Vec::new(), Vec::new()], |m| m.map(|m| m.to_bytes()));
         let pad: Seed = rand::random();
-        let frame = wire::encode_b_frame(t as u32, &pad, &input_b.to_bytes(), &layers_b.to_bytes());
-        let for_b = self
-            .to_b
-            .seal(&frame)
-            .map_err(|e| format!("sealing for party B: {e}"))?;
+        let for_b = self.seal_for_b(&wire::encode_b_frame(
+            t as u32,
+            &pad,
+            &input_b.to_bytes(),
+            &layers_b,
+        ))?;
         Ok(DealtStep {
             input: MpcInput {
                 positions: t as u32,
                 input: input_a.to_bytes(),
-                layers: layers_a.to_bytes(),
+                layers: layers_a,
                 for_b,
                 b_onion: self.b_onion.take().unwrap_or_default(),
             },

@@ -61,7 +61,11 @@ impl StepMaterial {
 }
 
 /// Deals the input part of a step on `tokens`: each party's shares of their one-hot rows.
-pub fn deal_input(rng: &mut Prg, spec: &ShardSpec, tokens: &[u32]) -> Result<[Material; 2], MpcError> {
+pub fn deal_input(
+    rng: &mut Prg,
+    spec: &ShardSpec,
+    tokens: &[u32],
+) -> Result<[Material; 2], MpcError> {
     let mut dealer = dealer(rng);
     embedding::onehot_input(&mut dealer, tokens, tokens.len(), spec.vocab)?;
     Ok(dealer.into_material().expect("a dealer"))
@@ -76,7 +80,14 @@ pub fn deal_layers(
     state: &mut ShardState,
 ) -> Result<[Material; 2], MpcError> {
     let mut dealer = dealer(rng);
-    layers(&mut dealer, spec, None, vec![0; t * spec.layer.hidden], t, state)?;
+    layers(
+        &mut dealer,
+        spec,
+        None,
+        vec![0; t * spec.layer.hidden],
+        t,
+        state,
+    )?;
     Ok(dealer.into_material().expect("a dealer"))
 }
 
@@ -194,8 +205,14 @@ impl<'w> LocalPair<'w> {
         let [ia, ib] = deal_input(&mut self.rng, &self.spec, tokens)?;
         let [la, lb] = deal_layers(&mut self.rng, &self.spec, t, dealer_state)?;
         let (ma, mb) = (
-            StepMaterial { input: ia, layers: la },
-            StepMaterial { input: ib, layers: lb },
+            StepMaterial {
+                input: ia,
+                layers: la,
+            },
+            StepMaterial {
+                input: ib,
+                layers: lb,
+            },
         );
         self.dealt[0] += ma.len_bytes();
         self.dealt[1] += mb.len_bytes();

@@ -92,8 +92,22 @@ impl HopCircuit {
         &mut self,
         frame: &[u8],
     ) -> Result<(Option<step::Input>, Onward), CircuitError> {
+        let step = self.open_link(frame)?;
+        self.open_layer(step)
+    }
+
+    /// Opens a step's link frame only (a frame for the entry node alone, like the layers an MPC
+    /// pair gets ahead, has no layer inside).
+    pub fn open_link(&mut self, frame: &[u8]) -> Result<Step, CircuitError> {
         let plain = self.link_in.open(frame).map_err(CircuitError::Frame)?;
-        let step = wire::decode_step(&plain).map_err(CircuitError::Decode)?;
+        wire::decode_step(&plain).map_err(CircuitError::Decode)
+    }
+
+    /// Opens this hop's own layer inside an opened link frame.
+    pub fn open_layer(
+        &mut self,
+        step: Step,
+    ) -> Result<(Option<step::Input>, Onward), CircuitError> {
         let plain = self
             .onward_in
             .open(&step.onward)

@@ -227,21 +227,30 @@ async fn relay(
         state.idle_timeout,
     )
     .await?;
+    // Frames go on as they come and cells back as they come: not every frame has a reply
+    // (the layers an MPC pair gets ahead of a step have none), and the next may come before
+    // the last one's.
     loop {
-        let Ok(msg) = tokio::time::timeout(state.idle_timeout, inbound.next()).await else {
-            return Err(Status::deadline_exceeded("the session was idle too long"));
-        };
-        let Some(msg) = msg else { break };
-        let frame = match msg?.kind {
-            Some(session_request::Kind::Frame(frame)) => frame,
-            _ => return Err(Status::invalid_argument("expected a step frame")),
-        };
-        saw(&state.views, || Seen::Frame(frame.clone()));
-        let inner = circuit.open_guarded(&frame).map_err(refused)?;
-        let cell = down.step(inner).await?;
-        saw(&state.views, || Seen::Cell(cell.clone()));
-        let cell = circuit.relay_reply(&cell).map_err(|_| relay_lost())?;
-        send_up(tx, session_reply::Kind::Cell(cell), state.idle_timeout).await?;
+        tokio::select! {
+            msg = tokio::time::timeout(state.idle_timeout, inbound.next()) => {
+                let Ok(msg) = msg else {
+                    return Err(Status::deadline_exceeded("the session was idle too long"));
+                };
+                let Some(msg) = msg else { break };
+                let frame = match msg?.kind {
+                    Some(session_request::Kind::Frame(frame)) => frame,
+                    _ => return Err(Status::invalid_argument("expected a step frame")),
+                };
+                saw(&state.views, || Seen::Frame(frame.clone()));
+                down.send(circuit.open_guarded(&frame).map_err(refused)?).await?;
+            }
+            cell = down.next_cell() => {
+                let cell = cell?;
+                saw(&state.views, || Seen::Cell(cell.clone()));
+                let cell = circuit.relay_reply(&cell).map_err(|_| relay_lost())?;
+                send_up(tx, session_reply::Kind::Cell(cell), state.idle_timeout).await?;
+            }
+        }
     }
     Ok(())
 }

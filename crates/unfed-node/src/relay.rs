@@ -229,14 +229,21 @@ impl Downstream {
 
     /// Sends one link frame; returns the reply cell.
     pub async fn step(&mut self, frame: Vec<u8>) -> Result<Vec<u8>, Status> {
+        self.send(frame).await?;
+        within(STEP_TIMEOUT, self.next_cell()).await?
+    }
+
+    /// Sends one link frame.
+    pub async fn send(&mut self, frame: Vec<u8>) -> Result<(), Status> {
         self.send
             .send(request(session_request::Kind::Frame(frame)))
             .await
-            .map_err(|_| relay_lost())?;
-        match within(STEP_TIMEOUT, self.replies.message())
-            .await?
-            .map_err(|_| relay_lost())?
-        {
+            .map_err(|_| relay_lost())
+    }
+
+    /// The next reply cell (cancel-safe).
+    pub async fn next_cell(&mut self) -> Result<Vec<u8>, Status> {
+        match self.replies.message().await.map_err(|_| relay_lost())? {
             Some(SessionReply {
                 kind: Some(session_reply::Kind::Cell(cell)),
             }) => Ok(cell),

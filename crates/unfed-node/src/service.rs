@@ -13,7 +13,7 @@ use unfed_proto::circuit as wire;
 use unfed_proto::convert;
 use unfed_proto::node::node_server::Node;
 use unfed_proto::node::{
-    HealthReply, HealthRequest, Open, Opened, SessionReply, SessionRequest, TokenizerReply,
+    HealthReply, HealthRequest, Open, Opened, SessionReply, SessionRequest, Step, TokenizerReply,
     TokenizerRequest, session_reply, session_request, step,
 };
 
@@ -259,17 +259,48 @@ async fn run_session(
     )
     .await?;
 
+    // An MPC pair's: the layers of the next step that came ahead, and a frame that came in
+    // while a step ran.
+    let mut ahead = crate::pair::Ahead::default();
+    let mut held = None;
     loop {
-        let Ok(msg) = tokio::time::timeout(state.limits.idle_timeout, inbound.next()).await else {
-            return Err(Status::deadline_exceeded("the session was idle too long"));
+        let step = match held.take() {
+            Some(step) => step,
+            None => {
+                let read = tokio::time::timeout(state.limits.idle_timeout, inbound.next());
+                let Ok(msg) = read.await else {
+                    return Err(Status::deadline_exceeded("the session was idle too long"));
+                };
+                let Some(frame) = step_frame(state, msg)? else {
+                    break;
+                };
+                circuit.open_link(&frame).map_err(refused)?
+            }
         };
-        let Some(msg) = msg else { break };
-        let frame = match msg?.kind {
-            Some(session_request::Kind::Frame(frame)) => frame,
-            _ => return Err(Status::invalid_argument("expected a step frame")),
+        let step = match (step, pair.as_ref()) {
+            (
+                Step {
+                    input: Some(step::Input::Ahead(layers)),
+                    ..
+                },
+                Some(pair),
+            ) => {
+                let to_b = pair.to_b().ok_or_else(|| {
+                    Status::invalid_argument("the layers of a step came ahead of the first step")
+                })?;
+                crate::pair::party_a::take_ahead(&to_b, &mut ahead, layers).await?;
+                continue;
+            }
+            (
+                Step {
+                    input: Some(step::Input::Ahead(_)),
+                    ..
+                },
+                None,
+            ) => return Err(not_party_a()),
+            (step, _) => step,
         };
-        saw(&state.views, || Seen::Frame(frame.clone()));
-        let (input, onward) = circuit.open_step(&frame).map_err(refused)?;
+        let (input, onward) = circuit.open_layer(step).map_err(refused)?;
         if !onward.history.is_empty() {
             saw(&state.views, || Seen::History(onward.history.clone()));
         }
@@ -280,14 +311,32 @@ async fn run_session(
         }
         let out = match (input, pair.as_mut()) {
             (Some(step::Input::Mpc(m)), Some(pair)) => {
-                let masked = pair.step(&state.model_id, m).await?;
+                let material = ahead.material(m.positions as usize, &m.input, &m.layers)?;
+                let to_b = pair.to_b();
+                let stepping = pair.step(&state.model_id, m, material);
+                tokio::pin!(stepping);
+                // While the pair runs, the next step's layers may come ahead: take them in now
+                // (B holds its part until the step ends); any other frame waits for the step.
+                let masked = loop {
+                    tokio::select! {
+                        biased;
+                        done = &mut stepping => break done?,
+                        msg = inbound.next(), if held.is_none() => {
+                            let Some(frame) = step_frame(state, msg)? else {
+                                break stepping.await?;
+                            };
+                            match (circuit.open_link(&frame).map_err(refused)?, &to_b) {
+                                (Step { input: Some(step::Input::Ahead(layers)), .. }, Some(to_b)) => {
+                                    crate::pair::party_a::take_ahead(to_b, &mut ahead, layers).await?;
+                                }
+                                (step, _) => held = Some(step),
+                            }
+                        }
+                    }
+                };
                 StepOutput::Masked(masked)
             }
-            (Some(step::Input::Mpc(_)), None) => {
-                return Err(Status::invalid_argument(
-                    "this node is not party A of an MPC pair",
-                ));
-            }
+            (Some(step::Input::Mpc(_)), None) => return Err(not_party_a()),
             (_, Some(_)) => return Err(Status::invalid_argument("party A takes MPC input")),
             (input, None) => {
                 let input = plain_input(state, input, &onward.pad)?;
@@ -345,6 +394,25 @@ async fn run_session(
         .await?;
     }
     Ok(())
+}
+
+fn not_party_a() -> Status {
+    Status::invalid_argument("this node is not party A of an MPC pair")
+}
+
+/// A step frame from the upstream stream (recorded as seen), or None when the stream ended.
+fn step_frame(
+    state: &NodeState,
+    msg: Option<Result<SessionRequest, Status>>,
+) -> Result<Option<Vec<u8>>, Status> {
+    let Some(msg) = msg else { return Ok(None) };
+    match msg?.kind {
+        Some(session_request::Kind::Frame(frame)) => {
+            saw(&state.views, || Seen::Frame(frame.clone()));
+            Ok(Some(frame))
+        }
+        _ => Err(Status::invalid_argument("expected a step frame")),
+    }
 }
 
 /// Sends this hop's output on to the next hop and returns its reply cell with our layer added.
@@ -415,9 +483,7 @@ fn plain_input(
         (Some(step::Input::Masked(_)), _) => Err(Status::invalid_argument(
             "only shard 1 takes the masked output of an MPC pair",
         )),
-        (Some(step::Input::Mpc(_)), _) => Err(Status::invalid_argument(
-            "this node is not party A of an MPC pair",
-        )),
+        (Some(step::Input::Mpc(_) | step::Input::Ahead(_)), _) => Err(not_party_a()),
         (Some(_), true) => Err(Status::invalid_argument("shard 0 takes token ids")),
         (Some(_), false) => Err(Status::invalid_argument("this shard takes hidden states")),
         (None, _) => Err(Status::invalid_argument("a Step needs an input")),

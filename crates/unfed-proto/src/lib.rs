@@ -149,7 +149,8 @@ pub mod circuit {
 
     /// The plaintext of the client's frame for party B of an MPC pair: the step's positions
     /// (u32, little-endian), the seed of B's output pad, the length of B's input material
-    /// (u32), B's input material, then B's layers material.
+    /// (u32), B's input material, then B's layers material (empty when it came ahead). A frame
+    /// of positions 0 carries only the layers of the next one-position step, sent ahead.
     pub fn encode_b_frame(
         positions: u32,
         pad: &[u8; PAD_SEED_LEN],

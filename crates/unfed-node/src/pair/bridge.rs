@@ -1,6 +1,8 @@
 //! The pair's stream as an `unfed_mpc::Link`: the step runs on a blocking thread that sends
-//! each round's words on the other party's stream and reads theirs from it directly.
+//! each round's words on the other party's stream and reads theirs from it directly, holding
+//! back for later the sealed frames for B that come in meanwhile.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -13,8 +15,28 @@ use super::StepJob;
 /// How long a party waits for one message of the other party within a step.
 pub(crate) const PEER_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Frames from the other party, read by a task of their own (so waiting is cancel-safe).
-pub(crate) type Inbound = mpsc::Receiver<Result<PairFrame, Status>>;
+/// How many sealed frames for B may come in during a step (the layers of the next step, sent
+/// ahead, are one).
+const MAX_HELD: usize = 2;
+
+/// Frames from the other party, read by a task of their own (so waiting is cancel-safe), and
+/// the sealed frames that came in while a step was exchanging rounds, held for after it.
+pub(crate) struct Inbound {
+    rx: mpsc::Receiver<Result<PairFrame, Status>>,
+    held: VecDeque<Vec<u8>>,
+}
+
+impl Inbound {
+    /// The next frame, the held ones first.
+    pub async fn recv(&mut self) -> Option<Result<PairFrame, Status>> {
+        match self.held.pop_front() {
+            Some(sealed) => Some(Ok(PairFrame {
+                kind: Some(pair_frame::Kind::Sealed(sealed)),
+            })),
+            None => self.rx.recv().await,
+        }
+    }
+}
 
 /// Reads `stream` into a bounded channel until it ends or the receiver goes.
 pub(crate) fn read_frames(mut stream: tonic::Streaming<PairFrame>) -> Inbound {
@@ -33,7 +55,10 @@ pub(crate) fn read_frames(mut stream: tonic::Streaming<PairFrame>) -> Inbound {
             }
         }
     });
-    rx
+    Inbound {
+        rx,
+        held: VecDeque::new(),
+    }
 }
 
 pub(crate) fn words_frame(words: &[u64]) -> PairFrame {
@@ -57,7 +82,10 @@ where
     F: Fn(PairFrame) -> M + Send + 'static,
 {
     // The thread holds the inbound frames for the step and hands them back at its end.
-    let (_, closed) = mpsc::channel(1);
+    let closed = Inbound {
+        rx: mpsc::channel(1).1,
+        held: VecDeque::new(),
+    };
     let mut link = ThreadLink {
         runtime: tokio::runtime::Handle::current(),
         send: send.clone(),
@@ -92,13 +120,19 @@ impl<M: Send + 'static, F: Fn(PairFrame) -> M> Link for ThreadLink<M, F> {
                 .await
                 .map_err(|_| fail("the other party stopped reading"))?
                 .map_err(|_| fail("the other party hung up"))?;
-            match tokio::time::timeout(PEER_TIMEOUT, inbound.recv()).await {
-                Err(_) => Err(fail("the other party is silent")),
-                Ok(None) => Err(fail("the other party closed the stream")),
-                Ok(Some(Err(s))) => {
-                    Err(MpcError::Link(format!("the other party: {}", s.message())))
+            loop {
+                match tokio::time::timeout(PEER_TIMEOUT, inbound.rx.recv()).await {
+                    Err(_) => return Err(fail("the other party is silent")),
+                    Ok(None) => return Err(fail("the other party closed the stream")),
+                    Ok(Some(Err(s))) => {
+                        return Err(MpcError::Link(format!("the other party: {}", s.message())));
+                    }
+                    // The next step's layers, sent ahead while this one runs: for after it.
+                    Ok(Some(Ok(PairFrame {
+                        kind: Some(pair_frame::Kind::Sealed(sealed)),
+                    }))) if inbound.held.len() < MAX_HELD => inbound.held.push_back(sealed),
+                    Ok(Some(Ok(frame))) => return Ok(frame),
                 }
-                Ok(Some(Ok(frame))) => Ok(frame),
             }
         })?;
         match frame {

@@ -91,16 +91,55 @@ pub struct Party {
     pub max_positions: usize,
 }
 
-/// A step's dealt material from its wire form (each part a seed, then words).
-fn step_material(input: &[u8], layers: &[u8]) -> Result<StepMaterial, tonic::Status> {
-    let part = |bytes| {
-        Material::from_bytes(bytes).ok_or_else(|| {
-            tonic::Status::invalid_argument("the dealt material is not a seed and words")
+/// The layers of a session's next one-position step when they came ahead of it
+/// (`MpcAhead`): a client sends them while the step before runs.
+#[derive(Default)]
+pub(crate) struct Ahead(Option<Material>);
+
+impl Ahead {
+    /// Keeps the layers of the next step (in their wire form): one step's at a time.
+    pub fn keep(&mut self, layers: &[u8]) -> Result<(), tonic::Status> {
+        if self.0.is_some() {
+            return Err(tonic::Status::invalid_argument(
+                "the layers of the next MPC step came ahead twice",
+            ));
+        }
+        self.0 = Some(part(layers)?);
+        Ok(())
+    }
+
+    /// A step's material from its wire form (each part a seed, then words): the layers from
+    /// the step itself or, when it carries none, those that came ahead (for one position).
+    pub fn material(
+        &mut self,
+        positions: usize,
+        input: &[u8],
+        layers: &[u8],
+    ) -> Result<StepMaterial, tonic::Status> {
+        let layers = match (self.0.take(), layers.is_empty()) {
+            (None, false) => part(layers)?,
+            (Some(ahead), true) if positions == 1 => ahead,
+            (None, true) => {
+                return Err(tonic::Status::invalid_argument(
+                    "an MPC step without layers, and none came ahead",
+                ));
+            }
+            (Some(_), _) => {
+                return Err(tonic::Status::invalid_argument(
+                    "the layers that came ahead are for the next one-position MPC step",
+                ));
+            }
+        };
+        Ok(StepMaterial {
+            input: part(input)?,
+            layers,
         })
-    };
-    Ok(StepMaterial {
-        input: part(input)?,
-        layers: part(layers)?,
+    }
+}
+
+fn part(bytes: &[u8]) -> Result<Material, tonic::Status> {
+    Material::from_bytes(bytes).ok_or_else(|| {
+        tonic::Status::invalid_argument("the dealt material is not a seed and words")
     })
 }
 

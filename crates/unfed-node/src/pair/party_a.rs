@@ -8,14 +8,14 @@ use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::Channel;
-use unfed_mpc::shard::ShardState;
 use unfed_mpc::ring;
+use unfed_mpc::shard::{ShardState, StepMaterial};
 use unfed_proto::MAX_NODE_MESSAGE;
 use unfed_proto::node::pair_client::PairClient;
-use unfed_proto::node::{Masked, MpcInput, PairFrame, PairOpen, pair_frame};
+use unfed_proto::node::{Masked, MpcAhead, MpcInput, PairFrame, PairOpen, pair_frame};
 
 use super::bridge::{self, Inbound, PEER_TIMEOUT};
-use super::{MAX_STEP_POSITIONS, Party, StepJob};
+use super::{Ahead, MAX_STEP_POSITIONS, Party, StepJob};
 
 /// Party A of a pair: its computation and its link to B.
 pub struct PartyA {
@@ -62,6 +62,23 @@ impl PartyA {
     }
 }
 
+/// Takes in the layers of a session's next step that came ahead: A's kept in `ahead`, B's
+/// sealed frame forwarded to B (which holds it for after the step it may be running).
+pub(crate) async fn take_ahead(
+    to_b: &mpsc::Sender<PairFrame>,
+    ahead: &mut Ahead,
+    layers: MpcAhead,
+) -> Result<(), Status> {
+    ahead.keep(&layers.layers)?;
+    let sealed = PairFrame {
+        kind: Some(pair_frame::Kind::Sealed(layers.for_b)),
+    };
+    tokio::time::timeout(PEER_TIMEOUT, to_b.send(sealed))
+        .await
+        .map_err(|_| Status::deadline_exceeded("party B stopped reading"))?
+        .map_err(|_| Status::unavailable("party B closed the stream"))
+}
+
 /// One client session at party A.
 pub struct PairSession {
     a: Arc<PartyA>,
@@ -82,8 +99,19 @@ impl PairSession {
         }
     }
 
-    /// One step: A's share computed with B, returned as the output masked by B's pad.
-    pub async fn step(&mut self, model_id: &str, input: MpcInput) -> Result<Masked, Status> {
+    /// The stream to B, once the session's first step opened it.
+    pub fn to_b(&self) -> Option<mpsc::Sender<PairFrame>> {
+        self.stream.as_ref().map(|(send, _)| send.clone())
+    }
+
+    /// One step: A's share computed with B on A's `material` (taken from `input`, or from the
+    /// layers that came ahead), returned as the output masked by B's pad.
+    pub async fn step(
+        &mut self,
+        model_id: &str,
+        input: MpcInput,
+        material: StepMaterial,
+    ) -> Result<Masked, Status> {
         let positions = input.positions as usize;
         let party = self.a.party.clone();
         if positions == 0 || positions > MAX_STEP_POSITIONS {
@@ -97,7 +125,6 @@ impl PairSession {
                 party.max_positions
             )));
         }
-        let material = super::step_material(&input.input, &input.layers)?;
         match (&self.stream, input.b_onion.is_empty()) {
             (None, true) => {
                 return Err(Status::invalid_argument(

@@ -1,7 +1,8 @@
 //! Party B's service: reached only by its party A (`--peer`), never by clients. Each stream
 //! is one client session: the client's one-hop onion header gives B the session's keys, then
 //! every step's frame (sealed by the client, forwarded unread by A) holds B's dealt material
-//! and the seed of the pad B takes off its output share before sending it to A.
+//! and the seed of the pad B takes off its output share before sending it to A. A frame of no
+//! positions holds the layers of the next one-position step, sent ahead.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -10,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use unfed_mpc::shard::{ShardState, pad};
 use unfed_mpc::Role;
+use unfed_mpc::shard::{ShardState, pad};
 use unfed_onion::Direction;
 use unfed_proto::circuit as wire;
 use unfed_proto::node::pair_server::Pair;
@@ -136,7 +137,9 @@ async fn run_session(
     let mut frames = peeled.keys.receiver(Direction::Forward);
     let party = b.party.clone();
     let mut state = ShardState::default();
-    for step in 0u32.. {
+    let mut ahead = super::Ahead::default();
+    let mut step = 0u32;
+    loop {
         let sealed = match tokio::time::timeout(b.idle_timeout, inbound.recv()).await {
             Err(_) => return Err(Status::deadline_exceeded("the session was idle too long")),
             Ok(None) => return Ok(()),
@@ -151,16 +154,17 @@ async fn run_session(
             .map_err(|e| Status::invalid_argument(format!("a step for party B refused: {e}")))?;
         let frame = wire::decode_b_frame(&plain).map_err(Status::invalid_argument)?;
         let positions = frame.positions as usize;
-        if positions == 0
-            || positions > MAX_STEP_POSITIONS
-            || state.positions() + positions > party.max_positions
-        {
+        if positions == 0 {
+            ahead.keep(frame.layers)?;
+            continue;
+        }
+        if positions > MAX_STEP_POSITIONS || state.positions() + positions > party.max_positions {
             return Err(Status::invalid_argument(format!(
                 "an MPC step adds 1 to {MAX_STEP_POSITIONS} positions, within the session's {}",
                 party.max_positions
             )));
         }
-        let material = super::step_material(frame.input, frame.layers)?;
+        let material = ahead.material(positions, frame.input, frame.layers)?;
         let job = StepJob {
             party: party.clone(),
             session: id,
@@ -172,8 +176,8 @@ async fn run_session(
         };
         debug_assert_eq!(party.role, Role::B);
         state = bridge::run_step(job, tx, Ok, &mut inbound).await?.1;
+        step += 1;
     }
-    Ok(())
 }
 
 /// How to run party B.

@@ -147,3 +147,48 @@ impl PairDealer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use unfed_mpc::layer::LayerShape;
+
+    use super::*;
+
+    fn dealer() -> PairDealer {
+        let layer = LayerShape {
+            hidden: 16,
+            ffn: 24,
+            n_head: 2,
+            n_kv_head: 1,
+            head_dim: 8,
+            rope_theta: 10000.0,
+            interleaved: false,
+            eps: 1e-5,
+        };
+        let spec = ShardSpec {
+            layer,
+            vocab: 50,
+            k: 1,
+        };
+        let b = unfed_onion::OnionSecretKey::generate(&mut rand::rng()).public_key();
+        PairDealer::new(spec, b).unwrap()
+    }
+
+    #[test]
+    fn a_step_whose_layers_went_ahead_deals_one_position_and_only_its_input() {
+        let mut d = dealer();
+        let first = d.deal(&[3]).unwrap();
+        assert!(!first.input.layers.is_empty() && !first.input.b_onion.is_empty());
+        let ahead = d.deal_ahead().unwrap();
+        assert!(ahead.layers.len() > 16 && !ahead.for_b.is_empty());
+        assert!(d.deal_ahead().unwrap_err().contains("already"));
+        // However many tokens come next, the step takes one: its layers are dealt for one.
+        let next = d.deal(&[4, 5]).unwrap();
+        assert_eq!((next.positions, next.input.positions), (1, 1));
+        assert!(next.input.layers.is_empty() && !next.input.input.is_empty());
+        assert!(next.input.b_onion.is_empty());
+        // The step after deals its own layers again (more: it attends to one more position).
+        let after = d.deal(&[5]).unwrap();
+        assert!(after.input.layers.len() > ahead.layers.len());
+    }
+}

@@ -231,14 +231,16 @@ pub fn through_the_pair(
             .any(|s| matches!(s, Seen::Hidden(_)))
     );
 
-    // Each party's record: what it was dealt and every round from the other, per step (one per
-    // frame A received). Each prompt went in at least two steps, the first deferred, then one
-    // step per generated token but the last.
-    let steps = a_log
+    // Each party's record: what it was dealt and every round from the other, per step. Each
+    // prompt went in at least two steps, the first deferred, then one step per generated token
+    // but the last; A received a frame per step and, ahead of each of those decode steps, one
+    // with its layers (n - 1 in the first session, 3 in the second).
+    let frames = a_log
         .entries()
         .iter()
         .filter(|s| matches!(s, Seen::Frame(_)))
         .count();
+    let steps = frames - (n - 1) - 3;
     assert!(steps > n + 4, "{steps} steps");
     for (path, labels) in [
         (&view_a, ["dealt", "peer", "output"]),

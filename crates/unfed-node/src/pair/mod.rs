@@ -231,3 +231,39 @@ fn records(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Ahead;
+
+    /// A seed and two words, in the wire form.
+    fn wire(fill: u8) -> Vec<u8> {
+        vec![fill; 16 + 16]
+    }
+
+    #[test]
+    fn layers_that_came_ahead_serve_the_next_one_position_step_only() {
+        let mut ahead = Ahead::default();
+        let e = ahead.material(1, &wire(1), &[]).unwrap_err();
+        assert!(e.message().contains("none came ahead"), "{e}");
+
+        ahead.keep(&wire(2)).unwrap();
+        let e = ahead.keep(&wire(3)).unwrap_err();
+        assert!(e.message().contains("ahead twice"), "{e}");
+        let m = ahead.material(1, &wire(1), &[]).unwrap();
+        assert_eq!((m.input.seed, m.layers.seed), ([1; 16], [2; 16]));
+        // Used once: the step after needs its own again.
+        assert!(ahead.material(1, &wire(1), &[]).is_err());
+
+        // Layers that came ahead are for one position, and a step that brings its own while
+        // some are held is refused: the client and the pair disagree about what was dealt.
+        for (positions, layers) in [(2, Vec::new()), (1, wire(4))] {
+            let mut ahead = Ahead::default();
+            ahead.keep(&wire(2)).unwrap();
+            let e = ahead.material(positions, &wire(1), &layers).unwrap_err();
+            assert!(e.message().contains("next one-position"), "{e}");
+        }
+        let e = Ahead::default().keep(&[0; 20]).unwrap_err();
+        assert!(e.message().contains("not a seed and words"), "{e}");
+    }
+}

@@ -241,6 +241,13 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         None => unfed_proto::Dialer::default(),
     };
     let registry_port = format!("127.0.0.1:{}", args.registry_port);
+    // Waiting for the port below would find another testnet's registry there.
+    std::net::TcpListener::bind(&registry_port).with_context(|| {
+        format!(
+            "cannot use {registry_port} for the registry (another testnet? `unfed testnet down \
+             --dir DIR` stops one; `--registry-port` picks another port)"
+        )
+    })?;
     let registry = format!("{scheme}{registry_port}");
     let mut state = State {
         registry: registry.clone(),

@@ -245,6 +245,23 @@ fn smollm2_testnet_reply_equals_the_single_process_reply() {
     let tn = dir.path().join("testnet");
     let prompt = "What is the capital of France? Answer in one sentence.";
     let net = Testnet::up(&tn, &["--registry-port", &port, "--shards", "3"]);
+    // A second testnet on the same registry port says so at once, starting nothing (it would
+    // otherwise find the first one's registry listening there and wait on it).
+    let other = dir.path().join("other");
+    let again = unfed(&[
+        "testnet",
+        "up",
+        "--dir",
+        s(&other),
+        "--registry-port",
+        &port,
+    ]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && err.contains("cannot use"),
+        "{err}"
+    );
+    assert!(!other.join("testnet.json").exists());
     // The testnet serves TLS with certificates from a CA it made; the client trusts that CA.
     let registry = format!("https://127.0.0.1:{port}");
     let ca = tn.join("tls/ca.pem");

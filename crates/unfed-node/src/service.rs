@@ -483,7 +483,7 @@ fn plain_input(
         (Some(step::Input::Masked(_)), _) => Err(Status::invalid_argument(
             "only shard 1 takes the masked output of an MPC pair",
         )),
-        (Some(step::Input::Mpc(_) | step::Input::Ahead(_)), _) => Err(not_party_a()),
+        (Some(step::Input::Mpc(_)), _) => Err(not_party_a()),
         (Some(_), true) => Err(Status::invalid_argument("shard 0 takes token ids")),
         (Some(_), false) => Err(Status::invalid_argument("this shard takes hidden states")),
         (None, _) => Err(Status::invalid_argument("a Step needs an input")),

@@ -392,5 +392,6 @@ pub mod circuit {
 /// How long opening a TCP connection may take.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+pub mod raw;
 pub mod tls;
 pub use tls::Dialer;

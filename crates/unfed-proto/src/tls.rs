@@ -20,7 +20,7 @@ use crate::{CONNECT_TIMEOUT, MAX_NODE_MESSAGE, MAX_REGISTRY_MESSAGE};
 /// The scheme of an address served over TLS.
 pub const TLS_SCHEME: &str = "https://";
 /// How long a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What is wrong with an address, a certificate, or how a service would expose itself.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -173,7 +173,7 @@ pub struct Dialer {
     /// The CA certificates (one PEM bundle) to trust instead of the web PKI's.
     ca: Option<Certificate>,
     /// The local address connections leave from (None: the system's choice).
-    local: Option<std::net::IpAddr>,
+    pub(crate) local: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -234,6 +234,28 @@ impl Dialer {
             .max_encoding_message_size(MAX_REGISTRY_MESSAGE))
     }
 
+    /// The rustls configuration of this dialer's TLS connections that do not go through tonic
+    /// (`crate::raw`): its trust roots, asking for the one ALPN protocol `alpn`.
+    pub(crate) fn rustls(&self, alpn: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca {
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            Some(ca) => {
+                for cert in parse_certs(ca.get_ref(), "the CA").map_err(|e| e.to_string())? {
+                    roots.add(cert).map_err(|e| format!("the CA: {e}"))?;
+                }
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(Arc::new(config))
+    }
+
     /// Connects to `target`, verifying a TLS server's certificate for `server_name`. The error
     /// is empty or `: reason`.
     async fn channel(&self, target: &Target, server_name: &str) -> Result<Channel, String> {
@@ -264,7 +286,7 @@ impl Dialer {
 }
 
 /// The innermost cause of an error (for TLS: what rustls said).
-fn deepest(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn deepest(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
         cur = next;
@@ -289,23 +311,32 @@ impl ServerTls {
     /// A certificate chain (leaf first) and its private key, both PEM, checked to parse and to
     /// match each other.
     pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsError> {
-        let certs = parse_certs(cert_pem, "the certificate")?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Pem {
+        let tls = Self {
+            cert_pem: cert_pem.to_vec(),
+            key_pem: Zeroizing::new(key_pem.to_vec()),
+        };
+        tls.rustls(b"h2")?;
+        Ok(tls)
+    }
+
+    /// The rustls configuration serving this certificate, offering the one ALPN protocol
+    /// `alpn` (for servers that terminate TLS themselves, `crate::raw`).
+    pub(crate) fn rustls(&self, alpn: &[u8]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let certs = parse_certs(&self.cert_pem, "the certificate")?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| TlsError::Pem {
             what: "the private key".into(),
             why: format!("no PEM private key ({e})"),
         })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        rustls::ServerConfig::builder_with_provider(provider)
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
             .map_err(|e| TlsError::Pem {
                 what: "the certificate and key".into(),
                 why: e.to_string(),
             })?;
-        Ok(Self {
-            cert_pem: cert_pem.to_vec(),
-            key_pem: Zeroizing::new(key_pem.to_vec()),
-        })
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(Arc::new(config))
     }
 
     /// Reads [`ServerTls::from_pem`]'s inputs from files.

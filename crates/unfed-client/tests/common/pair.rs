@@ -1,7 +1,7 @@
 //! Shard 0 as a real MPC pair on the network (shared by `pair.rs` and `pair_real.rs`): a
 //! registry, party B, party A and two plain shards on loopback, shard 0 = embedding + K layers
 //! on shares. The model is INCOMPLETE until the pair is registered; malformed streams to B are
-//! refused and B keeps serving; the greedy tokens through the pair equal the plaintext path
+//! refused (and raw streams with a ticket it never gave closed) and B keeps serving; the greedy tokens through the pair equal the plaintext path
 //! (shard 0 exact, the rest as the nodes run them), with the last shard sampling and with the
 //! client sampling; no node ever receives a token id; what each party recorded is there.
 
@@ -165,7 +165,7 @@ pub fn through_the_pair(
         // Malformed streams to B are refused with a clear error; B keeps serving.
         for (frame, want) in [
             (
-                pair_frame::Kind::Words(vec![1, 2, 3]),
+                pair_frame::Kind::Sealed(vec![1, 2, 3]),
                 "starts with an open",
             ),
             (
@@ -179,6 +179,18 @@ pub fn through_the_pair(
             let e = pair_error(&address_b, PairFrame { kind: Some(frame) }).await;
             assert!(e.contains(want), "{e}");
         }
+        // A raw stream of rounds with a ticket B never gave is closed at once.
+        let mut stray = unfed_proto::Dialer::default()
+            .connect_raw(&address_b, &[9; 32], Duration::from_secs(5))
+            .await
+            .unwrap();
+        let read = tokio::task::spawn_blocking(move || {
+            std::io::Read::read(&mut stray, &mut [0u8; 8]).map_err(|e| e.kind())
+        });
+        assert!(matches!(
+            read.await.unwrap(),
+            Ok(0) | Err(std::io::ErrorKind::ConnectionReset)
+        ));
     });
 
     let a_log = ViewLog::default();

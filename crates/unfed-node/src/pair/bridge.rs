@@ -1,40 +1,38 @@
-//! The pair's stream as an `unfed_mpc::Link`: the step runs on a blocking thread that sends
-//! each round's words on the other party's stream and reads theirs from it directly, holding
-//! back for later the sealed frames for B that come in meanwhile.
+//! The pair's two channels per session: the gRPC stream (the open message, the sealed frames
+//! for B, errors), read by a task of its own, and the raw stream of the rounds
+//! (`unfed_proto::raw`), an `unfed_mpc::Link` the step's blocking thread writes and reads with
+//! no runtime in between: a step has ~90 rounds, and each hop through a task is a thread
+//! wake-up on both sides.
 
-use std::collections::VecDeque;
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tonic::Status;
-use unfed_mpc::{Link, MpcError, ring};
-use unfed_proto::node::{PairFrame, pair_frame};
+use unfed_mpc::{Link, MpcError, Role, ring};
+use unfed_proto::node::PairFrame;
+use unfed_proto::raw::RawStream;
 
 use super::StepJob;
 
 /// How long a party waits for one message of the other party within a step.
 pub(crate) const PEER_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// How many sealed frames for B may come in during a step (the layers of the next step, sent
-/// ahead, are one).
-const MAX_HELD: usize = 2;
+/// The most words one round may carry.
+const MAX_ROUND_WORDS: usize = unfed_proto::MAX_NODE_MESSAGE / 8;
 
-/// Frames from the other party, read by a task of their own (so waiting is cancel-safe), and
-/// the sealed frames that came in while a step was exchanging rounds, held for after it.
-pub(crate) struct Inbound {
-    rx: mpsc::Receiver<Result<PairFrame, Status>>,
-    held: VecDeque<Vec<u8>>,
-}
+/// A round message at most this long (bytes) is written before the other party's is read,
+/// whoever's turn it is: it fits in the sockets' buffers, so the write cannot wait on the
+/// other party's read. A longer one waits its turn: A's first, B's after A's was read.
+const SMALL_ROUND: usize = 16 << 10;
+
+/// Frames from the other party's gRPC stream, read by a task of their own (so waiting is
+/// cancel-safe).
+pub(crate) struct Inbound(mpsc::Receiver<Result<PairFrame, Status>>);
 
 impl Inbound {
-    /// The next frame, the held ones first.
     pub async fn recv(&mut self) -> Option<Result<PairFrame, Status>> {
-        match self.held.pop_front() {
-            Some(sealed) => Some(Ok(PairFrame {
-                kind: Some(pair_frame::Kind::Sealed(sealed)),
-            })),
-            None => self.rx.recv().await,
-        }
+        self.0.recv().await
     }
 }
 
@@ -43,8 +41,7 @@ pub(crate) fn read_frames(mut stream: tonic::Streaming<PairFrame>) -> Inbound {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         loop {
-            let next = stream.message().await;
-            let item = match next {
+            let item = match stream.message().await {
                 Ok(Some(frame)) => Ok(frame),
                 Ok(None) => break,
                 Err(s) => Err(s),
@@ -55,91 +52,88 @@ pub(crate) fn read_frames(mut stream: tonic::Streaming<PairFrame>) -> Inbound {
             }
         }
     });
-    Inbound {
-        rx,
-        held: VecDeque::new(),
+    Inbound(rx)
+}
+
+/// One party's end of a session's rounds: each round's words, u32 little-endian count first.
+pub(crate) struct RoundLink {
+    stream: RawStream,
+    role: Role,
+    buf: Vec<u8>,
+}
+
+impl RoundLink {
+    pub fn new(stream: RawStream, role: Role) -> Self {
+        Self {
+            stream,
+            role,
+            buf: Vec::new(),
+        }
+    }
+
+    fn write(&mut self, words: &[u64]) -> Result<(), MpcError> {
+        self.buf.clear();
+        self.buf.extend((words.len() as u32).to_le_bytes());
+        self.buf.extend(words.iter().flat_map(|w| w.to_le_bytes()));
+        self.stream
+            .write_all(&self.buf)
+            .and_then(|()| self.stream.flush())
+            .map_err(link_error)
+    }
+
+    fn read(&mut self) -> Result<Vec<u64>, MpcError> {
+        let mut count = [0u8; 4];
+        self.stream.read_exact(&mut count).map_err(link_error)?;
+        let count = u32::from_le_bytes(count) as usize;
+        if count > MAX_ROUND_WORDS {
+            return Err(MpcError::Link(format!(
+                "the other party sent a round of {count} words, over the limit of {MAX_ROUND_WORDS}"
+            )));
+        }
+        self.buf.resize(count * 8, 0);
+        self.stream.read_exact(&mut self.buf).map_err(link_error)?;
+        Ok(ring::from_bytes(&self.buf).expect("whole words"))
     }
 }
 
-pub(crate) fn words_frame(words: &[u64]) -> PairFrame {
-    PairFrame {
-        kind: Some(pair_frame::Kind::Words(ring::to_bytes(words))),
+impl Link for RoundLink {
+    fn exchange(&mut self, mine: &[u64]) -> Result<Vec<u64>, MpcError> {
+        if self.role == Role::A || mine.len() * 8 <= SMALL_ROUND {
+            self.write(mine)?;
+            self.read()
+        } else {
+            let theirs = self.read()?;
+            self.write(mine)?;
+            Ok(theirs)
+        }
     }
 }
 
-/// Runs `job` with its link bridged onto the other party: the step's thread puts each
-/// round's frame on our stream (`send`, after `wrap`) and takes the other party's words from
-/// `inbound` itself, so a round crosses no task of ours in between (each hop is a thread
-/// wake-up, and a step has ~90 rounds). Returns what the step returned.
-pub(crate) async fn run_step<M, F>(
+fn link_error(e: std::io::Error) -> MpcError {
+    use std::io::ErrorKind::*;
+    MpcError::Link(match e.kind() {
+        WouldBlock | TimedOut => "the other party is silent".into(),
+        UnexpectedEof | ConnectionReset | BrokenPipe => "the other party closed the stream".into(),
+        _ => format!("the stream to the other party: {e}"),
+    })
+}
+
+/// Runs `job` on a blocking thread over the session's round link, which it takes and gives
+/// back (a step that fails leaves the session without one). Returns what the step returned.
+pub(crate) async fn run_step(
     job: StepJob,
-    send: &mpsc::Sender<M>,
-    wrap: F,
-    inbound: &mut Inbound,
-) -> Result<(Option<Vec<u64>>, unfed_mpc::shard::ShardState), Status>
-where
-    M: Send + 'static,
-    F: Fn(PairFrame) -> M + Send + 'static,
-{
-    // The thread holds the inbound frames for the step and hands them back at its end.
-    let closed = Inbound {
-        rx: mpsc::channel(1).1,
-        held: VecDeque::new(),
-    };
-    let mut link = ThreadLink {
-        runtime: tokio::runtime::Handle::current(),
-        send: send.clone(),
-        wrap,
-        inbound: std::mem::replace(inbound, closed),
-    };
+    link: &mut Option<RoundLink>,
+) -> Result<(Option<Vec<u64>>, unfed_mpc::shard::ShardState), Status> {
+    let mut taken = link.take().ok_or_else(|| {
+        Status::failed_precondition("the session lost its link to the other party")
+    })?;
     let (done, back) = tokio::task::spawn_blocking(move || {
-        let done = job.run(&mut link);
-        (done, link.inbound)
+        let done = job.run(&mut taken);
+        (done, taken)
     })
     .await
     .map_err(|e| Status::internal(format!("MPC step thread: {e}")))?;
-    *inbound = back;
-    done.map_err(|e| Status::aborted(format!("MPC step: {e}")))
-}
-
-/// The step thread's end of the stream.
-struct ThreadLink<M, F> {
-    runtime: tokio::runtime::Handle,
-    send: mpsc::Sender<M>,
-    wrap: F,
-    inbound: Inbound,
-}
-
-impl<M: Send + 'static, F: Fn(PairFrame) -> M> Link for ThreadLink<M, F> {
-    fn exchange(&mut self, mine: &[u64]) -> Result<Vec<u64>, MpcError> {
-        let fail = |why: &str| MpcError::Link(why.into());
-        let frame = (self.wrap)(words_frame(mine));
-        let (send, inbound) = (&self.send, &mut self.inbound);
-        let frame = self.runtime.block_on(async {
-            tokio::time::timeout(PEER_TIMEOUT, send.send(frame))
-                .await
-                .map_err(|_| fail("the other party stopped reading"))?
-                .map_err(|_| fail("the other party hung up"))?;
-            loop {
-                match tokio::time::timeout(PEER_TIMEOUT, inbound.rx.recv()).await {
-                    Err(_) => return Err(fail("the other party is silent")),
-                    Ok(None) => return Err(fail("the other party closed the stream")),
-                    Ok(Some(Err(s))) => {
-                        return Err(MpcError::Link(format!("the other party: {}", s.message())));
-                    }
-                    // The next step's layers, sent ahead while this one runs: for after it.
-                    Ok(Some(Ok(PairFrame {
-                        kind: Some(pair_frame::Kind::Sealed(sealed)),
-                    }))) if inbound.held.len() < MAX_HELD => inbound.held.push_back(sealed),
-                    Ok(Some(Ok(frame))) => return Ok(frame),
-                }
-            }
-        })?;
-        match frame {
-            PairFrame {
-                kind: Some(pair_frame::Kind::Words(w)),
-            } => ring::from_bytes(&w).ok_or_else(|| fail("a round's words are not whole u64s")),
-            _ => Err(fail("expected a round's words")),
-        }
-    }
+    let done = done.map_err(|e| Status::aborted(format!("MPC step: {e}")))?;
+    *link = Some(back);
+    Ok(done)
 }

@@ -1,6 +1,7 @@
 //! Party A's side: the pair's half of a shard-0 hop. A keeps one connection to B; each client
-//! session opens one stream on it, and each step A runs its share of the computation while
-//! forwarding B's sealed frame, then returns the output masked by B's pad.
+//! session opens one stream on it and a raw stream of rounds beside it, and each step A
+//! forwards B's sealed frame, runs its share of the computation, then returns the output
+//! masked by B's pad.
 
 use std::sync::Arc;
 
@@ -14,8 +15,11 @@ use unfed_proto::MAX_NODE_MESSAGE;
 use unfed_proto::node::pair_client::PairClient;
 use unfed_proto::node::{Masked, MpcAhead, MpcInput, PairFrame, PairOpen, pair_frame};
 
-use super::bridge::{self, Inbound, PEER_TIMEOUT};
+use super::bridge::{self, Inbound, PEER_TIMEOUT, RoundLink};
 use super::{Ahead, MAX_STEP_POSITIONS, Party, StepJob};
+
+/// How long A waits for B's reason after a step failed.
+const WHY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Party A of a pair: its computation and its link to B.
 pub struct PartyA {
@@ -85,6 +89,7 @@ pub struct PairSession {
     id: u64,
     steps: u32,
     stream: Option<(mpsc::Sender<PairFrame>, Inbound)>,
+    rounds: Option<RoundLink>,
     state: ShardState,
 }
 
@@ -95,6 +100,7 @@ impl PairSession {
             id,
             steps: 0,
             stream: None,
+            rounds: None,
             state: ShardState::default(),
         }
     }
@@ -131,7 +137,10 @@ impl PairSession {
                     "the first MPC step carries party B's onion header",
                 ));
             }
-            (None, false) => self.stream = Some(self.open(model_id, input.b_onion).await?),
+            (None, false) => {
+                let (stream, rounds) = self.open(model_id, input.b_onion).await?;
+                (self.stream, self.rounds) = (Some(stream), Some(rounds));
+            }
             (Some(_), false) => {
                 return Err(Status::invalid_argument(
                     "only a session's first MPC step carries B's onion header",
@@ -156,7 +165,16 @@ impl PairSession {
             pad: None,
             state: std::mem::take(&mut self.state),
         };
-        let (out, state) = bridge::run_step(job, send, |f| f, inbound).await?;
+        let (out, state) = match bridge::run_step(job, &mut self.rounds).await {
+            Ok(done) => done,
+            // B's own words on why, when it said any.
+            Err(status) => match tokio::time::timeout(WHY_TIMEOUT, inbound.recv()).await {
+                Ok(Some(Err(b))) => {
+                    return Err(Status::aborted(format!("party B: {}", b.message())));
+                }
+                _ => return Err(status),
+            },
+        };
         self.state = state;
         self.steps += 1;
         let out = out.ok_or_else(|| Status::internal("party A's step returned no output"))?;
@@ -171,7 +189,7 @@ impl PairSession {
         &self,
         model_id: &str,
         onion: Vec<u8>,
-    ) -> Result<(mpsc::Sender<PairFrame>, Inbound), Status> {
+    ) -> Result<((mpsc::Sender<PairFrame>, Inbound), RoundLink), Status> {
         let (send, rx) = mpsc::channel(4);
         let open = PairFrame {
             kind: Some(pair_frame::Kind::Open(PairOpen {
@@ -193,6 +211,23 @@ impl PairSession {
                 return Err(Status::unavailable(format!("party B: {}", s.message())));
             }
         };
-        Ok((send, bridge::read_frames(stream)))
+        let mut inbound = bridge::read_frames(stream);
+        let ticket = match tokio::time::timeout(PEER_TIMEOUT, inbound.recv()).await {
+            Ok(Some(Ok(PairFrame {
+                kind: Some(pair_frame::Kind::Ticket(t)),
+            }))) => t
+                .try_into()
+                .map_err(|_| Status::internal("party B's ticket is not 32 bytes")),
+            Ok(Some(Err(s))) => Err(Status::unavailable(format!("party B: {}", s.message()))),
+            Err(_) => Err(Status::deadline_exceeded("party B sent no ticket")),
+            _ => Err(Status::internal("party B's stream starts with its ticket")),
+        }?;
+        let rounds = self
+            .a
+            .dialer
+            .connect_raw(&self.a.peer, &ticket, PEER_TIMEOUT)
+            .await
+            .map_err(|e| Status::unavailable(format!("party B: {e}")))?;
+        Ok(((send, inbound), RoundLink::new(rounds, unfed_mpc::Role::A)))
     }
 }

@@ -2,13 +2,15 @@
 //! is one client session: the client's one-hop onion header gives B the session's keys, then
 //! every step's frame (sealed by the client, forwarded unread by A) holds B's dealt material
 //! and the seed of the pad B takes off its output share before sending it to A. A frame of no
-//! positions holds the layers of the next one-position step, sent ahead.
+//! positions holds the layers of the next one-position step, sent ahead. The rounds of each
+//! session's steps run on a raw stream A opens to B's port with the ticket B gave it.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use unfed_mpc::Role;
@@ -17,8 +19,9 @@ use unfed_onion::Direction;
 use unfed_proto::circuit as wire;
 use unfed_proto::node::pair_server::Pair;
 use unfed_proto::node::{PairFrame, pair_frame};
+use unfed_proto::raw::{RawStream, Ticket};
 
-use super::bridge::{self, Inbound};
+use super::bridge::{self, Inbound, RoundLink};
 use super::{MAX_STEP_POSITIONS, Party, StepJob};
 use crate::onion_keys::OnionKeys;
 
@@ -37,6 +40,8 @@ pub struct PartyB {
     max_sessions: usize,
     pub idle_timeout: std::time::Duration,
     next_session: AtomicU64,
+    /// Sessions waiting for A's raw stream of rounds, by the ticket B gave A.
+    waiting: Mutex<HashMap<Ticket, oneshot::Sender<RawStream>>>,
 }
 
 impl PartyB {
@@ -56,6 +61,47 @@ impl PartyB {
             max_sessions,
             idle_timeout,
             next_session: AtomicU64::new(1),
+            waiting: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Hands a raw stream opened with `ticket` to the session waiting for it; a stream from
+    /// another host than A's, or with a ticket no session gave, is closed.
+    fn attach(&self, stream: RawStream, ticket: Ticket) {
+        if self.peer_ip.is_some_and(|ip| ip != stream.peer().ip()) {
+            return;
+        }
+        let waiting = self.waiting.lock().expect("not poisoned").remove(&ticket);
+        if let Some(session) = waiting {
+            let _ = session.send(stream);
+        }
+    }
+
+    /// The raw stream of rounds of a new session: a ticket sent to A on `tx`, and the stream
+    /// A opens with it.
+    async fn rounds(
+        &self,
+        tx: &mpsc::Sender<Result<PairFrame, Status>>,
+    ) -> Result<RoundLink, Status> {
+        let ticket: Ticket = rand::random();
+        let (give, take) = oneshot::channel();
+        self.waiting
+            .lock()
+            .expect("not poisoned")
+            .insert(ticket, give);
+        let frame = PairFrame {
+            kind: Some(pair_frame::Kind::Ticket(ticket.to_vec())),
+        };
+        let opened = match tx.send(Ok(frame)).await {
+            Ok(()) => tokio::time::timeout(OPEN_TIMEOUT, take).await.ok(),
+            Err(_) => None,
+        };
+        self.waiting.lock().expect("not poisoned").remove(&ticket);
+        match opened {
+            Some(Ok(stream)) => Ok(RoundLink::new(stream, Role::B)),
+            _ => Err(Status::deadline_exceeded(
+                "party A did not open the session's stream of rounds in time",
+            )),
         }
     }
 
@@ -135,6 +181,7 @@ async fn run_session(
         ));
     }
     let mut frames = peeled.keys.receiver(Direction::Forward);
+    let mut link = Some(b.rounds(tx).await?);
     let party = b.party.clone();
     let mut state = ShardState::default();
     let mut ahead = super::Ahead::default();
@@ -175,7 +222,7 @@ async fn run_session(
             state: std::mem::take(&mut state),
         };
         debug_assert_eq!(party.role, Role::B);
-        state = bridge::run_step(job, tx, Ok, &mut inbound).await?.1;
+        state = bridge::run_step(job, &mut link).await?.1;
         step += 1;
     }
 }
@@ -264,19 +311,26 @@ pub async fn run_b(
         }
     };
     let max_streams = (2 * config.limits.max_sessions).min(u32::MAX as usize) as u32;
-    let server = unfed_proto::tls::server(config.tls.as_ref())?
+    // One port for both: A's gRPC connection and its sessions' raw streams of rounds.
+    let (incoming, mut raw) =
+        unfed_proto::raw::split(listener, config.tls.as_ref(), bridge::PEER_TIMEOUT)?;
+    let rounds = b.clone();
+    let attach = tokio::spawn(async move {
+        while let Some((stream, ticket)) = raw.recv().await {
+            rounds.attach(stream, ticket);
+        }
+    });
+    let server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(max_streams))
         .add_service(
             unfed_proto::node::pair_server::PairServer::new(PairService(b))
                 .max_decoding_message_size(unfed_proto::MAX_NODE_MESSAGE)
                 .max_encoding_message_size(unfed_proto::MAX_NODE_MESSAGE),
         )
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            crate::until_stopped(stopped.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming, crate::until_stopped(stopped.clone()));
     let served = crate::drain(server, stopped).await;
     signal.abort();
+    attach.abort();
     if let Some(h) = heartbeats {
         let _ = h.await;
     }

@@ -1,0 +1,398 @@
+//! Raw byte streams beside gRPC on the same port, for traffic where a message's latency is the
+//! cost (the MPC pair's rounds): the dialer opens one with a 32-byte ticket, and the server's
+//! accept loop ([`split`]) hands HTTP/2 connections to tonic and raw ones to their owner. Over
+//! TLS a raw stream asks for the ALPN protocol [`ALPN_RAW`] (same certificate, same checks);
+//! in plaintext, on loopback only, it starts with a preface no HTTP/2 client sends. Once open,
+//! a raw stream is blocking `std::io`: one thread reads and writes it with no runtime between.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::tls::{Dialer, HANDSHAKE_TIMEOUT, ServerTls, TlsError, check_dialable};
+
+/// The ALPN protocol of a raw stream over TLS.
+pub const ALPN_RAW: &[u8] = b"unfed-raw/1";
+/// What opens a raw stream in plaintext (an HTTP/2 connection opens with `PRI * HTTP/2.0`).
+const PLAIN_PREFACE: &[u8; 8] = b"UNFEDRAW";
+/// Connections being sorted at once (a TLS handshake and the ticket each); more wait.
+const MAX_SORTING: usize = 64;
+
+/// The 32 bytes a raw stream opens with, by which its server knows what it is for.
+pub type Ticket = [u8; 32];
+
+/// A blocking byte stream (TCP, or TLS over TCP) with read and write timeouts.
+pub struct RawStream {
+    inner: Box<dyn Duplex>,
+    peer: SocketAddr,
+}
+
+trait Duplex: Read + Write + Send + Sync {}
+impl<T: Read + Write + Send + Sync> Duplex for T {}
+
+impl RawStream {
+    /// Who is at the other end.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+}
+
+impl Read for RawStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl Write for RawStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Dialer {
+    /// A raw stream to the server at `address` (its gRPC address) opened with `ticket`, whose
+    /// reads and writes time out after `io_timeout`. The error names the address and why.
+    pub async fn connect_raw(
+        &self,
+        address: &str,
+        ticket: &Ticket,
+        io_timeout: Duration,
+    ) -> Result<RawStream, String> {
+        let fail = |why: String| format!("cannot open a raw stream to {address}: {why}");
+        let target = check_dialable(address).map_err(|e| e.to_string())?;
+        let connect = async {
+            let addr = tokio::net::lookup_host((target.host.trim_matches(['[', ']']), target.port))
+                .await?
+                .next()
+                .ok_or_else(|| std::io::Error::other("the name has no address"))?;
+            let socket = match addr {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            if let Some(ip) = self.local {
+                socket.bind(SocketAddr::new(ip, 0))?;
+            }
+            socket.connect(addr).await
+        };
+        let tcp = tokio::time::timeout(crate::CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| fail("no connection in time".into()))?
+            .map_err(|e| fail(e.to_string()))?;
+        tcp.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
+        let peer = tcp.peer_addr().map_err(|e| fail(e.to_string()))?;
+        let opened = async {
+            if !target.tls {
+                let mut tcp = tcp;
+                let hello = [&PLAIN_PREFACE[..], ticket].concat();
+                tcp.write_all(&hello).await.map_err(|e| e.to_string())?;
+                return Ok(RawStream {
+                    inner: Box::new(blocking(tcp, io_timeout).map_err(|e| e.to_string())?),
+                    peer,
+                });
+            }
+            let name = rustls::pki_types::ServerName::try_from(target.server_name().to_string())
+                .map_err(|e| e.to_string())?;
+            let connector = tokio_rustls::TlsConnector::from(self.rustls(ALPN_RAW)?);
+            let mut tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| crate::tls::deepest(&e))?;
+            if tls.get_ref().1.alpn_protocol() != Some(ALPN_RAW) {
+                return Err("the server does not serve raw streams".into());
+            }
+            tls.write_all(ticket).await.map_err(|e| e.to_string())?;
+            tls.flush().await.map_err(|e| e.to_string())?;
+            let (tcp, conn) = tls.into_inner();
+            let tcp = blocking(tcp, io_timeout).map_err(|e| e.to_string())?;
+            Ok(RawStream {
+                inner: Box::new(rustls::StreamOwned::new(conn, tcp)),
+                peer,
+            })
+        };
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, opened)
+            .await
+            .map_err(|_| fail("no handshake in time".into()))?
+            .map_err(fail)
+    }
+}
+
+/// The connections of one listener, sorted: HTTP/2 ones for tonic (`serve_with_incoming`),
+/// raw ones with their tickets, whose reads and writes time out after `io_timeout`. A
+/// connection that completes neither handshake in time is dropped. Ends when tonic drops its
+/// end.
+pub fn split(
+    listener: TcpListener,
+    tls: Option<&ServerTls>,
+    io_timeout: Duration,
+) -> Result<(Incoming, mpsc::Receiver<(RawStream, Ticket)>), TlsError> {
+    let configs = match tls {
+        Some(t) => Some((t.rustls(b"h2")?, t.rustls(ALPN_RAW)?)),
+        None => None,
+    };
+    let (h2_tx, h2_rx) = mpsc::channel(MAX_SORTING);
+    let (raw_tx, raw_rx) = mpsc::channel(MAX_SORTING);
+    let sorting = Arc::new(Semaphore::new(MAX_SORTING));
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = h2_tx.closed() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let Ok((tcp, peer)) = accepted else {
+                // Out of descriptors, or a connection reset before it was taken: try again.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let Ok(permit) = sorting.clone().acquire_owned().await else {
+                return;
+            };
+            let (h2_tx, raw_tx, configs) = (h2_tx.clone(), raw_tx.clone(), configs.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _ = tcp.set_nodelay(true);
+                let sorted =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, sort(tcp, peer, configs, io_timeout))
+                        .await;
+                match sorted {
+                    Ok(Ok(Sorted::H2(conn))) => drop(h2_tx.send(Ok(conn)).await),
+                    Ok(Ok(Sorted::Raw(stream, ticket))) => {
+                        drop(raw_tx.send((stream, ticket)).await)
+                    }
+                    _ => {}
+                }
+            });
+        }
+    });
+    Ok((tokio_stream::wrappers::ReceiverStream::new(h2_rx), raw_rx))
+}
+
+/// The HTTP/2 connections [`split`] hands tonic.
+pub type Incoming = tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>>;
+
+/// An HTTP/2 connection, plaintext or with its TLS already terminated.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+enum Sorted {
+    H2(Conn),
+    Raw(RawStream, Ticket),
+}
+
+async fn sort(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    configs: Option<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>)>,
+    io_timeout: Duration,
+) -> std::io::Result<Sorted> {
+    let mut ticket = Ticket::default();
+    let Some((h2, raw)) = configs else {
+        let mut head = [0u8; PLAIN_PREFACE.len()];
+        loop {
+            let n = tcp.peek(&mut head).await?;
+            if n == 0 || head[..n] != PLAIN_PREFACE[..n] {
+                return Ok(Sorted::H2(Conn::Plain(tcp)));
+            }
+            if n == head.len() {
+                break;
+            }
+            // The preface so far, in pieces: wait for the rest.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tcp.read_exact(&mut head).await?;
+        tcp.read_exact(&mut ticket).await?;
+        let stream = RawStream {
+            inner: Box::new(blocking(tcp, io_timeout)?),
+            peer,
+        };
+        return Ok(Sorted::Raw(stream, ticket));
+    };
+    let start =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+    let wants_raw = start
+        .client_hello()
+        .alpn()
+        .is_some_and(|mut protocols| protocols.any(|p| p == ALPN_RAW));
+    if !wants_raw {
+        let tls = start.into_stream(h2).await?;
+        return Ok(Sorted::H2(Conn::Tls(Box::new(tls))));
+    }
+    let mut tls = start.into_stream(raw).await?;
+    tls.read_exact(&mut ticket).await?;
+    let (tcp, conn) = tls.into_inner();
+    let stream = RawStream {
+        inner: Box::new(rustls::StreamOwned::new(conn, blocking(tcp, io_timeout)?)),
+        peer,
+    };
+    Ok(Sorted::Raw(stream, ticket))
+}
+
+/// `tcp` as a blocking socket with read and write timeouts.
+fn blocking(tcp: TcpStream, io_timeout: Duration) -> std::io::Result<std::net::TcpStream> {
+    let tcp = tcp.into_std()?;
+    tcp.set_nonblocking(false)?;
+    tcp.set_read_timeout(Some(io_timeout))?;
+    tcp.set_write_timeout(Some(io_timeout))?;
+    Ok(tcp)
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(tcp) => tcp,
+            Conn::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.tcp().connect_info()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(tcp) => std::pin::Pin::new(tcp).poll_read(cx, buf),
+            Conn::Tls(tls) => std::pin::Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(tcp) => std::pin::Pin::new(tcp).poll_write(cx, buf),
+            Conn::Tls(tls) => std::pin::Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(tcp) => std::pin::Pin::new(tcp).poll_flush(cx),
+            Conn::Tls(tls) => std::pin::Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(tcp) => std::pin::Pin::new(tcp).poll_shutdown(cx),
+            Conn::Tls(tls) => std::pin::Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::TestnetCa;
+
+    /// Serves an empty gRPC server on `split`'s HTTP/2 connections; returns the address and the
+    /// raw streams' receiver.
+    async fn serve(tls: Option<&ServerTls>) -> (String, mpsc::Receiver<(RawStream, Ticket)>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (incoming, raw) = split(listener, tls, Duration::from_secs(5)).unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(tonic::service::Routes::default())
+                .serve_with_incoming(incoming),
+        );
+        let scheme = if tls.is_some() { "https://" } else { "" };
+        (format!("{scheme}127.0.0.1:{port}"), raw)
+    }
+
+    /// A raw stream opens with its ticket and carries bytes both ways; gRPC connections to
+    /// the same port still complete their (TLS and) HTTP/2 handshakes.
+    async fn round_trip(
+        address: &str,
+        dialer: &Dialer,
+        raw: &mut mpsc::Receiver<(RawStream, Ticket)>,
+    ) {
+        dialer.connect(address).await.expect("an HTTP/2 connection");
+        let ticket = [7u8; 32];
+        let mut mine = dialer
+            .connect_raw(address, &ticket, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (mut theirs, got) = raw.recv().await.unwrap();
+        assert_eq!(got, ticket);
+        assert_eq!(theirs.peer().ip(), mine.peer().ip());
+        let echoed = tokio::task::spawn_blocking(move || {
+            let big = vec![3u8; 1 << 20];
+            let writer = std::thread::spawn(move || {
+                mine.write_all(&big).unwrap();
+                mine.flush().unwrap();
+                mine
+            });
+            let mut got = vec![0u8; 1 << 20];
+            theirs.read_exact(&mut got).unwrap();
+            theirs.write_all(b"done").unwrap();
+            theirs.flush().unwrap();
+            let mut mine = writer.join().unwrap();
+            let mut done = [0u8; 4];
+            mine.read_exact(&mut done).unwrap();
+            (got.iter().all(|&b| b == 3), done)
+        })
+        .await
+        .unwrap();
+        assert_eq!(echoed, (true, *b"done"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raw_streams_and_grpc_share_a_plaintext_port() {
+        let (address, mut raw) = serve(None).await;
+        round_trip(&address, &Dialer::default(), &mut raw).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raw_streams_and_grpc_share_a_tls_port_and_its_certificate_checks() {
+        let ca = TestnetCa::generate("raw test", 1).unwrap();
+        let (cert, key) = ca.issue(&["127.0.0.1"], 1).unwrap();
+        let tls = ServerTls::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
+        let (address, mut raw) = serve(Some(&tls)).await;
+        let dialer = Dialer::trusting(ca.cert_pem().as_bytes(), "the CA").unwrap();
+        round_trip(&address, &dialer, &mut raw).await;
+
+        // A dialer that does not trust the server's CA gets no raw stream.
+        let other = TestnetCa::generate("another", 1).unwrap();
+        let stranger = Dialer::trusting(other.cert_pem().as_bytes(), "the CA").unwrap();
+        let e = stranger
+            .connect_raw(&address, &[1; 32], Duration::from_secs(5))
+            .await
+            .err()
+            .expect("an untrusted server");
+        assert!(
+            e.contains("cannot open a raw stream") && e.contains("certificate"),
+            "{e}"
+        );
+    }
+}

@@ -7,8 +7,8 @@
 
 use std::fmt;
 
-use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit, Nonce, Tag};
+use chacha20poly1305::Nonce;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, UnboundKey};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -155,7 +155,9 @@ impl SessionKeys {
         ad.extend_from_slice(&self.session_id.0);
         ad.push(direction.byte());
         Channel {
-            aead: ChaCha20Poly1305::new(Key::from_slice(key.as_ref())),
+            aead: LessSafeKey::new(
+                UnboundKey::new(&CHACHA20_POLY1305, key.as_ref()).expect("a 32-byte key"),
+            ),
             direction,
             ad,
         }
@@ -205,16 +207,16 @@ impl SessionSender {
         frame.push(self.channel.direction.byte());
         frame.extend_from_slice(&counter.to_be_bytes());
         frame.extend_from_slice(plaintext);
-        let nonce = nonce(self.channel.direction.byte(), counter);
+        let nonce = ring_nonce(self.channel.direction.byte(), counter);
         let tag = self
             .channel
             .aead
-            .encrypt_in_place_detached(&nonce, &self.channel.ad, &mut frame[9..])
+            .seal_in_place_separate_tag(nonce, Aad::from(&self.channel.ad), &mut frame[9..])
             .map_err(|_| SessionError::TooLong {
                 len: plaintext.len(),
                 max: MAX_MESSAGE_LEN,
             })?;
-        frame.extend_from_slice(&tag);
+        frame.extend_from_slice(tag.as_ref());
         self.next += 1;
         Ok(frame)
     }
@@ -274,17 +276,17 @@ impl SessionReceiver {
         let mut counter_bytes = [0u8; 8];
         counter_bytes.copy_from_slice(&frame[1..9]);
         let counter = u64::from_be_bytes(counter_bytes);
-        let (body, tag) = frame[9..].split_at(frame.len() - 9 - TAG_LEN);
-        let mut plaintext = body.to_vec();
+        // Ciphertext and tag, opened in place: the plaintext is what precedes the tag.
+        let mut plaintext = frame[9..].to_vec();
         self.channel
             .aead
-            .decrypt_in_place_detached(
-                &nonce(frame[0], counter),
-                &self.channel.ad,
+            .open_in_place(
+                ring_nonce(frame[0], counter),
+                Aad::from(&self.channel.ad),
                 &mut plaintext,
-                Tag::from_slice(tag),
             )
             .map_err(|_| SessionError::Authentication { counter })?;
+        plaintext.truncate(plaintext.len() - TAG_LEN);
         if counter < self.expected {
             return Err(SessionError::Replayed {
                 counter,
@@ -324,16 +326,26 @@ impl fmt::Debug for SessionReceiver {
     }
 }
 
+/// ChaCha20-Poly1305 (RFC 8439) through ring: its assembly runs 1.6 times as fast as the
+/// `chacha20poly1305` crate on the megabyte frames of an MPC step (docs/onion.md).
 struct Channel {
-    aead: ChaCha20Poly1305,
+    aead: LessSafeKey,
     direction: Direction,
     ad: Vec<u8>,
 }
 
 /// `domain (1) || 00 00 00 || counter (8, big-endian)`.
 pub(crate) fn nonce(domain: u8, counter: u64) -> Nonce {
+    Nonce::from(nonce_bytes(domain, counter))
+}
+
+fn ring_nonce(domain: u8, counter: u64) -> ring::aead::Nonce {
+    ring::aead::Nonce::assume_unique_for_key(nonce_bytes(domain, counter))
+}
+
+fn nonce_bytes(domain: u8, counter: u64) -> [u8; 12] {
     let mut bytes = [0u8; 12];
     bytes[0] = domain;
     bytes[4..].copy_from_slice(&counter.to_be_bytes());
-    Nonce::from(bytes)
+    bytes
 }

@@ -82,12 +82,6 @@ impl RoundLink {
     }
 
     fn read(&mut self) -> Result<Vec<u64>, MpcError> {
-        let t0 = std::time::Instant::now();
-        let r = self.read_();
-        WAIT.with(|w| w.set(w.get() + t0.elapsed().as_micros() as u64));
-        r
-    }
-    fn read_(&mut self) -> Result<Vec<u64>, MpcError> {
         let mut count = [0u8; 4];
         self.stream.read_exact(&mut count).map_err(link_error)?;
         let count = u32::from_le_bytes(count) as usize;
@@ -134,15 +128,7 @@ pub(crate) async fn run_step(
         Status::failed_precondition("the session lost its link to the other party")
     })?;
     let (done, back) = tokio::task::spawn_blocking(move || {
-        let t0 = std::time::Instant::now();
-        WAIT.with(|w| w.set(0));
         let done = job.run(&mut taken);
-        eprintln!(
-            "TRACE step {:?} total {} us wait {} us",
-            taken.role,
-            t0.elapsed().as_micros(),
-            WAIT.with(|w| w.get())
-        );
         (done, taken)
     })
     .await
@@ -151,5 +137,3 @@ pub(crate) async fn run_step(
     *link = Some(back);
     Ok(done)
 }
-
-thread_local! { static WAIT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) }; }

@@ -192,7 +192,7 @@ mod tests {
         let g = TreePrg::new();
         #[cfg(target_arch = "x86_64")]
         if g.fast.is_none() {
-            eprintln!("this CPU has no VAES/AVX-512: only the portable path runs here");
+            eprintln!("this CPU has no VAES: only the portable path runs here");
         }
         let mut xs: Vec<u128> = (0..100u128)
             .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))

@@ -128,12 +128,13 @@ impl Dialer {
 
 /// The connections of one listener, sorted: HTTP/2 ones for tonic (`serve_with_incoming`),
 /// raw ones with their tickets, whose reads and writes time out after `io_timeout`. A
-/// connection that completes neither handshake in time is dropped. Ends when tonic drops its
-/// end.
+/// connection from another host than `only_from` (when given) is closed at once, and one that
+/// completes neither handshake in time is dropped. Ends when tonic drops its end.
 pub fn split(
     listener: TcpListener,
     tls: Option<&ServerTls>,
     io_timeout: Duration,
+    only_from: Option<std::net::IpAddr>,
 ) -> Result<(Incoming, mpsc::Receiver<(RawStream, Ticket)>), TlsError> {
     let configs = match tls {
         Some(t) => Some((t.rustls(b"h2")?, t.rustls(ALPN_RAW)?)),
@@ -153,6 +154,9 @@ pub fn split(
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
+            if only_from.is_some_and(|ip| ip != peer.ip()) {
+                continue;
+            }
             let Ok(permit) = sorting.clone().acquire_owned().await else {
                 return;
             };
@@ -320,7 +324,8 @@ mod tests {
     async fn serve(tls: Option<&ServerTls>) -> (String, mpsc::Receiver<(RawStream, Ticket)>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let (incoming, raw) = split(listener, tls, Duration::from_secs(5)).unwrap();
+        let only = Some("127.0.0.1".parse().unwrap());
+        let (incoming, raw) = split(listener, tls, Duration::from_secs(5), only).unwrap();
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_routes(tonic::service::Routes::default())
@@ -371,6 +376,44 @@ mod tests {
     async fn raw_streams_and_grpc_share_a_plaintext_port() {
         let (address, mut raw) = serve(None).await;
         round_trip(&address, &Dialer::default(), &mut raw).await;
+
+        // From another host (another loopback address here) neither kind gets through.
+        let answer = |dialer: Dialer| {
+            let address = address.clone();
+            async move {
+                let channel = dialer
+                    .connect(&address)
+                    .await
+                    .map_err(|_| tonic::Code::Unavailable)?;
+                let mut node = crate::node::node_client::NodeClient::new(channel);
+                node.health(crate::node::HealthRequest {})
+                    .await
+                    .map(drop)
+                    .map_err(|s| s.code())
+            }
+        };
+        // The empty server answers that it has no such method: the call got through.
+        assert_eq!(
+            answer(Dialer::default()).await,
+            Err(tonic::Code::Unimplemented)
+        );
+        let elsewhere = Dialer::default().from_ip("127.0.0.2".parse().unwrap());
+        assert_ne!(
+            answer(elsewhere.clone()).await,
+            Err(tonic::Code::Unimplemented)
+        );
+        let got = elsewhere
+            .connect_raw(&address, &[1; 32], Duration::from_secs(5))
+            .await;
+        let closed = tokio::task::spawn_blocking(move || {
+            let mut stream = got.ok()?;
+            Some(stream.read(&mut [0u8; 1]).map_err(|e| e.kind()))
+        });
+        assert!(matches!(
+            closed.await.unwrap(),
+            None | Some(Ok(0)) | Some(Err(std::io::ErrorKind::ConnectionReset))
+        ));
+        assert!(raw.try_recv().is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,7 +34,7 @@ pub struct PartyB {
     pub party: Arc<Party>,
     /// B's onion key: clients seal B's frames to it (published, signed, at registration).
     pub onion: OnionKeys,
-    /// The only address streams are accepted from (A's host), when it is an IP address.
+    /// The only address connections are accepted from (A's host), when it is an IP address.
     pub peer_ip: Option<IpAddr>,
     pub permits: Arc<Semaphore>,
     max_sessions: usize,
@@ -65,12 +65,9 @@ impl PartyB {
         }
     }
 
-    /// Hands a raw stream opened with `ticket` to the session waiting for it; a stream from
-    /// another host than A's, or with a ticket no session gave, is closed.
+    /// Hands a raw stream opened with `ticket` to the session waiting for it; one with a
+    /// ticket no session gave is closed.
     fn attach(&self, stream: RawStream, ticket: Ticket) {
-        if self.peer_ip.is_some_and(|ip| ip != stream.peer().ip()) {
-            return;
-        }
         let waiting = self.waiting.lock().expect("not poisoned").remove(&ticket);
         if let Some(session) = waiting {
             let _ = session.send(stream);
@@ -127,11 +124,6 @@ impl Pair for PairService {
         request: Request<Streaming<PairFrame>>,
     ) -> Result<Response<FrameStream>, Status> {
         let b = self.0.clone();
-        if let (Some(want), Some(peer)) = (b.peer_ip, request.remote_addr())
-            && peer.ip() != want
-        {
-            return Err(Status::permission_denied("party B serves only its party A"));
-        }
         let permit = b
             .permits
             .clone()
@@ -312,8 +304,13 @@ pub async fn run_b(
     };
     let max_streams = (2 * config.limits.max_sessions).min(u32::MAX as usize) as u32;
     // One port for both: A's gRPC connection and its sessions' raw streams of rounds.
-    let (incoming, mut raw) =
-        unfed_proto::raw::split(listener, config.tls.as_ref(), bridge::PEER_TIMEOUT)?;
+    // Connections from another host than A's are closed as they come.
+    let (incoming, mut raw) = unfed_proto::raw::split(
+        listener,
+        config.tls.as_ref(),
+        bridge::PEER_TIMEOUT,
+        b.peer_ip,
+    )?;
     let rounds = b.clone();
     let attach = tokio::spawn(async move {
         while let Some((stream, ticket)) = raw.recv().await {

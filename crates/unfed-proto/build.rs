@@ -6,6 +6,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={p}");
     }
     let fds = protox::compile(protos, ["proto"])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // The messages that carry an MPC step's megabytes hold them as `Bytes`: decoding slices
+    // the received buffer instead of copying it.
+    let mut config = tonic_prost_build::configure();
+    for message in ["SessionRequest", "MpcInput", "MpcAhead", "PairFrame"] {
+        config = config.bytes(format!(".unfed.node.v1.{message}"));
+    }
+    config.compile_fds(fds)?;
     Ok(())
 }

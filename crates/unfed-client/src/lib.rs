@@ -516,7 +516,7 @@ async fn send_frame(
     frame: Vec<u8>,
 ) -> std::result::Result<(), String> {
     send.send(SessionRequest {
-        kind: Some(session_request::Kind::Frame(frame)),
+        kind: Some(session_request::Kind::Frame(frame.into())),
     })
     .await
     .map_err(|_| "stream closed".to_string())

@@ -78,8 +78,8 @@ impl PairDealer {
         let for_b = self.seal_for_b(&wire::encode_b_frame(0, &[0; 16], &[], &b.to_bytes()))?;
         self.ahead = Some(state);
         Ok(MpcAhead {
-            layers: a.to_bytes(),
-            for_b,
+            layers: a.to_bytes().into(),
+            for_b: for_b.into(),
         })
     }
 
@@ -137,10 +137,10 @@ impl PairDealer {
         Ok(DealtStep {
             input: MpcInput {
                 positions: t as u32,
-                input: input_a.to_bytes(),
-                layers: layers_a,
-                for_b,
-                b_onion: self.b_onion.take().unwrap_or_default(),
+                input: input_a.to_bytes().into(),
+                layers: layers_a.into(),
+                for_b: for_b.into(),
+                b_onion: self.b_onion.take().unwrap_or_default().into(),
             },
             pad,
             positions: t,

@@ -399,7 +399,7 @@ fn malformed_and_oversized_messages_get_clear_errors_and_the_node_keeps_serving(
             })),
         };
         let frame = |f: Vec<u8>| SessionRequest {
-            kind: Some(session_request::Kind::Frame(f)),
+            kind: Some(session_request::Kind::Frame(f.into())),
         };
         // A circuit that starts at shard 1 (as shard 0 would build it for us).
         let circuit = |hops: Vec<unfed_client::Candidate>| {

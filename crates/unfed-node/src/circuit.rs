@@ -100,7 +100,7 @@ impl HopCircuit {
     /// pair gets ahead, has no layer inside).
     pub fn open_link(&mut self, frame: &[u8]) -> Result<Step, CircuitError> {
         let plain = self.link_in.open(frame).map_err(CircuitError::Frame)?;
-        wire::decode_step(&plain).map_err(CircuitError::Decode)
+        wire::decode_step(plain.into()).map_err(CircuitError::Decode)
     }
 
     /// Opens this hop's own layer inside an opened link frame.

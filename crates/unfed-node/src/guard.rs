@@ -241,7 +241,7 @@ async fn relay(
                     Some(session_request::Kind::Frame(frame)) => frame,
                     _ => return Err(Status::invalid_argument("expected a step frame")),
                 };
-                saw(&state.views, || Seen::Frame(frame.clone()));
+                saw(&state.views, || Seen::Frame(frame.to_vec()));
                 down.send(circuit.open_guarded(&frame).map_err(refused)?).await?;
             }
             cell = down.next_cell() => {

@@ -236,7 +236,7 @@ impl Downstream {
     /// Sends one link frame.
     pub async fn send(&mut self, frame: Vec<u8>) -> Result<(), Status> {
         self.send
-            .send(request(session_request::Kind::Frame(frame)))
+            .send(request(session_request::Kind::Frame(frame.into())))
             .await
             .map_err(|_| relay_lost())
     }

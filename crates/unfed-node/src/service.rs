@@ -404,11 +404,11 @@ fn not_party_a() -> Status {
 fn step_frame(
     state: &NodeState,
     msg: Option<Result<SessionRequest, Status>>,
-) -> Result<Option<Vec<u8>>, Status> {
+) -> Result<Option<unfed_proto::Bytes>, Status> {
     let Some(msg) = msg else { return Ok(None) };
     match msg?.kind {
         Some(session_request::Kind::Frame(frame)) => {
-            saw(&state.views, || Seen::Frame(frame.clone()));
+            saw(&state.views, || Seen::Frame(frame.to_vec()));
             Ok(Some(frame))
         }
         _ => Err(Status::invalid_argument("expected a step frame")),

@@ -200,8 +200,8 @@ pub mod circuit {
         step.encode_to_vec()
     }
 
-    /// A link frame's plaintext, decoded.
-    pub fn decode_step(bytes: &[u8]) -> Result<Step, String> {
+    /// A link frame's plaintext, decoded (its `Bytes` fields slices of `bytes`, not copies).
+    pub fn decode_step(bytes: crate::Bytes) -> Result<Step, String> {
         Step::decode(bytes).map_err(|e| format!("a step frame that is not a Step: {e}"))
     }
 
@@ -394,4 +394,6 @@ pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 pub mod raw;
 pub mod tls;
+/// The buffer type of the fields that carry an MPC step's megabytes (decoded without a copy).
+pub use prost::bytes::Bytes;
 pub use tls::Dialer;

@@ -165,7 +165,7 @@ pub fn through_the_pair(
         // Malformed streams to B are refused with a clear error; B keeps serving.
         for (frame, want) in [
             (
-                pair_frame::Kind::Sealed(vec![1, 2, 3]),
+                pair_frame::Kind::Sealed(vec![1, 2, 3].into()),
                 "starts with an open",
             ),
             (

@@ -188,13 +188,13 @@ impl PairSession {
     async fn open(
         &self,
         model_id: &str,
-        onion: Vec<u8>,
+        onion: unfed_proto::Bytes,
     ) -> Result<((mpsc::Sender<PairFrame>, Inbound), RoundLink), Status> {
         let (send, rx) = mpsc::channel(4);
         let open = PairFrame {
             kind: Some(pair_frame::Kind::Open(PairOpen {
                 model_id: model_id.into(),
-                onion,
+                onion: onion.to_vec(),
             })),
         };
         send.send(open)
@@ -215,7 +215,7 @@ impl PairSession {
         let ticket = match tokio::time::timeout(PEER_TIMEOUT, inbound.recv()).await {
             Ok(Some(Ok(PairFrame {
                 kind: Some(pair_frame::Kind::Ticket(t)),
-            }))) => t
+            }))) => t[..]
                 .try_into()
                 .map_err(|_| Status::internal("party B's ticket is not 32 bytes")),
             Ok(Some(Err(s))) => Err(Status::unavailable(format!("party B: {}", s.message()))),

@@ -87,7 +87,7 @@ impl PartyB {
             .expect("not poisoned")
             .insert(ticket, give);
         let frame = PairFrame {
-            kind: Some(pair_frame::Kind::Ticket(ticket.to_vec())),
+            kind: Some(pair_frame::Kind::Ticket(ticket.to_vec().into())),
         };
         let opened = match tx.send(Ok(frame)).await {
             Ok(()) => tokio::time::timeout(OPEN_TIMEOUT, take).await.ok(),

@@ -154,7 +154,8 @@ pub fn split(
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
-            if only_from.is_some_and(|ip| ip != peer.ip()) {
+            // (An IPv4 peer on a dual-stack socket shows as ::ffff:a.b.c.d.)
+            if only_from.is_some_and(|ip| ip.to_canonical() != peer.ip().to_canonical()) {
                 continue;
             }
             let Ok(permit) = sorting.clone().acquire_owned().await else {

@@ -269,49 +269,42 @@ impl Connected for Conn {
     }
 }
 
-impl AsyncRead for Conn {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(tcp) => std::pin::Pin::new(tcp).poll_read(cx, buf),
-            Conn::Tls(tls) => std::pin::Pin::new(tls.as_mut()).poll_read(cx, buf),
+/// `$body` on the connection's inner stream `$io`, pinned, whichever kind it is.
+macro_rules! on_inner {
+    ($conn:expr, $io:ident => $body:expr) => {
+        match $conn.get_mut() {
+            Conn::Plain(tcp) => {
+                let $io = std::pin::Pin::new(tcp);
+                $body
+            }
+            Conn::Tls(tls) => {
+                let $io = std::pin::Pin::new(tls.as_mut());
+                $body
+            }
         }
+    };
+}
+
+type Poll<T> = std::task::Poll<std::io::Result<T>>;
+type Cx<'a, 'b> = &'a mut std::task::Context<'b>;
+
+impl AsyncRead for Conn {
+    fn poll_read(self: std::pin::Pin<&mut Self>, cx: Cx, buf: &mut ReadBuf<'_>) -> Poll<()> {
+        on_inner!(self, io => io.poll_read(cx, buf))
     }
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(tcp) => std::pin::Pin::new(tcp).poll_write(cx, buf),
-            Conn::Tls(tls) => std::pin::Pin::new(tls.as_mut()).poll_write(cx, buf),
-        }
+    fn poll_write(self: std::pin::Pin<&mut Self>, cx: Cx, buf: &[u8]) -> Poll<usize> {
+        on_inner!(self, io => io.poll_write(cx, buf))
     }
 
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(tcp) => std::pin::Pin::new(tcp).poll_flush(cx),
-            Conn::Tls(tls) => std::pin::Pin::new(tls.as_mut()).poll_flush(cx),
-        }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: Cx) -> Poll<()> {
+        on_inner!(self, io => io.poll_flush(cx))
     }
 
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(tcp) => std::pin::Pin::new(tcp).poll_shutdown(cx),
-            Conn::Tls(tls) => std::pin::Pin::new(tls.as_mut()).poll_shutdown(cx),
-        }
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: Cx) -> Poll<()> {
+        on_inner!(self, io => io.poll_shutdown(cx))
     }
 }
 

@@ -34,8 +34,6 @@ pub struct PartyB {
     pub party: Arc<Party>,
     /// B's onion key: clients seal B's frames to it (published, signed, at registration).
     pub onion: OnionKeys,
-    /// The only address connections are accepted from (A's host), when it is an IP address.
-    pub peer_ip: Option<IpAddr>,
     pub permits: Arc<Semaphore>,
     max_sessions: usize,
     pub idle_timeout: std::time::Duration,
@@ -48,7 +46,6 @@ impl PartyB {
     pub fn new(
         model_id: String,
         party: Arc<Party>,
-        peer_ip: Option<IpAddr>,
         max_sessions: usize,
         idle_timeout: std::time::Duration,
     ) -> Self {
@@ -56,7 +53,6 @@ impl PartyB {
             model_id,
             party,
             onion: OnionKeys::generate(),
-            peer_ip,
             permits: Arc::new(Semaphore::new(max_sessions)),
             max_sessions,
             idle_timeout,
@@ -255,13 +251,9 @@ pub async fn run_b(
     })
     .await
     .map_err(|e| NodeError::Serve(e.to_string()))??;
-    let peer_ip = unfed_proto::tls::check_dialable(&config.peer)
-        .ok()
-        .and_then(|t| t.server_name().parse().ok());
     let b = Arc::new(PartyB::new(
         manifest.model_id.clone(),
         Arc::new(party),
-        peer_ip,
         config.limits.max_sessions,
         config.limits.idle_timeout,
     ));
@@ -304,13 +296,13 @@ pub async fn run_b(
     };
     let max_streams = (2 * config.limits.max_sessions).min(u32::MAX as usize) as u32;
     // One port for both: A's gRPC connection and its sessions' raw streams of rounds.
-    // Connections from another host than A's are closed as they come.
-    let (incoming, mut raw) = unfed_proto::raw::split(
-        listener,
-        config.tls.as_ref(),
-        bridge::PEER_TIMEOUT,
-        b.peer_ip,
-    )?;
+    // Connections from another host than A's (when A's address is an IP address) are closed
+    // as they come.
+    let peer_ip: Option<IpAddr> = unfed_proto::tls::check_dialable(&config.peer)
+        .ok()
+        .and_then(|t| t.server_name().parse().ok());
+    let (incoming, mut raw) =
+        unfed_proto::raw::split(listener, config.tls.as_ref(), bridge::PEER_TIMEOUT, peer_ip)?;
     let rounds = b.clone();
     let attach = tokio::spawn(async move {
         while let Some((stream, ticket)) = raw.recv().await {

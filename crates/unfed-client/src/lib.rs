@@ -427,6 +427,7 @@ async fn run_route(
         model_id: model_id.into(),
         shard_index: 0,
         onion: circuit.header(),
+        raw: false,
     };
     send.send(SessionRequest {
         kind: Some(session_request::Kind::Open(open)),

@@ -252,6 +252,7 @@ fn a_generation_through_a_guard_relay_generates_the_same() {
                 model_id: "tiny".into(),
                 shard_index: 0,
                 onion: circuit.header(),
+                raw: false,
             })),
         };
         let mut replies = g
@@ -396,6 +397,7 @@ fn malformed_and_oversized_messages_get_clear_errors_and_the_node_keeps_serving(
                 model_id: "tiny".into(),
                 shard_index: shard,
                 onion,
+                raw: false,
             })),
         };
         let frame = |f: Vec<u8>| SessionRequest {
@@ -472,6 +474,68 @@ fn malformed_and_oversized_messages_get_clear_errors_and_the_node_keeps_serving(
         ])
         .await;
         assert_eq!(s.code(), tonic::Code::OutOfRange, "{s:?}");
+
+        // A session whose frames come on a raw stream (as a relaying node sends them): the
+        // bytes written there, and the first error on the gRPC stream.
+        let raw_session = |header: Vec<u8>, bytes: Vec<u8>| {
+            let addr = hop1.address.clone();
+            async move {
+                let mut c = NodeClient::connect(format!("http://{addr}")).await.unwrap();
+                let (tx, rx) = tokio::sync::mpsc::channel(8);
+                let open = Open {
+                    model_id: "tiny".into(),
+                    shard_index: 1,
+                    onion: header,
+                    raw: true,
+                };
+                tx.send(SessionRequest {
+                    kind: Some(session_request::Kind::Open(open)),
+                })
+                .await
+                .unwrap();
+                let mut replies = c.session(ReceiverStream::new(rx)).await.unwrap().into_inner();
+                let ticket = match replies.message().await.unwrap() {
+                    Some(unfed_proto::node::SessionReply {
+                        kind: Some(unfed_proto::node::session_reply::Kind::Opened(o)),
+                    }) => o.ticket.try_into().expect("a 32-byte ticket"),
+                    other => panic!("not opened: {other:?}"),
+                };
+                let mut raw = unfed_proto::Dialer::default()
+                    .connect_raw(&addr, &ticket, Duration::from_secs(10))
+                    .await
+                    .unwrap();
+                // The stream stays open until the error came, so the node cannot see it end.
+                let _raw = tokio::task::spawn_blocking(move || {
+                    std::io::Write::write_all(&mut raw, &bytes).unwrap();
+                    raw
+                })
+                .await
+                .unwrap();
+                let status = loop {
+                    match replies.message().await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => panic!("the node accepted a bad session"),
+                        Err(s) => break s,
+                    }
+                };
+                drop(tx);
+                status
+            }
+        };
+        let s = raw_session(
+            circuit(sub_route.clone()).header(),
+            (unfed_proto::MAX_NODE_MESSAGE as u32).to_le_bytes().to_vec(),
+        )
+        .await;
+        assert!(s.message().contains("over the limit"), "{s:?}");
+        let garbage = [&40u32.to_le_bytes()[..], &[0; 40]].concat();
+        let s = raw_session(circuit(sub_route.clone()).header(), garbage).await;
+        assert!(s.message().contains("step frame refused"), "{s:?}");
+        let mut c = circuit(sub_route.clone());
+        let header = c.header();
+        let f = c.frame(hidden(2, 7, 56), vec![]).unwrap();
+        let s = raw_session(header, [&(f.len() as u32).to_le_bytes()[..], &f].concat()).await;
+        assert!(s.message().contains("expected n x 64"), "{s:?}");
 
         // Still serving.
         let model = client.model("tiny").await.unwrap();
@@ -561,6 +625,7 @@ fn a_flood_of_setups_from_one_address_is_refused_before_any_work() {
                         model_id: "tiny".into(),
                         shard_index: 1,
                         onion: vec![0; unfed_onion::HEADER_LEN],
+                        raw: false,
                     },
                 )),
             };

@@ -1,17 +1,15 @@
-//! The forward thread: owns the shard and every session's KV cache, takes jobs from a bounded
-//! queue, and answers each on a oneshot channel. Sessions are bounded in number and evicted when
-//! idle, so a client that vanishes cannot pin memory.
+//! The forward pass of a node's shard, shared by its sessions. Each session's steps run on that
+//! session's own thread (never a runtime worker), which reads its frames, computes and passes
+//! the result on with no hand-off between threads; passes take one lock, so they run one at a
+//! time and never fight over the compute pool. Sessions are bounded in number, positions and KV
+//! memory; each holds its own KV cache.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use candle_core::{Device, Tensor};
-use tokio::sync::{mpsc, oneshot};
 use unfed_model::{Input, KvCache, LogitsMode, Sampler, SamplingParams, ShardModel};
-
-/// Jobs waiting for the forward thread (callers wait when it is full: backpressure).
-const QUEUE_DEPTH: usize = 32;
-
 /// Limits on the sessions one node holds.
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
@@ -49,8 +47,6 @@ pub enum StepOutput {
     Logits(Vec<f32>),
     /// The last shard ran a step of a prompt sent in several steps: nothing to return yet.
     Deferred,
-    /// Party A's output for shard 1, masked by party B's pad.
-    Masked(unfed_proto::node::Masked),
 }
 
 /// What the last shard does with its logits, per session.
@@ -78,28 +74,23 @@ pub enum StepInput {
     },
 }
 
-enum Job {
-    Open {
-        id: u64,
-        output: Option<HeadOutput>,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    Step {
-        id: u64,
-        input: StepInput,
-        history: Vec<u32>,
-        defer: bool,
-        reply: oneshot::Sender<Result<StepOutput, String>>,
-    },
-    Close {
-        id: u64,
-    },
-    Count {
-        reply: oneshot::Sender<usize>,
-    },
+/// The shard, shared by the threads of its sessions.
+pub struct Forward {
+    model: ShardModel,
+    limits: SessionLimits,
+    /// Held for each forward pass.
+    compute: Mutex<()>,
+    /// Sessions waiting for `compute`: the last pass to finish sends the pool's workers to rest.
+    waiting: AtomicUsize,
+    sessions: AtomicUsize,
+    /// Positions all sessions together hold, and the most they may.
+    held: AtomicUsize,
+    max_total_positions: usize,
 }
 
-struct Session {
+/// One session: its KV cache and, at the last shard, its sampler. Dropping it frees both.
+pub struct Session {
+    forward: Arc<Forward>,
     cache: KvCache,
     /// None on a shard without the head.
     head: Option<Head>,
@@ -109,169 +100,127 @@ struct Session {
     answered: bool,
     /// A resumed session's earlier picks, given with a deferred step of its replay.
     pending_history: Vec<u32>,
-    last_used: Instant,
-}
-
-/// A handle to the forward thread; cloning shares the thread.
-#[derive(Clone)]
-pub struct Forward {
-    jobs: mpsc::Sender<Job>,
+    /// Positions this session counts in `Forward::held`.
+    reserved: usize,
+    /// A forward pass failed and may have left the cache half-extended.
+    failed: bool,
 }
 
 impl Forward {
-    /// Moves the shard onto its own thread. The thread ends when every handle is dropped.
-    pub fn start(
-        model: ShardModel,
-        limits: SessionLimits,
-    ) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
-        let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
-        let thread = std::thread::Builder::new()
-            .name("unfed-forward".into())
-            .spawn(move || run(model, limits, rx))?;
-        Ok((Self { jobs }, thread))
+    pub fn new(model: ShardModel, limits: SessionLimits) -> Arc<Self> {
+        let cfg = model.config();
+        // f32 keys and values of every layer of this shard, per position.
+        let kv_bytes_per_position =
+            model.role().layers.len() * 2 * cfg.n_kv_head * cfg.head_dim * 4;
+        let max_total_positions = limits.max_kv_bytes / kv_bytes_per_position.max(1);
+        Arc::new(Self {
+            model,
+            limits,
+            compute: Mutex::new(()),
+            waiting: AtomicUsize::new(0),
+            sessions: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
+            max_total_positions,
+        })
     }
 
-    /// Opens session `id`; at the last shard `output` says what it returns (None: greedy
-    /// tokens).
-    pub async fn open(&self, id: u64, output: Option<HeadOutput>) -> Result<(), String> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Job::Open { id, output, reply }).await?;
-        rx.await.map_err(|_| stopped())?
+    /// A new session; at the last shard `output` says what it returns (None: greedy tokens).
+    pub fn open(self: &Arc<Self>, output: Option<HeadOutput>) -> Result<Session, String> {
+        let open = self.sessions.fetch_add(1, Ordering::AcqRel);
+        if open >= self.limits.max_sessions {
+            self.sessions.fetch_sub(1, Ordering::AcqRel);
+            return Err(format!("busy: {open} sessions open"));
+        }
+        let head = match (self.model.role().head, output) {
+            (true, Some(HeadOutput::Sample(p))) => Some(Head::Sample(Box::new(Sampler::new(p)))),
+            (true, Some(HeadOutput::Logits)) => Some(Head::Logits),
+            (true, None) => Some(Head::Sample(Box::new(Sampler::new(
+                SamplingParams::greedy(),
+            )))),
+            (false, _) => None,
+        };
+        Ok(Session {
+            forward: self.clone(),
+            cache: self.model.new_cache(),
+            head,
+            history: Vec::new(),
+            answered: false,
+            pending_history: Vec::new(),
+            reserved: 0,
+            failed: false,
+        })
     }
 
-    /// One step of session `id`. `history`: a resumed session's earlier picks (last shard);
-    /// `defer`: more of the prompt follows, so the last shard returns nothing yet.
-    pub async fn step(
-        &self,
-        id: u64,
+    /// Sessions open now.
+    pub fn active_sessions(&self) -> usize {
+        self.sessions.load(Ordering::Acquire)
+    }
+
+    /// How long a session may stay silent.
+    pub fn idle_timeout(&self) -> Duration {
+        self.limits.idle_timeout
+    }
+}
+
+impl Session {
+    /// One step, computed on the calling thread (blocking; never call it on a runtime
+    /// worker). `history`: a resumed session's earlier picks (last shard); `defer`: more of the
+    /// prompt follows, so the last shard returns nothing yet. A refused step leaves the
+    /// session as it was; after a failed one the session takes no more.
+    pub fn step(
+        &mut self,
         input: StepInput,
         history: Vec<u32>,
         defer: bool,
     ) -> Result<StepOutput, String> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Job::Step {
-            id,
-            input,
-            history,
-            defer,
-            reply,
-        })
-        .await?;
-        rx.await.map_err(|_| stopped())?
-    }
-
-    pub async fn close(&self, id: u64) {
-        let _ = self.jobs.send(Job::Close { id }).await;
-    }
-
-    pub async fn active_sessions(&self) -> usize {
-        let (reply, rx) = oneshot::channel();
-        if self.jobs.send(Job::Count { reply }).await.is_err() {
-            return 0;
+        let f = self.forward.clone();
+        let new = match &input {
+            StepInput::Tokens(ids) => ids.len(),
+            StepInput::Hidden { rows, .. } => *rows,
+        };
+        if self.failed {
+            return Err("the session's last step failed".into());
         }
-        rx.await.unwrap_or(0)
-    }
-
-    async fn send(&self, job: Job) -> Result<(), String> {
-        self.jobs.send(job).await.map_err(|_| stopped())
+        if new == 0 {
+            return Err("empty step".into());
+        }
+        if self.cache.positions() + new > f.limits.max_positions {
+            return Err(format!(
+                "the session would exceed {} positions",
+                f.limits.max_positions
+            ));
+        }
+        // Only a resumed session's replay names earlier picks, before the session has returned
+        // anything, and never more of them than the positions so far.
+        if !history.is_empty() && (self.answered || history.len() > self.cache.positions() + new) {
+            return Err(
+                "history is only accepted before a session's first output, and no longer than it"
+                    .into(),
+            );
+        }
+        if f.held.fetch_add(new, Ordering::AcqRel) + new > f.max_total_positions {
+            f.held.fetch_sub(new, Ordering::AcqRel);
+            return Err("busy: the node's KV-cache memory is full; try again later".into());
+        }
+        self.reserved += new;
+        f.waiting.fetch_add(1, Ordering::AcqRel);
+        let lock = f.compute.lock().unwrap_or_else(|p| p.into_inner());
+        let waiting = f.waiting.fetch_sub(1, Ordering::AcqRel) - 1;
+        let out = step(&f.model, self, input, history, defer);
+        drop(lock);
+        if waiting == 0 && f.waiting.load(Ordering::Acquire) == 0 {
+            // The rest of the route computes next, maybe on these very cores.
+            unfed_kernels::pool::global().rest();
+        }
+        self.failed = out.is_err();
+        out
     }
 }
 
-fn stopped() -> String {
-    "the node is shutting down".into()
-}
-
-fn run(model: ShardModel, limits: SessionLimits, mut jobs: mpsc::Receiver<Job>) {
-    let mut sessions: HashMap<u64, Session> = HashMap::new();
-    let cfg = model.config();
-    // f32 keys and values of every layer of this shard, per position.
-    let kv_bytes_per_position = model.role().layers.len() * 2 * cfg.n_kv_head * cfg.head_dim * 4;
-    let max_total_positions = limits.max_kv_bytes / kv_bytes_per_position.max(1);
-    while let Some(job) = jobs.blocking_recv() {
-        let now = Instant::now();
-        sessions.retain(|_, s| now.duration_since(s.last_used) < limits.idle_timeout);
-        match job {
-            Job::Open { id, output, reply } => {
-                let result = if sessions.contains_key(&id) {
-                    Err("session id already in use".to_string())
-                } else if sessions.len() >= limits.max_sessions {
-                    Err(format!("busy: {} sessions open", sessions.len()))
-                } else {
-                    let head = match (model.role().head, output) {
-                        (true, Some(HeadOutput::Sample(p))) => {
-                            Some(Head::Sample(Box::new(Sampler::new(p))))
-                        }
-                        (true, Some(HeadOutput::Logits)) => Some(Head::Logits),
-                        (true, None) => Some(Head::Sample(Box::new(Sampler::new(
-                            SamplingParams::greedy(),
-                        )))),
-                        (false, _) => None,
-                    };
-                    sessions.insert(
-                        id,
-                        Session {
-                            cache: model.new_cache(),
-                            head,
-                            history: Vec::new(),
-                            answered: false,
-                            pending_history: Vec::new(),
-                            last_used: now,
-                        },
-                    );
-                    Ok(())
-                };
-                let _ = reply.send(result);
-            }
-            Job::Step {
-                id,
-                input,
-                history,
-                defer,
-                reply,
-            } => {
-                let held: usize = sessions.values().map(|s| s.cache.positions()).sum();
-                let new = match &input {
-                    StepInput::Tokens(ids) => ids.len(),
-                    StepInput::Hidden { rows, .. } => *rows,
-                };
-                let result = match sessions.get_mut(&id) {
-                    None => Err("no such session (closed or idle too long)".to_string()),
-                    Some(_) if new == 0 => Err("empty step".to_string()),
-                    Some(s) if s.cache.positions() + new > limits.max_positions => Err(format!(
-                        "the session would exceed {} positions",
-                        limits.max_positions
-                    )),
-                    // Only a resumed session's replay names earlier picks, before the session
-                    // has returned anything, and never more of them than the positions so far.
-                    Some(s) if !history.is_empty() && (s.answered || history.len() > s.cache.positions() + new) => {
-                        Err("history is only accepted before a session's first output, and no longer than it".to_string())
-                    }
-                    Some(_) if held + new > max_total_positions => {
-                        Err("busy: the node's KV-cache memory is full; try again later".to_string())
-                    }
-                    Some(s) => {
-                        s.last_used = now;
-                        let r = step(&model, s, input, history, defer);
-                        if r.is_err() {
-                            // A failed step may have left the cache half-extended.
-                            sessions.remove(&id);
-                        }
-                        r
-                    }
-                };
-                let _ = reply.send(result);
-                if jobs.is_empty() {
-                    // The rest of the route computes next, maybe on these very cores.
-                    unfed_kernels::pool::global().rest();
-                }
-            }
-            Job::Close { id } => {
-                sessions.remove(&id);
-            }
-            Job::Count { reply } => {
-                let _ = reply.send(sessions.len());
-            }
-        }
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.forward.held.fetch_sub(self.reserved, Ordering::AcqRel);
+        self.forward.sessions.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

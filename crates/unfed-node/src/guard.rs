@@ -219,11 +219,12 @@ async fn relay(
         model_id: open.model_id,
         shard_index: 0,
         onion: header,
+        raw: false,
     };
     let mut down = Downstream::open(&state.next_hops.dialer, &next_hop, entry).await?;
     send_up(
         tx,
-        session_reply::Kind::Opened(Opened {}),
+        session_reply::Kind::Opened(Opened::default()),
         state.idle_timeout,
     )
     .await?;

@@ -1,10 +1,12 @@
 //! A compute node: serves one shard of a split model. At start it checks its shard against the
-//! manifest (bytes and verification vector), moves the shard onto a forward thread, serves
-//! per-session streams, registers with a registry and keeps heartbeating until shut down.
+//! manifest (bytes and verification vector), then serves per-session streams (each session's
+//! steps on a thread of its own), registers with a registry and keeps heartbeating until shut
+//! down.
 
 pub mod circuit;
 mod forward;
 pub mod guard;
+mod hop;
 pub mod mpc_weights;
 mod onion_keys;
 pub mod pair;
@@ -12,6 +14,7 @@ mod registration;
 mod relay;
 mod service;
 mod setup_limit;
+mod tickets;
 pub mod views;
 
 use std::future::Future;
@@ -27,7 +30,7 @@ use unfed_mpc::Role;
 use unfed_proto::MAX_NODE_MESSAGE;
 use unfed_proto::node::node_server::NodeServer;
 
-pub use forward::{Forward, HeadOutput, SessionLimits, StepInput, StepOutput};
+pub use forward::{Forward, HeadOutput, Session, SessionLimits, StepInput, StepOutput};
 pub use registration::{Announcement, HeartbeatError, Registration, Serves, ShardAnnouncement};
 pub use service::{Compute, NodeService, NodeState};
 
@@ -115,17 +118,16 @@ pub async fn run(
         .await
         .map_err(|e| NodeError::Serve(e.to_string()))??;
     let max_streams = (2 * config.limits.max_sessions).min(u32::MAX as usize) as u32;
-    let (hidden, compute, forward_thread) = match compute {
+    let (hidden, compute) = match compute {
         Loaded::Plain(shard) => {
             let hidden = shard.model.config().hidden;
-            let (forward, thread) = forward::Forward::start(shard.model, config.limits.clone())
-                .map_err(|e| NodeError::Serve(format!("cannot start the forward thread: {e}")))?;
-            (hidden, Compute::Plain(forward), Some(thread))
+            let forward = forward::Forward::new(shard.model, config.limits.clone());
+            (hidden, Compute::Plain(forward))
         }
         Loaded::PartyA(party, peer) => {
             let hidden = party.spec.layer.hidden;
             let a = pair::PartyA::new(Arc::new(party), peer, config.dialer.clone());
-            (hidden, Compute::PartyA(Arc::new(a)), None)
+            (hidden, Compute::PartyA(Arc::new(a)))
         }
     };
     // The largest step a session may send: its whole position budget of hidden states, or for
@@ -147,7 +149,8 @@ pub async fn run(
         )
         .with_network(config.registry.clone(), config.dialer.clone())
         .with_views(config.views.clone())
-        .with_vocab(manifest.config.vocab),
+        .with_vocab(manifest.config.vocab)
+        .with_max_frame(max_message),
     );
 
     let registration = match &config.registry {
@@ -190,27 +193,28 @@ pub async fn run(
         )
     });
 
-    let server = unfed_proto::tls::server(config.tls.as_ref())?
+    // One port for both: gRPC, and the raw streams previous hops send a session's frames on
+    // (reads time out when a session is idle too long). Sockets have Nagle's algorithm off.
+    let (incoming, raw) = unfed_proto::raw::split(
+        listener,
+        config.tls.as_ref(),
+        config.limits.idle_timeout,
+        None,
+    )?;
+    let attach = tickets::attach_all(state.tickets.clone(), raw);
+    let server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(max_streams))
         .add_service(
             NodeServer::new(NodeService::new(state))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(MAX_NODE_MESSAGE),
         )
-        .serve_with_incoming_shutdown(
-            // Per-token messages are small: never let Nagle's algorithm hold them back.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            until_stopped(stopped.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming, until_stopped(stopped.clone()));
     let served = drain(server, stopped).await;
     signal.abort();
+    attach.abort();
     if let Some(h) = heartbeats {
         let _ = h.await;
-    }
-    if let Some(thread) = forward_thread {
-        // Sessions still draining hold the forward handle a moment longer; do not wait forever.
-        let join = tokio::task::spawn_blocking(move || thread.join());
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, join).await;
     }
     served
 }

@@ -11,7 +11,10 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use unfed_proto::node::{Open, SessionReply, SessionRequest, session_reply, session_request};
+use unfed_proto::node::{
+    Open, Opened, SessionReply, SessionRequest, session_reply, session_request,
+};
+use unfed_proto::raw::RawStream;
 
 use crate::circuit::CircuitError;
 use crate::setup_limit::SetupLimit;
@@ -202,6 +205,35 @@ impl Downstream {
         address: &str,
         open: Open,
     ) -> Result<Self, Status> {
+        Ok(Self::open_with(dialer, address, open).await?.0)
+    }
+
+    /// Opens the next hop's part of the route with `open.raw` set, and the raw stream its
+    /// ticket opens, on which the session's frames go and its cells come back (reads wait at
+    /// most [`STEP_TIMEOUT`]). The gRPC stream must be kept for as long as the session.
+    pub async fn open_raw(
+        dialer: &unfed_proto::Dialer,
+        address: &str,
+        open: Open,
+    ) -> Result<(Self, RawStream), Status> {
+        let (down, opened) = Self::open_with(dialer, address, Open { raw: true, ..open }).await?;
+        let ticket: unfed_proto::raw::Ticket = opened
+            .ticket
+            .as_slice()
+            .try_into()
+            .map_err(|_| Status::unavailable("the next hop gave no ticket for a raw stream"))?;
+        let raw = dialer
+            .connect_raw(address, &ticket, STEP_TIMEOUT)
+            .await
+            .map_err(|_| relay_lost())?;
+        Ok((down, raw))
+    }
+
+    async fn open_with(
+        dialer: &unfed_proto::Dialer,
+        address: &str,
+        open: Open,
+    ) -> Result<(Self, Opened), Status> {
         let mut client = dialer
             .connect_node(address)
             .await
@@ -221,8 +253,8 @@ impl Downstream {
             .map_err(|_| relay_lost())?
         {
             Some(SessionReply {
-                kind: Some(session_reply::Kind::Opened(_)),
-            }) => Ok(Self { send, replies }),
+                kind: Some(session_reply::Kind::Opened(opened)),
+            }) => Ok((Self { send, replies }, opened)),
             _ => Err(Status::unavailable("the next hop did not open the session")),
         }
     }

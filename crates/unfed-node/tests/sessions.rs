@@ -1,30 +1,24 @@
-//! A node's forward thread keeps its sessions bounded: count, positions, KV memory, idle time.
+//! A node's sessions stay bounded: count, positions, KV memory; a refused step leaves the
+//! session as it was.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use unfed_model::testing::{TinySpec, write_tiny_gguf};
 use unfed_model::{Checkpoint, SamplingParams, ShardModel, ShardRole};
-use unfed_node::{Forward, SessionLimits, StepInput, StepOutput};
+use unfed_node::{Forward, HeadOutput, SessionLimits, StepInput, StepOutput};
 
-fn forward(limits: SessionLimits, head: bool) -> (tempfile::TempDir, Forward) {
+fn forward(limits: SessionLimits, head: bool) -> (tempfile::TempDir, Arc<Forward>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
     write_tiny_gguf(&path, &TinySpec::default()).unwrap();
     let ck = Checkpoint::open(&path).unwrap();
-    let role = if head {
-        ShardRole {
-            layers: 0..4,
-            embedding: true,
-            head: true,
-        }
-    } else {
-        ShardRole {
-            layers: 0..2,
-            embedding: true,
-            head: false,
-        }
+    let role = ShardRole {
+        layers: if head { 0..4 } else { 0..2 },
+        embedding: true,
+        head,
     };
-    let (f, _thread) = Forward::start(ShardModel::load_role(&ck, role).unwrap(), limits).unwrap();
+    let f = Forward::new(ShardModel::load_role(&ck, role).unwrap(), limits);
     (dir, f)
 }
 
@@ -37,21 +31,18 @@ fn limits() -> SessionLimits {
     }
 }
 
-#[tokio::test]
-async fn session_count_and_positions_are_bounded() {
+fn greedy() -> Option<HeadOutput> {
+    Some(HeadOutput::Sample(SamplingParams::greedy()))
+}
+
+#[test]
+fn session_count_and_positions_are_bounded() {
     let (_d, f) = forward(limits(), false);
-    f.open(1, None).await.unwrap();
-    f.open(2, None).await.unwrap();
-    assert!(f.open(3, None).await.unwrap_err().contains("busy"));
-    assert!(
-        f.open(1, None)
-            .await
-            .unwrap_err()
-            .contains("already in use")
-    );
-    match f
-        .step(1, StepInput::Tokens(vec![1, 2, 3]), vec![], false)
-        .await
+    let mut one = f.open(None).unwrap();
+    let two = f.open(None).unwrap();
+    assert!(f.open(None).err().unwrap().contains("busy"));
+    match one
+        .step(StepInput::Tokens(vec![1, 2, 3]), vec![], false)
         .unwrap()
     {
         StepOutput::Hidden { rows, cols, values } => {
@@ -59,24 +50,21 @@ async fn session_count_and_positions_are_bounded() {
         }
         _ => panic!("a middle shard returns hidden states"),
     }
-    let err = f
-        .step(1, StepInput::Tokens((0..14).collect()), vec![], false)
-        .await
+    let err = one
+        .step(StepInput::Tokens((0..14).collect()), vec![], false)
         .unwrap_err();
     assert!(err.contains("exceed 16 positions"), "{err}");
-    // The refused step did not consume the session; closing frees a slot.
-    assert!(
-        f.step(1, StepInput::Tokens(vec![4]), vec![], false)
-            .await
-            .is_ok()
-    );
-    f.close(2).await;
-    f.open(3, None).await.unwrap();
-    assert_eq!(f.active_sessions().await, 2);
+    // The refused step did not consume the session; closing one frees a slot.
+    assert!(one.step(StepInput::Tokens(vec![4]), vec![], false).is_ok());
+    drop(two);
+    let _three = f.open(None).unwrap();
+    assert_eq!(f.active_sessions(), 2);
+    drop(one);
+    assert_eq!(f.active_sessions(), 1);
 }
 
-#[tokio::test]
-async fn kv_memory_cap_refuses_new_positions() {
+#[test]
+fn kv_memory_cap_refuses_new_positions_until_a_session_ends() {
     // 2 layers x K and V x 2 KV heads x 16 dims x 4 bytes = 512 bytes per position: room for 10.
     let (_d, f) = forward(
         SessionLimits {
@@ -85,77 +73,66 @@ async fn kv_memory_cap_refuses_new_positions() {
         },
         false,
     );
-    f.open(1, None).await.unwrap();
-    f.open(2, None).await.unwrap();
-    f.step(1, StepInput::Tokens((0..8).collect()), vec![], false)
-        .await
+    let mut one = f.open(None).unwrap();
+    let mut two = f.open(None).unwrap();
+    one.step(StepInput::Tokens((0..8).collect()), vec![], false)
         .unwrap();
-    let err = f
-        .step(2, StepInput::Tokens((0..4).collect()), vec![], false)
-        .await
+    let err = two
+        .step(StepInput::Tokens((0..4).collect()), vec![], false)
         .unwrap_err();
     assert!(err.contains("memory is full"), "{err}");
-    f.step(2, StepInput::Tokens((0..2).collect()), vec![], false)
-        .await
+    two.step(StepInput::Tokens((0..2).collect()), vec![], false)
+        .unwrap();
+    // The first session's positions are freed with it.
+    drop(one);
+    two.step(StepInput::Tokens((0..8).collect()), vec![], false)
         .unwrap();
 }
 
-#[tokio::test]
-async fn idle_sessions_are_evicted() {
-    let (_d, f) = forward(
-        SessionLimits {
-            idle_timeout: Duration::from_millis(50),
-            ..limits()
-        },
-        true,
-    );
-    f.open(
-        1,
-        Some(unfed_node::HeadOutput::Sample(SamplingParams::greedy())),
-    )
-    .await
-    .unwrap();
-    assert!(matches!(
-        f.step(1, StepInput::Tokens(vec![1, 2]), vec![], false)
-            .await
-            .unwrap(),
-        StepOutput::Token(_)
-    ));
-    tokio::time::sleep(Duration::from_millis(120)).await;
-    let err = f
-        .step(1, StepInput::Tokens(vec![3]), vec![], false)
-        .await
-        .unwrap_err();
-    assert!(err.contains("no such session"), "{err}");
-    assert_eq!(f.active_sessions().await, 0);
+#[test]
+fn sessions_on_several_threads_compute_what_one_does() {
+    let (_d, f) = forward(limits(), true);
+    let run = |f: Arc<Forward>| {
+        let mut s = f.open(greedy()).unwrap();
+        let mut out = vec![];
+        let mut input = vec![1, 2, 3];
+        for _ in 0..6 {
+            let StepOutput::Token(t) = s.step(StepInput::Tokens(input), vec![], false).unwrap()
+            else {
+                panic!("the last shard samples")
+            };
+            out.push(t);
+            input = vec![t];
+        }
+        out
+    };
+    let alone = run(f.clone());
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let f = f.clone();
+            std::thread::spawn(move || run(f))
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), alone);
+    }
+    assert_eq!(f.active_sessions(), 0);
 }
 
-#[tokio::test]
-async fn sampler_history_only_with_a_replayed_first_step() {
+#[test]
+fn sampler_history_only_with_a_replayed_first_step() {
     let (_d, f) = forward(limits(), true);
-    f.open(
-        1,
-        Some(unfed_node::HeadOutput::Sample(SamplingParams::greedy())),
-    )
-    .await
-    .unwrap();
-    let err = f
-        .step(1, StepInput::Tokens(vec![1, 2]), vec![5, 6, 7], false)
-        .await
+    let mut one = f.open(greedy()).unwrap();
+    let err = one
+        .step(StepInput::Tokens(vec![1, 2]), vec![5, 6, 7], false)
         .unwrap_err();
     assert!(err.contains("history"), "{err}");
-    f.open(
-        2,
-        Some(unfed_node::HeadOutput::Sample(SamplingParams::greedy())),
-    )
-    .await
-    .unwrap();
-    f.step(2, StepInput::Tokens(vec![1, 2, 3]), vec![2, 3], false)
-        .await
+    drop(one);
+    let mut two = f.open(greedy()).unwrap();
+    two.step(StepInput::Tokens(vec![1, 2, 3]), vec![2, 3], false)
         .unwrap();
-    let err = f
-        .step(2, StepInput::Tokens(vec![4]), vec![4], false)
-        .await
+    let err = two
+        .step(StepInput::Tokens(vec![4]), vec![4], false)
         .unwrap_err();
     assert!(err.contains("history"), "{err}");
 }

@@ -42,6 +42,49 @@ impl RawStream {
     pub fn peer(&self) -> SocketAddr {
         self.peer
     }
+
+    /// Writes one message: its length (u32, little-endian), then its bytes, in one write.
+    pub fn send_message(&mut self, message: &[u8]) -> std::io::Result<()> {
+        let len = u32::try_from(message.len()).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "message too long")
+        })?;
+        let mut buf = Vec::with_capacity(4 + message.len());
+        buf.extend(len.to_le_bytes());
+        buf.extend_from_slice(message);
+        self.write_all(&buf)?;
+        self.flush()
+    }
+
+    /// Reads one message of at most `max` bytes ([`RawStream::send_message`]'s framing); None
+    /// when the stream ends cleanly between messages. A longer one is refused with an
+    /// `InvalidData` error that says so, before its bytes are read.
+    pub fn read_message(&mut self, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+        let mut len = [0u8; 4];
+        let mut got = 0;
+        while got < len.len() {
+            match self.read(&mut len[got..]) {
+                Ok(0) if got == 0 => return Ok(None),
+                // (A TLS peer that closes without a close_notify.)
+                Err(e) if got == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Ok(None);
+                }
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if len > max {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a message of {len} bytes, over the limit of {max}"),
+            ));
+        }
+        let mut message = vec![0; len];
+        self.read_exact(&mut message)?;
+        Ok(Some(message))
+    }
 }
 
 impl Read for RawStream {

@@ -5,12 +5,11 @@
 //! positions holds the layers of the next one-position step, sent ahead. The rounds of each
 //! session's steps run on a raw stream A opens to B's port with the ticket B gave it.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use unfed_mpc::Role;
@@ -19,11 +18,11 @@ use unfed_onion::Direction;
 use unfed_proto::circuit as wire;
 use unfed_proto::node::pair_server::Pair;
 use unfed_proto::node::{PairFrame, pair_frame};
-use unfed_proto::raw::{RawStream, Ticket};
 
 use super::bridge::{self, Inbound, RoundLink};
 use super::{MAX_STEP_POSITIONS, Party, StepJob};
 use crate::onion_keys::OnionKeys;
+use crate::tickets::Tickets;
 
 /// How long A may take to open a session it started.
 const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
@@ -39,7 +38,7 @@ pub struct PartyB {
     pub idle_timeout: std::time::Duration,
     next_session: AtomicU64,
     /// Sessions waiting for A's raw stream of rounds, by the ticket B gave A.
-    waiting: Mutex<HashMap<Ticket, oneshot::Sender<RawStream>>>,
+    waiting: Arc<Tickets>,
 }
 
 impl PartyB {
@@ -57,16 +56,7 @@ impl PartyB {
             max_sessions,
             idle_timeout,
             next_session: AtomicU64::new(1),
-            waiting: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Hands a raw stream opened with `ticket` to the session waiting for it; one with a
-    /// ticket no session gave is closed.
-    fn attach(&self, stream: RawStream, ticket: Ticket) {
-        let waiting = self.waiting.lock().expect("not poisoned").remove(&ticket);
-        if let Some(session) = waiting {
-            let _ = session.send(stream);
+            waiting: Arc::default(),
         }
     }
 
@@ -76,26 +66,21 @@ impl PartyB {
         &self,
         tx: &mpsc::Sender<Result<PairFrame, Status>>,
     ) -> Result<RoundLink, Status> {
-        let ticket: Ticket = rand::random();
-        let (give, take) = oneshot::channel();
-        self.waiting
-            .lock()
-            .expect("not poisoned")
-            .insert(ticket, give);
+        let issued = self.waiting.issue();
         let frame = PairFrame {
-            kind: Some(pair_frame::Kind::Ticket(ticket.to_vec().into())),
+            kind: Some(pair_frame::Kind::Ticket(issued.ticket.to_vec().into())),
         };
         let opened = match tx.send(Ok(frame)).await {
-            Ok(()) => tokio::time::timeout(OPEN_TIMEOUT, take).await.ok(),
+            Ok(()) => issued.wait(OPEN_TIMEOUT).await,
             Err(_) => None,
         };
-        self.waiting.lock().expect("not poisoned").remove(&ticket);
-        match opened {
-            Some(Ok(stream)) => Ok(RoundLink::new(stream, Role::B)),
-            _ => Err(Status::deadline_exceeded(
-                "party A did not open the session's stream of rounds in time",
-            )),
-        }
+        opened
+            .map(|stream| RoundLink::new(stream, Role::B))
+            .ok_or_else(|| {
+                Status::deadline_exceeded(
+                    "party A did not open the session's stream of rounds in time",
+                )
+            })
     }
 
     /// Sessions open now.
@@ -301,14 +286,9 @@ pub async fn run_b(
     let peer_ip: Option<IpAddr> = unfed_proto::tls::check_dialable(&config.peer)
         .ok()
         .and_then(|t| t.server_name().parse().ok());
-    let (incoming, mut raw) =
+    let (incoming, raw) =
         unfed_proto::raw::split(listener, config.tls.as_ref(), bridge::PEER_TIMEOUT, peer_ip)?;
-    let rounds = b.clone();
-    let attach = tokio::spawn(async move {
-        while let Some((stream, ticket)) = raw.recv().await {
-            rounds.attach(stream, ticket);
-        }
-    });
+    let attach = crate::tickets::attach_all(b.waiting.clone(), raw);
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(max_streams))
         .add_service(

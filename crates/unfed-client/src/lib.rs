@@ -422,12 +422,15 @@ async fn run_route(
             Some(pair::PairDealer::new(spec.clone(), b)?)
         }
     };
+    // Straight to a plain first hop, the frames and cells go on a raw stream (fewer thread
+    // wake-ups per token); through a guard, or to party A, on the gRPC stream.
+    let raw = guard.is_none() && dealer.is_none();
     let (send, rx) = mpsc::channel(4);
     let open = Open {
         model_id: model_id.into(),
         shard_index: 0,
         onion: circuit.header(),
-        raw: false,
+        raw,
     };
     send.send(SessionRequest {
         kind: Some(session_request::Kind::Open(open)),
@@ -454,12 +457,24 @@ async fn run_route(
     };
     let mut replies: Streaming<SessionReply> =
         opened.map_err(|s| s.message().to_string())?.into_inner();
-    match next_reply(&mut replies, OPEN_TIMEOUT).await? {
+    let opened = match next_reply(&mut replies, OPEN_TIMEOUT).await? {
         Some(SessionReply {
-            kind: Some(session_reply::Kind::Opened(_)),
-        }) => {}
+            kind: Some(session_reply::Kind::Opened(opened)),
+        }) => opened,
         _ => return Err("the route did not open".into()),
-    }
+    };
+    let mut raw = match raw {
+        false => None,
+        true => {
+            let ticket: unfed_proto::raw::Ticket = opened
+                .ticket
+                .as_slice()
+                .try_into()
+                .map_err(|_| "the first hop gave no ticket for a raw stream".to_string())?;
+            let address = &route.hops[0].address;
+            Some(dialer.connect_raw_async(address, &ticket).await?)
+        }
+    };
     // First step: the prompt plus anything generated before a failure (replayed).
     let mut ids: Vec<u32> = prompt.iter().chain(generated.iter()).copied().collect();
     // The last shard's sampler needs the picks made before; a client sampler has them.
@@ -472,7 +487,10 @@ async fn run_route(
         let cell = match dealer.take() {
             None => {
                 let frame = circuit.step(now, history)?;
-                step(&send, &mut replies, frame).await?
+                match &mut raw {
+                    Some(stream) => raw_step(stream, &mut replies, frame).await?,
+                    None => step(&send, &mut replies, frame).await?,
+                }
             }
             Some(d) => {
                 // Another decode step may follow: deal its layers while this one runs.
@@ -510,6 +528,29 @@ async fn step(
 ) -> std::result::Result<Vec<u8>, String> {
     send_frame(send, frame).await?;
     reply_cell(replies).await
+}
+
+/// [`step`] on the first hop's raw stream; when it breaks, the reason is the first hop's error
+/// on the gRPC stream, if it gives one within a second.
+async fn raw_step(
+    stream: &mut unfed_proto::raw::AsyncRawStream,
+    replies: &mut Streaming<SessionReply>,
+    frame: Vec<u8>,
+) -> std::result::Result<Vec<u8>, String> {
+    let exchange = async {
+        stream.send_message(&frame).await?;
+        stream.read_message(unfed_proto::MAX_NODE_MESSAGE).await
+    };
+    match tokio::time::timeout(STEP_TIMEOUT, exchange).await {
+        Ok(Ok(Some(cell))) => Ok(cell),
+        Err(_) => Err(format!("the route did not answer within {STEP_TIMEOUT:?}")),
+        Ok(_) => Err(
+            match tokio::time::timeout(Duration::from_secs(1), replies.message()).await {
+                Ok(Err(status)) => status.message().to_string(),
+                _ => "the route closed the session".into(),
+            },
+        ),
+    }
 }
 
 async fn send_frame(

@@ -493,7 +493,11 @@ fn malformed_and_oversized_messages_get_clear_errors_and_the_node_keeps_serving(
                 })
                 .await
                 .unwrap();
-                let mut replies = c.session(ReceiverStream::new(rx)).await.unwrap().into_inner();
+                let mut replies = c
+                    .session(ReceiverStream::new(rx))
+                    .await
+                    .unwrap()
+                    .into_inner();
                 let ticket = match replies.message().await.unwrap() {
                     Some(unfed_proto::node::SessionReply {
                         kind: Some(unfed_proto::node::session_reply::Kind::Opened(o)),
@@ -524,7 +528,9 @@ fn malformed_and_oversized_messages_get_clear_errors_and_the_node_keeps_serving(
         };
         let s = raw_session(
             circuit(sub_route.clone()).header(),
-            (unfed_proto::MAX_NODE_MESSAGE as u32).to_le_bytes().to_vec(),
+            (unfed_proto::MAX_NODE_MESSAGE as u32)
+                .to_le_bytes()
+                .to_vec(),
         )
         .await;
         assert!(s.message().contains("over the limit"), "{s:?}");
@@ -645,5 +651,29 @@ fn a_flood_of_setups_from_one_address_is_refused_before_any_work() {
             peeled >= 64 && refused > 0,
             "{peeled} peeled, {refused} refused"
         );
+    });
+}
+
+#[test]
+fn a_first_hop_refusing_a_step_tells_the_client_why() {
+    // The step's frame goes on the first hop's raw stream; its reason comes on the gRPC stream.
+    let net = start(&[1, 1, 1]);
+    client_runtime().block_on(async {
+        let mut client = net.client().await;
+        wait_ready(&mut client).await;
+        let model = client.model("tiny").await.unwrap();
+        let max = unfed_node::SessionLimits::default().max_positions;
+        let prompt = vec![1; max + 1];
+        let err = client
+            .generate(&model, &prompt, 4, &SamplingParams::greedy(), &mut |_| true)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("the session would exceed {max} positions")),
+            "{err}"
+        );
+        // And the network still serves.
+        assert_eq!(greedy(&mut client, &model).await, reference(&net.model));
     });
 }

@@ -1,5 +1,5 @@
 //! Raw byte streams beside gRPC on the same port, for traffic where a message's latency is the
-//! cost (the MPC pair's rounds): the dialer opens one with a 32-byte ticket, and the server's
+//! cost (the MPC pair's rounds, a session's frames between nodes): the dialer opens one with a 32-byte ticket, and the server's
 //! accept loop ([`split`]) hands HTTP/2 connections to tonic and raw ones to their owner. Over
 //! TLS a raw stream asks for the ALPN protocol [`ALPN_RAW`] (same certificate, same checks);
 //! in plaintext, on loopback only, it starts with a preface no HTTP/2 client sends. Once open,
@@ -45,13 +45,7 @@ impl RawStream {
 
     /// Writes one message: its length (u32, little-endian), then its bytes, in one write.
     pub fn send_message(&mut self, message: &[u8]) -> std::io::Result<()> {
-        let len = u32::try_from(message.len()).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "message too long")
-        })?;
-        let mut buf = Vec::with_capacity(4 + message.len());
-        buf.extend(len.to_le_bytes());
-        buf.extend_from_slice(message);
-        self.write_all(&buf)?;
+        self.write_all(&framed(message)?)?;
         self.flush()
     }
 
@@ -74,14 +68,7 @@ impl RawStream {
                 Err(e) => return Err(e),
             }
         }
-        let len = u32::from_le_bytes(len) as usize;
-        if len > max {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("a message of {len} bytes, over the limit of {max}"),
-            ));
-        }
-        let mut message = vec![0; len];
+        let mut message = vec![0; checked_len(len, max)?];
         self.read_exact(&mut message)?;
         Ok(Some(message))
     }
@@ -111,6 +98,33 @@ impl Dialer {
         ticket: &Ticket,
         io_timeout: Duration,
     ) -> Result<RawStream, String> {
+        let (dialed, peer) = self.dial_raw(address, ticket).await?;
+        let fail = |e: std::io::Error| format!("cannot open a raw stream to {address}: {e}");
+        let inner: Box<dyn Duplex> = match dialed {
+            Dialed::Plain(tcp) => Box::new(blocking(tcp, io_timeout).map_err(fail)?),
+            Dialed::Tls(tls) => {
+                let (tcp, conn) = tls.into_inner();
+                let tcp = blocking(tcp, io_timeout).map_err(fail)?;
+                Box::new(rustls::StreamOwned::new(conn, tcp))
+            }
+        };
+        Ok(RawStream { inner, peer })
+    }
+
+    /// [`Dialer::connect_raw`] for a task on the runtime: the stream stays asynchronous.
+    pub async fn connect_raw_async(
+        &self,
+        address: &str,
+        ticket: &Ticket,
+    ) -> Result<AsyncRawStream, String> {
+        Ok(AsyncRawStream(self.dial_raw(address, ticket).await?.0))
+    }
+
+    async fn dial_raw(
+        &self,
+        address: &str,
+        ticket: &Ticket,
+    ) -> Result<(Dialed, SocketAddr), String> {
         let fail = |why: String| format!("cannot open a raw stream to {address}: {why}");
         let target = check_dialable(address).map_err(|e| e.to_string())?;
         let connect = async {
@@ -138,10 +152,7 @@ impl Dialer {
                 let mut tcp = tcp;
                 let hello = [&PLAIN_PREFACE[..], ticket].concat();
                 tcp.write_all(&hello).await.map_err(|e| e.to_string())?;
-                return Ok(RawStream {
-                    inner: Box::new(blocking(tcp, io_timeout).map_err(|e| e.to_string())?),
-                    peer,
-                });
+                return Ok(Dialed::Plain(tcp));
             }
             let name = rustls::pki_types::ServerName::try_from(target.server_name().to_string())
                 .map_err(|e| e.to_string())?;
@@ -155,18 +166,84 @@ impl Dialer {
             }
             tls.write_all(ticket).await.map_err(|e| e.to_string())?;
             tls.flush().await.map_err(|e| e.to_string())?;
-            let (tcp, conn) = tls.into_inner();
-            let tcp = blocking(tcp, io_timeout).map_err(|e| e.to_string())?;
-            Ok(RawStream {
-                inner: Box::new(rustls::StreamOwned::new(conn, tcp)),
-                peer,
-            })
+            Ok(Dialed::Tls(Box::new(tls)))
         };
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, opened)
+        let dialed = tokio::time::timeout(HANDSHAKE_TIMEOUT, opened)
             .await
             .map_err(|_| fail("no handshake in time".into()))?
-            .map_err(fail)
+            .map_err(fail)?;
+        Ok((dialed, peer))
     }
+}
+
+/// A raw stream just opened, before it is made blocking or kept asynchronous.
+enum Dialed {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// A raw stream read and written by a task on the runtime, with the framing of
+/// [`RawStream::send_message`] and [`RawStream::read_message`].
+pub struct AsyncRawStream(Dialed);
+
+impl AsyncRawStream {
+    /// Writes one message: its length (u32, little-endian), then its bytes, in one write.
+    pub async fn send_message(&mut self, message: &[u8]) -> std::io::Result<()> {
+        let buf = framed(message)?;
+        match &mut self.0 {
+            Dialed::Plain(tcp) => tcp.write_all(&buf).await,
+            Dialed::Tls(tls) => {
+                tls.write_all(&buf).await?;
+                tls.flush().await
+            }
+        }
+    }
+
+    /// Reads one message of at most `max` bytes; None when the stream ended between messages.
+    pub async fn read_message(&mut self, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+        match &mut self.0 {
+            Dialed::Plain(tcp) => read_message_async(tcp, max).await,
+            Dialed::Tls(tls) => read_message_async(tls, max).await,
+        }
+    }
+}
+
+async fn read_message_async(
+    r: &mut (impl AsyncRead + Unpin),
+    max: usize,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        // (A clean end between messages; over TLS also one without a close_notify.)
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut message = vec![0; checked_len(len, max)?];
+    r.read_exact(&mut message).await?;
+    Ok(Some(message))
+}
+
+/// `message` with its length in front.
+fn framed(message: &[u8]) -> std::io::Result<Vec<u8>> {
+    let len = u32::try_from(message.len())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "message too long"))?;
+    let mut buf = Vec::with_capacity(4 + message.len());
+    buf.extend(len.to_le_bytes());
+    buf.extend_from_slice(message);
+    Ok(buf)
+}
+
+/// A message length read off the wire, refused when over `max`.
+fn checked_len(len: [u8; 4], max: usize) -> std::io::Result<usize> {
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a message of {len} bytes, over the limit of {max}"),
+        ));
+    }
+    Ok(len)
 }
 
 /// The connections of one listener, sorted: HTTP/2 ones for tonic (`serve_with_incoming`),

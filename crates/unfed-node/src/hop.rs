@@ -160,13 +160,22 @@ impl Upstream {
     }
 }
 
-/// Runs `f` on a thread of its own (a blocking-pool thread) and waits for it.
+/// Runs `f` on a thread of its own and waits for it. (Not the runtime's blocking pool: a
+/// runtime waits for those when it shuts down, and a session's thread may be waiting for its
+/// next frame.)
 async fn run_on_thread(
     f: impl FnOnce() -> Result<(), Status> + Send + 'static,
 ) -> Result<(), Status> {
-    tokio::task::spawn_blocking(f)
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("unfed-session".into())
+        .spawn(move || {
+            let _ = done.send(f());
+        })
+        .map_err(|e| Status::resource_exhausted(format!("cannot start a session thread: {e}")))?;
+    result
         .await
-        .map_err(|e| Status::internal(format!("session thread: {e}")))?
+        .map_err(|_| Status::internal("the session's thread stopped"))?
 }
 
 /// The session's steps, on its thread, until the previous hop ends it or something fails.

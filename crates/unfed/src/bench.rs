@@ -73,6 +73,8 @@ struct Network {
     tls: bool,
     /// Shard 0 on an MPC pair holding this many layers.
     mpc_layers: Option<usize>,
+    /// The testnet's processes (the registry and the nodes).
+    pids: Vec<u32>,
 }
 
 impl Drop for Network {
@@ -169,6 +171,7 @@ fn start_network(
         runtime,
         client,
         model,
+        pids: crate::testnet_cmd::started_pids(&tn)?,
         dir,
         tls,
         mpc_layers,
@@ -242,16 +245,28 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     };
     let mut stats: Vec<Vec<Stats>> = vec![Vec::new(); paths.len()];
     let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); paths.len()];
+    let mut switches: Vec<Vec<Switches>> = vec![Vec::new(); paths.len()];
     for round in 0..=args.runs {
         for (i, p) in paths.iter_mut().enumerate() {
-            let (s, ids) = run_once(p, &req)?;
+            let (s, ids, sw) = run_once(p, &req)?;
             if round == 0 {
                 outputs[i] = ids; // warm-up
             } else {
                 stats[i].push(s);
+                switches[i].extend(sw);
             }
         }
     }
+    // Context switches per decode token of a network path (medians), where /proc has them.
+    let switches: Vec<Option<(f64, f64)>> = switches
+        .into_iter()
+        .map(|s| {
+            (!s.is_empty()).then(|| {
+                let nodes = median(s.iter().map(|x| x.testnet).collect());
+                (nodes, median(s.iter().map(|x| x.client).collect()))
+            })
+        })
+        .collect();
     let model = path
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
@@ -287,7 +302,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if args.json {
         let paths: Vec<_> = rows
             .iter()
-            .map(|(d, p, t)| serde_json::json!({"path": d, "prefill_tok_s": p, "decode_tok_s": t}))
+            .zip(&switches)
+            .map(|((d, p, t), sw)| {
+                serde_json::json!({"path": d, "prefill_tok_s": p, "decode_tok_s": t,
+                    "context_switches_per_decode_token": sw.map(|(n, c)| serde_json::json!({"testnet": n, "client": c}))})
+            })
             .collect();
         let v = serde_json::json!({
             "model": model, "quant": quant, "threads": threads, "prompt_tokens": req.prompt_ids.len(),
@@ -352,6 +371,14 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 req.max_tokens
             );
         }
+        for ((d, ..), sw) in rows.iter().zip(&switches) {
+            if let Some((testnet, client)) = sw {
+                println!(
+                    "{d}: {testnet:.1} context switches per decode token in the testnet's \
+                     processes, {client:.1} in the client's"
+                );
+            }
+        }
         if args.network {
             println!("(network prefill includes discovery and opening the route)");
         }
@@ -363,7 +390,34 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_once(p: &mut Path, req: &GenerateRequest) -> Result<(Stats, Vec<u32>)> {
+/// Context switches during one network generation's decode, per decode token.
+#[derive(Clone, Copy)]
+struct Switches {
+    testnet: f64,
+    client: f64,
+}
+
+/// Context switches (voluntary or not) of every thread of `pids` so far; None where /proc does
+/// not tell.
+fn context_switches(pids: &[u32]) -> Option<u64> {
+    let mut total = 0;
+    for pid in pids {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            // A thread that ended meanwhile is skipped.
+            let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
+                continue;
+            };
+            total += status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    Some(total)
+}
+
+fn run_once(p: &mut Path, req: &GenerateRequest) -> Result<(Stats, Vec<u32>, Option<Switches>)> {
     let mut ids = Vec::with_capacity(req.max_tokens);
     match p {
         Path::Local(l) => {
@@ -373,7 +427,7 @@ fn run_once(p: &mut Path, req: &GenerateRequest) -> Result<(Stats, Vec<u32>)> {
                 }
                 true
             })?;
-            Ok((stats, ids))
+            Ok((stats, ids, None))
         }
         Path::Network(n) => {
             let mut times = Vec::with_capacity(req.max_tokens);
@@ -382,11 +436,23 @@ fn run_once(p: &mut Path, req: &GenerateRequest) -> Result<(Stats, Vec<u32>)> {
                 runtime,
                 client,
                 model,
+                pids,
                 ..
             } = n;
+            let me = [std::process::id()];
+            // Counted from the first token to the last, while the route's sessions still run.
+            let (mut at_first, mut at_last) = (None, None);
             let mut on_token = |id: u32| {
                 times.push(Instant::now());
                 ids.push(id);
+                if ids.len() == 1 || ids.len() == req.max_tokens {
+                    let count = context_switches(pids).zip(context_switches(&me));
+                    *if ids.len() == 1 {
+                        &mut at_first
+                    } else {
+                        &mut at_last
+                    } = count;
+                }
                 true
             };
             runtime.block_on(client.generate(
@@ -405,7 +471,12 @@ fn run_once(p: &mut Path, req: &GenerateRequest) -> Result<(Stats, Vec<u32>)> {
                 decode: last - first,
                 stop: unfed_engine::StopReason::MaxTokens,
             };
-            Ok((stats, ids))
+            let steps = stats.decode_steps.max(1) as f64;
+            let switches = at_first.zip(at_last).map(|((n0, c0), (n1, c1))| Switches {
+                testnet: n1.saturating_sub(n0) as f64 / steps,
+                client: c1.saturating_sub(c0) as f64 / steps,
+            });
+            Ok((stats, ids, switches))
         }
     }
 }

@@ -471,6 +471,12 @@ fn spawn(exe: &Path, dir: &Path, name: &str, args: &[&str], tls: &[String]) -> R
     Ok(child.id())
 }
 
+/// The pids of the processes the testnet in `dir` started (the registry, then the nodes).
+pub(crate) fn started_pids(dir: &Path) -> Result<Vec<u32>> {
+    let state: State = serde_json::from_str(&std::fs::read_to_string(dir.join(STATE_FILE))?)?;
+    Ok(state.processes.iter().map(|p| p.pid).collect())
+}
+
 fn save(dir: &Path, state: &State) -> Result<()> {
     std::fs::write(dir.join(STATE_FILE), serde_json::to_string_pretty(state)?)?;
     Ok(())

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 use unfed_model::{Input, KvCache, LogitsMode, Sampler, SamplingParams, ShardModel};
+
 /// Limits on the sessions one node holds.
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
@@ -155,11 +156,6 @@ impl Forward {
     pub fn active_sessions(&self) -> usize {
         self.sessions.load(Ordering::Acquire)
     }
-
-    /// How long a session may stay silent.
-    pub fn idle_timeout(&self) -> Duration {
-        self.limits.idle_timeout
-    }
 }
 
 impl Session {
@@ -205,10 +201,10 @@ impl Session {
         self.reserved += new;
         f.waiting.fetch_add(1, Ordering::AcqRel);
         let lock = f.compute.lock().unwrap_or_else(|p| p.into_inner());
-        let waiting = f.waiting.fetch_sub(1, Ordering::AcqRel) - 1;
+        f.waiting.fetch_sub(1, Ordering::AcqRel);
         let out = step(&f.model, self, input, history, defer);
         drop(lock);
-        if waiting == 0 && f.waiting.load(Ordering::Acquire) == 0 {
+        if f.waiting.load(Ordering::Acquire) == 0 {
             // The rest of the route computes next, maybe on these very cores.
             unfed_kernels::pool::global().rest();
         }

@@ -74,7 +74,7 @@ pub(crate) async fn serve(
         })?;
         let state = state.clone();
         let up = Upstream::Raw(stream);
-        return run_on_thread(move || run(&state, hop, down, up)).await;
+        return on_thread(move || run(&state, hop, down, up))?.await;
     }
     send_up(tx, session_reply::Kind::Opened(Opened::default()), idle).await?;
     let (frames, frames_rx) = mpsc::channel(BUFFER);
@@ -85,7 +85,7 @@ pub(crate) async fn serve(
             frames: frames_rx,
             cells: cells_tx,
         };
-        tokio::spawn(run_on_thread(move || run(&state, hop, down, up)))
+        on_thread(move || run(&state, hop, down, up))?
     };
     // Feeds the thread frames from the gRPC stream and sends its cells back up, until either
     // side ends.
@@ -113,9 +113,7 @@ pub(crate) async fn serve(
             }
         }
     }
-    thread
-        .await
-        .map_err(|e| Status::internal(format!("session thread: {e}")))?
+    thread.await
 }
 
 /// Where a session's frames come from and its cells go.
@@ -160,12 +158,12 @@ impl Upstream {
     }
 }
 
-/// Runs `f` on a thread of its own and waits for it. (Not the runtime's blocking pool: a
-/// runtime waits for those when it shuts down, and a session's thread may be waiting for its
-/// next frame.)
-async fn run_on_thread(
+/// Starts `f` on a thread of its own; the future is what it returned. (Not the runtime's
+/// blocking pool: a runtime waits for those when it shuts down, and a session's thread may be
+/// waiting for its next frame.)
+fn on_thread(
     f: impl FnOnce() -> Result<(), Status> + Send + 'static,
-) -> Result<(), Status> {
+) -> Result<impl Future<Output = Result<(), Status>>, Status> {
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("unfed-session".into())
@@ -173,9 +171,11 @@ async fn run_on_thread(
             let _ = done.send(f());
         })
         .map_err(|e| Status::resource_exhausted(format!("cannot start a session thread: {e}")))?;
-    result
-        .await
-        .map_err(|_| Status::internal("the session's thread stopped"))?
+    Ok(async move {
+        result
+            .await
+            .map_err(|_| Status::internal("the session's thread stopped"))?
+    })
 }
 
 /// The session's steps, on its thread, until the previous hop ends it or something fails.

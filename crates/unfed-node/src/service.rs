@@ -30,7 +30,7 @@ use crate::views::{Seen, ViewLog, saw, saw_peer};
 
 /// What computes this node's layers.
 pub enum Compute {
-    /// The shard in the clear, on the forward thread.
+    /// The shard in the clear, shared by the sessions' threads.
     Plain(Arc<Forward>),
     /// Shard 0 on shares, as party A of an MPC pair.
     PartyA(Arc<crate::pair::PartyA>),

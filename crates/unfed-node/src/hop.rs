@@ -18,7 +18,7 @@ use unfed_proto::raw::RawStream;
 use crate::circuit::HopCircuit;
 use crate::forward::{Session, StepInput, StepOutput};
 use crate::relay::{Downstream, OPEN_TIMEOUT, refused, relay_lost, send_up};
-use crate::service::{NodeState, step_frame};
+use crate::service::{NodeState, onward, step_frame};
 use crate::views::{Seen, saw};
 
 /// Frames and cells buffered between the gRPC stream's task and the session's thread.
@@ -47,16 +47,7 @@ pub(crate) async fn serve(
     let (_down_grpc, down) = match next {
         None => (None, None),
         Some((address, header)) => {
-            state
-                .next_hops
-                .check(&state.model_id, &address, state.shard_index + 1)
-                .await?;
-            let onward = Open {
-                model_id: open.model_id.clone(),
-                shard_index: state.shard_index + 1,
-                onion: header,
-                raw: true,
-            };
+            let onward = onward(state, open, &address, header).await?;
             let (grpc, raw) =
                 Downstream::open_raw(&state.next_hops.dialer, &address, onward).await?;
             (Some(grpc), Some(raw))

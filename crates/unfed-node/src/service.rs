@@ -251,16 +251,7 @@ async fn run_session(
         }
     };
     let mut pair = crate::pair::party_a::PairSession::new(a, id);
-    state
-        .next_hops
-        .check(&state.model_id, &address, state.shard_index + 1)
-        .await?;
-    let onward = Open {
-        model_id: open.model_id.clone(),
-        shard_index: state.shard_index + 1,
-        onion: header,
-        raw: false,
-    };
+    let onward = onward(state, &open, &address, header).await?;
     let mut downstream = Downstream::open(&state.next_hops.dialer, &address, onward).await?;
     send_up(
         tx,
@@ -347,6 +338,26 @@ async fn run_session(
         .await?;
     }
     Ok(())
+}
+
+/// The `Open` for the next hop at `address` (with the rest of the circuit's `header`), once the
+/// registry lists it for the next shard.
+pub(crate) async fn onward(
+    state: &NodeState,
+    open: &Open,
+    address: &str,
+    header: Vec<u8>,
+) -> Result<Open, Status> {
+    state
+        .next_hops
+        .check(&state.model_id, address, state.shard_index + 1)
+        .await?;
+    Ok(Open {
+        model_id: open.model_id.clone(),
+        shard_index: state.shard_index + 1,
+        onion: header,
+        raw: false,
+    })
 }
 
 /// A step frame from the upstream stream (recorded as seen), or None when the stream ended.

@@ -25,6 +25,9 @@ const PLAIN_PREFACE: &[u8; 8] = b"UNFEDRAW";
 /// Connections being sorted at once (a TLS handshake and the ticket each); more wait.
 const MAX_SORTING: usize = 64;
 
+/// What a message's buffer starts with; a longer one grows as its bytes come.
+const START_CAPACITY: usize = 64 << 10;
+
 /// The 32 bytes a raw stream opens with, by which its server knows what it is for.
 pub type Ticket = [u8; 32];
 
@@ -68,9 +71,9 @@ impl RawStream {
                 Err(e) => return Err(e),
             }
         }
-        // Grown as the bytes come, not allocated at the announced length.
+        // Grown as the bytes come past 64 KiB, not allocated at the announced length.
         let len = checked_len(len, max)?;
-        let mut message = Vec::new();
+        let mut message = Vec::with_capacity(len.min(START_CAPACITY));
         self.take(len as u64).read_to_end(&mut message)?;
         whole(message, len)
     }
@@ -222,7 +225,7 @@ async fn read_message_async(
         Err(e) => return Err(e),
     }
     let len = checked_len(len, max)?;
-    let mut message = Vec::new();
+    let mut message = Vec::with_capacity(len.min(START_CAPACITY));
     r.take(len as u64).read_to_end(&mut message).await?;
     whole(message, len)
 }

@@ -2,8 +2,8 @@
 //! session's own, which reads each frame, computes, sends the hidden states on to the next hop
 //! and waits for its reply cell on a raw stream, and passes the cell back: one thread wake-up
 //! per message, no hand-off between a runtime task and a compute thread. Frames come on a raw
-//! stream too when the previous hop is a node (it asked with `Open.raw`), else on the gRPC
-//! stream through a task that feeds the thread.
+//! stream too when the previous hop asked for one with `Open.raw` (a node, or a client straight
+//! to its first hop), else on the gRPC stream through a task that feeds the thread.
 
 use std::sync::Arc;
 

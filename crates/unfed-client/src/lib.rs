@@ -424,13 +424,13 @@ async fn run_route(
     };
     // Straight to a plain first hop, the frames and cells go on a raw stream (fewer thread
     // wake-ups per token); through a guard, or to party A, on the gRPC stream.
-    let raw = guard.is_none() && dealer.is_none();
+    let use_raw = guard.is_none() && dealer.is_none();
     let (send, rx) = mpsc::channel(4);
     let open = Open {
         model_id: model_id.into(),
         shard_index: 0,
         onion: circuit.header(),
-        raw,
+        raw: use_raw,
     };
     send.send(SessionRequest {
         kind: Some(session_request::Kind::Open(open)),
@@ -463,18 +463,19 @@ async fn run_route(
         }) => opened,
         _ => return Err("the route did not open".into()),
     };
-    let mut raw = match raw {
-        false => None,
-        true => {
-            let ticket: unfed_proto::raw::Ticket = opened
-                .ticket
-                .as_slice()
-                .try_into()
-                .map_err(|_| "the first hop gave no ticket for a raw stream".to_string())?;
-            let address = &route.hops[0].address;
-            Some(dialer.connect_raw_async(address, &ticket).await?)
-        }
-    };
+    let mut raw = None;
+    if use_raw {
+        let ticket: unfed_proto::raw::Ticket = opened
+            .ticket
+            .as_slice()
+            .try_into()
+            .map_err(|_| "the first hop gave no ticket for a raw stream".to_string())?;
+        raw = Some(
+            dialer
+                .connect_raw_async(&route.hops[0].address, &ticket)
+                .await?,
+        );
+    }
     // First step: the prompt plus anything generated before a failure (replayed).
     let mut ids: Vec<u32> = prompt.iter().chain(generated.iter()).copied().collect();
     // The last shard's sampler needs the picks made before; a client sampler has them.

@@ -119,15 +119,26 @@ async fn raw_streams_and_grpc_share_a_tls_port_and_its_certificate_checks() {
     );
 }
 
+/// Both ends of a fresh raw stream: the dialer's (asynchronous), the server's (blocking).
+async fn open(
+    address: &str,
+    raw: &mut mpsc::Receiver<(RawStream, Ticket)>,
+    ticket: u8,
+) -> (AsyncRawStream, RawStream) {
+    let mine = Dialer::default()
+        .connect_raw_async(address, &[ticket; 32])
+        .await
+        .unwrap();
+    let (theirs, got) = raw.recv().await.unwrap();
+    assert_eq!(got, [ticket; 32]);
+    (mine, theirs)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_keep_their_bounds_and_a_stream_cut_inside_one_is_an_error() {
     use std::io::ErrorKind;
     let (address, mut raw) = serve(None).await;
-    let mut mine = Dialer::default()
-        .connect_raw_async(&address, &[9; 32])
-        .await
-        .unwrap();
-    let (mut theirs, _) = raw.recv().await.unwrap();
+    let (mut mine, mut theirs) = open(&address, &mut raw, 9).await;
     mine.send_message(b"hello").await.unwrap();
     mine.send_message(&[]).await.unwrap();
     mine.send_message(&[1; 100]).await.unwrap();
@@ -146,11 +157,7 @@ async fn messages_keep_their_bounds_and_a_stream_cut_inside_one_is_an_error() {
     assert!(mine.read_message(64).await.unwrap().is_none());
 
     // A message over the reader's limit is refused before its bytes are read.
-    let mut mine = Dialer::default()
-        .connect_raw_async(&address, &[7; 32])
-        .await
-        .unwrap();
-    let (mut theirs, _) = raw.recv().await.unwrap();
+    let (mut mine, mut theirs) = open(&address, &mut raw, 7).await;
     mine.send_message(&[1; 100]).await.unwrap();
     let e = tokio::task::spawn_blocking(move || theirs.read_message(64).unwrap_err())
         .await
@@ -162,11 +169,7 @@ async fn messages_keep_their_bounds_and_a_stream_cut_inside_one_is_an_error() {
     );
 
     // Gone inside a message: an error.
-    let mut mine = Dialer::default()
-        .connect_raw_async(&address, &[8; 32])
-        .await
-        .unwrap();
-    let (mut theirs, _) = raw.recv().await.unwrap();
+    let (mut mine, mut theirs) = open(&address, &mut raw, 8).await;
     mine.send_message(&[5; 3]).await.unwrap();
     let cut = tokio::task::spawn_blocking(move || {
         assert_eq!(theirs.read_message(64).unwrap().unwrap(), [5; 3]);

@@ -1,11 +1,13 @@
 //! The client's end of a shard-0 MPC pair: it is the dealer. Every step it deals both parties'
 //! correlated randomness and the shares of its token ids (inside the material, never in the
 //! clear), seals B's part for B alone (a one-hop onion to B's key, carried by A), and picks the
-//! seed of the pad B takes off its output share, which only shard 1 is told.
+//! seed of the pad B takes off its output share, which only shard 1 is told. The words both
+//! parties are dealt alike go once, to A, which forwards them; B's sealed frame authenticates
+//! them.
 
 use unfed_mpc::Material;
 use unfed_mpc::prg::{Prg, Seed};
-use unfed_mpc::shard::{ShardSpec, ShardState, deal_input, deal_layers};
+use unfed_mpc::shard::{ShardSpec, ShardState, deal_input, deal_layers, wire_bytes};
 use unfed_onion::{Direction, HopPayload, OnionPublicKey, RouteHop, SessionSender};
 use unfed_proto::circuit as wire;
 use unfed_proto::node::{MpcAhead, MpcInput};
@@ -75,11 +77,14 @@ impl PairDealer {
         let mut state = self.state.clone();
         let [a, b] = deal_layers(&mut self.rng, &self.spec, 1, &mut state)
             .map_err(|e| format!("dealing: {e}"))?;
-        let for_b = self.seal_for_b(&wire::encode_b_frame(0, &[0; 16], &[], &b.to_bytes()))?;
+        let common = a.common_bytes();
+        let frame = wire::encode_b_frame(0, &[0; 16], &[], &b.own_bytes());
+        let for_b = self.seal_for_b(&frame, &[], &common)?;
         self.ahead = Some(state);
         Ok(MpcAhead {
-            layers: a.to_bytes().into(),
+            layers: a.own_bytes().into(),
             for_b: for_b.into(),
+            layers_common: common.into(),
         })
     }
 
@@ -99,7 +104,7 @@ impl PairDealer {
         let (layers, state) = loop {
             let mut state = self.state.clone();
             let layers = deal_layers(&mut self.rng, &self.spec, t, &mut state).map_err(dealing)?;
-            let size = layers[0].len_bytes() + layers[1].len_bytes();
+            let size = wire_bytes(&layers);
             self.chunk = (MAX_STEP_MATERIAL / size.div_ceil(t)).max(1);
             if size <= MAX_STEP_MATERIAL || t == 1 {
                 break (layers, state);
@@ -111,9 +116,16 @@ impl PairDealer {
         self.seal(input, Some(layers), t)
     }
 
-    fn seal_for_b(&mut self, frame: &[u8]) -> Result<Vec<u8>, String> {
+    /// B's frame sealed for B, binding the common words of the input and of the layers that
+    /// A forwards beside it (as [`unfed_proto::circuit::b_frame_bound`] lists them).
+    fn seal_for_b(
+        &mut self,
+        frame: &[u8],
+        input_common: &[u8],
+        layers_common: &[u8],
+    ) -> Result<Vec<u8>, String> {
         self.to_b
-            .seal(frame)
+            .seal_bound(frame, &wire::b_frame_bound(input_common, layers_common))
             .map_err(|e| format!("sealing for party B: {e}"))
     }
 
@@ -125,22 +137,22 @@ impl PairDealer {
         t: usize,
     ) -> Result<DealtStep, String> {
         let [input_a, input_b] = input;
-        let [layers_a, layers_b] =
-            layers.map_or([Vec::new(), Vec::new()], |m| m.map(|m| m.to_bytes()));
+        let input_common = input_a.common_bytes();
+        let [layers_a, layers_b, layers_common] = layers.map_or(Default::default(), |[a, b]| {
+            [a.own_bytes(), b.own_bytes(), a.common_bytes()]
+        });
         let pad: Seed = rand::random();
-        let for_b = self.seal_for_b(&wire::encode_b_frame(
-            t as u32,
-            &pad,
-            &input_b.to_bytes(),
-            &layers_b,
-        ))?;
+        let frame = wire::encode_b_frame(t as u32, &pad, &input_b.own_bytes(), &layers_b);
+        let for_b = self.seal_for_b(&frame, &input_common, &layers_common)?;
         Ok(DealtStep {
             input: MpcInput {
                 positions: t as u32,
-                input: input_a.to_bytes().into(),
+                input: input_a.own_bytes().into(),
                 layers: layers_a.into(),
                 for_b: for_b.into(),
                 b_onion: self.b_onion.take().unwrap_or_default().into(),
+                input_common: input_common.into(),
+                layers_common: layers_common.into(),
             },
             pad,
             positions: t,
@@ -180,15 +192,18 @@ mod tests {
         let first = d.deal(&[3]).unwrap();
         assert!(!first.input.layers.is_empty() && !first.input.b_onion.is_empty());
         let ahead = d.deal_ahead().unwrap();
-        assert!(ahead.layers.len() > 16 && !ahead.for_b.is_empty());
+        // A's own part is its seed: all A is dealt beyond it are the common words.
+        assert_eq!(ahead.layers.len(), 16);
+        assert!(!ahead.layers_common.is_empty() && !ahead.for_b.is_empty());
         assert!(d.deal_ahead().unwrap_err().contains("already"));
         // However many tokens come next, the step takes one: its layers are dealt for one.
         let next = d.deal(&[4, 5]).unwrap();
         assert_eq!((next.positions, next.input.positions), (1, 1));
-        assert!(next.input.layers.is_empty() && !next.input.input.is_empty());
+        assert!(next.input.layers.is_empty() && next.input.layers_common.is_empty());
+        assert!(!next.input.input.is_empty() && !next.input.input_common.is_empty());
         assert!(next.input.b_onion.is_empty());
         // The step after deals its own layers again (more: it attends to one more position).
         let after = d.deal(&[5]).unwrap();
-        assert!(after.input.layers.len() > ahead.layers.len());
+        assert!(after.input.layers_common.len() > ahead.layers_common.len());
     }
 }

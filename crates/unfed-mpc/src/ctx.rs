@@ -11,38 +11,56 @@
 
 mod fss;
 
+use std::sync::Arc;
+
 use crate::prg::{Prg, Seed, TreePrg};
 use crate::ring;
 use crate::{Link, MpcError, Role};
 
 /// What the dealer gives one party for one computation: a seed that expands into most of its
-/// material, and the words that cannot be expanded (corrections and comparison keys).
+/// material (its shares of masks and triples, its FSS keys' root seeds), the words that cannot
+/// be expanded and are this party's alone (B's corrections), and the words both parties get
+/// alike (the FSS keys' correction words), which a dealer sends once for both.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Material {
     pub seed: Seed,
     pub words: Vec<u64>,
+    pub common: Arc<[u64]>,
 }
 
 impl Material {
-    /// Bytes on the wire.
-    pub fn len_bytes(&self) -> usize {
+    /// Bytes on the wire of this party's own part (the common words not included).
+    pub fn own_len_bytes(&self) -> usize {
         16 + 8 * self.words.len()
     }
 
-    /// The wire form: the seed, then the words, little-endian.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len_bytes());
+    /// The wire form of this party's own part: the seed, then its words, little-endian.
+    pub fn own_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.own_len_bytes());
         out.extend_from_slice(&self.seed);
         out.extend_from_slice(&ring::to_bytes(&self.words));
         out
     }
 
-    /// The wire form read back; None when it is not a seed and whole words.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        let (seed, words) = bytes.split_first_chunk::<16>()?;
+    /// The wire form of the common words, little-endian.
+    pub fn common_bytes(&self) -> Vec<u8> {
+        ring::to_bytes(&self.common)
+    }
+
+    /// The material from its two wire forms; None when `own` is not a seed and whole words or
+    /// `common` not whole words.
+    pub fn from_bytes(own: &[u8], common: &[u8]) -> Option<Self> {
+        let (seed, words) = own.split_first_chunk::<16>()?;
+        if common.len() % 8 != 0 {
+            return None;
+        }
         Some(Self {
             seed: *seed,
             words: ring::from_bytes(words)?,
+            common: common
+                .chunks_exact(8)
+                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+                .collect(),
         })
     }
 }
@@ -70,12 +88,14 @@ enum Source {
         prg: Box<Prg>,
         words: Vec<u64>,
         used: usize,
+        common: Arc<[u64]>,
+        common_used: usize,
     },
     Dealer {
         seeds: [Seed; 2],
         prg: Box<[Prg; 2]>,
-        secret: Box<Prg>,
         words: [Vec<u64>; 2],
+        common: Vec<u64>,
     },
 }
 
@@ -91,6 +111,8 @@ impl<'l> Ctx<'l> {
                 prg: Box::new(Prg::new(&material.seed)),
                 words: material.words,
                 used: 0,
+                common: material.common,
+                common_used: 0,
             },
             link: Some(link),
             tree: TreePrg::new(),
@@ -98,14 +120,14 @@ impl<'l> Ctx<'l> {
         }
     }
 
-    /// The dealer, from three independent uniformly random seeds: A's, B's, and its own.
-    pub fn dealer(seeds: [Seed; 3]) -> Ctx<'static> {
+    /// The dealer, from two independent uniformly random seeds: A's and B's.
+    pub fn dealer(seeds: [Seed; 2]) -> Ctx<'static> {
         Ctx {
             source: Source::Dealer {
-                seeds: [seeds[0], seeds[1]],
-                prg: Box::new([Prg::new(&seeds[0]), Prg::new(&seeds[1])]),
-                secret: Box::new(Prg::new(&seeds[2])),
+                seeds,
+                prg: Box::new(seeds.map(|s| Prg::new(&s))),
                 words: [Vec::new(), Vec::new()],
+                common: Vec::new(),
             },
             link: None,
             tree: TreePrg::new(),
@@ -134,33 +156,40 @@ impl<'l> Ctx<'l> {
         self.stats
     }
 
-    /// The dealer's output: A's and B's material. `None` for a party.
+    /// The dealer's output: A's and B's material (their common words one allocation).
+    /// `None` for a party.
     pub fn into_material(self) -> Option<[Material; 2]> {
         match self.source {
             Source::Dealer {
                 seeds,
                 words: [a, b],
+                common,
                 ..
-            } => Some([
-                Material {
-                    seed: seeds[0],
-                    words: a,
-                },
-                Material {
-                    seed: seeds[1],
-                    words: b,
-                },
-            ]),
+            } => {
+                let common: Arc<[u64]> = common.into();
+                let material = |seed, words| Material {
+                    seed,
+                    words,
+                    common: common.clone(),
+                };
+                Some([material(seeds[0], a), material(seeds[1], b)])
+            }
             Source::Party { .. } => None,
         }
     }
 
-    /// A party's check at the end: every dealt word was used.
+    /// A party's check at the end: every dealt word was used, its own and the common ones.
     pub fn finish(&self) -> Result<(), MpcError> {
         match &self.source {
-            Source::Party { words, used, .. } if *used != words.len() => {
+            Source::Party {
+                words,
+                used,
+                common,
+                common_used,
+                ..
+            } if *used != words.len() || *common_used != common.len() => {
                 Err(MpcError::MaterialLeftOver {
-                    left: words.len() - used,
+                    left: words.len() - used + common.len() - common_used,
                 })
             }
             _ => Ok(()),
@@ -259,27 +288,17 @@ impl<'l> Ctx<'l> {
     }
 
     fn take_words(&mut self, n: usize) -> Result<Vec<u64>, MpcError> {
-        let range = self.take_range(n)?;
-        Ok(self.dealt(range).to_vec())
-    }
-
-    /// Where the next `n` dealt words are, consumed.
-    fn take_range(&mut self, n: usize) -> Result<std::ops::Range<usize>, MpcError> {
         let Source::Party { words, used, .. } = &mut self.source else {
             unreachable!("only parties read words");
         };
-        let left = words.len() - *used;
-        if n > left {
-            return Err(MpcError::MaterialExhausted { needed: n, left });
-        }
-        *used += n;
-        Ok(*used - n..*used)
+        let range = take(words.len(), used, n)?;
+        Ok(words[range].to_vec())
     }
 
-    /// Dealt words taken before, read in place (empty at the dealer).
-    fn dealt(&self, range: std::ops::Range<usize>) -> &[u64] {
+    /// Common words taken before ([`Self::dealt_common`]), read in place (empty at the dealer).
+    fn common(&self, range: std::ops::Range<usize>) -> &[u64] {
         match &self.source {
-            Source::Party { words, .. } => &words[range],
+            Source::Party { common, .. } => &common[range],
             Source::Dealer { .. } => &[],
         }
     }
@@ -431,22 +450,55 @@ impl<'l> Ctx<'l> {
         Ok(out)
     }
 
-    /// Material that cannot come from a seed, for both parties (`make` runs only at the dealer,
-    /// returning A's and B's words, `n` each); where a party's words are, for [`Self::dealt`].
-    fn dealt_both(
+    /// The root seeds of `n` FSS keys, per party: a party's own come from its seed (they cost
+    /// no words; the other party's list is empty), the dealer makes both parties'.
+    fn roots(&mut self, n: usize) -> [Vec<u128>; 2] {
+        let take = |prg: &mut Prg| -> Vec<u128> {
+            (0..n).map(|_| u128::from_le_bytes(prg.next_seed())).collect()
+        };
+        match &mut self.source {
+            Source::Party {
+                role: Role::A, prg, ..
+            } => [take(prg), Vec::new()],
+            Source::Party {
+                role: Role::B, prg, ..
+            } => [Vec::new(), take(prg)],
+            Source::Dealer { prg, .. } => {
+                let [a, b] = &mut **prg;
+                [take(a), take(b)]
+            }
+        }
+    }
+
+    /// `n` words both parties get alike (`make` runs only at the dealer); where they are, for
+    /// [`Self::common`].
+    fn dealt_common(
         &mut self,
         n: usize,
-        make: impl FnOnce(&TreePrg, &mut Prg) -> [Vec<u64>; 2],
+        make: impl FnOnce(&TreePrg) -> Vec<u64>,
     ) -> Result<std::ops::Range<usize>, MpcError> {
         match &mut self.source {
-            Source::Party { .. } => self.take_range(n),
-            Source::Dealer { secret, words, .. } => {
-                let [a, b] = make(&self.tree, secret);
-                debug_assert!(a.len() == n && b.len() == n);
-                words[0].extend(a);
-                words[1].extend(b);
+            Source::Party {
+                common,
+                common_used,
+                ..
+            } => take(common.len(), common_used, n),
+            Source::Dealer { common, .. } => {
+                let words = make(&self.tree);
+                debug_assert_eq!(words.len(), n);
+                common.extend(words);
                 Ok(0..0)
             }
         }
     }
+}
+
+/// The next `n` of `len` dealt words, of which `used` are consumed.
+fn take(len: usize, used: &mut usize, n: usize) -> Result<std::ops::Range<usize>, MpcError> {
+    let left = len - *used;
+    if n > left {
+        return Err(MpcError::MaterialExhausted { needed: n, left });
+    }
+    *used += n;
+    Ok(*used - n..*used)
 }

@@ -5,42 +5,38 @@
 //! up to `f(x)` in Z_2^64.
 //!
 //! Keys are made and evaluated many at a time, one tree level of every key per batch of AES.
-//! A key is [`key_words`]`(n, m)` ring elements: the party's root seed (two words, its control
-//! bit in the lowest bit), then per level from the top the correction seed (two words) and
-//! `m` values, then the levels' two correction bits packed, then the `m` last correction
-//! words. Only the root differs between the two parties' keys.
+//! A key is a party's root seed (its control bit in the lowest bit: 0 for party 0, 1 for
+//! party 1) and [`key_words`]`(n, m)` correction words, the same for both parties: per level
+//! from the top the correction seed (two words) and `m` values, then the levels' two
+//! correction bits packed, then the `m` last correction words. So the dealer can send the
+//! corrections once for both parties, and each party's root can come from its own seed.
 
-use crate::prg::{LEFT, Prg, RIGHT, TreePrg, VALUE, clear, halves, on};
+use crate::prg::{LEFT, RIGHT, TreePrg, VALUE, clear, halves, on};
 
-/// Ring elements a key of `n` levels and `m` outputs takes.
+/// Correction words a key of `n` levels and `m` outputs takes (both parties' alike).
 pub fn key_words(n: u32, m: usize) -> usize {
-    2 + (2 + m) * n as usize + (2 * n as usize).div_ceil(64) + m
+    (2 + m) * n as usize + (2 * n as usize).div_ceil(64) + m
 }
 
-/// The two parties' keys of `x < alphas[i] ↦ betas[i·m..(i + 1)·m]` over `n`-bit inputs
-/// (`1 ≤ n ≤ 63`, `1 ≤ m ≤ 2`), concatenated, with root seeds drawn from `secret`.
+/// The correction words of the keys of `x < alphas[i] ↦ betas[i·m..(i + 1)·m]` over `n`-bit
+/// inputs (`1 ≤ n ≤ 63`, `1 ≤ m ≤ 2`), concatenated, for the parties' uniformly random root
+/// seeds `roots[party][i]` (their lowest bits are ignored: they become the control bits).
 pub fn generate(
     prg: &TreePrg,
     n: u32,
     m: usize,
     alphas: &[u64],
     betas: &[u64],
-    secret: &mut Prg,
-) -> [Vec<u64>; 2] {
+    roots: [&[u128]; 2],
+) -> Vec<u64> {
     debug_assert!((1..=63).contains(&n) && alphas.iter().all(|a| a >> n == 0));
     debug_assert!((1..=2).contains(&m) && betas.len() == alphas.len() * m);
+    debug_assert!(roots.iter().all(|r| r.len() == alphas.len()));
     let (count, kw, n) = (alphas.len(), key_words(n, m), n as usize);
-    let mut keys = [vec![0u64; count * kw], vec![0u64; count * kw]];
+    let mut keys = vec![0u64; count * kw];
     // The two parties' current seeds (control bit in the lowest bit), and v_alpha per output.
-    let mut seeds: Vec<[u128; 2]> = (0..count)
-        .map(|_| [0, 1].map(|b| clear(u128::from_le_bytes(secret.next_seed())) | b))
-        .collect();
+    let mut seeds: Vec<[u128; 2]> = (0..count).map(|e| root_pair(roots, e)).collect();
     let mut v_alpha = vec![0u64; count * m];
-    for (e, s) in seeds.iter().enumerate() {
-        for b in 0..2 {
-            write_seed(&mut keys[b][e * kw..], s[b]);
-        }
-    }
     // Per key and party: the two children, then the m value blocks.
     let per = 2 + m;
     let mut buf = vec![0u128; 2 * per * count];
@@ -64,7 +60,7 @@ pub fn generate(
             let h: [&[u128]; 2] = [0, 1].map(|b| &buf[(2 * e + b) * per..(2 * e + b + 1) * per]);
             let seed_cw = clear(h[0][lose] ^ h[1][lose]);
             let sign = sign(s[1] & 1 == 1);
-            let key_at = e * kw + 2 + (2 + m) * level;
+            let key_at = e * kw + (2 + m) * level;
             for k in 0..m {
                 let values = h.map(|h| halves(h[2 + k]));
                 let v = &mut v_alpha[e * m + k];
@@ -80,23 +76,12 @@ pub fn generate(
                     .wrapping_sub(values[1][keep])
                     .wrapping_add(values[0][keep])
                     .wrapping_add(sign.wrapping_mul(value_cw));
-                for key in &mut keys {
-                    key[key_at + 2 + k] = value_cw;
-                }
+                keys[key_at + 2 + k] = value_cw;
             }
             let children = h.map(|h| [h[0], h[1]]);
             let bits_cw = descend(children, s, keep, seed_cw);
-            for key in &mut keys {
-                let key = &mut key[e * kw..(e + 1) * kw];
-                write_level(
-                    key,
-                    2 + (2 + m) * level,
-                    2 + (2 + m) * n,
-                    level,
-                    seed_cw,
-                    bits_cw,
-                );
-            }
+            let key = &mut keys[e * kw..(e + 1) * kw];
+            write_level(key, (2 + m) * level, (2 + m) * n, level, seed_cw, bits_cw);
         }
     }
     for (e, s) in seeds.iter().enumerate() {
@@ -107,27 +92,33 @@ pub fn generate(
                     .wrapping_sub(ends[0])
                     .wrapping_sub(v_alpha[e * m + k]),
             );
-            for key in &mut keys {
-                key[(e + 1) * kw - m + k] = last;
-            }
+            keys[(e + 1) * kw - m + k] = last;
         }
     }
     keys
 }
 
-/// Party `party`'s (0 or 1) shares of `f(x)` (`m` each, in order) for the concatenated keys
-/// `keys` of `n` levels and `m` outputs, each evaluated at `points` consecutive `xs`.
+/// The two parties' root seeds of key `e`, with their control bits (0 and 1).
+pub(crate) fn root_pair(roots: [&[u128]; 2], e: usize) -> [u128; 2] {
+    [clear(roots[0][e]), clear(roots[1][e]) | 1]
+}
+
+/// Party `party`'s (0 or 1) shares of `f(x)` (`m` each, in order) for the keys of `n` levels
+/// and `m` outputs whose roots are this party's `roots` (as given to [`generate`]) and whose
+/// corrections are `keys`, concatenated, each evaluated at `points` consecutive `xs`.
 pub fn evaluate(
     prg: &TreePrg,
     party: u8,
     (n, m): (u32, usize),
+    roots: &[u128],
     keys: &[u64],
     xs: &[u64],
     points: usize,
 ) -> Vec<u64> {
+    let root = |r: u128| clear(r) | party as u128;
     let mut values = match m {
-        1 => evaluate_m::<1>(prg, n, keys, xs, points),
-        _ => evaluate_m::<2>(prg, n, keys, xs, points),
+        1 => evaluate_m::<1>(prg, n, roots, root, keys, xs, points),
+        _ => evaluate_m::<2>(prg, n, roots, root, keys, xs, points),
     };
     if party == 1 {
         values.iter_mut().for_each(|v| *v = v.wrapping_neg());
@@ -139,16 +130,19 @@ pub fn evaluate(
 fn evaluate_m<const M: usize>(
     prg: &TreePrg,
     n: u32,
+    roots: &[u128],
+    root: impl Fn(u128) -> u128,
     keys: &[u64],
     xs: &[u64],
     points: usize,
 ) -> Vec<u64> {
     let (kw, n) = (key_words(n, M), n as usize);
     debug_assert_eq!(keys.len() * points, xs.len() * kw);
+    debug_assert_eq!(roots.len() * kw, keys.len());
     let keys: Vec<&[u64]> = keys.chunks_exact(kw).collect();
-    let mut seeds: Vec<u128> = keys
+    let mut seeds: Vec<u128> = roots
         .iter()
-        .flat_map(|k| std::iter::repeat_n(read_seed(k), points))
+        .flat_map(|r| std::iter::repeat_n(root(*r), points))
         .collect();
     let mut values = vec![[0u64; M]; xs.len()];
     let per = 1 + M;
@@ -162,9 +156,9 @@ fn evaluate_m<const M: usize>(
             }
         }
         prg.hash(&mut buf);
-        let at = 2 + (2 + M) * level;
+        let at = (2 + M) * level;
         for (key, e) in keys.iter().zip((0..xs.len()).step_by(points)) {
-            let cw = read_level(key, at, 2 + (2 + M) * n, level);
+            let cw = read_level(key, at, (2 + M) * n, level);
             let value_cw = &key[at + 2..at + 2 + M];
             for e in e..e + points {
                 let dir = ((xs[e] >> i) & 1) as usize;
@@ -260,9 +254,16 @@ pub(crate) fn read_seed(words: &[u64]) -> u128 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::prg::Prg;
     use proptest::prelude::*;
+
+    /// Two parties' `count` root seeds from `seed`.
+    pub(crate) fn roots(seed: &[u8; 16], count: usize) -> [Vec<u128>; 2] {
+        let mut prg = Prg::new(seed);
+        [0, 1].map(|_| (0..count).map(|_| u128::from_le_bytes(prg.next_seed())).collect())
+    }
 
     proptest! {
         #[test]
@@ -276,10 +277,11 @@ mod tests {
             // One key per probe, all for the same comparison, made and evaluated together.
             let prg = TreePrg::new();
             let beta = &betas[..m];
-            let keys = generate(&prg, n, m, &[alpha; 6], &beta.repeat(6), &mut Prg::new(&seed));
-            prop_assert_eq!(keys[0].len(), 6 * key_words(n, m));
-            let a = evaluate(&prg, 0, (n, m), &keys[0], &probes, 1);
-            let b = evaluate(&prg, 1, (n, m), &keys[1], &probes, 1);
+            let roots = roots(&seed, 6);
+            let keys = generate(&prg, n, m, &[alpha; 6], &beta.repeat(6), [&roots[0], &roots[1]]);
+            prop_assert_eq!(keys.len(), 6 * key_words(n, m));
+            let a = evaluate(&prg, 0, (n, m), &roots[0], &keys, &probes, 1);
+            let b = evaluate(&prg, 1, (n, m), &roots[1], &keys, &probes, 1);
             for (i, probe) in probes.iter().enumerate() {
                 for k in 0..m {
                     let want = if *probe < alpha { beta[k] } else { 0 };
@@ -297,10 +299,11 @@ mod tests {
             let alphas: Vec<u64> = alphas.iter().map(|a| a & ((1 << n) - 1)).collect();
             let betas: Vec<u64> = (1..=alphas.len() as u64).collect();
             let prg = TreePrg::new();
-            let keys = generate(&prg, n, 1, &alphas, &betas, &mut Prg::new(&seed));
+            let roots = roots(&seed, alphas.len());
+            let keys = generate(&prg, n, 1, &alphas, &betas, [&roots[0], &roots[1]]);
             let xs: Vec<u64> = alphas.iter().map(|a| a.saturating_sub(1)).collect();
-            let a = evaluate(&prg, 0, (n, 1), &keys[0], &xs, 1);
-            let b = evaluate(&prg, 1, (n, 1), &keys[1], &xs, 1);
+            let a = evaluate(&prg, 0, (n, 1), &roots[0], &keys, &xs, 1);
+            let b = evaluate(&prg, 1, (n, 1), &roots[1], &keys, &xs, 1);
             for i in 0..xs.len() {
                 let want = if xs[i] < alphas[i] { betas[i] } else { 0 };
                 prop_assert_eq!(a[i].wrapping_add(b[i]), want);

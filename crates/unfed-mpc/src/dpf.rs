@@ -8,19 +8,19 @@
 //! evaluation over 10 bits takes 638 AES blocks, where a tree down to single outputs takes
 //! 2046.
 
-use crate::dcf::{descend, read_level, read_seed, sign, write_level, write_seed};
-use crate::prg::{Prg, RIGHT, TreePrg, clear, halves, on};
+use crate::dcf::{descend, read_level, root_pair, sign, write_level};
+use crate::prg::{RIGHT, TreePrg, clear, halves, on};
 
 /// The tree stops this many levels above the domain (fewer for smaller domains).
 pub const LEAF: u32 = 4;
 
-/// Ring elements a key over `n`-bit inputs takes: the party's root seed (two words, its
-/// control bit in the lowest bit), the correction seeds of the tree's levels (two words
-/// each), their two correction bits per level packed, and the output corrections of a leaf.
-/// Only the root differs between the two parties' keys.
+/// Correction words a key over `n`-bit inputs takes, the same for both parties (a key is also
+/// its party's root seed, as in [`crate::dcf`]): the correction seeds of the tree's levels
+/// (two words each), their two correction bits per level packed, and the output corrections
+/// of a leaf.
 pub fn key_words(n: u32) -> usize {
     let (levels, leaf) = shape(n);
-    2 + 2 * levels + (2 * levels).div_ceil(64) + (1 << leaf)
+    2 * levels + (2 * levels).div_ceil(64) + (1 << leaf)
 }
 
 /// The tree's levels and the log2 of a leaf's outputs.
@@ -29,26 +29,21 @@ fn shape(n: u32) -> (usize, usize) {
     ((n - leaf) as usize, leaf as usize)
 }
 
-/// The two parties' keys of `x = alphas[i] ↦ beta` over `n`-bit inputs (`1 ≤ n ≤ 20`: the
-/// full domain is evaluated), concatenated, with root seeds drawn from `secret`.
+/// The correction words of the keys of `x = alphas[i] ↦ beta` over `n`-bit inputs
+/// (`1 ≤ n ≤ 20`: the full domain is evaluated), concatenated, for the parties' uniformly
+/// random root seeds `roots[party][i]` (their lowest bits become the control bits).
 pub fn generate(
     prg: &TreePrg,
     n: u32,
     alphas: &[u64],
     beta: u64,
-    secret: &mut Prg,
-) -> [Vec<u64>; 2] {
+    roots: [&[u128]; 2],
+) -> Vec<u64> {
     debug_assert!((1..=20).contains(&n) && alphas.iter().all(|a| a >> n == 0));
+    debug_assert!(roots.iter().all(|r| r.len() == alphas.len()));
     let (count, kw, (levels, leaf)) = (alphas.len(), key_words(n), shape(n));
-    let mut keys = [vec![0u64; count * kw], vec![0u64; count * kw]];
-    let mut seeds: Vec<[u128; 2]> = (0..count)
-        .map(|_| [0, 1].map(|b| clear(u128::from_le_bytes(secret.next_seed())) | b))
-        .collect();
-    for (e, s) in seeds.iter().enumerate() {
-        for b in 0..2 {
-            write_seed(&mut keys[b][e * kw..], s[b]);
-        }
-    }
+    let mut keys = vec![0u64; count * kw];
+    let mut seeds: Vec<[u128; 2]> = (0..count).map(|e| root_pair(roots, e)).collect();
     let mut buf = vec![0u128; 4 * count];
     for level in 0..levels {
         let i = n as usize - 1 - level;
@@ -65,10 +60,8 @@ pub fn generate(
             let h = [0, 1].map(|b| [buf[4 * e + 2 * b], buf[4 * e + 2 * b + 1]]);
             let seed_cw = clear(h[0][1 - keep] ^ h[1][1 - keep]);
             let bits_cw = descend(h, s, keep, seed_cw);
-            for key in &mut keys {
-                let key = &mut key[e * kw..(e + 1) * kw];
-                write_level(key, 2 + 2 * level, 2 + 2 * levels, level, seed_cw, bits_cw);
-            }
+            let key = &mut keys[e * kw..(e + 1) * kw];
+            write_level(key, 2 * level, 2 * levels, level, seed_cw, bits_cw);
         }
     }
     let width = 1usize << leaf;
@@ -84,9 +77,7 @@ pub fn generate(
         for w in 0..width {
             let beta = if w == target { beta } else { 0 };
             let last = sign.wrapping_mul(beta.wrapping_sub(leaf_a[w]).wrapping_add(leaf_b[w]));
-            for key in &mut keys {
-                key[(e + 1) * kw - width + w] = last;
-            }
+            keys[(e + 1) * kw - width + w] = last;
         }
     }
     keys
@@ -100,12 +91,13 @@ pub struct Scratch {
 }
 
 /// Party `party`'s (0 or 1) shares of `f(x)` for every `x` of the domain, in order, into
-/// `out`, for the key `key` (its [`key_words`]`(n)` words).
+/// `out`, for the key of this party's root seed `root` (as given to [`generate`]) and the
+/// corrections `key` (its [`key_words`]`(n)` words).
 pub fn evaluate_all(
     prg: &TreePrg,
     party: u8,
     n: u32,
-    key: &[u64],
+    (root, key): (u128, &[u64]),
     scratch: &mut Scratch,
     out: &mut Vec<u64>,
 ) {
@@ -113,9 +105,9 @@ pub fn evaluate_all(
     let (levels, leaf) = shape(n);
     let Scratch { level, next } = scratch;
     level.clear();
-    level.push(read_seed(key));
+    level.push(clear(root) | party as u128);
     for l in 0..levels {
-        let cw = read_level(key, 2 + 2 * l, 2 + 2 * levels, l);
+        let cw = read_level(key, 2 * l, 2 * levels, l);
         next.clear();
         for parent in level.iter() {
             next.extend([clear(*parent), clear(*parent) ^ RIGHT]);
@@ -186,14 +178,16 @@ mod tests {
             let prg = TreePrg::new();
             // Two keys in one batch: the second, for another point, must not disturb the first.
             let other = (alpha + 1) & ((1u64 << n) - 1);
-            let keys = generate(&prg, n, &[alpha, other], beta, &mut Prg::new(&seed));
+            let roots = crate::dcf::tests::roots(&seed, 2);
+            let keys = generate(&prg, n, &[alpha, other], beta, [&roots[0], &roots[1]]);
             let kw = key_words(n);
-            prop_assert_eq!(keys[0].len(), 2 * kw);
+            prop_assert_eq!(keys.len(), 2 * kw);
             let mut scratch = Scratch::default();
             for (k, point) in [alpha, other].into_iter().enumerate() {
                 let (mut a, mut b) = (Vec::new(), Vec::new());
-                evaluate_all(&prg, 0, n, &keys[0][k * kw..(k + 1) * kw], &mut scratch, &mut a);
-                evaluate_all(&prg, 1, n, &keys[1][k * kw..(k + 1) * kw], &mut scratch, &mut b);
+                let key = &keys[k * kw..(k + 1) * kw];
+                evaluate_all(&prg, 0, n, (roots[0][k], key), &mut scratch, &mut a);
+                evaluate_all(&prg, 1, n, (roots[1][k], key), &mut scratch, &mut b);
                 prop_assert_eq!(a.len(), 1 << n);
                 for (x, (a, b)) in a.iter().zip(&b).enumerate() {
                     let want = if x as u64 == point { beta } else { 0 };

@@ -49,15 +49,18 @@ pub struct StepMaterial {
 }
 
 impl StepMaterial {
-    /// Bytes on the wire.
-    pub fn len_bytes(&self) -> usize {
-        self.input.len_bytes() + self.layers.len_bytes()
-    }
-
-    /// Every dealt word, the input's first (seeds not included).
+    /// Every dealt word, the input's first, each part's own words before its common ones
+    /// (seeds not included).
     pub fn words(&self) -> Vec<u64> {
-        [&self.input.words[..], &self.layers.words[..]].concat()
+        let (i, l) = (&self.input, &self.layers);
+        [&i.words[..], &i.common, &l.words, &l.common].concat()
     }
+}
+
+/// Bytes a dealer sends for one part of a step: each party's own part, and the common words
+/// once.
+pub fn wire_bytes([a, b]: &[Material; 2]) -> usize {
+    a.own_len_bytes() + b.own_len_bytes() + 8 * a.common.len()
 }
 
 /// Deals the input part of a step on `tokens`: each party's shares of their one-hot rows.
@@ -121,7 +124,7 @@ pub fn run(
 }
 
 fn dealer(rng: &mut Prg) -> Ctx<'static> {
-    Ctx::dealer([rng.next_seed(), rng.next_seed(), rng.next_seed()])
+    Ctx::dealer([rng.next_seed(), rng.next_seed()])
 }
 
 /// The decoder layers on shares of their input `x` (the dealer passes zeros and no weights).
@@ -157,8 +160,8 @@ pub struct LocalPair<'w> {
     states: [ShardState; 3],
     /// Party A's traffic so far.
     pub stats: Stats,
-    /// Bytes dealt to A and to B so far.
-    pub dealt: [usize; 2],
+    /// Bytes dealt so far (A's and B's own, and the common words once).
+    pub dealt: usize,
     /// Time spent dealing, and running the two parties, so far.
     pub deal_time: Duration,
     pub pair_time: Duration,
@@ -185,7 +188,7 @@ impl<'w> LocalPair<'w> {
             rng: Prg::new(&seed),
             states: Default::default(),
             stats: Stats::default(),
-            dealt: [0; 2],
+            dealt: 0,
             deal_time: Duration::ZERO,
             pair_time: Duration::ZERO,
             views: None,
@@ -202,8 +205,10 @@ impl<'w> LocalPair<'w> {
         let t = tokens.len();
         let start = Instant::now();
         let [dealer_state, state_a, state_b] = &mut self.states;
-        let [ia, ib] = deal_input(&mut self.rng, &self.spec, tokens)?;
-        let [la, lb] = deal_layers(&mut self.rng, &self.spec, t, dealer_state)?;
+        let input = deal_input(&mut self.rng, &self.spec, tokens)?;
+        let layers = deal_layers(&mut self.rng, &self.spec, t, dealer_state)?;
+        self.dealt += wire_bytes(&input) + wire_bytes(&layers);
+        let ([ia, ib], [la, lb]) = (input, layers);
         let (ma, mb) = (
             StepMaterial {
                 input: ia,
@@ -214,8 +219,6 @@ impl<'w> LocalPair<'w> {
                 layers: lb,
             },
         );
-        self.dealt[0] += ma.len_bytes();
-        self.dealt[1] += mb.len_bytes();
         let dealt = Instant::now();
         self.deal_time += dealt - start;
         let (mut link_a, mut link_b) = mem_pair();

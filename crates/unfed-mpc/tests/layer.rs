@@ -125,11 +125,7 @@ impl Pair {
 
     /// One step on `t` positions of plaintext input `x`, shared here; returns the output.
     fn step(&mut self, s: &LayerShape, w: &LayerWeights, x: &[u64], t: usize) -> Vec<u64> {
-        let seeds = [
-            self.rng.next_seed(),
-            self.rng.next_seed(),
-            self.rng.next_seed(),
-        ];
+        let seeds = [self.rng.next_seed(), self.rng.next_seed()];
         let [kv_dealer, kv_a, kv_b] = &mut self.kv;
         let mut dealer = Ctx::dealer(seeds);
         layer::forward(&mut dealer, s, None, &vec![0; x.len()], t, kv_dealer).unwrap();

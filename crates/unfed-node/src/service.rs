@@ -301,7 +301,11 @@ async fn run_session(
         let Some(step::Input::Mpc(m)) = input else {
             return Err(Status::invalid_argument("party A takes MPC input"));
         };
-        let material = ahead.material(m.positions as usize, &m.input, &m.layers)?;
+        let material = ahead.material(
+            m.positions as usize,
+            (&m.input, &m.input_common),
+            (&m.layers, &m.layers_common),
+        )?;
         let to_b = pair.to_b();
         let stepping = pair.step(&state.model_id, m, material);
         tokio::pin!(stepping);

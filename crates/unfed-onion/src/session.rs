@@ -193,6 +193,17 @@ pub struct SessionSender {
 impl SessionSender {
     /// Seal `plaintext` into a frame ([`FRAME_OVERHEAD`] bytes longer) and advance the counter.
     pub fn seal(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, SessionError> {
+        self.seal_bound(plaintext, &[])
+    }
+
+    /// [`Self::seal`], the frame also authenticating `bound`, bytes that travel beside it
+    /// unencrypted: the associated data is the channel's followed, for each part, by its length
+    /// (u64, big-endian) and its bytes. With no parts it is the channel's alone, as `seal`'s.
+    pub fn seal_bound(
+        &mut self,
+        plaintext: &[u8],
+        bound: &[&[u8]],
+    ) -> Result<Vec<u8>, SessionError> {
         if plaintext.len() > MAX_MESSAGE_LEN {
             return Err(SessionError::TooLong {
                 len: plaintext.len(),
@@ -211,7 +222,7 @@ impl SessionSender {
         let tag = self
             .channel
             .aead
-            .seal_in_place_separate_tag(nonce, Aad::from(&self.channel.ad), &mut frame[9..])
+            .seal_in_place_separate_tag(nonce, self.channel.aad(bound), &mut frame[9..])
             .map_err(|_| SessionError::TooLong {
                 len: plaintext.len(),
                 max: MAX_MESSAGE_LEN,
@@ -254,6 +265,12 @@ impl SessionReceiver {
     /// Authenticate and decrypt `frame`. Checks, in order: length, direction byte, the AEAD tag
     /// (under the counter the frame claims), then that the counter is the next one.
     pub fn open(&mut self, frame: &[u8]) -> Result<Vec<u8>, SessionError> {
+        self.open_bound(frame, &[])
+    }
+
+    /// [`Self::open`] for a frame sealed with [`SessionSender::seal_bound`]: it opens only
+    /// with the same `bound` parts.
+    pub fn open_bound(&mut self, frame: &[u8], bound: &[&[u8]]) -> Result<Vec<u8>, SessionError> {
         if frame.len() < FRAME_OVERHEAD {
             return Err(SessionError::FrameTooShort {
                 len: frame.len(),
@@ -282,7 +299,7 @@ impl SessionReceiver {
             .aead
             .open_in_place(
                 ring_nonce(frame[0], counter),
-                Aad::from(&self.channel.ad),
+                self.channel.aad(bound),
                 &mut plaintext,
             )
             .map_err(|_| SessionError::Authentication { counter })?;
@@ -332,6 +349,24 @@ struct Channel {
     aead: LessSafeKey,
     direction: Direction,
     ad: Vec<u8>,
+}
+
+impl Channel {
+    /// The associated data of a frame that authenticates `bound` (see
+    /// [`SessionSender::seal_bound`]).
+    fn aad(&self, bound: &[&[u8]]) -> Aad<std::borrow::Cow<'_, [u8]>> {
+        if bound.is_empty() {
+            return Aad::from(std::borrow::Cow::Borrowed(&self.ad[..]));
+        }
+        let len = self.ad.len() + bound.iter().map(|b| 8 + b.len()).sum::<usize>();
+        let mut ad = Vec::with_capacity(len);
+        ad.extend_from_slice(&self.ad);
+        for part in bound {
+            ad.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            ad.extend_from_slice(part);
+        }
+        Aad::from(std::borrow::Cow::Owned(ad))
+    }
 }
 
 /// `domain (1) || 00 00 00 || counter (8, big-endian)`.

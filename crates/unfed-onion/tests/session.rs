@@ -36,6 +36,36 @@ fn messages_flow_both_ways_in_order() {
 }
 
 #[test]
+fn a_frame_that_binds_bytes_beside_it_opens_only_with_those_bytes() {
+    let (client, hop, _) = keys();
+    let (common, other) = (vec![7u8; 1000], vec![9u8; 10]);
+    let mut sender = client.sender(Direction::Forward);
+    let frame = sender.seal_bound(b"step", &[&common, &other]).unwrap();
+    // Altered, moved between parts, dropped or ignored: each is refused, and a refused frame
+    // leaves the receiver as it was.
+    let mut altered = common.clone();
+    altered[500] ^= 1;
+    let moved = [&common[..999], &[common[999]][..], &other[..]].concat();
+    let mut receiver = hop.receiver(Direction::Forward);
+    for bound in [
+        vec![&altered[..], &other[..]],
+        vec![&moved[..999], &moved[999..]],
+        vec![&common[..]],
+        vec![],
+    ] {
+        let e = receiver.open_bound(&frame, &bound).unwrap_err();
+        assert_eq!(e, SessionError::Authentication { counter: 0 });
+        if bound.is_empty() {
+            assert_eq!(receiver.open(&frame).unwrap_err(), e);
+        }
+    }
+    assert_eq!(receiver.open_bound(&frame, &[&common, &other]).unwrap(), b"step");
+    // With no parts a frame is an ordinary one.
+    let plain = sender.seal_bound(b"next", &[]).unwrap();
+    assert_eq!(receiver.open(&plain).unwrap(), b"next");
+}
+
+#[test]
 fn replayed_frames_are_refused() {
     let (client, hop, _) = keys();
     let mut sender = client.sender(Direction::Forward);

@@ -166,6 +166,13 @@ pub mod circuit {
         out
     }
 
+    /// The parts a frame for party B authenticates beside it (the `bound` of
+    /// `unfed_onion::SessionSender::seal_bound`): the common words of the input, then of the
+    /// layers, as A forwards them.
+    pub fn b_frame_bound<'a>(input_common: &'a [u8], layers_common: &'a [u8]) -> [&'a [u8]; 2] {
+        [input_common, layers_common]
+    }
+
     /// A frame for party B, parsed.
     pub fn decode_b_frame(bytes: &[u8]) -> Result<BFrame<'_>, String> {
         let short = "a frame for party B shorter than its header";
@@ -190,7 +197,7 @@ pub mod circuit {
         pub positions: u32,
         /// The seed of B's output pad.
         pub pad: [u8; PAD_SEED_LEN],
-        /// B's dealt material, input and layers (each a seed, then words).
+        /// B's own dealt material, input and layers (each a seed, then words).
         pub input: &'a [u8],
         pub layers: &'a [u8],
     }

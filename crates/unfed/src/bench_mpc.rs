@@ -63,7 +63,7 @@ pub fn run(path: &std::path::Path, prompt_ids: &[u32], decode: usize, runs: usiz
                     deal: pair.deal_time - before.2,
                     rounds: pair.stats.rounds - before.0.rounds,
                     words: pair.stats.words_sent - before.0.words_sent,
-                    dealt: pair.dealt[0] + pair.dealt[1] - before.1[0] - before.1[1],
+                    dealt: pair.dealt - before.1,
                 })
             };
             let prefill = measure(prompt_ids)?;

@@ -12,7 +12,7 @@ use unfed_model::{Checkpoint, Compute, Input, LogitsMode, SamplingParams, ShardM
 use unfed_node::pair::{PairConfig, PairPeer, ViewFile, view};
 use unfed_node::views::{Seen, ViewLog};
 use unfed_proto::node::pair_client::PairClient;
-use unfed_proto::node::{PairFrame, PairOpen, pair_frame};
+use unfed_proto::node::{PairFrame, PairOpen, PairStep, pair_frame};
 
 use super::{client_runtime, start_registry};
 
@@ -165,7 +165,7 @@ pub fn through_the_pair(
         // Malformed streams to B are refused with a clear error; B keeps serving.
         for (frame, want) in [
             (
-                pair_frame::Kind::Sealed(vec![1, 2, 3].into()),
+                pair_frame::Kind::Step(PairStep::default()),
                 "starts with an open",
             ),
             (
@@ -277,7 +277,57 @@ pub fn through_the_pair(
             .count();
         assert_eq!(small, 0, "{path:?} holds small ring elements");
     }
+    crt.block_on(b_refuses_common_words_a_altered(&mut client, id, &address_b));
     drop((rt_a, rt_b, runtimes));
+}
+
+/// Playing a party A that alters one of the common words it forwards (dealt once, to A, for
+/// both parties): B refuses the step, since the client's sealed frame authenticates them.
+async fn b_refuses_common_words_a_altered(client: &mut unfed_client::Client, id: &str, b: &str) {
+    let b_key = client.candidates(id).await.unwrap()[0][0].pair.unwrap();
+    let spec = client.model(id).await.unwrap().manifest.mpc_spec().unwrap();
+    let mut dealer = unfed_client::pair::PairDealer::new(spec, b_key).unwrap();
+    let step = dealer.deal(&[1]).unwrap().input;
+    let channel = unfed_proto::Dialer::default().connect(b).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let open = PairOpen {
+        model_id: id.into(),
+        onion: step.b_onion.to_vec(),
+    };
+    tx.send(PairFrame {
+        kind: Some(pair_frame::Kind::Open(open)),
+    })
+    .await
+    .unwrap();
+    let mut replies = PairClient::new(channel)
+        .max_encoding_message_size(unfed_proto::MAX_NODE_MESSAGE)
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pair_frame::Kind::Ticket(ticket)) = replies.message().await.unwrap().unwrap().kind
+    else {
+        panic!("party B answers an open stream with its ticket");
+    };
+    let _rounds = unfed_proto::Dialer::default()
+        .connect_raw(b, ticket[..].try_into().unwrap(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut layers_common = step.layers_common.to_vec();
+    assert!(layers_common.len() > 8);
+    layers_common[8] ^= 1;
+    let altered = PairStep {
+        sealed: step.for_b,
+        input_common: step.input_common,
+        layers_common: layers_common.into(),
+    };
+    tx.send(PairFrame {
+        kind: Some(pair_frame::Kind::Step(altered)),
+    })
+    .await
+    .unwrap();
+    let e = replies.message().await.unwrap_err();
+    assert!(e.message().contains("a step for party B refused"), "{e}");
 }
 
 /// Opens a stream to party B at `address`, sends `frame`, and returns the error B ends it with.

@@ -24,10 +24,11 @@ impl Ctx<'_> {
         let n = idx.len();
         let mask = size as u64 - 1;
         let r = self.random(n);
+        let roots = self.roots(n);
         let key_words = dpf::key_words(log2);
-        let keys = self.dealt_both(n * key_words, |tree, secret| {
+        let keys = self.dealt_common(n * key_words, |tree| {
             let alphas: Vec<u64> = r.iter().map(|v| v & mask).collect();
-            dpf::generate(tree, log2, &alphas, 1, secret)
+            dpf::generate(tree, log2, &alphas, 1, [&roots[0], &roots[1]])
         })?;
         let c = self.open_bits(&ring::add(idx, &r), 0, log2)?;
         let Some(party) = self.key_index() else {
@@ -43,11 +44,11 @@ impl Ctx<'_> {
                     .collect()
             })
             .collect();
-        let keys = self.dealt(keys);
+        let (keys, roots) = (self.common(keys), &roots[party as usize]);
         let (mut scratch, mut point) = (dpf::Scratch::default(), Vec::with_capacity(size));
         let mut out = vec![Vec::with_capacity(n); tables.len()];
         for (i, c) in c.iter().enumerate() {
-            let key = &keys[i * key_words..(i + 1) * key_words];
+            let key = (roots[i], &keys[i * key_words..(i + 1) * key_words]);
             dpf::evaluate_all(&self.tree, party, log2, key, &mut scratch, &mut point);
             let start = size - 1 - (c & mask) as usize;
             for (table, out) in reversed.iter().zip(out.iter_mut()) {
@@ -69,18 +70,20 @@ impl Ctx<'_> {
     ) -> Result<Vec<u64>, MpcError> {
         let log2 = len.next_power_of_two().trailing_zeros().max(1);
         let key_words = dpf::key_words(log2);
-        let keys = self.dealt_both(count * key_words, |tree, secret| {
+        let roots = self.roots(count);
+        let keys = self.dealt_common(count * key_words, |tree| {
             let points = points();
             debug_assert_eq!(points.len(), count);
-            dpf::generate(tree, log2, &points, 1, secret)
+            dpf::generate(tree, log2, &points, 1, [&roots[0], &roots[1]])
         })?;
         let Some(party) = self.key_index() else {
             return Ok(vec![0; count * len]);
         };
         let (mut scratch, mut point) = (dpf::Scratch::default(), Vec::new());
         let mut out = Vec::with_capacity(count * len);
-        for key in self.dealt(keys).chunks_exact(key_words) {
-            dpf::evaluate_all(&self.tree, party, log2, key, &mut scratch, &mut point);
+        let keys = self.common(keys).chunks_exact(key_words);
+        for (key, root) in keys.zip(&roots[party as usize]) {
+            dpf::evaluate_all(&self.tree, party, log2, (*root, key), &mut scratch, &mut point);
             out.extend_from_slice(&point[..len]);
         }
         Ok(out)
@@ -127,7 +130,8 @@ impl Ctx<'_> {
         };
         let shape = (bits - low, outputs);
         let key_words = dcf::key_words(shape.0, outputs);
-        let keys = self.dealt_both(n * key_words, |tree, secret| {
+        let roots = self.roots(n);
+        let keys = self.dealt_common(n * key_words, |tree| {
             let alphas: Vec<u64> = r.iter().map(|v| (v & mask) >> low).collect();
             let betas: Vec<u64> = r
                 .iter()
@@ -137,7 +141,7 @@ impl Ctx<'_> {
                     [sign, sign.wrapping_mul(*r)].into_iter().take(outputs)
                 })
                 .collect();
-            dcf::generate(tree, shape.0, outputs, &alphas, &betas, secret)
+            dcf::generate(tree, shape.0, outputs, &alphas, &betas, [&roots[0], &roots[1]])
         })?;
         let mut masked = ring::add(x, &r);
         self.add_public(&mut masked, 1 << bits);
@@ -155,7 +159,8 @@ impl Ctx<'_> {
                     .map(move |tau| (c.wrapping_sub(*tau) & mask) >> low)
             })
             .collect();
-        let d = dcf::evaluate(&self.tree, party, shape, self.dealt(keys), &points, t);
+        let roots = &roots[party as usize];
+        let d = dcf::evaluate(&self.tree, party, shape, roots, self.common(keys), &points, t);
         let (mut below, mut product) = (vec![0u64; t * n], vec![0u64; products]);
         for (e, c) in c.iter().enumerate() {
             for (j, tau) in thresholds.iter().enumerate() {

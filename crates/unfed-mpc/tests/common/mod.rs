@@ -13,8 +13,8 @@ pub struct Run {
     pub output: Vec<u64>,
     /// Party A's traffic.
     pub stats: Stats,
-    /// Words dealt to A and to B.
-    pub dealt: [usize; 2],
+    /// Words dealt to A alone, to B alone, and to both alike.
+    pub dealt: [usize; 3],
 }
 
 /// `protocol` on `input`, from the seed `seed` (every random choice of dealer and sharing).
@@ -28,11 +28,15 @@ where
             .try_into()
             .unwrap(),
     );
-    let seeds = [rng.next_seed(), rng.next_seed(), rng.next_seed()];
+    let seeds = [rng.next_seed(), rng.next_seed()];
     let mut dealer = Ctx::dealer(seeds);
     protocol(&mut dealer, &vec![0; input.len()]).expect("the dealer never fails");
     let [material_a, material_b] = dealer.into_material().unwrap();
-    let dealt = [material_a.words.len(), material_b.words.len()];
+    let dealt = [
+        material_a.words.len(),
+        material_b.words.len(),
+        material_a.common.len(),
+    ];
     let [share_a, share_b] = ring::share(input, &rng.take(input.len()));
     let (mut link_a, mut link_b) = mem_pair();
     let party = |role: Role, material: Material, share: Vec<u64>, link: &mut unfed_mpc::MemLink| {

@@ -96,9 +96,13 @@ pub struct Party {
 #[derive(Default)]
 pub(crate) struct Ahead(Option<Material>);
 
+/// One part of a step's material in its wire form: the party's own (a seed, then words) and
+/// the common words.
+pub(crate) type Wire<'a> = (&'a [u8], &'a [u8]);
+
 impl Ahead {
     /// Keeps the layers of the next step (in their wire form): one step's at a time.
-    pub fn keep(&mut self, layers: &[u8]) -> Result<(), tonic::Status> {
+    pub fn keep(&mut self, layers: Wire) -> Result<(), tonic::Status> {
         if self.0.is_some() {
             return Err(tonic::Status::invalid_argument(
                 "the layers of the next MPC step came ahead twice",
@@ -108,15 +112,15 @@ impl Ahead {
         Ok(())
     }
 
-    /// A step's material from its wire form (each part a seed, then words): the layers from
-    /// the step itself or, when it carries none, those that came ahead (for one position).
+    /// A step's material from its wire form: the layers from the step itself or, when it
+    /// carries none, those that came ahead (for one position).
     pub fn material(
         &mut self,
         positions: usize,
-        input: &[u8],
-        layers: &[u8],
+        input: Wire,
+        layers: Wire,
     ) -> Result<StepMaterial, tonic::Status> {
-        let layers = match (self.0.take(), layers.is_empty()) {
+        let layers = match (self.0.take(), layers.0.is_empty()) {
             (None, false) => part(layers)?,
             (Some(ahead), true) if positions == 1 => ahead,
             (None, true) => {
@@ -137,8 +141,8 @@ impl Ahead {
     }
 }
 
-fn part(bytes: &[u8]) -> Result<Material, tonic::Status> {
-    Material::from_bytes(bytes).ok_or_else(|| {
+fn part((own, common): Wire) -> Result<Material, tonic::Status> {
+    Material::from_bytes(own, common).ok_or_else(|| {
         tonic::Status::invalid_argument("the dealt material is not a seed and words")
     })
 }
@@ -243,27 +247,34 @@ mod tests {
 
     #[test]
     fn layers_that_came_ahead_serve_the_next_one_position_step_only() {
+        let common = [5u8; 24];
+        let (one, two) = (wire(1), wire(2));
+        let (input, none) = ((&one[..], &common[..]), (&[][..], &[][..]));
         let mut ahead = Ahead::default();
-        let e = ahead.material(1, &wire(1), &[]).unwrap_err();
+        let e = ahead.material(1, input, none).unwrap_err();
         assert!(e.message().contains("none came ahead"), "{e}");
 
-        ahead.keep(&wire(2)).unwrap();
-        let e = ahead.keep(&wire(3)).unwrap_err();
+        ahead.keep((&two, &common[..16])).unwrap();
+        let e = ahead.keep((&wire(3), &[])).unwrap_err();
         assert!(e.message().contains("ahead twice"), "{e}");
-        let m = ahead.material(1, &wire(1), &[]).unwrap();
+        let m = ahead.material(1, input, none).unwrap();
         assert_eq!((m.input.seed, m.layers.seed), ([1; 16], [2; 16]));
+        assert_eq!((m.input.common.len(), m.layers.common.len()), (3, 2));
         // Used once: the step after needs its own again.
-        assert!(ahead.material(1, &wire(1), &[]).is_err());
+        assert!(ahead.material(1, input, none).is_err());
 
         // Layers that came ahead are for one position, and a step that brings its own while
         // some are held is refused: the client and the pair disagree about what was dealt.
-        for (positions, layers) in [(2, Vec::new()), (1, wire(4))] {
+        let four = wire(4);
+        for (positions, layers) in [(2, none), (1, (&four[..], &[][..]))] {
             let mut ahead = Ahead::default();
-            ahead.keep(&wire(2)).unwrap();
-            let e = ahead.material(positions, &wire(1), &layers).unwrap_err();
+            ahead.keep((&two, &[])).unwrap();
+            let e = ahead.material(positions, input, layers).unwrap_err();
             assert!(e.message().contains("next one-position"), "{e}");
         }
-        let e = Ahead::default().keep(&[0; 20]).unwrap_err();
-        assert!(e.message().contains("not a seed and words"), "{e}");
+        for bad in [(&[0u8; 20][..], &[][..]), (&two[..], &[0u8; 12][..])] {
+            let e = Ahead::default().keep(bad).unwrap_err();
+            assert!(e.message().contains("not a seed and words"), "{e}");
+        }
     }
 }

@@ -13,7 +13,9 @@ use unfed_mpc::ring;
 use unfed_mpc::shard::{ShardState, StepMaterial};
 use unfed_proto::MAX_NODE_MESSAGE;
 use unfed_proto::node::pair_client::PairClient;
-use unfed_proto::node::{Masked, MpcAhead, MpcInput, PairFrame, PairOpen, pair_frame};
+use unfed_proto::node::{
+    Masked, MpcAhead, MpcInput, PairFrame, PairOpen, PairStep, pair_frame,
+};
 
 use super::bridge::{self, Inbound, PEER_TIMEOUT, RoundLink};
 use super::{Ahead, MAX_STEP_POSITIONS, Party, StepJob};
@@ -67,17 +69,28 @@ impl PartyA {
 }
 
 /// Takes in the layers of a session's next step that came ahead: A's kept in `ahead`, B's
-/// sealed frame forwarded to B (which holds it for after the step it may be running).
+/// sealed frame and the common words forwarded to B (which holds them for after the step it
+/// may be running).
 pub(crate) async fn take_ahead(
     to_b: &mpsc::Sender<PairFrame>,
     ahead: &mut Ahead,
     layers: MpcAhead,
 ) -> Result<(), Status> {
-    ahead.keep(&layers.layers)?;
-    let sealed = PairFrame {
-        kind: Some(pair_frame::Kind::Sealed(layers.for_b)),
+    ahead.keep((&layers.layers, &layers.layers_common))?;
+    let step = PairStep {
+        sealed: layers.for_b,
+        input_common: Default::default(),
+        layers_common: layers.layers_common,
     };
-    tokio::time::timeout(PEER_TIMEOUT, to_b.send(sealed))
+    send_to_b(to_b, step).await
+}
+
+/// B's part of a step, on the session's stream to B.
+async fn send_to_b(to_b: &mpsc::Sender<PairFrame>, step: PairStep) -> Result<(), Status> {
+    let frame = PairFrame {
+        kind: Some(pair_frame::Kind::Step(step)),
+    };
+    tokio::time::timeout(PEER_TIMEOUT, to_b.send(frame))
         .await
         .map_err(|_| Status::deadline_exceeded("party B stopped reading"))?
         .map_err(|_| Status::unavailable("party B closed the stream"))
@@ -149,13 +162,12 @@ impl PairSession {
             (Some(_), true) => {}
         }
         let (send, inbound) = self.stream.as_mut().expect("opened above");
-        let sealed = PairFrame {
-            kind: Some(pair_frame::Kind::Sealed(input.for_b)),
+        let step = PairStep {
+            sealed: input.for_b,
+            input_common: input.input_common,
+            layers_common: input.layers_common,
         };
-        tokio::time::timeout(PEER_TIMEOUT, send.send(sealed))
-            .await
-            .map_err(|_| Status::deadline_exceeded("party B stopped reading"))?
-            .map_err(|_| Status::unavailable("party B closed the stream"))?;
+        send_to_b(send, step).await?;
         let job = StepJob {
             party: party.clone(),
             session: self.id,

@@ -160,22 +160,26 @@ async fn run_session(
     let mut ahead = super::Ahead::default();
     let mut step = 0u32;
     loop {
-        let sealed = match tokio::time::timeout(b.idle_timeout, inbound.recv()).await {
+        let step_in = match tokio::time::timeout(b.idle_timeout, inbound.recv()).await {
             Err(_) => return Err(Status::deadline_exceeded("the session was idle too long")),
             Ok(None) => return Ok(()),
             Ok(Some(Err(s))) => return Err(s),
             Ok(Some(Ok(PairFrame {
-                kind: Some(pair_frame::Kind::Sealed(sealed)),
-            }))) => sealed,
-            Ok(Some(Ok(_))) => return Err(Status::invalid_argument("expected a sealed step")),
+                kind: Some(pair_frame::Kind::Step(step)),
+            }))) => step,
+            Ok(Some(Ok(_))) => return Err(Status::invalid_argument("expected a step")),
         };
+        // The common words came from A, the sealed frame from the client: it opens only with
+        // the common words the client dealt.
+        let (input_common, layers_common) = (&step_in.input_common, &step_in.layers_common);
+        let bound = wire::b_frame_bound(input_common, layers_common);
         let plain = frames
-            .open(&sealed)
+            .open_bound(&step_in.sealed, &bound)
             .map_err(|e| Status::invalid_argument(format!("a step for party B refused: {e}")))?;
         let frame = wire::decode_b_frame(&plain).map_err(Status::invalid_argument)?;
         let positions = frame.positions as usize;
         if positions == 0 {
-            ahead.keep(frame.layers)?;
+            ahead.keep((frame.layers, layers_common))?;
             continue;
         }
         if positions > MAX_STEP_POSITIONS || state.positions() + positions > party.max_positions {
@@ -184,7 +188,11 @@ async fn run_session(
                 party.max_positions
             )));
         }
-        let material = ahead.material(positions, frame.input, frame.layers)?;
+        let material = ahead.material(
+            positions,
+            (frame.input, input_common),
+            (frame.layers, layers_common),
+        )?;
         let job = StepJob {
             party: party.clone(),
             session: id,

@@ -9,7 +9,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The messages that carry an MPC step's megabytes hold them as `Bytes`: decoding slices
     // the received buffer instead of copying it.
     let mut config = tonic_prost_build::configure();
-    for message in ["SessionRequest", "MpcInput", "MpcAhead", "PairFrame", "PairStep"] {
+    for message in [
+        "SessionRequest",
+        "MpcInput",
+        "MpcAhead",
+        "PairFrame",
+        "PairStep",
+    ] {
         config = config.bytes(format!(".unfed.node.v1.{message}"));
     }
     config.compile_fds(fds)?;

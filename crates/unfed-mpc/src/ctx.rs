@@ -51,7 +51,7 @@ impl Material {
     /// `common` not whole words.
     pub fn from_bytes(own: &[u8], common: &[u8]) -> Option<Self> {
         let (seed, words) = own.split_first_chunk::<16>()?;
-        if common.len() % 8 != 0 {
+        if !common.len().is_multiple_of(8) {
             return None;
         }
         Some(Self {
@@ -454,7 +454,9 @@ impl<'l> Ctx<'l> {
     /// no words; the other party's list is empty), the dealer makes both parties'.
     fn roots(&mut self, n: usize) -> [Vec<u128>; 2] {
         let take = |prg: &mut Prg| -> Vec<u128> {
-            (0..n).map(|_| u128::from_le_bytes(prg.next_seed())).collect()
+            (0..n)
+                .map(|_| u128::from_le_bytes(prg.next_seed()))
+                .collect()
         };
         match &mut self.source {
             Source::Party {

@@ -262,7 +262,11 @@ pub(crate) mod tests {
     /// Two parties' `count` root seeds from `seed`.
     pub(crate) fn roots(seed: &[u8; 16], count: usize) -> [Vec<u128>; 2] {
         let mut prg = Prg::new(seed);
-        [0, 1].map(|_| (0..count).map(|_| u128::from_le_bytes(prg.next_seed())).collect())
+        [0, 1].map(|_| {
+            (0..count)
+                .map(|_| u128::from_le_bytes(prg.next_seed()))
+                .collect()
+        })
     }
 
     proptest! {

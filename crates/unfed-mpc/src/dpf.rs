@@ -32,13 +32,7 @@ fn shape(n: u32) -> (usize, usize) {
 /// The correction words of the keys of `x = alphas[i] ↦ beta` over `n`-bit inputs
 /// (`1 ≤ n ≤ 20`: the full domain is evaluated), concatenated, for the parties' uniformly
 /// random root seeds `roots[party][i]` (their lowest bits become the control bits).
-pub fn generate(
-    prg: &TreePrg,
-    n: u32,
-    alphas: &[u64],
-    beta: u64,
-    roots: [&[u128]; 2],
-) -> Vec<u64> {
+pub fn generate(prg: &TreePrg, n: u32, alphas: &[u64], beta: u64, roots: [&[u128]; 2]) -> Vec<u64> {
     debug_assert!((1..=20).contains(&n) && alphas.iter().all(|a| a >> n == 0));
     debug_assert!(roots.iter().all(|r| r.len() == alphas.len()));
     let (count, kw, (levels, leaf)) = (alphas.len(), key_words(n), shape(n));

@@ -3,14 +3,15 @@
 //! the party doing it must touch every row). The work streams through the table once per
 //! token, so the table is held as small as it exactly can be: in blocks of 32 columns, each
 //! `offset + scale·q` with 8-bit `q`, which the weights of a quantized checkpoint always
-//! allow, and at full width otherwise.
+//! allow, and at full width otherwise. The product with 8-bit blocks is in `pairs`.
+
+mod pairs;
+
+use pairs::BLOCK;
 
 use crate::layer::Matrix;
 use crate::ring::gcd;
 use crate::{Ctx, MpcError};
-
-/// Columns of a block that shares one scale and offset.
-const BLOCK: usize = 32;
 
 /// A public `[vocab][hidden]` embedding table in fixed point.
 #[derive(Clone, Debug)]
@@ -22,8 +23,8 @@ pub struct Embedding {
 
 #[derive(Clone, Debug)]
 enum Form {
-    /// Per row and block a scale and an offset; per entry `q`: the entry is
-    /// `offset + scale·q`.
+    /// Per block and row a scale, per row and block an offset, per entry `q` (in the order
+    /// of [`pairs::interleave`]): the entry is `offset + scale·q`.
     Blocks {
         scales: Vec<u32>,
         offsets: Vec<i32>,
@@ -65,46 +66,17 @@ impl Embedding {
             }
             Form::Blocks { scales, offsets, q } => {
                 let nb = cols.div_ceil(BLOCK);
-                // Σ_r onehot_r·offset_rb, per token and block, added at the end.
-                let mut sums = vec![0u64; t * nb];
-                // The products' high halves, kept apart in 32 bits (see `add_scaled`).
-                let mut high = vec![0u32; t * cols];
-                let whole = cols / BLOCK * BLOCK;
-                for r in 0..rows {
-                    let q = &q[r * cols..(r + 1) * cols];
-                    let (scales, offsets) = (&scales[r * nb..][..nb], &offsets[r * nb..][..nb]);
-                    let rows_out = out.chunks_mut(cols).zip(high.chunks_mut(cols));
-                    for (i, ((o, high), sums)) in rows_out.zip(sums.chunks_mut(nb)).enumerate() {
-                        let e = onehot[i * rows + r];
+                for (onehot, out) in onehot.chunks(rows).zip(out.chunks_mut(cols)) {
+                    pairs::add_product(onehot, scales, q, out);
+                    // Σ_r onehot_r·offset_rb, per block.
+                    let mut sums = vec![0u64; nb];
+                    for (e, offsets) in onehot.iter().zip(offsets.chunks(nb)) {
                         for (sum, offset) in sums.iter_mut().zip(offsets) {
                             *sum = sum.wrapping_add(e.wrapping_mul(*offset as i64 as u64));
                         }
-                        let (o, o_rest) = o.split_at_mut(whole);
-                        let blocks = o.chunks_exact_mut(BLOCK).zip(high.chunks_exact_mut(BLOCK));
-                        for (((o, h), q), scale) in blocks.zip(q.chunks_exact(BLOCK)).zip(scales) {
-                            let o: &mut [u64; BLOCK] = o.try_into().expect("a block");
-                            let h: &mut [u32; BLOCK] = h.try_into().expect("a block");
-                            let q: &[u8; BLOCK] = q.try_into().expect("a block");
-                            add_scaled(o, h, q, e.wrapping_mul(*scale as u64));
-                        }
-                        // A short last block (hidden sizes not a multiple of 32).
-                        if let Some(scale) = scales.get(cols / BLOCK) {
-                            let a = e.wrapping_mul(*scale as u64);
-                            for (o, q) in o_rest.iter_mut().zip(&q[whole..]) {
-                                *o = o.wrapping_add(a.wrapping_mul(*q as u64));
-                            }
-                        }
                     }
-                }
-                for ((o, high), sums) in out
-                    .chunks_mut(cols)
-                    .zip(high.chunks(cols))
-                    .zip(sums.chunks(nb))
-                {
-                    for ((o, high), sum) in o.chunks_mut(BLOCK).zip(high.chunks(BLOCK)).zip(sums) {
-                        for (v, h) in o.iter_mut().zip(high) {
-                            *v = v.wrapping_add(*sum).wrapping_add((*h as u64) << 32);
-                        }
+                    for (o, sum) in out.chunks_mut(BLOCK).zip(sums) {
+                        o.iter_mut().for_each(|v| *v = v.wrapping_add(sum));
                     }
                 }
             }
@@ -143,18 +115,12 @@ fn blocks(data: &[i32], cols: usize) -> Option<Form> {
             q.extend(block.iter().map(|v| (diff(v) / scale) as u8));
         }
     }
+    let rows = data.len() / cols;
+    let q = pairs::interleave(&q, rows, cols);
+    // By block, then row: the product reads one block's scales at a time.
+    let nb = cols.div_ceil(BLOCK);
+    let scales = (0..nb * rows)
+        .map(|i| scales[i % rows * nb + i / rows])
+        .collect();
     Some(Form::Blocks { scales, offsets, q })
-}
-
-/// `a·q` added over one whole block, in two halves: `low += a_low·q` (32 × 8 bits, one
-/// widening multiply per lane) and `high += a_high·q` (32 bits, wrapping: only its low half
-/// survives the shift into place), which together are `a·q` modulo 2^64 once `high` is added
-/// in shifted by 32. A full 64-bit multiply per lane costs three of the widening kind. As
-/// arrays, the loop's length is known and it compiles to straight vector code.
-fn add_scaled(low: &mut [u64; BLOCK], high: &mut [u32; BLOCK], q: &[u8; BLOCK], a: u64) {
-    let (a_low, a_high) = (a as u32 as u64, (a >> 32) as u32);
-    for ((l, h), q) in low.iter_mut().zip(high.iter_mut()).zip(q) {
-        *l = l.wrapping_add(a_low * *q as u64);
-        *h = h.wrapping_add(a_high.wrapping_mul(*q as u32));
-    }
 }

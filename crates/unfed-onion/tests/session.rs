@@ -59,7 +59,10 @@ fn a_frame_that_binds_bytes_beside_it_opens_only_with_those_bytes() {
             assert_eq!(receiver.open(&frame).unwrap_err(), e);
         }
     }
-    assert_eq!(receiver.open_bound(&frame, &[&common, &other]).unwrap(), b"step");
+    assert_eq!(
+        receiver.open_bound(&frame, &[&common, &other]).unwrap(),
+        b"step"
+    );
     // With no parts a frame is an ordinary one.
     let plain = sender.seal_bound(b"next", &[]).unwrap();
     assert_eq!(receiver.open(&plain).unwrap(), b"next");

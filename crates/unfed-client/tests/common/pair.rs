@@ -277,7 +277,11 @@ pub fn through_the_pair(
             .count();
         assert_eq!(small, 0, "{path:?} holds small ring elements");
     }
-    crt.block_on(b_refuses_common_words_a_altered(&mut client, id, &address_b));
+    crt.block_on(b_refuses_common_words_a_altered(
+        &mut client,
+        id,
+        &address_b,
+    ));
     drop((rt_a, rt_b, runtimes));
 }
 

@@ -83,7 +83,14 @@ impl Ctx<'_> {
         let mut out = Vec::with_capacity(count * len);
         let keys = self.common(keys).chunks_exact(key_words);
         for (key, root) in keys.zip(&roots[party as usize]) {
-            dpf::evaluate_all(&self.tree, party, log2, (*root, key), &mut scratch, &mut point);
+            dpf::evaluate_all(
+                &self.tree,
+                party,
+                log2,
+                (*root, key),
+                &mut scratch,
+                &mut point,
+            );
             out.extend_from_slice(&point[..len]);
         }
         Ok(out)
@@ -141,7 +148,14 @@ impl Ctx<'_> {
                     [sign, sign.wrapping_mul(*r)].into_iter().take(outputs)
                 })
                 .collect();
-            dcf::generate(tree, shape.0, outputs, &alphas, &betas, [&roots[0], &roots[1]])
+            dcf::generate(
+                tree,
+                shape.0,
+                outputs,
+                &alphas,
+                &betas,
+                [&roots[0], &roots[1]],
+            )
         })?;
         let mut masked = ring::add(x, &r);
         self.add_public(&mut masked, 1 << bits);
@@ -160,7 +174,15 @@ impl Ctx<'_> {
             })
             .collect();
         let roots = &roots[party as usize];
-        let d = dcf::evaluate(&self.tree, party, shape, roots, self.common(keys), &points, t);
+        let d = dcf::evaluate(
+            &self.tree,
+            party,
+            shape,
+            roots,
+            self.common(keys),
+            &points,
+            t,
+        );
         let (mut below, mut product) = (vec![0u64; t * n], vec![0u64; products]);
         for (e, c) in c.iter().enumerate() {
             for (j, tau) in thresholds.iter().enumerate() {

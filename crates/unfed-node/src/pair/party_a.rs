@@ -13,9 +13,7 @@ use unfed_mpc::ring;
 use unfed_mpc::shard::{ShardState, StepMaterial};
 use unfed_proto::MAX_NODE_MESSAGE;
 use unfed_proto::node::pair_client::PairClient;
-use unfed_proto::node::{
-    Masked, MpcAhead, MpcInput, PairFrame, PairOpen, PairStep, pair_frame,
-};
+use unfed_proto::node::{Masked, MpcAhead, MpcInput, PairFrame, PairOpen, PairStep, pair_frame};
 
 use super::bridge::{self, Inbound, PEER_TIMEOUT, RoundLink};
 use super::{Ahead, MAX_STEP_POSITIONS, Party, StepJob};

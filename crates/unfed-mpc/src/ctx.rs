@@ -472,12 +472,12 @@ impl<'l> Ctx<'l> {
         }
     }
 
-    /// `n` words both parties get alike (`make` runs only at the dealer); where they are, for
-    /// [`Self::common`].
+    /// `n` words both parties get alike (`make` writes them, only at the dealer); where they
+    /// are, for [`Self::common`].
     fn dealt_common(
         &mut self,
         n: usize,
-        make: impl FnOnce(&TreePrg) -> Vec<u64>,
+        make: impl FnOnce(&TreePrg, &mut [u64]),
     ) -> Result<std::ops::Range<usize>, MpcError> {
         match &mut self.source {
             Source::Party {
@@ -486,9 +486,9 @@ impl<'l> Ctx<'l> {
                 ..
             } => take(common.len(), common_used, n),
             Source::Dealer { common, .. } => {
-                let words = make(&self.tree);
-                debug_assert_eq!(words.len(), n);
-                common.extend(words);
+                let start = common.len();
+                common.resize(start + n, 0);
+                make(&self.tree, &mut common[start..]);
                 Ok(0..0)
             }
         }

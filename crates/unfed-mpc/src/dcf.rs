@@ -18,22 +18,44 @@ pub fn key_words(n: u32, m: usize) -> usize {
     (2 + m) * n as usize + (2 * n as usize).div_ceil(64) + m
 }
 
+/// Keys made or evaluated together through all their levels: enough for whole batches of AES,
+/// few enough that their words stay in cache from one level to the next.
+pub(crate) const CHUNK: usize = 256;
+
 /// The correction words of the keys of `x < alphas[i] ↦ betas[i·m..(i + 1)·m]` over `n`-bit
-/// inputs (`1 ≤ n ≤ 63`, `1 ≤ m ≤ 2`), concatenated, for the parties' uniformly random root
-/// seeds `roots[party][i]` (their lowest bits are ignored: they become the control bits).
+/// inputs (`1 ≤ n ≤ 63`, `1 ≤ m ≤ 2`), concatenated into `keys`, for the parties' uniformly
+/// random root seeds `roots[party][i]` (their lowest bits are ignored: they become the control
+/// bits).
 pub fn generate(
     prg: &TreePrg,
-    n: u32,
-    m: usize,
+    (n, m): (u32, usize),
     alphas: &[u64],
     betas: &[u64],
     roots: [&[u128]; 2],
-) -> Vec<u64> {
+    keys: &mut [u64],
+) {
     debug_assert!((1..=63).contains(&n) && alphas.iter().all(|a| a >> n == 0));
     debug_assert!((1..=2).contains(&m) && betas.len() == alphas.len() * m);
     debug_assert!(roots.iter().all(|r| r.len() == alphas.len()));
+    let kw = key_words(n, m);
+    debug_assert_eq!(keys.len(), alphas.len() * kw);
+    for (c, keys) in keys.chunks_mut(CHUNK * kw).enumerate() {
+        let r = c * CHUNK..c * CHUNK + keys.len() / kw;
+        let roots = [&roots[0][r.clone()], &roots[1][r.clone()]];
+        let betas = &betas[r.start * m..r.end * m];
+        generate_chunk(prg, (n, m), &alphas[r], betas, roots, keys);
+    }
+}
+
+fn generate_chunk(
+    prg: &TreePrg,
+    (n, m): (u32, usize),
+    alphas: &[u64],
+    betas: &[u64],
+    roots: [&[u128]; 2],
+    keys: &mut [u64],
+) {
     let (count, kw, n) = (alphas.len(), key_words(n, m), n as usize);
-    let mut keys = vec![0u64; count * kw];
     // The two parties' current seeds (control bit in the lowest bit), and v_alpha per output.
     let mut seeds: Vec<[u128; 2]> = (0..count).map(|e| root_pair(roots, e)).collect();
     let mut v_alpha = vec![0u64; count * m];
@@ -95,7 +117,6 @@ pub fn generate(
             keys[(e + 1) * kw - m + k] = last;
         }
     }
-    keys
 }
 
 /// The two parties' root seeds of key `e`, with their control bits (0 and 1).
@@ -116,10 +137,16 @@ pub fn evaluate(
     points: usize,
 ) -> Vec<u64> {
     let root = |r: u128| clear(r) | party as u128;
-    let mut values = match m {
-        1 => evaluate_m::<1>(prg, n, roots, root, keys, xs, points),
-        _ => evaluate_m::<2>(prg, n, roots, root, keys, xs, points),
-    };
+    let kw = key_words(n, m);
+    let mut values = Vec::with_capacity(xs.len() * m);
+    for (c, keys) in keys.chunks(CHUNK * kw).enumerate() {
+        let r = c * CHUNK..c * CHUNK + keys.len() / kw;
+        let (roots, xs) = (&roots[r.clone()], &xs[r.start * points..r.end * points]);
+        values.extend(match m {
+            1 => evaluate_m::<1>(prg, n, roots, root, keys, xs, points),
+            _ => evaluate_m::<2>(prg, n, roots, root, keys, xs, points),
+        });
+    }
     if party == 1 {
         values.iter_mut().for_each(|v| *v = v.wrapping_neg());
     }
@@ -282,8 +309,8 @@ pub(crate) mod tests {
             let prg = TreePrg::new();
             let beta = &betas[..m];
             let roots = roots(&seed, 6);
-            let keys = generate(&prg, n, m, &[alpha; 6], &beta.repeat(6), [&roots[0], &roots[1]]);
-            prop_assert_eq!(keys.len(), 6 * key_words(n, m));
+            let mut keys = vec![0; 6 * key_words(n, m)];
+            generate(&prg, (n, m), &[alpha; 6], &beta.repeat(6), [&roots[0], &roots[1]], &mut keys);
             let a = evaluate(&prg, 0, (n, m), &roots[0], &keys, &probes, 1);
             let b = evaluate(&prg, 1, (n, m), &roots[1], &keys, &probes, 1);
             for (i, probe) in probes.iter().enumerate() {
@@ -297,14 +324,16 @@ pub(crate) mod tests {
 
         #[test]
         fn keys_in_one_batch_are_independent(
-            alphas in proptest::collection::vec(any::<u64>(), 1..20), seed in any::<[u8; 16]>(),
+            alphas in proptest::collection::vec(any::<u64>(), 1..2 * CHUNK + 20),
+            seed in any::<[u8; 16]>(),
         ) {
             let n = 20;
             let alphas: Vec<u64> = alphas.iter().map(|a| a & ((1 << n) - 1)).collect();
             let betas: Vec<u64> = (1..=alphas.len() as u64).collect();
             let prg = TreePrg::new();
             let roots = roots(&seed, alphas.len());
-            let keys = generate(&prg, n, 1, &alphas, &betas, [&roots[0], &roots[1]]);
+            let mut keys = vec![0; alphas.len() * key_words(n, 1)];
+            generate(&prg, (n, 1), &alphas, &betas, [&roots[0], &roots[1]], &mut keys);
             let xs: Vec<u64> = alphas.iter().map(|a| a.saturating_sub(1)).collect();
             let a = evaluate(&prg, 0, (n, 1), &roots[0], &keys, &xs, 1);
             let b = evaluate(&prg, 1, (n, 1), &roots[1], &keys, &xs, 1);

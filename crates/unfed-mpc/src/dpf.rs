@@ -8,7 +8,7 @@
 //! evaluation over 10 bits takes 638 AES blocks, where a tree down to single outputs takes
 //! 2046.
 
-use crate::dcf::{descend, read_level, root_pair, sign, write_level};
+use crate::dcf::{CHUNK, descend, read_level, root_pair, sign, write_level};
 use crate::prg::{RIGHT, TreePrg, clear, halves, on};
 
 /// The tree stops this many levels above the domain (fewer for smaller domains).
@@ -32,11 +32,32 @@ fn shape(n: u32) -> (usize, usize) {
 /// The correction words of the keys of `x = alphas[i] ↦ beta` over `n`-bit inputs
 /// (`1 ≤ n ≤ 20`: the full domain is evaluated), concatenated, for the parties' uniformly
 /// random root seeds `roots[party][i]` (their lowest bits become the control bits).
-pub fn generate(prg: &TreePrg, n: u32, alphas: &[u64], beta: u64, roots: [&[u128]; 2]) -> Vec<u64> {
+pub fn generate(
+    prg: &TreePrg,
+    n: u32,
+    (alphas, beta): (&[u64], u64),
+    roots: [&[u128]; 2],
+    keys: &mut [u64],
+) {
     debug_assert!((1..=20).contains(&n) && alphas.iter().all(|a| a >> n == 0));
     debug_assert!(roots.iter().all(|r| r.len() == alphas.len()));
+    let kw = key_words(n);
+    debug_assert_eq!(keys.len(), alphas.len() * kw);
+    for (c, keys) in keys.chunks_mut(CHUNK * kw).enumerate() {
+        let r = c * CHUNK..c * CHUNK + keys.len() / kw;
+        let roots = [&roots[0][r.clone()], &roots[1][r.clone()]];
+        generate_chunk(prg, n, (&alphas[r], beta), roots, keys);
+    }
+}
+
+fn generate_chunk(
+    prg: &TreePrg,
+    n: u32,
+    (alphas, beta): (&[u64], u64),
+    roots: [&[u128]; 2],
+    keys: &mut [u64],
+) {
     let (count, kw, (levels, leaf)) = (alphas.len(), key_words(n), shape(n));
-    let mut keys = vec![0u64; count * kw];
     let mut seeds: Vec<[u128; 2]> = (0..count).map(|e| root_pair(roots, e)).collect();
     let mut buf = vec![0u128; 4 * count];
     for level in 0..levels {
@@ -74,7 +95,6 @@ pub fn generate(prg: &TreePrg, n: u32, alphas: &[u64], beta: u64, roots: [&[u128
             keys[(e + 1) * kw - width + w] = last;
         }
     }
-    keys
 }
 
 /// Buffers of full-domain evaluations, kept from one key to the next.
@@ -173,9 +193,9 @@ mod tests {
             // Two keys in one batch: the second, for another point, must not disturb the first.
             let other = (alpha + 1) & ((1u64 << n) - 1);
             let roots = crate::dcf::tests::roots(&seed, 2);
-            let keys = generate(&prg, n, &[alpha, other], beta, [&roots[0], &roots[1]]);
             let kw = key_words(n);
-            prop_assert_eq!(keys.len(), 2 * kw);
+            let mut keys = vec![0; 2 * kw];
+            generate(&prg, n, (&[alpha, other], beta), [&roots[0], &roots[1]], &mut keys);
             let mut scratch = Scratch::default();
             for (k, point) in [alpha, other].into_iter().enumerate() {
                 let (mut a, mut b) = (Vec::new(), Vec::new());

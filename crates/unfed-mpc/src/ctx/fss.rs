@@ -26,9 +26,9 @@ impl Ctx<'_> {
         let r = self.random(n);
         let roots = self.roots(n);
         let key_words = dpf::key_words(log2);
-        let keys = self.dealt_common(n * key_words, |tree| {
+        let keys = self.dealt_common(n * key_words, |tree, keys| {
             let alphas: Vec<u64> = r.iter().map(|v| v & mask).collect();
-            dpf::generate(tree, log2, &alphas, 1, [&roots[0], &roots[1]])
+            dpf::generate(tree, log2, (&alphas, 1), [&roots[0], &roots[1]], keys)
         })?;
         let c = self.open_bits(&ring::add(idx, &r), 0, log2)?;
         let Some(party) = self.key_index() else {
@@ -71,10 +71,10 @@ impl Ctx<'_> {
         let log2 = len.next_power_of_two().trailing_zeros().max(1);
         let key_words = dpf::key_words(log2);
         let roots = self.roots(count);
-        let keys = self.dealt_common(count * key_words, |tree| {
+        let keys = self.dealt_common(count * key_words, |tree, keys| {
             let points = points();
             debug_assert_eq!(points.len(), count);
-            dpf::generate(tree, log2, &points, 1, [&roots[0], &roots[1]])
+            dpf::generate(tree, log2, (&points, 1), [&roots[0], &roots[1]], keys)
         })?;
         let Some(party) = self.key_index() else {
             return Ok(vec![0; count * len]);
@@ -138,7 +138,7 @@ impl Ctx<'_> {
         let shape = (bits - low, outputs);
         let key_words = dcf::key_words(shape.0, outputs);
         let roots = self.roots(n);
-        let keys = self.dealt_common(n * key_words, |tree| {
+        let keys = self.dealt_common(n * key_words, |tree, keys| {
             let alphas: Vec<u64> = r.iter().map(|v| (v & mask) >> low).collect();
             let betas: Vec<u64> = r
                 .iter()
@@ -148,14 +148,7 @@ impl Ctx<'_> {
                     [sign, sign.wrapping_mul(*r)].into_iter().take(outputs)
                 })
                 .collect();
-            dcf::generate(
-                tree,
-                shape.0,
-                outputs,
-                &alphas,
-                &betas,
-                [&roots[0], &roots[1]],
-            )
+            dcf::generate(tree, shape, &alphas, &betas, [&roots[0], &roots[1]], keys)
         })?;
         let mut masked = ring::add(x, &r);
         self.add_public(&mut masked, 1 << bits);

@@ -162,9 +162,11 @@ impl ClientCircuit {
     }
 
     fn seal(&mut self, step: Step) -> Result<Vec<u8>, String> {
+        // Encoded straight into the frame: an MPC step's megabytes are not copied once more.
+        let encode = |frame: &mut Vec<u8>| wire::encode_step_into(&step, frame);
         let frame = self
             .link
-            .seal(&wire::encode_step(&step))
+            .seal_written(wire::step_len(&step), encode, &[])
             .map_err(|e| e.to_string())?;
         match &mut self.guard_link {
             None => Ok(frame),

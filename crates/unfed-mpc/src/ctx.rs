@@ -25,7 +25,7 @@ use crate::{Link, MpcError, Role};
 pub struct Material {
     pub seed: Seed,
     pub words: Vec<u64>,
-    pub common: Arc<[u64]>,
+    pub common: Arc<Vec<u64>>,
 }
 
 impl Material {
@@ -51,16 +51,10 @@ impl Material {
     /// `common` not whole words.
     pub fn from_bytes(own: &[u8], common: &[u8]) -> Option<Self> {
         let (seed, words) = own.split_first_chunk::<16>()?;
-        if !common.len().is_multiple_of(8) {
-            return None;
-        }
         Some(Self {
             seed: *seed,
             words: ring::from_bytes(words)?,
-            common: common
-                .chunks_exact(8)
-                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
-                .collect(),
+            common: Arc::new(ring::from_bytes(common)?),
         })
     }
 }
@@ -88,7 +82,7 @@ enum Source {
         prg: Box<Prg>,
         words: Vec<u64>,
         used: usize,
-        common: Arc<[u64]>,
+        common: Arc<Vec<u64>>,
         common_used: usize,
     },
     Dealer {
@@ -166,7 +160,7 @@ impl<'l> Ctx<'l> {
                 common,
                 ..
             } => {
-                let common: Arc<[u64]> = common.into();
+                let common = Arc::new(common);
                 let material = |seed, words| Material {
                     seed,
                     words,

@@ -204,27 +204,43 @@ impl SessionSender {
         plaintext: &[u8],
         bound: &[&[u8]],
     ) -> Result<Vec<u8>, SessionError> {
-        if plaintext.len() > MAX_MESSAGE_LEN {
-            return Err(SessionError::TooLong {
-                len: plaintext.len(),
-                max: MAX_MESSAGE_LEN,
-            });
-        }
+        self.seal_written(
+            plaintext.len(),
+            |frame| frame.extend_from_slice(plaintext),
+            bound,
+        )
+    }
+
+    /// [`Self::seal_bound`] of the plaintext `write` appends to the frame's buffer (a message
+    /// encoded straight into it rather than copied in; `len`, its length, sizes the buffer).
+    pub fn seal_written(
+        &mut self,
+        len: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+        bound: &[&[u8]],
+    ) -> Result<Vec<u8>, SessionError> {
         if self.next == u64::MAX {
             return Err(SessionError::CounterExhausted);
         }
         let counter = self.next;
-        let mut frame = Vec::with_capacity(plaintext.len() + FRAME_OVERHEAD);
+        let mut frame = Vec::with_capacity(len + FRAME_OVERHEAD);
         frame.push(self.channel.direction.byte());
         frame.extend_from_slice(&counter.to_be_bytes());
-        frame.extend_from_slice(plaintext);
+        write(&mut frame);
+        let len = frame.len() - 9;
+        if len > MAX_MESSAGE_LEN {
+            return Err(SessionError::TooLong {
+                len,
+                max: MAX_MESSAGE_LEN,
+            });
+        }
         let nonce = ring_nonce(self.channel.direction.byte(), counter);
         let tag = self
             .channel
             .aead
             .seal_in_place_separate_tag(nonce, self.channel.aad(bound), &mut frame[9..])
             .map_err(|_| SessionError::TooLong {
-                len: plaintext.len(),
+                len,
                 max: MAX_MESSAGE_LEN,
             })?;
         frame.extend_from_slice(tag.as_ref());

@@ -66,6 +66,16 @@ fn a_frame_that_binds_bytes_beside_it_opens_only_with_those_bytes() {
     // With no parts a frame is an ordinary one.
     let plain = sender.seal_bound(b"next", &[]).unwrap();
     assert_eq!(receiver.open(&plain).unwrap(), b"next");
+    // A plaintext written straight into the frame seals as the same bytes passed in would.
+    let mut twin = client.sender(Direction::Forward);
+    for _ in 0..2 {
+        twin.seal(b"").unwrap();
+    }
+    let written = sender
+        .seal_written(4, |f| f.extend_from_slice(b"last"), &[&other])
+        .unwrap();
+    assert_eq!(written, twin.seal_bound(b"last", &[&other]).unwrap());
+    assert_eq!(receiver.open_bound(&written, &[&other]).unwrap(), b"last");
 }
 
 #[test]

@@ -202,6 +202,16 @@ pub mod circuit {
         pub layers: &'a [u8],
     }
 
+    /// The plaintext of a link frame, appended to `buf`; [`step_len`] bytes.
+    pub fn encode_step_into(step: &Step, buf: &mut Vec<u8>) {
+        step.encode_raw(buf)
+    }
+
+    /// The length of a link frame's plaintext.
+    pub fn step_len(step: &Step) -> usize {
+        step.encoded_len()
+    }
+
     /// The plaintext of a link frame.
     pub fn encode_step(step: &Step) -> Vec<u8> {
         step.encode_to_vec()

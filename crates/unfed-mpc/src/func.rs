@@ -14,9 +14,9 @@ type R = Result<Vec<u64>, MpcError>;
 /// half a unit in the last place).
 pub const EXP_CLAMP: f64 = 15.9;
 
-/// Fractional bits inside the iterations of reciprocal and rsqrt, whose values stay below
-/// 4 in magnitude: products of two such values still fit under 2^62, and every squaring or
-/// Newton step loses 2^−28 instead of 2^−20.
+/// Fractional bits of the unit-range results of reciprocal and rsqrt (below 4 in magnitude):
+/// the octave's scale factor applied after them (for rsqrt up to `c·2^−lo`) then magnifies a
+/// rounding of 2^−28, not of 2^−22.
 pub const WIDE: u32 = 28;
 
 /// Fixed-point product (2 rounds).
@@ -125,32 +125,56 @@ fn cells(ctx: &Ctx, t: &[u64], step: u32) -> (Vec<u64>, Vec<u64>) {
 /// The table of `f` at the centres of the cells of [`cells`]: entry `i` holds
 /// `f((i + 1)·2^−step)`, the last two `f(−2^−step)` and `f(0)` (the indices −2 and −1).
 fn table(log2: u32, step: u32, f: impl Fn(f64) -> f64) -> Vec<u64> {
+    table_at(log2, step, FRAC, f)
+}
+
+/// [`table`] with its entries at `frac` fractional bits.
+fn table_at(log2: u32, step: u32, frac: u32, f: impl Fn(f64) -> f64) -> Vec<u64> {
     let size = 1i64 << log2;
     (0..size)
         .map(|i| {
             let i = if i >= size - 2 { i - size } else { i };
-            encode(f((i + 1) as f64 * (-(step as f64)).exp2()))
+            encode_at(f((i + 1) as f64 * (-(step as f64)).exp2()), frac)
         })
         .collect()
 }
 
-/// `1/m` for `m ∈ [1, 2]` (13 rounds), returned at [`WIDE`] fractional bits: a linear first
-/// guess (relative error ≤ 1/17) and three Newton steps `y ← 2y − m·y²`.
-pub fn recip_unit(ctx: &mut Ctx, m: &[u64]) -> R {
-    let m = ring::scale(m, 1 << (WIDE - FRAC));
-    let mut y = ctx.trunc(&ring::scale(&m, encode_at(-8.0 / 17.0, WIDE)), WIDE)?;
-    ctx.add_public(&mut y, encode_at(24.0 / 17.0, WIDE));
-    for _ in 0..3 {
-        let raw = ctx.square_raw(&y)?;
-        let y2 = ctx.trunc(&raw, WIDE)?;
-        let my2 = ctx.mul_raw(&m, &y2)?;
-        let twice = ring::scale(&y, 2u64 << WIDE);
-        y = ctx.trunc(&ring::sub(&twice, &my2), WIDE)?;
-    }
-    Ok(y)
+/// Entries of the tables of [`unit_table`].
+const UNIT_LOG2: u32 = 12;
+
+/// `f(m)` for `m` (at [`FRAC`] bits) in `[1/2, 1/2 + 2^(UNIT_LOG2 − step)·0.999)`, returned
+/// at [`WIDE`] fractional bits (3 rounds): the tangent at the centre of the cell of width
+/// `2^−step` holding `m − 1/2`, `f(c) + f′(c)·d` with `|d| ≤ 2^−step`, from a table of `f`
+/// (at `WIDE` bits) and one of `f′` looked up together; error ≤ `max|f″|·2^(−2·step)/2`.
+fn unit_table(
+    ctx: &mut Ctx,
+    m: &[u64],
+    step: u32,
+    f: impl Fn(f64) -> f64,
+    df: impl Fn(f64) -> f64,
+) -> R {
+    let mut t = m.to_vec();
+    ctx.add_public(&mut t, encode(-0.5));
+    let (idx, d) = cells(ctx, &t, step);
+    let value = table_at(UNIT_LOG2, step, WIDE, |t| f(t + 0.5));
+    let slope = table(UNIT_LOG2, step, |t| df(t + 0.5));
+    let [value, slope]: [Vec<u64>; 2] = ctx
+        .lut(&idx, UNIT_LOG2, &[&value, &slope])?
+        .try_into()
+        .expect("two tables");
+    let raw = ctx.mul_raw(&slope, &d)?;
+    let correction = ctx.trunc(&raw, 2 * FRAC - WIDE)?;
+    Ok(ring::add(&value, &correction))
 }
 
-/// `1/x` for `x ∈ [1, 2^log2_max)` (17 rounds): the comparisons `x ≥ 2^j` and their products
+/// `1/m` for `m ∈ [1, 2]` (3 rounds), returned at [`WIDE`] fractional bits: the tangent at the
+/// centre of `m`'s cell of width 2^−11 (cells of `m − 1/2` up to 1.999, so the `m` slightly
+/// outside `[1, 2]` that approximate octaves leave are covered), error ≤ 2^−22.
+pub fn recip_unit(ctx: &mut Ctx, m: &[u64]) -> R {
+    unit_table(ctx, m, 11, |m| 1.0 / m, |m| -1.0 / (m * m))
+}
+
+/// `1/x` for `x ∈ [1, 2^log2_max)` (7 rounds): the comparisons `x ≥ 2^j` and their products
 /// with `x` (one round) select the octave and scale `x` into `[1, 2)`, [`recip_unit`], and
 /// the result is scaled back.
 pub fn recip(ctx: &mut Ctx, x: &[u64], log2_max: u32) -> R {
@@ -161,29 +185,16 @@ pub fn recip(ctx: &mut Ctx, x: &[u64], log2_max: u32) -> R {
     scale_by(ctx, &y, WIDE, &onehot, &down, 1.1)
 }
 
-/// `c/√x` for `x ∈ [4^lo, 4^hi)` given at `x_frac` fractional bits (17 rounds): the
+/// `c/√x` for `x ∈ [4^lo, 4^hi)` given at `x_frac` fractional bits (7 rounds): the
 /// comparisons `x ≥ 4^j` and their products with `x` select the octave pair and scale `x`
-/// into `[1, 4)`, a linear first guess (relative error ≤ 0.087) and three Newton steps
-/// `y ← (3y − m·y³)/2`, scaled back by `c·2^−j`. Needs `x_frac + 2·hi ≤ 61` and `x_frac ≤ 39`.
+/// into `[1, 4)`, `1/√m` is the tangent at the centre of `m`'s cell of width 2^−10 (error
+/// ≤ 3.6e−7), scaled back by `c·2^−j`. Needs `x_frac + 2·hi ≤ 61` and `x_frac ≤ 39`.
 pub fn rsqrt(ctx: &mut Ctx, x: &[u64], x_frac: u32, lo: i32, hi: i32, c: f64) -> R {
-    let n = x.len();
     let bits = (x_frac as i32 + 2 * hi + 1).max(x_frac as i32 + 1) as u32;
     let [onehot, times_x] = octaves(ctx, x, x_frac, 4.0, lo, (hi - lo) as usize, bits)?;
     let down: Vec<f64> = (lo..hi).map(|j| (-2.0 * j as f64).exp2()).collect();
-    let m = ring::scale(
-        &scale_selected(ctx, &times_x, x_frac, &down, 4.0)?,
-        1 << (WIDE - FRAC),
-    );
-    let mut y = ctx.trunc(&ring::scale(&m, encode_at(-0.152, WIDE)), WIDE)?;
-    ctx.add_public(&mut y, encode_at(1.066, WIDE));
-    for _ in 0..3 {
-        let mut raw = ctx.mul_raw(&[m.as_slice(), &y].concat(), &[y.as_slice(), &y].concat())?;
-        raw = ctx.trunc(&raw, WIDE)?;
-        let (my, y2) = raw.split_at(n);
-        let my3 = ctx.mul_raw(my, y2)?;
-        let thrice = ring::scale(&y, 3u64 << WIDE);
-        y = ctx.trunc(&ring::sub(&thrice, &my3), WIDE + 1)?;
-    }
+    let m = scale_selected(ctx, &times_x, x_frac, &down, 4.0)?;
+    let y = unit_table(ctx, &m, 10, |m| 1.0 / m.sqrt(), |m| -0.5 / (m * m.sqrt()))?;
     let up: Vec<f64> = (lo..hi).map(|j| c * (-(j as f64)).exp2()).collect();
     let product_max = c * (-(lo as f64)).exp2() * 1.1;
     scale_by(ctx, &y, WIDE, &onehot, &up, product_max)
@@ -267,7 +278,7 @@ pub fn softmax_rows(
 }
 
 /// `1/rms(row)` for each row of a `rows × dim` matrix, `rms = √(mean(x²) + eps)`, for
-/// `|x| < 2^(31 − FRAC)` and `mean(x²)·dim + eps·dim ∈ [4^lo, 4^hi)`, `hi ≤ 11` (20 rounds).
+/// `|x| < 2^(31 − FRAC)` and `mean(x²)·dim + eps·dim ∈ [4^lo, 4^hi)`, `hi ≤ 11` (9 rounds).
 /// The squares keep [`SUM_FRAC`] fractional bits, so that small activations keep their
 /// precision.
 pub fn inv_rms(ctx: &mut Ctx, x: &[u64], dim: usize, eps: f64, lo: i32, hi: i32) -> R {
@@ -281,7 +292,7 @@ pub fn inv_rms(ctx: &mut Ctx, x: &[u64], dim: usize, eps: f64, lo: i32, hi: i32)
 /// rsqrt's scaling product under 2^62).
 pub const SUM_FRAC: u32 = 58 - FRAC;
 
-/// RMSNorm without its weight: `x / rms(row)` (22 rounds). The weight is public and is folded
+/// RMSNorm without its weight: `x / rms(row)` (11 rounds). The weight is public and is folded
 /// into whatever public linear map follows.
 pub fn rmsnorm(ctx: &mut Ctx, x: &[u64], dim: usize, eps: f64, lo: i32, hi: i32) -> R {
     let inv = inv_rms(ctx, x, dim, eps, lo, hi)?;

@@ -1,8 +1,8 @@
 //! The pair's two channels per session: the gRPC stream (the open message, the sealed frames
 //! for B, errors), read by a task of its own, and the raw stream of the rounds
 //! (`unfed_proto::raw`), an `unfed_mpc::Link` the step's blocking thread writes and reads with
-//! no runtime in between: a step has ~90 rounds, and each hop through a task is a thread
-//! wake-up on both sides.
+//! no runtime in between: a step has ~60 rounds per layer, and each hop through a task is a
+//! thread wake-up on both sides.
 
 use std::io::{Read, Write};
 use std::time::Duration;

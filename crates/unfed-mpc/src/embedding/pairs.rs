@@ -85,6 +85,7 @@ fn avx2_present() -> bool {
 
 /// Per pair of rows, from their digit words, lane `l`: the first row's digit `l` in the low 16
 /// bits, the second's in the high.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn pair_up(avx2: bool, words: &[u64], paired: &mut [[u32; 4]]) {
     debug_assert_eq!(words.len(), 2 * paired.len());
     #[cfg(target_arch = "x86_64")]
@@ -100,6 +101,7 @@ fn pair_up(avx2: bool, words: &[u64], paired: &mut [[u32; 4]]) {
 }
 
 /// One strip's sums per digit (`sums[l][c]`, wrapping), from its pairs' digits.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn strip_sums(avx2: bool, paired: &[[u32; 4]], q: &[u8], sums: &mut [[u64; STRIP]; 4]) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {

@@ -11,6 +11,8 @@
 
 mod fss;
 
+pub use fss::LutTable;
+
 use std::sync::Arc;
 
 use crate::prg::{Prg, Seed, TreePrg};

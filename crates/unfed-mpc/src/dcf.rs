@@ -136,15 +136,14 @@ pub fn evaluate(
     xs: &[u64],
     points: usize,
 ) -> Vec<u64> {
-    let root = |r: u128| clear(r) | party as u128;
     let kw = key_words(n, m);
     let mut values = Vec::with_capacity(xs.len() * m);
     for (c, keys) in keys.chunks(CHUNK * kw).enumerate() {
         let r = c * CHUNK..c * CHUNK + keys.len() / kw;
         let (roots, xs) = (&roots[r.clone()], &xs[r.start * points..r.end * points]);
         values.extend(match m {
-            1 => evaluate_m::<1>(prg, n, roots, root, keys, xs, points),
-            _ => evaluate_m::<2>(prg, n, roots, root, keys, xs, points),
+            1 => evaluate_m::<1>(prg, n, party, roots, keys, xs, points),
+            _ => evaluate_m::<2>(prg, n, party, roots, keys, xs, points),
         });
     }
     if party == 1 {
@@ -153,12 +152,12 @@ pub fn evaluate(
     values
 }
 
-/// Party 0's side of [`evaluate`] (party 1's is its negation) for `M` outputs.
+/// [`evaluate`] for `M` outputs, before party 1's shares are negated.
 fn evaluate_m<const M: usize>(
     prg: &TreePrg,
     n: u32,
+    party: u8,
     roots: &[u128],
-    root: impl Fn(u128) -> u128,
     keys: &[u64],
     xs: &[u64],
     points: usize,
@@ -169,7 +168,7 @@ fn evaluate_m<const M: usize>(
     let keys: Vec<&[u64]> = keys.chunks_exact(kw).collect();
     let mut seeds: Vec<u128> = roots
         .iter()
-        .flat_map(|r| std::iter::repeat_n(root(*r), points))
+        .flat_map(|r| std::iter::repeat_n(clear(*r) | party as u128, points))
         .collect();
     let mut values = vec![[0u64; M]; xs.len()];
     let per = 1 + M;

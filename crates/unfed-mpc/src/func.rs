@@ -6,7 +6,9 @@
 //! `bits` arguments bound the magnitude of compared values: `|x| < 2^(bits − FRAC)` as reals.
 
 use crate::ring::{self, FRAC, encode, encode_at};
-use crate::{Ctx, MpcError};
+use std::sync::LazyLock;
+
+use crate::{Ctx, LutTable, MpcError};
 
 type R = Result<Vec<u64>, MpcError>;
 
@@ -91,8 +93,9 @@ pub fn exp_nonpositive(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
     // t = −x, or EXP_CLAMP where x < −EXP_CLAMP.
     let t = ring::add(&ring::scale(x, u64::MAX), &below_shifted);
     let (idx, d) = cells(ctx, &t, EXP_STEP);
-    let table = table(EXP_LOG2, EXP_STEP, |c| (-c).exp());
-    let e = ctx.lut(&idx, EXP_LOG2, &[&table])?.remove(0);
+    static TABLE: LazyLock<LutTable> =
+        LazyLock::new(|| LutTable::new(&table(EXP_LOG2, EXP_STEP, |c| (-c).exp())));
+    let e = ctx.lut(&idx, &[&TABLE])?.remove(0);
     let square = ctx.square_raw(&d)?;
     let half_square = ctx.trunc(&square, FRAC + 1)?;
     let correction = mul(ctx, &e, &ring::sub(&half_square, &d))?;
@@ -142,24 +145,34 @@ fn table_at(log2: u32, step: u32, frac: u32, f: impl Fn(f64) -> f64) -> Vec<u64>
 /// Entries of the tables of [`unit_table`].
 const UNIT_LOG2: u32 = 12;
 
+/// What [`unit_table`] looks `f(m)` up in: cells of width `2^−step` of `m − 1/2`, the table of
+/// `f` at [`WIDE`] fractional bits and that of `f′` at [`FRAC`].
+struct UnitTables {
+    step: u32,
+    value: LutTable,
+    slope: LutTable,
+}
+
+impl UnitTables {
+    fn new(step: u32, f: impl Fn(f64) -> f64, df: impl Fn(f64) -> f64) -> Self {
+        Self {
+            step,
+            value: LutTable::new(&table_at(UNIT_LOG2, step, WIDE, |t| f(t + 0.5))),
+            slope: LutTable::new(&table(UNIT_LOG2, step, |t| df(t + 0.5))),
+        }
+    }
+}
+
 /// `f(m)` for `m` (at [`FRAC`] bits) in `[1/2, 1/2 + 2^(UNIT_LOG2 − step)·0.999)`, returned
 /// at [`WIDE`] fractional bits (3 rounds): the tangent at the centre of the cell of width
-/// `2^−step` holding `m − 1/2`, `f(c) + f′(c)·d` with `|d| ≤ 2^−step`, from a table of `f`
-/// (at `WIDE` bits) and one of `f′` looked up together; error ≤ `max|f″|·2^(−2·step)/2`.
-fn unit_table(
-    ctx: &mut Ctx,
-    m: &[u64],
-    step: u32,
-    f: impl Fn(f64) -> f64,
-    df: impl Fn(f64) -> f64,
-) -> R {
+/// `2^−step` holding `m − 1/2`, `f(c) + f′(c)·d` with `|d| ≤ 2^−step`, from `f`'s and `f′`'s
+/// tables looked up together; error ≤ `max|f″|·2^(−2·step)/2`.
+fn unit_table(ctx: &mut Ctx, m: &[u64], tables: &UnitTables) -> R {
     let mut t = m.to_vec();
     ctx.add_public(&mut t, encode(-0.5));
-    let (idx, d) = cells(ctx, &t, step);
-    let value = table_at(UNIT_LOG2, step, WIDE, |t| f(t + 0.5));
-    let slope = table(UNIT_LOG2, step, |t| df(t + 0.5));
+    let (idx, d) = cells(ctx, &t, tables.step);
     let [value, slope]: [Vec<u64>; 2] = ctx
-        .lut(&idx, UNIT_LOG2, &[&value, &slope])?
+        .lut(&idx, &[&tables.value, &tables.slope])?
         .try_into()
         .expect("two tables");
     let raw = ctx.mul_raw(&slope, &d)?;
@@ -171,7 +184,9 @@ fn unit_table(
 /// centre of `m`'s cell of width 2^−11 (cells of `m − 1/2` up to 1.999, so the `m` slightly
 /// outside `[1, 2]` that approximate octaves leave are covered), error ≤ 2^−22.
 pub fn recip_unit(ctx: &mut Ctx, m: &[u64]) -> R {
-    unit_table(ctx, m, 11, |m| 1.0 / m, |m| -1.0 / (m * m))
+    static TABLES: LazyLock<UnitTables> =
+        LazyLock::new(|| UnitTables::new(11, |m| 1.0 / m, |m| -1.0 / (m * m)));
+    unit_table(ctx, m, &TABLES)
 }
 
 /// `1/x` for `x ∈ [1, 2^log2_max)` (7 rounds): the comparisons `x ≥ 2^j` and their products
@@ -194,7 +209,9 @@ pub fn rsqrt(ctx: &mut Ctx, x: &[u64], x_frac: u32, lo: i32, hi: i32, c: f64) ->
     let [onehot, times_x] = octaves(ctx, x, x_frac, 4.0, lo, (hi - lo) as usize, bits)?;
     let down: Vec<f64> = (lo..hi).map(|j| (-2.0 * j as f64).exp2()).collect();
     let m = scale_selected(ctx, &times_x, x_frac, &down, 4.0)?;
-    let y = unit_table(ctx, &m, 10, |m| 1.0 / m.sqrt(), |m| -0.5 / (m * m.sqrt()))?;
+    static TABLES: LazyLock<UnitTables> =
+        LazyLock::new(|| UnitTables::new(10, |m| 1.0 / m.sqrt(), |m| -0.5 / (m * m.sqrt())));
+    let y = unit_table(ctx, &m, &TABLES)?;
     let up: Vec<f64> = (lo..hi).map(|j| c * (-(j as f64)).exp2()).collect();
     let product_max = c * (-(lo as f64)).exp2() * 1.1;
     scale_by(ctx, &y, WIDE, &onehot, &up, product_max)
@@ -227,13 +244,18 @@ pub fn silu(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
     ring::add_assign(&mut t, &ring::scale(&outside, clamp));
     ctx.add_public(&mut t, clamp);
     let (idx, d) = cells(ctx, &t, SILU_STEP);
-    let sigma = |t: f64| 1.0 / (1.0 + (-t).exp());
-    let h = table(SILU_LOG2, SILU_STEP, |t| t * sigma(-t));
-    let slope = table(SILU_LOG2, SILU_STEP, |t| {
-        sigma(-t) - t * sigma(-t) * sigma(t)
+    static TABLES: LazyLock<[LutTable; 2]> = LazyLock::new(|| {
+        let sigma = |t: f64| 1.0 / (1.0 + (-t).exp());
+        [
+            table(SILU_LOG2, SILU_STEP, |t| t * sigma(-t)),
+            table(SILU_LOG2, SILU_STEP, |t| {
+                sigma(-t) - t * sigma(-t) * sigma(t)
+            }),
+        ]
+        .map(|t| LutTable::new(&t))
     });
     let [h, slope]: [Vec<u64>; 2] = ctx
-        .lut(&idx, SILU_LOG2, &[&h, &slope])?
+        .lut(&idx, &[&TABLES[0], &TABLES[1]])?
         .try_into()
         .expect("two tables");
     let correction = mul(ctx, &slope, &d)?;

@@ -21,7 +21,7 @@ pub mod shard;
 #[cfg(target_arch = "x86_64")]
 mod vaes;
 
-pub use ctx::{Ctx, Material, Stats};
+pub use ctx::{Ctx, LutTable, Material, Stats};
 pub use link::{Link, MemLink, mem_pair};
 
 /// Which of the two parties.

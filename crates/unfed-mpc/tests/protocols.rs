@@ -6,8 +6,8 @@ mod common;
 
 use common::{encode, reals, run};
 use proptest::prelude::*;
-use unfed_mpc::func;
 use unfed_mpc::ring::{self, FRAC, ULP, decode};
+use unfed_mpc::{LutTable, func};
 
 fn config() -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
@@ -207,7 +207,8 @@ proptest! {
         seed in any::<u64>(), table in prop::collection::vec(any::<u64>(), 16), idx in prop::collection::vec(any::<u64>(), 1..12),
     ) {
         let other: Vec<u64> = table.iter().map(|v| v.wrapping_mul(3)).collect();
-        let got = run(seed, &idx, |ctx, v| Ok(ctx.lut(v, 4, &[&table, &other])?.concat())).output;
+        let tables = [LutTable::new(&table), LutTable::new(&other)];
+        let got = run(seed, &idx, |ctx, v| Ok(ctx.lut(v, &[&tables[0], &tables[1]])?.concat())).output;
         let want: Vec<u64> = [&table, &other].iter().flat_map(|t| idx.iter().map(|i| t[(*i & 15) as usize])).collect();
         prop_assert_eq!(got, want);
     }
@@ -293,7 +294,7 @@ fn documented_dealt_words() {
     // A lookup in a table of 2^10 entries.
     let m = 10usize;
     let key = 2 * (m - 4) + (2 * (m - 4)).div_ceil(64) + 16;
-    let table = vec![7u64; 1 << m];
-    let lut = |c: &mut unfed_mpc::Ctx, v: &[u64]| Ok(c.lut(v, m as u32, &[&table])?.remove(0));
+    let table = LutTable::new(&vec![7u64; 1 << m]);
+    let lut = |c: &mut unfed_mpc::Ctx, v: &[u64]| Ok(c.lut(v, &[&table])?.remove(0));
     assert_eq!(run(2, &input, lut).dealt, [0, 0, n * key]);
 }

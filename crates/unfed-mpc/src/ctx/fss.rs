@@ -5,22 +5,40 @@
 use crate::ring;
 use crate::{Ctx, MpcError, dcf, dpf};
 
+/// A public table of `2^log2` entries for [`Ctx::lut`], held reversed and doubled (entry
+/// `size − 1 − c + j` is `table[(c − j) mod size]`), so that each lookup is one contiguous
+/// inner product. Made once: the functions' tables are built on first use.
+pub struct LutTable {
+    log2: u32,
+    reversed: Vec<u64>,
+}
+
+impl LutTable {
+    /// The table of `entries` (a power of two of them, at least 2).
+    pub fn new(entries: &[u64]) -> Self {
+        let size = entries.len();
+        debug_assert!(size.is_power_of_two() && size >= 2);
+        Self {
+            log2: size.trailing_zeros(),
+            reversed: (0..2 * size)
+                .map(|m| entries[(2 * size - 1 - m) % size])
+                .collect(),
+        }
+    }
+}
+
 impl Ctx<'_> {
-    /// Shares of `tables[k][idx mod 2^log2]` for every element of the shared index `idx`
-    /// (one round, `log2` bits per element each way; the dealer gives a DPF key over `log2`
-    /// bits per element).
+    /// Shares of `tables[k][idx mod 2^log2]` for every element of the shared index `idx`, all
+    /// tables of `2^log2` entries (one round, `log2` bits per element each way; the dealer
+    /// gives a DPF key over `log2` bits per element).
     ///
     /// The opened value is `idx + r mod 2^log2` for a dealt uniform `r`; the DPF evaluates to shares of 1
     /// at `r mod 2^log2` and 0 elsewhere, so `Σ_j table[(c − j) mod 2^log2]·dpf(j)` is a share
     /// of `table[idx mod 2^log2]`. Each party evaluates the whole domain for each element.
-    pub fn lut(
-        &mut self,
-        idx: &[u64],
-        log2: u32,
-        tables: &[&[u64]],
-    ) -> Result<Vec<Vec<u64>>, MpcError> {
+    pub fn lut(&mut self, idx: &[u64], tables: &[&LutTable]) -> Result<Vec<Vec<u64>>, MpcError> {
+        let log2 = tables[0].log2;
+        debug_assert!(tables.iter().all(|t| t.log2 == log2));
         let size = 1usize << log2;
-        debug_assert!(tables.iter().all(|t| t.len() == size));
         let n = idx.len();
         let mask = size as u64 - 1;
         let r = self.random(n);
@@ -34,16 +52,6 @@ impl Ctx<'_> {
         let Some(party) = self.key_index() else {
             return Ok(vec![vec![0; n]; tables.len()]);
         };
-        // The tables reversed and doubled: entry `size − 1 − c + j` is `table[(c − j) mod size]`,
-        // so each lookup is one contiguous inner product.
-        let reversed: Vec<Vec<u64>> = tables
-            .iter()
-            .map(|t| {
-                (0..2 * size)
-                    .map(|m| t[(2 * size - 1 - m) % size])
-                    .collect()
-            })
-            .collect();
         let (keys, roots) = (self.common(keys), &roots[party as usize]);
         let (mut scratch, mut point) = (dpf::Scratch::default(), Vec::with_capacity(size));
         let mut out = vec![Vec::with_capacity(n); tables.len()];
@@ -51,8 +59,8 @@ impl Ctx<'_> {
             let key = (roots[i], &keys[i * key_words..(i + 1) * key_words]);
             dpf::evaluate_all(&self.tree, party, log2, key, &mut scratch, &mut point);
             let start = size - 1 - (c & mask) as usize;
-            for (table, out) in reversed.iter().zip(out.iter_mut()) {
-                out.push(ring::dot(&table[start..start + size], &point));
+            for (table, out) in tables.iter().zip(out.iter_mut()) {
+                out.push(ring::dot(&table.reversed[start..start + size], &point));
             }
         }
         Ok(out)

@@ -23,8 +23,8 @@ pub(crate) struct RmsNorm {
 }
 
 impl RmsNorm {
-    pub fn load(ck: &Checkpoint, name: &str, cfg: &ModelConfig) -> Result<Self> {
-        let weight = dense(ck, name)?;
+    pub fn load(ck: &Checkpoint, name: &str, cfg: &ModelConfig, device: &Device) -> Result<Self> {
+        let weight = dense(ck, name)?.to_device(device)?;
         if weight.dims() != [cfg.hidden] {
             return Err(shape_error(name, weight.dims(), &[cfg.hidden]));
         }
@@ -55,12 +55,12 @@ impl Linear {
         prefix: &str,
         shape: (usize, usize),
         bias: bool,
-        exact: bool,
+        on: Placement<'_>,
     ) -> Result<Self> {
         let name = format!("{prefix}.weight");
-        let weight = matrix(ck, &name, shape, exact)?;
+        let weight = matrix(ck, &name, shape, on)?;
         let bias = if bias {
-            let b = dense(ck, &format!("{prefix}.bias"))?;
+            let b = dense(ck, &format!("{prefix}.bias"))?.to_device(on.device)?;
             if b.dims() != [shape.0] {
                 return Err(shape_error(&format!("{prefix}.bias"), b.dims(), &[shape.0]));
             }
@@ -97,23 +97,27 @@ pub(crate) struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    /// `exact`: weights dequantized to f32, so products are exact (the reference path).
-    pub fn load(ck: &Checkpoint, cfg: &ModelConfig, index: usize, exact: bool) -> Result<Self> {
+    pub fn load(
+        ck: &Checkpoint,
+        cfg: &ModelConfig,
+        index: usize,
+        on: Placement<'_>,
+    ) -> Result<Self> {
         let p = |n: &str| format!("blk.{index}.{n}");
         let (h, f) = (cfg.hidden, cfg.ffn);
         let q_dim = cfg.n_head * cfg.head_dim;
         let kv_dim = cfg.n_kv_head * cfg.head_dim;
         let bias = cfg.arch.qkv_bias();
         Ok(Self {
-            attn_norm: RmsNorm::load(ck, &p("attn_norm.weight"), cfg)?,
-            q: Linear::load(ck, &p("attn_q"), (q_dim, h), bias, exact)?,
-            k: Linear::load(ck, &p("attn_k"), (kv_dim, h), bias, exact)?,
-            v: Linear::load(ck, &p("attn_v"), (kv_dim, h), bias, exact)?,
-            o: Linear::load(ck, &p("attn_output"), (h, q_dim), false, exact)?,
-            ffn_norm: RmsNorm::load(ck, &p("ffn_norm.weight"), cfg)?,
-            gate: Linear::load(ck, &p("ffn_gate"), (f, h), false, exact)?,
-            up: Linear::load(ck, &p("ffn_up"), (f, h), false, exact)?,
-            down: Linear::load(ck, &p("ffn_down"), (h, f), false, exact)?,
+            attn_norm: RmsNorm::load(ck, &p("attn_norm.weight"), cfg, on.device)?,
+            q: Linear::load(ck, &p("attn_q"), (q_dim, h), bias, on)?,
+            k: Linear::load(ck, &p("attn_k"), (kv_dim, h), bias, on)?,
+            v: Linear::load(ck, &p("attn_v"), (kv_dim, h), bias, on)?,
+            o: Linear::load(ck, &p("attn_output"), (h, q_dim), false, on)?,
+            ffn_norm: RmsNorm::load(ck, &p("ffn_norm.weight"), cfg, on.device)?,
+            gate: Linear::load(ck, &p("ffn_gate"), (f, h), false, on)?,
+            up: Linear::load(ck, &p("ffn_up"), (f, h), false, on)?,
+            down: Linear::load(ck, &p("ffn_down"), (h, f), false, on)?,
             n_head: cfg.n_head,
             n_kv_head: cfg.n_kv_head,
             head_dim: cfg.head_dim,
@@ -206,11 +210,20 @@ pub(crate) fn causal_mask(t: usize, past: usize, device: &Device) -> Result<Tens
     Ok(Tensor::from_vec(data, (t, total), device)?)
 }
 
-/// Builds a candle quantized tensor from a checkpoint tensor, keeping its quantization.
-pub(crate) fn qtensor(ck: &Checkpoint, name: &str) -> Result<QTensor> {
+/// Where candle's weights go and in what form.
+#[derive(Clone, Copy)]
+pub(crate) struct Placement<'a> {
+    /// Dequantized to f32, so products are exact (the reference path, on the CPU).
+    pub exact: bool,
+    pub device: &'a Device,
+}
+
+/// Builds a candle quantized tensor from a checkpoint tensor, keeping its quantization, on
+/// `device`.
+pub(crate) fn qtensor(ck: &Checkpoint, name: &str, device: &Device) -> Result<QTensor> {
     let raw = ck.tensor(name)?;
     let dims: Vec<usize> = raw.dims.iter().rev().map(|&d| d as usize).collect();
-    qtensor_from_ggml(candle_dtype(raw.ty), &raw.data, dims, &Device::Cpu).map_err(|e| {
+    qtensor_from_ggml(candle_dtype(raw.ty), &raw.data, dims, device).map_err(|e| {
         ModelError::Tensor {
             name: name.into(),
             problem: e.to_string(),
@@ -224,22 +237,22 @@ pub(crate) fn matrix(
     ck: &Checkpoint,
     name: &str,
     shape: (usize, usize),
-    exact: bool,
+    on: Placement<'_>,
 ) -> Result<QMatMul> {
-    let t = qtensor(ck, name)?;
+    let t = qtensor(ck, name, on.device)?;
     if t.shape().dims() != [shape.0, shape.1] {
         return Err(shape_error(name, t.shape().dims(), &[shape.0, shape.1]));
     }
-    Ok(if exact {
-        QMatMul::Tensor(t.dequantize(&Device::Cpu)?)
+    Ok(if on.exact {
+        QMatMul::Tensor(t.dequantize(on.device)?)
     } else {
         QMatMul::from_qtensor(t)?
     })
 }
 
-/// A tensor dequantized to f32.
+/// A tensor dequantized to f32, in memory.
 pub(crate) fn dense(ck: &Checkpoint, name: &str) -> Result<Tensor> {
-    Ok(qtensor(ck, name)?.dequantize(&Device::Cpu)?)
+    Ok(qtensor(ck, name, &Device::Cpu)?.dequantize(&Device::Cpu)?)
 }
 
 fn candle_dtype(t: GgmlType) -> GgmlDType {

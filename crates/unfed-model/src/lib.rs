@@ -41,6 +41,8 @@ pub enum ModelError {
     Tokenizer(String),
     #[error("chat template: {0}")]
     ChatTemplate(String),
+    #[error("{0}")]
+    Device(String),
     #[error("invalid input: {0}")]
     Input(String),
     #[error("tensor computation failed: {0}")]

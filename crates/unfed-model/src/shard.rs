@@ -139,21 +139,34 @@ pub enum Compute {
     /// The `unfed-kernels` CPU kernels, for every layer whose matrices they cover (all layers or
     /// none); candle for the rest.
     Kernels,
-    /// candle's tensor operations throughout (any weight type; the GPU path).
+    /// candle's tensor operations throughout, in memory (any weight type).
     Candle,
+    /// candle's tensor operations on the first visible NVIDIA GPU (`CUDA_VISIBLE_DEVICES` picks
+    /// it), weights quantized as in the file; needs a build with the `cuda` feature.
+    Cuda,
     /// candle with every matrix dequantized to f32: exact products, slow; the reference the
     /// quantized paths are measured against.
     Reference,
 }
 
 impl Compute {
-    /// [`Compute::Kernels`], unless `UNFED_ENGINE=candle` asks for candle, or
-    /// `UNFED_ENGINE=reference` for the exact reference (to compare).
+    /// [`Compute::Kernels`], unless `UNFED_ENGINE` names another path: `candle`, `cuda`, or
+    /// `reference` for the exact reference (to compare).
     pub fn from_env() -> Compute {
-        match std::env::var("UNFED_ENGINE").as_deref() {
-            Ok("candle") => Compute::Candle,
-            Ok("reference") => Compute::Reference,
-            _ => Compute::Kernels,
+        let named = std::env::var("UNFED_ENGINE").ok();
+        [Compute::Candle, Compute::Cuda, Compute::Reference]
+            .into_iter()
+            .find(|c| named.as_deref() == Some(c.name()))
+            .unwrap_or(Compute::Kernels)
+    }
+
+    /// Its name in `UNFED_ENGINE`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compute::Kernels => "kernels",
+            Compute::Candle => "candle",
+            Compute::Cuda => "cuda",
+            Compute::Reference => "reference",
         }
     }
 }
@@ -182,13 +195,21 @@ impl ShardModel {
             )));
         }
         let kernels = compute == Compute::Kernels;
+        let device = match compute {
+            Compute::Cuda => cuda_device()?,
+            _ => Device::Cpu,
+        };
+        let on = layers::Placement {
+            exact: compute == Compute::Reference,
+            device: &device,
+        };
         let embedding = if role.embedding {
             let name = "token_embd.weight";
             let shape = (config.vocab, config.hidden);
             Some(match kernel_matrix(ck, name, shape, kernels)? {
                 Some(m) => Weights::Kernels(m),
                 _ => {
-                    let t = layers::qtensor(ck, name)?;
+                    let t = layers::qtensor(ck, name, &device)?;
                     check_shape(name, t.shape().dims(), &[shape.0, shape.1])?;
                     Weights::Candle(t)
                 }
@@ -213,7 +234,7 @@ impl ShardModel {
             None => Layers::Candle(
                 role.layers
                     .clone()
-                    .map(|i| DecoderLayer::load(ck, &config, i, compute == Compute::Reference))
+                    .map(|i| DecoderLayer::load(ck, &config, i, on))
                     .collect::<Result<Vec<_>>>()?,
             ),
         };
@@ -226,15 +247,10 @@ impl ShardModel {
             let shape = (config.vocab, config.hidden);
             let head = match kernel_matrix(ck, name, shape, kernels)? {
                 Some(m) => Weights::Kernels(m),
-                _ => Weights::Candle(layers::matrix(
-                    ck,
-                    name,
-                    shape,
-                    compute == Compute::Reference,
-                )?),
+                _ => Weights::Candle(layers::matrix(ck, name, shape, on)?),
             };
             (
-                Some(RmsNorm::load(ck, "output_norm.weight", &config)?),
+                Some(RmsNorm::load(ck, "output_norm.weight", &config, &device)?),
                 Some(head),
             )
         } else {
@@ -247,7 +263,7 @@ impl ShardModel {
             layers,
             norm,
             head,
-            device: Device::Cpu,
+            device,
             compute,
         })
     }
@@ -280,7 +296,8 @@ impl ShardModel {
     }
 
     /// Runs the shard on new positions, extending the session's cache. Returns hidden states
-    /// `[positions, hidden]`, or logits `[1 or positions, vocab]` if this shard has the head.
+    /// `[positions, hidden]`, or logits `[1 or positions, vocab]` if this shard has the head,
+    /// in memory whatever the device the shard runs on.
     pub fn forward(
         &self,
         input: Input<'_>,
@@ -326,7 +343,7 @@ impl ShardModel {
                         self.config.hidden
                     )));
                 }
-                h.clone()
+                h.to_device(&self.device)?
             }
             (Input::Tokens(_), None) => {
                 return Err(ModelError::Input(
@@ -398,12 +415,34 @@ impl ShardModel {
                             .map_err(|e| ModelError::Input(format!("output head: {e}")))?;
                         Tensor::from_vec(logits, (rows, m.rows()), &self.device)?
                     }
-                    Weights::Candle(q) => q.forward(&x)?,
+                    Weights::Candle(q) => q.forward(&x)?.to_device(&Device::Cpu)?,
                 })
             }
-            _ => Ok(x),
+            _ => Ok(x.to_device(&Device::Cpu)?),
         }
     }
+}
+
+/// The process's one CUDA device (GPU 0 of those visible), shared by all its shards so that
+/// their tensors live in one context.
+fn cuda_device() -> Result<Device> {
+    static DEVICE: std::sync::OnceLock<std::result::Result<Device, String>> =
+        std::sync::OnceLock::new();
+    if !cfg!(feature = "cuda") {
+        return Err(ModelError::Device(
+            "this build has no CUDA support (the `cuda` engine needs a build with `--features cuda`)"
+                .into(),
+        ));
+    }
+    DEVICE
+        .get_or_init(|| {
+            Device::new_cuda(0).map_err(|e| match e {
+                candle_core::Error::WithBacktrace { inner, .. } => inner.to_string(),
+                e => e.to_string(),
+            })
+        })
+        .clone()
+        .map_err(|e| ModelError::Device(format!("no CUDA device: {e}")))
 }
 
 /// The matrix for the kernels when they run and cover its type.

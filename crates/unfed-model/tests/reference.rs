@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use unfed_model::{Checkpoint, Input, LogitsMode, ShardModel, TextTokenizer};
+use unfed_model::{Checkpoint, Compute, Input, LogitsMode, ShardModel, ShardRole, TextTokenizer};
 
 /// Largest absolute difference allowed between our f32 logits and transformers' f32 logits.
 const TOLERANCE: f32 = 1e-4;
@@ -57,10 +57,11 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn check(name: &str) {
+fn check(name: &str, compute: Compute) {
     let (dir, r) = fixture(name);
     let ck = Checkpoint::open(&dir).unwrap();
-    let model = ShardModel::load(&ck).unwrap();
+    let role = ShardRole::whole(&ck.config().unwrap());
+    let model = ShardModel::load_role_with(&ck, role, compute).unwrap();
 
     // Whole sequence at once.
     let mut cache = model.new_cache();
@@ -73,7 +74,7 @@ fn check(name: &str) {
         .zip(&r.logits)
         .map(|(a, b)| max_abs_diff(a, b))
         .fold(0.0, f32::max);
-    eprintln!("{name}: max |logit - transformers| over the prompt = {worst:e}");
+    eprintln!("{name} ({compute:?}): max |logit - transformers| over the prompt = {worst:e}");
     assert!(
         worst < TOLERANCE,
         "{name}: logits differ from transformers by {worst}"
@@ -127,10 +128,18 @@ fn check(name: &str) {
 
 #[test]
 fn llama_matches_transformers() {
-    check("hf-tiny-llama");
+    check("hf-tiny-llama", Compute::from_env());
 }
 
 #[test]
 fn qwen2_matches_transformers() {
-    check("hf-tiny-qwen2");
+    check("hf-tiny-qwen2", Compute::from_env());
+}
+
+/// The same on the GPU (a build with `--features cuda`, on a machine with an NVIDIA GPU).
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_matches_transformers() {
+    check("hf-tiny-llama", Compute::Cuda);
+    check("hf-tiny-qwen2", Compute::Cuda);
 }

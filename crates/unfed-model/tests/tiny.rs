@@ -4,7 +4,7 @@
 use unfed_gguf::GgmlType;
 use unfed_model::config::Arch;
 use unfed_model::testing::{TinySpec, write_tiny_gguf};
-use unfed_model::{Checkpoint, Input, LogitsMode, ShardModel, ShardRole};
+use unfed_model::{Checkpoint, Compute, Input, KvCache, LogitsMode, ShardModel, ShardRole};
 
 fn tiny(spec: &TinySpec) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -25,6 +25,11 @@ fn bits(t: &candle_core::Tensor) -> Vec<u32> {
 
 #[test]
 fn layer_ranges_compose_to_the_whole_model_bit_for_bit() {
+    compose_bit_for_bit(Compute::from_env());
+}
+
+/// Shards of a model, run one after the other, give the whole model's logits to the bit.
+fn compose_bit_for_bit(compute: Compute) {
     for spec in [
         TinySpec::default(),
         TinySpec {
@@ -38,7 +43,9 @@ fn layer_ranges_compose_to_the_whole_model_bit_for_bit() {
         let (_d, path) = tiny(&spec);
         let ck = Checkpoint::open(&path).unwrap();
         let n = spec.n_layer;
-        let whole = ShardModel::load(&ck).unwrap();
+        let load = |role| ShardModel::load_role_with(&ck, role, compute).unwrap();
+        let whole = load(ShardRole::whole(&ck.config().unwrap()));
+        assert_eq!(whole.compute(), compute);
         let parts: Vec<ShardModel> = [0..2, 2..3, 3..n]
             .into_iter()
             .map(|layers| {
@@ -47,7 +54,7 @@ fn layer_ranges_compose_to_the_whole_model_bit_for_bit() {
                     head: layers.end == n,
                     layers,
                 };
-                ShardModel::load_role(&ck, role).unwrap()
+                load(role)
             })
             .collect();
         let mut whole_cache = whole.new_cache();
@@ -202,7 +209,12 @@ fn safetensors_and_gguf_loaders_agree_on_names() {
 /// scale. A mistake between the products (rope, attention, the cache, norms) would be far off.
 #[test]
 fn cpu_path_is_as_close_to_exact_as_candle() {
-    use unfed_model::{Compute, KvCache};
+    as_close_to_exact_as_candle(Compute::Kernels);
+}
+
+/// `ours` is within 1.5× candle's CPU path's distance from the exact path (plus 1% of the
+/// logits' scale) on tiny models of each weight type.
+fn as_close_to_exact_as_candle(ours: Compute) {
     let cases = [
         (Arch::Llama, GgmlType::Q8_0, 64, false),
         (Arch::Llama, GgmlType::Q4_1, 64, true),
@@ -223,7 +235,7 @@ fn cpu_path_is_as_close_to_exact_as_candle() {
         let (_d, path) = tiny(&spec);
         let ck = Checkpoint::open(&path).unwrap();
         let load = |c| ShardModel::load_role_with(&ck, ShardRole::whole(&ck.config().unwrap()), c);
-        let models = [Compute::Kernels, Compute::Candle, Compute::Reference].map(|c| {
+        let models = [ours, Compute::Candle, Compute::Reference].map(|c| {
             let m = load(c).unwrap();
             assert_eq!(m.compute(), c, "{weight_type:?}");
             m
@@ -232,7 +244,7 @@ fn cpu_path_is_as_close_to_exact_as_candle() {
         let prompt: Vec<u32> = b"the tiny model".iter().map(|&b| b as u32).collect();
         let steps: [&[u32]; 4] = [&prompt, &[104], &[105], &[33]];
         // Summed over the steps: single steps of a random model are noisy either way.
-        let (mut ours, mut candle, mut scale) = (0f32, 0f32, 0f32);
+        let (mut ours_off, mut candle, mut scale) = (0f32, 0f32, 0f32);
         for ids in steps {
             let logits: Vec<Vec<f32>> = models
                 .iter()
@@ -247,13 +259,36 @@ fn cpu_path_is_as_close_to_exact_as_candle() {
                     .zip(&logits[2])
                     .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
             };
-            ours += off(&logits[0]);
+            ours_off += off(&logits[0]);
             candle += off(&logits[1]);
             scale += logits[2].iter().fold(0f32, |m, v| m.max(v.abs()));
         }
         assert!(
-            ours <= 1.5 * candle + 0.01 * scale,
-            "{arch:?} {weight_type:?}: kernels {ours} from exact, candle {candle} (scale {scale})"
+            ours_off <= 1.5 * candle + 0.01 * scale,
+            "{arch:?} {weight_type:?}: {:?} {ours_off} from exact, candle {candle} (scale {scale})",
+            models[0].compute()
         );
     }
+}
+
+/// The GPU path (a build with `--features cuda`, on a machine with an NVIDIA GPU): as close to
+/// exact as candle on the CPU, and its shards compose to the bit.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_path_is_close_to_exact_and_composes_bit_for_bit() {
+    as_close_to_exact_as_candle(Compute::Cuda);
+    compose_bit_for_bit(Compute::Cuda);
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_without_the_feature_is_a_clear_error() {
+    let (_d, path) = tiny(&TinySpec::default());
+    let ck = Checkpoint::open(&path).unwrap();
+    let role = ShardRole::whole(&ck.config().unwrap());
+    let err = ShardModel::load_role_with(&ck, role, Compute::Cuda)
+        .err()
+        .expect("no CUDA in this build")
+        .to_string();
+    assert!(err.contains("--features cuda"), "{err}");
 }

@@ -26,8 +26,21 @@ struct Cli {
     /// Threads for the forward pass (default: the machine's physical cores).
     #[arg(long, global = true, env = "UNFED_THREADS")]
     threads: Option<usize>,
+    /// How the forward pass computes: this project's CPU kernels (the default), candle's CPU
+    /// operations, an NVIDIA GPU through candle (a build with `--features cuda`), or the exact
+    /// reference (weights expanded to f32; slow).
+    #[arg(long, global = true, env = "UNFED_ENGINE", value_enum)]
+    engine: Option<Engine>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Engine {
+    Kernels,
+    Candle,
+    Cuda,
+    Reference,
 }
 
 #[derive(Subcommand)]
@@ -66,6 +79,13 @@ fn main() -> std::process::ExitCode {
             std::env::set_var("UNFED_THREADS", n.max(1).to_string());
             std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
         }
+    }
+    if let Some(engine) = cli.engine {
+        use clap::ValueEnum;
+        let name = engine.to_possible_value().expect("no variant is skipped");
+        // SAFETY: as above; `unfed_model::Compute::from_env` reads it when a model loads, and
+        // the nodes a testnet starts inherit it.
+        unsafe { std::env::set_var("UNFED_ENGINE", name.get_name()) };
     }
     let result = match cli.command {
         Command::Model(cmd) => model_cmd::run(cmd),

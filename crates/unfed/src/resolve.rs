@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use unfed_engine::Pipeline;
-use unfed_model::{ChatTemplate, Checkpoint, ShardModel, TextTokenizer};
+use unfed_model::{ChatTemplate, Checkpoint, Compute, ShardModel, TextTokenizer};
 use unfed_store::{FetchOptions, ModelStore, Status};
 
 /// The model store named by `--store`, or the default one.
@@ -73,6 +73,10 @@ pub fn load_shards(dir: &Path) -> Result<Loaded> {
 fn finish(ck: &Checkpoint, shards: Vec<ShardModel>, description: String) -> Result<Loaded> {
     let tokenizer = TextTokenizer::from_metadata(ck.metadata())?;
     let chat = ChatTemplate::from_metadata(ck.metadata(), &tokenizer)?;
+    let description = match shards.first().map(ShardModel::compute) {
+        Some(Compute::Kernels) | None => description,
+        Some(c) => format!("{description}, {}", c.name()),
+    };
     Ok(Loaded {
         pipeline: Pipeline::new(shards)?,
         tokenizer: Arc::new(tokenizer),

@@ -236,8 +236,19 @@ impl<'l> Ctx<'l> {
     /// bits ([`ring::pack`]), the few left over as whole shares (from which the other party
     /// takes the same bits), so every word sent is as uniform as the shares are.
     pub fn open_bits(&mut self, x: &[u64], shift: u32, width: u32) -> Result<Vec<u64>, MpcError> {
+        Ok(self.open_bits_and(x, shift, width, &[])?.0)
+    }
+
+    /// [`Self::open_bits`] of `x` and [`Self::open`] of `whole`, in one round.
+    fn open_bits_and(
+        &mut self,
+        x: &[u64],
+        shift: u32,
+        width: u32,
+        whole: &[u64],
+    ) -> Result<(Vec<u64>, Vec<u64>), MpcError> {
         if self.is_dealer() {
-            return Ok(vec![0; x.len()]);
+            return Ok((vec![0; x.len()], vec![0; whole.len()]));
         }
         let part = |v: &u64| (v >> shift) & ring::low_mask(width);
         let packed = x.len() / ring::pack_group(width) * ring::pack_group(width);
@@ -245,12 +256,14 @@ impl<'l> Ctx<'l> {
         let mut message = ring::pack(&mine[..packed], width);
         let packed_words = message.len();
         message.extend_from_slice(&x[packed..]);
+        message.extend_from_slice(whole);
         let theirs = self.exchange(&message)?;
+        let (theirs, theirs_whole) = theirs.split_at(message.len() - whole.len());
         let mut sum = ring::unpack(&theirs[..packed_words], width, packed);
         sum.extend(theirs[packed_words..].iter().map(part));
         ring::add_assign(&mut sum, &mine);
         sum.iter_mut().for_each(|v| *v &= ring::low_mask(width));
-        Ok(sum)
+        Ok((sum, ring::add(whole, theirs_whole)))
     }
 
     /// Shares of `n` uniformly random ring elements neither party knows (the dealer sees the
@@ -351,6 +364,56 @@ impl<'l> Ctx<'l> {
             }
         }
         Ok(z)
+    }
+
+    /// Products `v·y` of values `v ∈ [0, 2^15)` shared modulo 2^16 (`x`: each party's share,
+    /// below 2^16) with full-width shared values `y`, element `k` with `y[group(k)]`: one
+    /// round, 16 bits per `v` and a word per `y` each way, no truncation. The parties open
+    /// `c = v + r mod 2^16` for a dealt uniform `r`, and `y` masked; with `r' = r mod 2^15` and
+    /// `s` its bit 15, both dealt as full-width shares, `v = c − 2^15·msb(c) + 2^15·(msb(c) ⊕ s)
+    /// − r'` exactly (`v + r' < 2^16` cannot wrap, as in [`Self::trunc`]), which is linear in
+    /// `s` and `r'`; the products of `s` and `r'` with `y`'s mask are dealt.
+    pub fn lift_mul(
+        &mut self,
+        x: &[u64],
+        y: &[u64],
+        group: impl Fn(usize) -> usize,
+    ) -> Result<Vec<u64>, MpcError> {
+        const HIGH: u64 = 1 << 15;
+        let n = x.len();
+        let r = self.random(n);
+        let a = self.random(y.len());
+        let low = self.derived(2 * n, || {
+            let mut v: Vec<u64> = r.iter().map(|r| r % HIGH).collect();
+            v.extend(r.iter().map(|r| r >> 15 & 1));
+            v
+        })?;
+        let (r_low, s) = low.split_at(n);
+        let masked = self.derived(2 * n, || {
+            let mut v: Vec<u64> = (0..n).map(|k| r_low[k].wrapping_mul(a[group(k)])).collect();
+            v.extend((0..n).map(|k| s[k].wrapping_mul(a[group(k)])));
+            v
+        })?;
+        let (r_low_a, s_a) = masked.split_at(n);
+        let c: Vec<u64> = x.iter().zip(&r).map(|(x, r)| x.wrapping_add(*r)).collect();
+        let (c, e) = self.open_bits_and(&c, 0, 16, &ring::sub(y, &a))?;
+        Ok((0..n)
+            .map(|k| {
+                let (c, j) = (c[k], group(k));
+                // v·y = c·y + 2^15·(1 − 2·msb(c))·s·y − r'·y, with s·y = e·s + s·a and
+                // r'·y = e·r' + r'·a.
+                let sign = if c & HIGH == 0 {
+                    HIGH
+                } else {
+                    HIGH.wrapping_neg()
+                };
+                let s_y = e[j].wrapping_mul(s[k]).wrapping_add(s_a[k]);
+                let r_y = e[j].wrapping_mul(r_low[k]).wrapping_add(r_low_a[k]);
+                c.wrapping_mul(y[j])
+                    .wrapping_add(sign.wrapping_mul(s_y))
+                    .wrapping_sub(r_y)
+            })
+            .collect())
     }
 
     /// Elementwise square (a dealt pair `(a, a²)`; one round, n words each way), no truncation.

@@ -3,14 +3,16 @@
 //! the party doing it must touch every row). The work streams through the table once per
 //! token, so the table is held as small as it exactly can be: in blocks of 32 columns, each
 //! `offset + scale·q` with 8-bit `q`, which the weights of a quantized checkpoint always
-//! allow, and at full width otherwise. The product with 8-bit blocks is in `pairs`.
+//! allow, and at full width otherwise. For a table in blocks the pass over the table computes
+//! the selected row's `q` modulo 2^16 (`pairs`) and its scales and offsets at full width, and
+//! one round ([`finish`]) lifts `q` to full width and multiplies it by its scale.
 
 mod pairs;
 
 use pairs::BLOCK;
 
 use crate::layer::Matrix;
-use crate::ring::gcd;
+use crate::ring::{self, gcd};
 use crate::{Ctx, MpcError};
 
 /// A public `[vocab][hidden]` embedding table in fixed point.
@@ -47,16 +49,16 @@ impl Embedding {
         matches!(self.form, Form::Blocks { .. })
     }
 
-    /// `onehot (t × rows) · table`: shares of the rows the one-hot rows select (local, exact).
-    pub fn lookup(&self, onehot: &[u64], t: usize) -> Vec<u64> {
+    /// The local part of `onehot (t × rows) · table` (exact), which [`finish`] completes.
+    pub fn lookup(&self, onehot: &[u64], t: usize) -> Lookup {
         let (rows, cols) = (self.rows, self.cols);
         debug_assert_eq!(onehot.len(), t * rows);
-        let mut out = vec![0u64; t * cols];
+        let mut out = Lookup::zeros(t, cols);
         match &self.form {
             Form::Full(m) => {
                 for r in 0..rows {
                     let w = &m.data()[r * cols..(r + 1) * cols];
-                    for (i, o) in out.chunks_mut(cols).enumerate() {
+                    for (i, o) in out.base.chunks_mut(cols).enumerate() {
                         let e = onehot[i * rows + r];
                         for (o, w) in o.iter_mut().zip(w) {
                             *o = o.wrapping_add(e.wrapping_mul(*w as i64 as u64));
@@ -66,23 +68,71 @@ impl Embedding {
             }
             Form::Blocks { scales, offsets, q } => {
                 let nb = cols.div_ceil(BLOCK);
-                for (onehot, out) in onehot.chunks(rows).zip(out.chunks_mut(cols)) {
-                    pairs::add_product(onehot, scales, q, out);
-                    // Σ_r onehot_r·offset_rb, per block.
+                let tokens = onehot.chunks(rows).zip(out.q.chunks_mut(cols));
+                for (i, (onehot, q_out)) in tokens.enumerate() {
+                    pairs::product16(onehot, q, q_out);
+                    // Σ_r onehot_r·scale_rb and Σ_r onehot_r·offset_rb, per block.
+                    for (b, scales) in scales.chunks(rows).enumerate() {
+                        out.scales[i * nb + b] = onehot
+                            .iter()
+                            .zip(scales)
+                            .fold(0u64, |s, (e, v)| s.wrapping_add(e.wrapping_mul(*v as u64)));
+                    }
                     let mut sums = vec![0u64; nb];
                     for (e, offsets) in onehot.iter().zip(offsets.chunks(nb)) {
                         for (sum, offset) in sums.iter_mut().zip(offsets) {
                             *sum = sum.wrapping_add(e.wrapping_mul(*offset as i64 as u64));
                         }
                     }
-                    for (o, sum) in out.chunks_mut(BLOCK).zip(sums) {
-                        o.iter_mut().for_each(|v| *v = v.wrapping_add(sum));
+                    let base = &mut out.base[i * cols..(i + 1) * cols];
+                    for (o, sum) in base.chunks_mut(BLOCK).zip(sums) {
+                        o.fill(sum);
                     }
                 }
             }
         }
         out
     }
+}
+
+/// What a party computes alone from its shares of the one-hot rows ([`Embedding::lookup`]).
+pub struct Lookup {
+    /// `t × cols`: each entry's block offset (a table in blocks) or the entry (at full width).
+    base: Vec<u64>,
+    /// `t × cols`: `q`, shared modulo 2^16 (zeros at full width).
+    q: Vec<u64>,
+    /// `t × blocks`: each block's scale (zeros at full width).
+    scales: Vec<u64>,
+}
+
+impl Lookup {
+    fn zeros(t: usize, cols: usize) -> Self {
+        Self {
+            base: vec![0; t * cols],
+            q: vec![0; t * cols],
+            scales: vec![0; t * cols.div_ceil(BLOCK)],
+        }
+    }
+}
+
+/// Completes a lookup in one round: shares of the `t × cols` rows, `offset + scale·q` (the
+/// dealer passes `None`; a table at full width lifts zeros, so that the dealer need not know
+/// the table's form). See [`Ctx::lift_mul`].
+pub fn finish(
+    ctx: &mut Ctx,
+    t: usize,
+    cols: usize,
+    lookup: Option<Lookup>,
+) -> Result<Vec<u64>, MpcError> {
+    let nb = cols.div_ceil(BLOCK);
+    let lookup = lookup.unwrap_or_else(|| Lookup::zeros(t, cols));
+    debug_assert_eq!(lookup.base.len(), t * cols);
+    let products = ctx.lift_mul(&lookup.q, &lookup.scales, |k| {
+        k / cols * nb + k % cols / BLOCK
+    })?;
+    let mut rows = lookup.base;
+    ring::add_assign(&mut rows, &products);
+    Ok(rows)
 }
 
 /// Shares of the one-hot rows of `tokens` (`t × vocab`), each from a DPF key the dealer gives

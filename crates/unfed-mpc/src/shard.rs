@@ -83,14 +83,7 @@ pub fn deal_layers(
     state: &mut ShardState,
 ) -> Result<[Material; 2], MpcError> {
     let mut dealer = dealer(rng);
-    layers(
-        &mut dealer,
-        spec,
-        None,
-        vec![0; t * spec.layer.hidden],
-        t,
-        state,
-    )?;
+    layers(&mut dealer, spec, None, t, state)?;
     Ok(dealer.into_material().expect("a dealer"))
 }
 
@@ -109,9 +102,9 @@ pub fn run(
     let onehot = embedding::onehot_input(&mut ctx, &[], t, spec.vocab)?;
     ctx.finish()?;
     let first = ctx.stats();
-    let x = weights.embedding.lookup(&onehot, t);
+    let looked = weights.embedding.lookup(&onehot, t);
     let mut ctx = Ctx::party(role, material.layers, link);
-    let out = layers(&mut ctx, spec, Some(weights), x, t, state)?;
+    let out = layers(&mut ctx, spec, Some((weights, looked)), t, state)?;
     ctx.finish()?;
     let second = ctx.stats();
     Ok((
@@ -127,15 +120,17 @@ fn dealer(rng: &mut Prg) -> Ctx<'static> {
     Ctx::dealer([rng.next_seed(), rng.next_seed()])
 }
 
-/// The decoder layers on shares of their input `x` (the dealer passes zeros and no weights).
+/// The end of the embedding lookup and the decoder layers on its output (the dealer passes
+/// no weights and no lookup).
 fn layers(
     ctx: &mut Ctx,
     spec: &ShardSpec,
-    weights: Option<&ShardWeights>,
-    mut x: Vec<u64>,
+    party: Option<(&ShardWeights, embedding::Lookup)>,
     t: usize,
     state: &mut ShardState,
 ) -> Result<Vec<u64>, MpcError> {
+    let (weights, looked) = party.unzip();
+    let mut x = embedding::finish(ctx, t, spec.layer.hidden, looked)?;
     if state.kv.is_empty() {
         state.kv = vec![SharedKv::default(); spec.k];
     }

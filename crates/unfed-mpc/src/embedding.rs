@@ -25,8 +25,8 @@ pub struct Embedding {
 
 #[derive(Clone, Debug)]
 enum Form {
-    /// Per block and row a scale, per row and block an offset, per entry `q` (in the order
-    /// of [`pairs::interleave`]): the entry is `offset + scale·q`.
+    /// Per block and row a scale and an offset, per entry `q` (in the order of
+    /// [`pairs::interleave`]): the entry is `offset + scale·q`.
     Blocks {
         scales: Vec<u32>,
         offsets: Vec<i32>,
@@ -72,27 +72,24 @@ impl Embedding {
                 for (i, (onehot, q_out)) in tokens.enumerate() {
                     pairs::product16(onehot, q, q_out);
                     // Σ_r onehot_r·scale_rb and Σ_r onehot_r·offset_rb, per block.
-                    for (b, scales) in scales.chunks(rows).enumerate() {
-                        out.scales[i * nb + b] = onehot
-                            .iter()
-                            .zip(scales)
-                            .fold(0u64, |s, (e, v)| s.wrapping_add(e.wrapping_mul(*v as u64)));
-                    }
-                    let mut sums = vec![0u64; nb];
-                    for (e, offsets) in onehot.iter().zip(offsets.chunks(nb)) {
-                        for (sum, offset) in sums.iter_mut().zip(offsets) {
-                            *sum = sum.wrapping_add(e.wrapping_mul(*offset as i64 as u64));
-                        }
-                    }
                     let base = &mut out.base[i * cols..(i + 1) * cols];
-                    for (o, sum) in base.chunks_mut(BLOCK).zip(sums) {
-                        o.fill(sum);
+                    let per_block = scales.chunks(rows).zip(offsets.chunks(rows));
+                    for (b, (scales, offsets)) in per_block.enumerate() {
+                        out.scales[i * nb + b] = dot(onehot, scales, |v| v as u64);
+                        let offset = dot(onehot, offsets, |v| v as i64 as u64);
+                        base[b * BLOCK..cols.min((b + 1) * BLOCK)].fill(offset);
                     }
                 }
             }
         }
         out
     }
+}
+
+/// `Σ_r e_r·wide(v_r)`, wrapping.
+fn dot<T: Copy>(e: &[u64], v: &[T], wide: impl Fn(T) -> u64) -> u64 {
+    let products = e.iter().zip(v).map(|(e, v)| e.wrapping_mul(wide(*v)));
+    products.fold(0, u64::wrapping_add)
 }
 
 /// What a party computes alone from its shares of the one-hot rows ([`Embedding::lookup`]).
@@ -167,10 +164,13 @@ fn blocks(data: &[i32], cols: usize) -> Option<Form> {
     }
     let rows = data.len() / cols;
     let q = pairs::interleave(&q, rows, cols);
-    // By block, then row: the product reads one block's scales at a time.
+    // By block, then row, at full width: the sums read one block's values at a time.
     let nb = cols.div_ceil(BLOCK);
     let scales = (0..nb * rows)
         .map(|i| scales[i % rows * nb + i / rows])
+        .collect();
+    let offsets = (0..nb * rows)
+        .map(|i| offsets[i % rows * nb + i / rows])
         .collect();
     Some(Form::Blocks { scales, offsets, q })
 }

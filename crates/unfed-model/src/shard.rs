@@ -154,11 +154,19 @@ impl Compute {
     /// `reference` for the exact reference (to compare).
     pub fn from_env() -> Compute {
         let named = std::env::var("UNFED_ENGINE").ok();
-        [Compute::Candle, Compute::Cuda, Compute::Reference]
+        Compute::ALL
             .into_iter()
             .find(|c| named.as_deref() == Some(c.name()))
             .unwrap_or(Compute::Kernels)
     }
+
+    /// Every path, in the order `--engine` lists them.
+    pub const ALL: [Compute; 4] = [
+        Compute::Kernels,
+        Compute::Candle,
+        Compute::Cuda,
+        Compute::Reference,
+    ];
 
     /// Its name in `UNFED_ENGINE`.
     pub fn name(self) -> &'static str {

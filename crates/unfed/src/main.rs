@@ -14,7 +14,9 @@ mod resolve;
 mod testnet_cmd;
 mod tls_args;
 
+use clap::builder::PossibleValuesParser;
 use clap::{Parser, Subcommand};
+use unfed_model::Compute;
 
 #[derive(Parser)]
 #[command(
@@ -29,18 +31,11 @@ struct Cli {
     /// How the forward pass computes: this project's CPU kernels (the default), candle's CPU
     /// operations, an NVIDIA GPU through candle (a build with `--features cuda`), or the exact
     /// reference (weights expanded to f32; slow).
-    #[arg(long, global = true, env = "UNFED_ENGINE", value_enum)]
-    engine: Option<Engine>,
+    #[arg(long, global = true, env = "UNFED_ENGINE",
+          value_parser = PossibleValuesParser::new(Compute::ALL.map(Compute::name)))]
+    engine: Option<String>,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Engine {
-    Kernels,
-    Candle,
-    Cuda,
-    Reference,
 }
 
 #[derive(Subcommand)]
@@ -81,11 +76,9 @@ fn main() -> std::process::ExitCode {
         }
     }
     if let Some(engine) = cli.engine {
-        use clap::ValueEnum;
-        let name = engine.to_possible_value().expect("no variant is skipped");
-        // SAFETY: as above; `unfed_model::Compute::from_env` reads it when a model loads, and
-        // the nodes a testnet starts inherit it.
-        unsafe { std::env::set_var("UNFED_ENGINE", name.get_name()) };
+        // SAFETY: as above; `Compute::from_env` reads it when a model loads, and the nodes a
+        // testnet starts inherit it.
+        unsafe { std::env::set_var("UNFED_ENGINE", engine) };
     }
     let result = match cli.command {
         Command::Model(cmd) => model_cmd::run(cmd),

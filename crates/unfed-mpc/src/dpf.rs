@@ -115,6 +115,80 @@ pub fn evaluate_all(
     scratch: &mut Scratch,
     out: &mut Vec<u64>,
 ) {
+    let width = expand(prg, party, n, (root, key), scratch);
+    let Scratch { level, next } = scratch;
+    let last = &key[key.len() - width..];
+    out.resize(level.len() * width, 0);
+    for ((out, leaf_blocks), s) in out
+        .chunks_exact_mut(width)
+        .zip(next.chunks_exact(width / 2))
+        .zip(level.iter())
+    {
+        for (pair, block) in out.chunks_exact_mut(2).zip(leaf_blocks) {
+            pair.copy_from_slice(&halves(*block));
+        }
+        let mask = on(*s) as u64;
+        for (o, last) in out.iter_mut().zip(last) {
+            *o = o.wrapping_add(last & mask);
+        }
+    }
+    if party == 1 {
+        out.iter_mut().for_each(|v| *v = v.wrapping_neg());
+    }
+}
+
+/// Party `party`'s shares of `Σ_x tables[k][x]·f(x)` for each table (each as long as the
+/// domain), into `out`, for the key as in [`evaluate_all`], without writing out the domain:
+/// the leaves' outputs go straight into the products, and the output corrections, the same
+/// for every leaf, are multiplied once by each table's sums over the leaves whose control bit
+/// is set.
+pub fn evaluate_dots(
+    prg: &TreePrg,
+    party: u8,
+    n: u32,
+    (root, key): (u128, &[u64]),
+    scratch: &mut Scratch,
+    tables: &[&[u64]],
+    out: &mut [u64],
+) {
+    let width = expand(prg, party, n, (root, key), scratch);
+    let Scratch { level, next } = scratch;
+    let last = &key[key.len() - width..];
+    for (table, out) in tables.iter().zip(out) {
+        debug_assert_eq!(table.len(), level.len() * width);
+        let (mut sum, mut set) = (0u64, [0u64; 1 << LEAF]);
+        for ((entries, leaf_blocks), s) in table
+            .chunks_exact(width)
+            .zip(next.chunks_exact(width / 2))
+            .zip(level.iter())
+        {
+            for (pair, block) in entries.chunks_exact(2).zip(leaf_blocks) {
+                let [low, high] = halves(*block);
+                sum = sum
+                    .wrapping_add(pair[0].wrapping_mul(low))
+                    .wrapping_add(pair[1].wrapping_mul(high));
+            }
+            let mask = on(*s) as u64;
+            for (set, entry) in set.iter_mut().zip(entries) {
+                *set = set.wrapping_add(entry & mask);
+            }
+        }
+        for (set, last) in set.iter().zip(last) {
+            sum = sum.wrapping_add(set.wrapping_mul(*last));
+        }
+        *out = if party == 1 { sum.wrapping_neg() } else { sum };
+    }
+}
+
+/// Walks the key's tree down to its leaves: their seeds into `scratch.level`, their hashed
+/// blocks (half a leaf's width each) into `scratch.next`. Returns a leaf's width.
+fn expand(
+    prg: &TreePrg,
+    party: u8,
+    n: u32,
+    (root, key): (u128, &[u64]),
+    scratch: &mut Scratch,
+) -> usize {
     debug_assert_eq!(key.len(), key_words(n));
     let (levels, leaf) = shape(n);
     let Scratch { level, next } = scratch;
@@ -134,32 +208,13 @@ pub fn evaluate_all(
         }
         std::mem::swap(level, next);
     }
-    // Every leaf's blocks at once, then the corrections.
     let width = 1usize << leaf;
-    let blocks = width / 2;
     next.clear();
     for s in level.iter() {
-        next.extend(leaf_inputs(*s, blocks));
+        next.extend(leaf_inputs(*s, width / 2));
     }
     prg.hash(next);
-    let last = &key[key.len() - width..];
-    out.resize(level.len() * width, 0);
-    for ((out, leaf_blocks), s) in out
-        .chunks_exact_mut(width)
-        .zip(next.chunks_exact(blocks))
-        .zip(level.iter())
-    {
-        for (pair, block) in out.chunks_exact_mut(2).zip(leaf_blocks) {
-            pair.copy_from_slice(&halves(*block));
-        }
-        let mask = on(*s) as u64;
-        for (o, last) in out.iter_mut().zip(last) {
-            *o = o.wrapping_add(last & mask);
-        }
-    }
-    if party == 1 {
-        out.iter_mut().for_each(|v| *v = v.wrapping_neg());
-    }
+    width
 }
 
 /// A leaf seed's `width` outputs, appended to `out`.
@@ -209,6 +264,17 @@ mod tests {
                 }
                 // One party's outputs alone look nothing like the point function.
                 prop_assert!(a.iter().filter(|v| **v == 0).count() < 2);
+                // Inner products with tables straight from the key are those of the outputs.
+                let tables: Vec<Vec<u64>> = (1..3u64)
+                    .map(|t| (0..1u64 << n).map(|x| (x + t).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ alpha).collect())
+                    .collect();
+                let tables: Vec<&[u64]> = tables.iter().map(|t| t.as_slice()).collect();
+                for (party, (root, outputs)) in [(roots[0][k], &a), (roots[1][k], &b)].into_iter().enumerate() {
+                    let mut dots = [0; 2];
+                    evaluate_dots(&prg, party as u8, n, (root, key), &mut scratch, &tables, &mut dots);
+                    let want: Vec<u64> = tables.iter().map(|t| crate::ring::dot(t, outputs)).collect();
+                    prop_assert_eq!(dots.to_vec(), want);
+                }
             }
         }
     }

@@ -80,12 +80,14 @@ pub fn max_rows(ctx: &mut Ctx, x: &[u64], cols: usize, bits: u32) -> R {
 /// Row maxima are within `2^−MAX_SLACK` per tournament level of the true maximum.
 pub const MAX_SLACK: u32 = 10;
 
-/// `exp(x)` for `x ≤ 2^−EXP_STEP` (6 rounds; slightly positive `x` is what an approximate row
+/// `exp(x)` for `x ≤ 2^−EXP_STEP` (4 rounds; slightly positive `x` is what an approximate row
 /// max leaves): `t = min(−x, EXP_CLAMP)` by one comparison and its product;
 /// `e^−t = e^−c · e^−d` with `c` the centre of `t`'s cell in a table of 512 cells of width
 /// 1/32 (looked up at the cell's shared index, which [`cells`] finds locally) and
-/// `|d| ≤ 1/32`, `e^−d ≈ 1 − d + d²/2` (relative error ≤ 5.1e−6). The clamp's comparison
-/// looks at the bits above one cell: near the clamp, either answer is within the table.
+/// `|d| ≤ 1/32`, `e^−d ≈ 1 − d + d²/2` (relative error ≤ 5.1e−6), the products of `e^−c`
+/// with `d` and `d²` from the lookup ([`Ctx::lut_powers`], on `d` at [`EXP_OFFSET`] bits),
+/// and one truncation. The clamp's comparison looks at the bits above one cell: near the
+/// clamp, either answer is within the table.
 pub fn exp_nonpositive(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
     let mut shifted = x.to_vec();
     ctx.add_public(&mut shifted, encode(EXP_CLAMP));
@@ -95,21 +97,45 @@ pub fn exp_nonpositive(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
     let (idx, d) = cells(ctx, &t, EXP_STEP);
     static TABLE: LazyLock<LutTable> =
         LazyLock::new(|| LutTable::new(&table(EXP_LOG2, EXP_STEP, |c| (-c).exp())));
-    let e = ctx.lut(&idx, &[&TABLE])?.remove(0);
-    let square = ctx.square_raw(&d)?;
-    let half_square = ctx.trunc(&square, FRAC + 1)?;
-    let correction = mul(ctx, &e, &ring::sub(&half_square, &d))?;
+    let d = coarse(&d, EXP_OFFSET);
+    let [e, e_d, e_d2]: [Vec<u64>; 3] = ctx
+        .lut_powers(&idx, &d, &[(&TABLE, 2)])?
+        .remove(0)
+        .try_into()
+        .expect("three powers");
+    // e·(d²/2 − d) at FRAC + 2·EXP_OFFSET + 1 bits, where e·d² (at one bit fewer) is
+    // e·d²/2 and e·d (at FRAC + EXP_OFFSET) is scaled up.
+    let raw = ring::sub(&e_d2, &ring::scale(&e_d, 1 << (EXP_OFFSET + 1)));
+    let correction = ctx.trunc(&raw, 2 * EXP_OFFSET + 1)?;
     Ok(ring::add(&e, &correction))
 }
 
+/// Fractional bits of the offsets `d` that exp's series takes: at `FRAC + 2·20 + 1` bits
+/// `e·d²/2` is below 2^52 and `e·d` below 2^58 (under truncation's 2^61), and the coarser `d`
+/// costs at most 2·2^−20 of `e·d`.
+const EXP_OFFSET: u32 = 20;
+
+/// The offsets `d` of [`cells`] at `frac ≤ FRAC` fractional bits (local, no round): each
+/// party shifts its own share, and since [`cells`] leaves both shares small (in
+/// `(−2^FRAC, 2^FRAC)`, without wrapping) their sum is `⌊d·2^(frac − FRAC)⌋` or one less.
+fn coarse(d: &[u64], frac: u32) -> Vec<u64> {
+    d.iter()
+        .map(|v| ((*v as i64) >> (FRAC - frac)) as u64)
+        .collect()
+}
+
 /// Cells of exp's table: 2^EXP_LOG2 of width 2^−EXP_STEP. Both tables end past their clamp
-/// (15.9·32 + 1 < 510, 15.9·64 + 1 < 1022), so an index never reaches the last two entries,
+/// (15.9·32 + 1 < 510, 15.8·16 + 1 < 254), so an index never reaches the last two entries,
 /// which stand for the indices −2 and −1 (`t` down to one cell below 0).
 const EXP_LOG2: u32 = 9;
 const EXP_STEP: u32 = 5;
 /// Cells of SiLU's table: 2^SILU_LOG2 of width 2^−SILU_STEP.
-const SILU_LOG2: u32 = 10;
-const SILU_STEP: u32 = 6;
+const SILU_LOG2: u32 = 8;
+const SILU_STEP: u32 = 4;
+/// Fractional bits of the offsets `d` SiLU's quadratic takes: `h″·d²/2` at
+/// `FRAC + 2·19` bits is below 2^50 and `h′·d` scaled to it below 2^56, and the coarser `d`
+/// costs at most 2·2^−19 of `h′·d`.
+const SILU_OFFSET: u32 = 19;
 
 /// For a shared `t ≥ −2^−step` at [`FRAC`] bits: the shared index `i` of its cell of width
 /// `2^−step` and its offset `d` from that cell's centre, `t = (i + 1)·2^−step + d` exactly,
@@ -218,18 +244,19 @@ pub fn rsqrt(ctx: &mut Ctx, x: &[u64], x_frac: u32, lo: i32, hi: i32, c: f64) ->
 }
 
 /// Where SiLU's table ends: beyond, `SiLU(x)` is taken as `ReLU(x)` (the difference is below
-/// 2e−6).
-pub const SILU_CLAMP: f64 = 15.9;
+/// 2.2e−6).
+pub const SILU_CLAMP: f64 = 15.8;
 
 /// `SiLU(x) = x·σ(x) = ReLU(x) − h(|x|)`, `h(t) = t/(1 + e^t)` (4 rounds): the comparisons of
 /// `x` with 0 and ±SILU_CLAMP and their products with `x`, all in one round, give
-/// `ReLU(x)` and `t = min(|x|, SILU_CLAMP)`; `h(t)` is the tangent at the centre of `t`'s cell
-/// in a table of 1024 cells of width 1/64 (`h` and `h′` looked up together, error
-/// ≤ max|h″|·(1/64)²/2 ≈ 6.1e−5), one product and its truncation. The comparisons look at
-/// the bits above one cell ([`Ctx::compare`]): within a cell of 0 a wrong sign gives
-/// `t = −|x|`, and `ReLU(x) − h(t)` is `SiLU(x)` on both sides (`x − h(x) = −h(−x)`), with
-/// `t` in the cell below 0, which the table covers; within a cell of the clamp either answer
-/// is within the table.
+/// `ReLU(x)` and `t = min(|x|, SILU_CLAMP)`; `h(t)` is the quadratic at the centre of `t`'s
+/// cell in a table of 256 cells of width 1/16, `h(c) + h′(c)·d + h″(c)/2·d²` (error
+/// ≤ max|h‴|·(1/16)³/6 ≈ 1.3e−5), `h` and the products of `h′` with `d` and of `h″/2` with
+/// `d²` from one lookup ([`Ctx::lut_powers`], on `d` at [`SILU_OFFSET`] bits), and one
+/// truncation. The comparisons look at the bits above one cell ([`Ctx::compare`]): within a
+/// cell of 0 a wrong sign gives `t = −|x|`, and `ReLU(x) − h(t)` is `SiLU(x)` on both sides
+/// (`x − h(x) = −h(−x)`), with `t` in the cell below 0, which the table covers; within a cell
+/// of the clamp either answer is within the table.
 pub fn silu(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
     let n = x.len();
     let clamp = encode(SILU_CLAMP);
@@ -244,22 +271,29 @@ pub fn silu(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
     ring::add_assign(&mut t, &ring::scale(&outside, clamp));
     ctx.add_public(&mut t, clamp);
     let (idx, d) = cells(ctx, &t, SILU_STEP);
-    static TABLES: LazyLock<[LutTable; 2]> = LazyLock::new(|| {
+    static TABLES: LazyLock<[LutTable; 3]> = LazyLock::new(|| {
         let sigma = |t: f64| 1.0 / (1.0 + (-t).exp());
+        // h = t·σ(−t), h′ = σ(−t) − t·σ(t)σ(−t), h″ = −σ(t)σ(−t)·(2 + t·(σ(−t) − σ(t))).
         [
             table(SILU_LOG2, SILU_STEP, |t| t * sigma(-t)),
             table(SILU_LOG2, SILU_STEP, |t| {
                 sigma(-t) - t * sigma(-t) * sigma(t)
             }),
+            table(SILU_LOG2, SILU_STEP, |t| {
+                -sigma(t) * sigma(-t) * (2.0 + t * (sigma(-t) - sigma(t))) / 2.0
+            }),
         ]
         .map(|t| LutTable::new(&t))
     });
-    let [h, slope]: [Vec<u64>; 2] = ctx
-        .lut(&idx, &[&TABLES[0], &TABLES[1]])?
-        .try_into()
-        .expect("two tables");
-    let correction = mul(ctx, &slope, &d)?;
-    Ok(ring::sub(&relu, &ring::add(&h, &correction)))
+    let d = coarse(&d, SILU_OFFSET);
+    let tables = [(&TABLES[0], 0), (&TABLES[1], 1), (&TABLES[2], 2)];
+    let mut looked_up = ctx.lut_powers(&idx, &d, &tables)?.into_iter();
+    let mut next = || looked_up.next().expect("three tables");
+    let (h, slope, curve) = (next(), next(), next());
+    // h′·d at FRAC + SILU_OFFSET bits, scaled to h″/2·d²'s FRAC + 2·SILU_OFFSET.
+    let raw = ring::add(&ring::scale(&slope[1], 1 << SILU_OFFSET), &curve[2]);
+    let correction = ctx.trunc(&raw, 2 * SILU_OFFSET)?;
+    Ok(ring::sub(&relu, &ring::add(&h[0], &correction)))
 }
 
 /// Softmax of each row of a `rows × cols` matrix (masked entries, a public pattern, get

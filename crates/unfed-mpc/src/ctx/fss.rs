@@ -36,6 +36,100 @@ impl Ctx<'_> {
     /// at `r mod 2^log2` and 0 elsewhere, so `Σ_j table[(c − j) mod 2^log2]·dpf(j)` is a share
     /// of `table[idx mod 2^log2]`. Each party evaluates the whole domain for each element.
     pub fn lut(&mut self, idx: &[u64], tables: &[&LutTable]) -> Result<Vec<Vec<u64>>, MpcError> {
+        Ok(self.lut_and(idx, tables, &[])?.0)
+    }
+
+    /// [`Self::lut`] with products: for each `(table, power)`, shares of `T = table[idx]`
+    /// and, for `1 ≤ p ≤ power ≤ 2`, of `T·x^p` (raw, at the sum of the scales), for a shared
+    /// `x` of one element per index. Two rounds: `x − a` for a dealt uniform `a` is opened
+    /// with the lookup's index, and each `T` with a power is opened masked in the second
+    /// (one word per element and table each way, and one for `x`). With `δ = x − a` public,
+    /// `x = δ + a` and `x² = δ² + 2δ·a + a²` are linear in the dealt `a` and `a²`; and from the
+    /// opened `ε = T − b`, `T·a = ε·a + b·a` and `T·a² = ε·a² + b·a²` are linear in the dealt
+    /// `b`, `b·a` and `b·a²`. Returned per table: `[T, T·x, T·x²]` up to its power.
+    pub fn lut_powers(
+        &mut self,
+        idx: &[u64],
+        x: &[u64],
+        tables: &[(&LutTable, usize)],
+    ) -> Result<Vec<Vec<Vec<u64>>>, MpcError> {
+        let n = idx.len();
+        debug_assert_eq!(x.len(), n);
+        let top = tables.iter().map(|t| t.1).max().unwrap_or(0);
+        debug_assert!(top <= 2);
+        let a = self.random(n);
+        let a2 = if top > 1 {
+            self.derived(n, || ring::mul(&a, &a))?
+        } else {
+            Vec::new()
+        };
+        // Per table with a power: b, b·a and (for the square) b·a².
+        let mut masks = Vec::new();
+        for &(_, power) in tables.iter().filter(|t| t.1 > 0) {
+            let b = self.random(n);
+            let ba = self.derived(n, || ring::mul(&b, &a))?;
+            let ba2 = if power > 1 {
+                self.derived(n, || ring::mul(&b, &a2))?
+            } else {
+                Vec::new()
+            };
+            masks.push((b, ba, ba2));
+        }
+        let only: Vec<&LutTable> = tables.iter().map(|t| t.0).collect();
+        let (values, delta) = self.lut_and(idx, &only, &ring::sub(x, &a))?;
+        let mut masked = Vec::with_capacity(masks.len() * n);
+        for ((value, _), (b, ..)) in values
+            .iter()
+            .zip(tables)
+            .filter(|(_, t)| t.1 > 0)
+            .zip(&masks)
+        {
+            masked.extend(ring::sub(value, b));
+        }
+        let eps = self.open(&masked)?;
+        let (mut eps, mut masks) = (eps.chunks_exact(n.max(1)), masks.iter());
+        let mut out = Vec::with_capacity(tables.len());
+        for (t, &(_, power)) in values.into_iter().zip(tables) {
+            let mut powers = Vec::with_capacity(power + 1);
+            if power > 0 {
+                let (e, (_, ba, ba2)) = (eps.next().unwrap_or(&[]), masks.next().expect("a mask"));
+                // T·a, then T·x = δ·T + T·a and T·x² = δ²·T + 2δ·T·a + T·a².
+                let ta: Vec<u64> = (0..n)
+                    .map(|i| e[i].wrapping_mul(a[i]).wrapping_add(ba[i]))
+                    .collect();
+                powers.push(
+                    (0..n)
+                        .map(|i| delta[i].wrapping_mul(t[i]).wrapping_add(ta[i]))
+                        .collect(),
+                );
+                if power > 1 {
+                    powers.push(
+                        (0..n)
+                            .map(|i| {
+                                let ta2 = e[i].wrapping_mul(a2[i]).wrapping_add(ba2[i]);
+                                let d = delta[i];
+                                d.wrapping_mul(d)
+                                    .wrapping_mul(t[i])
+                                    .wrapping_add(d.wrapping_mul(2).wrapping_mul(ta[i]))
+                                    .wrapping_add(ta2)
+                            })
+                            .collect(),
+                    );
+                }
+            }
+            powers.insert(0, t);
+            out.push(powers);
+        }
+        Ok(out)
+    }
+
+    /// [`Self::lut`] that also opens `whole` in its round.
+    fn lut_and(
+        &mut self,
+        idx: &[u64],
+        tables: &[&LutTable],
+        whole: &[u64],
+    ) -> Result<(Vec<Vec<u64>>, Vec<u64>), MpcError> {
         let log2 = tables[0].log2;
         debug_assert!(tables.iter().all(|t| t.log2 == log2));
         let size = 1usize << log2;
@@ -48,22 +142,33 @@ impl Ctx<'_> {
             let alphas: Vec<u64> = r.iter().map(|v| v & mask).collect();
             dpf::generate(tree, log2, (&alphas, 1), [&roots[0], &roots[1]], keys)
         })?;
-        let c = self.open_bits(&ring::add(idx, &r), 0, log2)?;
+        let (c, whole) = self.open_bits_and(&ring::add(idx, &r), 0, log2, whole)?;
         let Some(party) = self.key_index() else {
-            return Ok(vec![vec![0; n]; tables.len()]);
+            return Ok((vec![vec![0; n]; tables.len()], whole));
         };
         let (keys, roots) = (self.common(keys), &roots[party as usize]);
-        let (mut scratch, mut point) = (dpf::Scratch::default(), Vec::with_capacity(size));
+        let mut scratch = dpf::Scratch::default();
+        let (mut shifted, mut sums) = (Vec::with_capacity(tables.len()), vec![0; tables.len()]);
         let mut out = vec![Vec::with_capacity(n); tables.len()];
         for (i, c) in c.iter().enumerate() {
             let key = (roots[i], &keys[i * key_words..(i + 1) * key_words]);
-            dpf::evaluate_all(&self.tree, party, log2, key, &mut scratch, &mut point);
             let start = size - 1 - (c & mask) as usize;
-            for (table, out) in tables.iter().zip(out.iter_mut()) {
-                out.push(ring::dot(&table.reversed[start..start + size], &point));
+            shifted.clear();
+            shifted.extend(tables.iter().map(|t| &t.reversed[start..start + size]));
+            dpf::evaluate_dots(
+                &self.tree,
+                party,
+                log2,
+                key,
+                &mut scratch,
+                &shifted,
+                &mut sums,
+            );
+            for (out, sum) in out.iter_mut().zip(&sums) {
+                out.push(*sum);
             }
         }
-        Ok(out)
+        Ok((out, whole))
     }
 
     /// Shares of `count` one-hot vectors of length `len ≤ 2^20`, one after the other, whose

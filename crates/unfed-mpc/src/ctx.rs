@@ -131,6 +131,28 @@ impl<'l> Ctx<'l> {
         }
     }
 
+    /// At the dealer, room for this many of A's words, B's words and common words (nothing at
+    /// a party).
+    pub fn reserve(&mut self, [a, b, common]: [usize; 3]) {
+        if let Source::Dealer {
+            words, common: c, ..
+        } = &mut self.source
+        {
+            words[0].reserve(a);
+            words[1].reserve(b);
+            c.reserve(common);
+        }
+    }
+
+    /// At the dealer, how many of A's words, B's words and common words it dealt so far
+    /// (zeros at a party).
+    pub fn dealt_len(&self) -> [usize; 3] {
+        match &self.source {
+            Source::Dealer { words, common, .. } => [words[0].len(), words[1].len(), common.len()],
+            Source::Party { .. } => [0; 3],
+        }
+    }
+
     /// The party this context plays, `None` for the dealer.
     pub fn role(&self) -> Option<Role> {
         match &self.source {

@@ -12,9 +12,13 @@ use crate::{Ctx, LutTable, MpcError};
 
 type R = Result<Vec<u64>, MpcError>;
 
-/// Exp is computed on `[−EXP_CLAMP, 0]`; below, it is taken as `exp(−EXP_CLAMP)` (≈ 1.2e−7,
-/// half a unit in the last place).
-pub const EXP_CLAMP: f64 = 15.9;
+/// Exp is computed on `[−EXP_CLAMP, EXP_ABOVE]`; below, it is taken as `exp(−EXP_CLAMP)`
+/// (≈ 2.1e−7, under a unit in the last place).
+pub const EXP_CLAMP: f64 = 15.4;
+
+/// How far above 0 exp's input may be: what an approximate row max leaves, up to
+/// [`MAX_SLACK`] per tournament level for 16 levels.
+pub const EXP_ABOVE: f64 = 0.5;
 
 /// Fractional bits of the unit-range results of reciprocal and rsqrt (below 4 in magnitude):
 /// the octave's scale factor applied after them (for rsqrt up to `c·2^−lo`) then magnifies a
@@ -77,10 +81,11 @@ pub fn max_rows(ctx: &mut Ctx, x: &[u64], cols: usize, bits: u32) -> R {
     Ok(cur)
 }
 
-/// Row maxima are within `2^−MAX_SLACK` per tournament level of the true maximum.
-pub const MAX_SLACK: u32 = 10;
+/// Row maxima are within `2^−MAX_SLACK` per tournament level of the true maximum (rows of up
+/// to 2^16 leave up to [`EXP_ABOVE`] for exp).
+pub const MAX_SLACK: u32 = 5;
 
-/// `exp(x)` for `x ≤ 2^−EXP_STEP` (4 rounds; slightly positive `x` is what an approximate row
+/// `exp(x)` for `x ≤ EXP_ABOVE` (4 rounds; slightly positive `x` is what an approximate row
 /// max leaves): `t = min(−x, EXP_CLAMP)` by one comparison and its product;
 /// `e^−t = e^−c · e^−d` with `c` the centre of `t`'s cell in a table of 512 cells of width
 /// 1/32 (looked up at the cell's shared index, which [`cells`] finds locally) and
@@ -91,12 +96,16 @@ pub const MAX_SLACK: u32 = 10;
 pub fn exp_nonpositive(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
     let mut shifted = x.to_vec();
     ctx.add_public(&mut shifted, encode(EXP_CLAMP));
-    let (_, below_shifted) = ctx.compare(&shifted, &[0], bits + 1, FRAC - EXP_STEP, true)?;
+    // x + EXP_CLAMP stays in (−2^(bits − FRAC), EXP_CLAMP + EXP_ABOVE].
+    let (_, below_shifted) = ctx.compare(&shifted, &[0], bits, FRAC - EXP_STEP, true)?;
     // t = −x, or EXP_CLAMP where x < −EXP_CLAMP.
     let t = ring::add(&ring::scale(x, u64::MAX), &below_shifted);
     let (idx, d) = cells(ctx, &t, EXP_STEP);
-    static TABLE: LazyLock<LutTable> =
-        LazyLock::new(|| LutTable::new(&table(EXP_LOG2, EXP_STEP, |c| (-c).exp())));
+    static TABLE: LazyLock<LutTable> = LazyLock::new(|| {
+        LutTable::new(&table_at(EXP_LOG2, EXP_STEP, FRAC, EXP_BELOW, |c| {
+            (-c).exp()
+        }))
+    });
     let d = coarse(&d, EXP_OFFSET);
     let [e, e_d, e_d2]: [Vec<u64>; 3] = ctx
         .lut_powers(&idx, &d, &[(&TABLE, 2)])?
@@ -124,11 +133,13 @@ fn coarse(d: &[u64], frac: u32) -> Vec<u64> {
         .collect()
 }
 
-/// Cells of exp's table: 2^EXP_LOG2 of width 2^−EXP_STEP. Both tables end past their clamp
-/// (15.9·32 + 1 < 510, 15.8·16 + 1 < 254), so an index never reaches the last two entries,
-/// which stand for the indices −2 and −1 (`t` down to one cell below 0).
+/// Cells of exp's table: 2^EXP_LOG2 of width 2^−EXP_STEP, the last EXP_BELOW standing for the
+/// indices −17 … −1 (`t` down to one cell below −EXP_ABOVE). Both tables end past their
+/// clamp and a cell (15.4·32 + 1 < 512 − 17, 15.8·16 + 1 < 256 − 2), so an index never
+/// reaches the entries of negative indices.
 const EXP_LOG2: u32 = 9;
 const EXP_STEP: u32 = 5;
+const EXP_BELOW: i64 = 17;
 /// Cells of SiLU's table: 2^SILU_LOG2 of width 2^−SILU_STEP.
 const SILU_LOG2: u32 = 8;
 const SILU_STEP: u32 = 4;
@@ -154,15 +165,16 @@ fn cells(ctx: &Ctx, t: &[u64], step: u32) -> (Vec<u64>, Vec<u64>) {
 /// The table of `f` at the centres of the cells of [`cells`]: entry `i` holds
 /// `f((i + 1)·2^−step)`, the last two `f(−2^−step)` and `f(0)` (the indices −2 and −1).
 fn table(log2: u32, step: u32, f: impl Fn(f64) -> f64) -> Vec<u64> {
-    table_at(log2, step, FRAC, f)
+    table_at(log2, step, FRAC, 2, f)
 }
 
-/// [`table`] with its entries at `frac` fractional bits.
-fn table_at(log2: u32, step: u32, frac: u32, f: impl Fn(f64) -> f64) -> Vec<u64> {
+/// [`table`] with its entries at `frac` fractional bits and its last `below` entries for the
+/// indices `−below … −1`.
+fn table_at(log2: u32, step: u32, frac: u32, below: i64, f: impl Fn(f64) -> f64) -> Vec<u64> {
     let size = 1i64 << log2;
     (0..size)
         .map(|i| {
-            let i = if i >= size - 2 { i - size } else { i };
+            let i = if i >= size - below { i - size } else { i };
             encode_at(f((i + 1) as f64 * (-(step as f64)).exp2()), frac)
         })
         .collect()
@@ -183,7 +195,7 @@ impl UnitTables {
     fn new(step: u32, f: impl Fn(f64) -> f64, df: impl Fn(f64) -> f64) -> Self {
         Self {
             step,
-            value: LutTable::new(&table_at(UNIT_LOG2, step, WIDE, |t| f(t + 0.5))),
+            value: LutTable::new(&table_at(UNIT_LOG2, step, WIDE, 2, |t| f(t + 0.5))),
             slope: LutTable::new(&table(UNIT_LOG2, step, |t| df(t + 0.5))),
         }
     }
@@ -319,7 +331,7 @@ pub fn softmax_rows(
     }
     let max = max_rows(ctx, &x, cols, bits)?;
     let shifted = ring::sub(&x, &broadcast(&max, cols));
-    let mut e = exp_nonpositive(ctx, &shifted, bits + 1)?;
+    let mut e = exp_nonpositive(ctx, &shifted, bits)?;
     if let Some(masked) = masked {
         e.iter_mut()
             .zip(masked)

@@ -27,10 +27,12 @@ pub struct ShardWeights {
     pub layers: Vec<LayerWeights>,
 }
 
-/// One party's (or the dealer's) state of a session: the shared caches of its layers.
+/// One party's (or the dealer's) state of a session: the shared caches of its layers (and at
+/// the dealer, the sizes of what it dealt last, to allocate the next step's words at once).
 #[derive(Clone, Debug, Default)]
 pub struct ShardState {
     kv: Vec<SharedKv>,
+    dealt: [usize; 3],
 }
 
 impl ShardState {
@@ -83,7 +85,11 @@ pub fn deal_layers(
     state: &mut ShardState,
 ) -> Result<[Material; 2], MpcError> {
     let mut dealer = dealer(rng);
+    // Room for a step somewhat larger than the last (the softmax's keys grow with the
+    // context), in whole megabytes, so that steps of about one size reuse the same memory.
+    dealer.reserve(state.dealt.map(|n| (n + n / 16).next_multiple_of(1 << 17)));
     layers(&mut dealer, spec, None, t, state)?;
+    state.dealt = dealer.dealt_len();
     Ok(dealer.into_material().expect("a dealer"))
 }
 

@@ -120,8 +120,8 @@ pub fn exp_nonpositive(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
 }
 
 /// Fractional bits of the offsets `d` that exp's series takes: at `FRAC + 2·20 + 1` bits
-/// `e·d²/2` is below 2^52 and `e·d` below 2^58 (under truncation's 2^61), and the coarser `d`
-/// costs at most 2·2^−20 of `e·d`.
+/// `e·d²/2` is below 2^52 and `e·d` below 2^59 (`e ≤ e^(1/2 + 1/32)`; under truncation's
+/// 2^61), and the coarser `d` costs at most 2·2^−20 of `e·d`.
 const EXP_OFFSET: u32 = 20;
 
 /// The offsets `d` of [`cells`] at `frac ≤ FRAC` fractional bits (local, no round): each
@@ -148,7 +148,8 @@ const SILU_STEP: u32 = 4;
 /// costs at most 2·2^−19 of `h′·d`.
 const SILU_OFFSET: u32 = 19;
 
-/// For a shared `t ≥ −2^−step` at [`FRAC`] bits: the shared index `i` of its cell of width
+/// For a shared `t` at [`FRAC`] bits (a negative `t` has a negative index, which a table
+/// lookup takes modulo its size): the shared index `i` of its cell of width
 /// `2^−step` and its offset `d` from that cell's centre, `t = (i + 1)·2^−step + d` exactly,
 /// `|d| ≤ 2^−step` (local, no round). Each party splits its own share at bit `FRAC − step`:
 /// the high parts add up to `⌊t·2^step⌋` or one less (the carry between the low parts),

@@ -84,7 +84,7 @@ fn generate_chunk(
             let sign = sign(s[1] & 1 == 1);
             let key_at = e * kw + (2 + m) * level;
             for k in 0..m {
-                let values = h.map(|h| halves(h[2 + k]));
+                let values = h.map(|h| [0, 1].map(|side| value_word(&h[2..], side, k)));
                 let v = &mut v_alpha[e * m + k];
                 let mut value_cw = sign.wrapping_mul(
                     values[1][lose]
@@ -171,15 +171,14 @@ fn evaluate_m<const M: usize>(
         .flat_map(|r| std::iter::repeat_n(clear(*r) | party as u128, points))
         .collect();
     let mut values = vec![[0u64; M]; xs.len()];
-    let per = 1 + M;
-    let mut buf = vec![0u128; per * xs.len()];
+    // Per point: the child on its side, and the one value block that side's words are in.
+    let mut buf = vec![0u128; 2 * xs.len()];
     for level in 0..n {
         let i = n - 1 - level;
-        for ((block, s), x) in buf.chunks_exact_mut(per).zip(&seeds).zip(xs) {
-            block[0] = clear(*s) ^ ((x >> i) & 1) as u128;
-            for (k, b) in block[1..].iter_mut().enumerate() {
-                *b = clear(*s) ^ (VALUE + k as u128);
-            }
+        for ((block, s), x) in buf.chunks_exact_mut(2).zip(&seeds).zip(xs) {
+            let dir = ((x >> i) & 1) as u128;
+            block[0] = clear(*s) ^ dir;
+            block[1] = clear(*s) ^ (VALUE + if M == 1 { 0 } else { dir });
         }
         prg.hash(&mut buf);
         let at = (2 + M) * level;
@@ -190,9 +189,11 @@ fn evaluate_m<const M: usize>(
                 let dir = ((xs[e] >> i) & 1) as usize;
                 let s = &mut seeds[e];
                 let mask = on(*s);
-                let block = &buf[per * e..per * (e + 1)];
+                let block = &buf[2 * e..2 * (e + 1)];
                 for k in 0..M {
-                    let step = halves(block[1 + k])[dir].wrapping_add(value_cw[k] & mask as u64);
+                    // value_word, from the one block hashed.
+                    let word = halves(block[1])[if M == 1 { dir } else { k }];
+                    let step = word.wrapping_add(value_cw[k] & mask as u64);
                     values[e][k] = values[e][k].wrapping_add(step);
                 }
                 *s = block[0] ^ (cw[dir] & mask);
@@ -210,6 +211,18 @@ fn evaluate_m<const M: usize>(
         }
     }
     values.into_iter().flatten().collect()
+}
+
+/// A node's value word for `side` and output `k`, from its `m` value blocks (`H(s ⊕ (VALUE +
+/// j))` for `j < m`): with one output the block's halves are the two sides' words, with two
+/// block `side` holds that side's two words, so that an evaluation, which goes one way, hashes
+/// one value block per level either way.
+fn value_word(blocks: &[u128], side: usize, k: usize) -> u64 {
+    if blocks.len() == 1 {
+        halves(blocks[0])[side]
+    } else {
+        halves(blocks[side])[k]
+    }
 }
 
 /// A leaf seed's value for output `k < 2`: its halves (the first is the paper's `Convert`).

@@ -70,9 +70,9 @@ const TREE_KEY: [u8; 16] = *b"unfed-mpc/tree\0\0";
 /// The length-extending PRG of the FSS trees ([`crate::dcf`], [`crate::dpf`]):
 /// `H(x) = AES_k(x) ⊕ x` (Matyas–Meyer–Oseas) under one fixed public key. A tree node's seed
 /// `s` (a 128-bit integer whose lowest bit is clear) expands into `H(s ⊕ LEFT)` and
-/// `H(s ⊕ RIGHT)`, its children, whose lowest bits are their control bits, and `H(s ⊕ VALUE)`,
-/// two 64-bit values (the DCF's). The three inputs differ, so the outputs are independent in
-/// the ideal-cipher model. Whole tree levels go through [`Self::hash`] at once, so that AES
+/// `H(s ⊕ RIGHT)`, its children, whose lowest bits are their control bits, and `H(s ⊕ VALUE)`
+/// and `H(s ⊕ (VALUE + 1))`, 64-bit values (the DCF's). The inputs differ, so the outputs are
+/// independent in the ideal-cipher model. Whole tree levels go through [`Self::hash`] at once, so that AES
 /// runs pipelined.
 pub struct TreePrg {
     cipher: Aes128,
@@ -80,7 +80,7 @@ pub struct TreePrg {
     fast: Option<crate::vaes::Keys>,
 }
 
-/// The tweaks of a node's three outputs.
+/// The tweaks of a node's outputs (values at `VALUE` and `VALUE + 1`).
 pub(crate) const LEFT: u128 = 0;
 pub(crate) const RIGHT: u128 = 1;
 pub(crate) const VALUE: u128 = 2;

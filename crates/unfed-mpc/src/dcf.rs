@@ -84,7 +84,8 @@ fn generate_chunk(
             let sign = sign(s[1] & 1 == 1);
             let key_at = e * kw + (2 + m) * level;
             for k in 0..m {
-                let values = h.map(|h| [0, 1].map(|side| value_word(&h[2..], side, k)));
+                let word = |b: usize, side| value_word(&h[b][2..], side, k);
+                let values = [[word(0, 0), word(0, 1)], [word(1, 0), word(1, 1)]];
                 let v = &mut v_alpha[e * m + k];
                 let mut value_cw = sign.wrapping_mul(
                     values[1][lose]

@@ -72,8 +72,8 @@ const TREE_KEY: [u8; 16] = *b"unfed-mpc/tree\0\0";
 /// `s` (a 128-bit integer whose lowest bit is clear) expands into `H(s ⊕ LEFT)` and
 /// `H(s ⊕ RIGHT)`, its children, whose lowest bits are their control bits, and `H(s ⊕ VALUE)`
 /// and `H(s ⊕ (VALUE + 1))`, 64-bit values (the DCF's). The inputs differ, so the outputs are
-/// independent in the ideal-cipher model. Whole tree levels go through [`Self::hash`] at once, so that AES
-/// runs pipelined.
+/// independent in the ideal-cipher model. Whole tree levels go through [`Self::hash`] at once,
+/// so that AES runs pipelined.
 pub struct TreePrg {
     cipher: Aes128,
     #[cfg(target_arch = "x86_64")]

@@ -300,9 +300,10 @@ pub fn silu(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
     });
     let d = coarse(&d, SILU_OFFSET);
     let tables = [(&TABLES[0], 0), (&TABLES[1], 1), (&TABLES[2], 2)];
-    let mut looked_up = ctx.lut_powers(&idx, &d, &tables)?.into_iter();
-    let mut next = || looked_up.next().expect("three tables");
-    let (h, slope, curve) = (next(), next(), next());
+    let [h, slope, curve]: [Vec<Vec<u64>>; 3] = ctx
+        .lut_powers(&idx, &d, &tables)?
+        .try_into()
+        .expect("three tables");
     // h′·d at FRAC + SILU_OFFSET bits, scaled to h″/2·d²'s FRAC + 2·SILU_OFFSET.
     let raw = ring::add(&ring::scale(&slope[1], 1 << SILU_OFFSET), &curve[2]);
     let correction = ctx.trunc(&raw, 2 * SILU_OFFSET)?;

@@ -93,28 +93,15 @@ impl Ctx<'_> {
             let mut powers = Vec::with_capacity(power + 1);
             if power > 0 {
                 let (e, (_, ba, ba2)) = (eps.next().unwrap_or(&[]), masks.next().expect("a mask"));
-                // T·a, then T·x = δ·T + T·a and T·x² = δ²·T + 2δ·T·a + T·a².
-                let ta: Vec<u64> = (0..n)
-                    .map(|i| e[i].wrapping_mul(a[i]).wrapping_add(ba[i]))
-                    .collect();
-                powers.push(
-                    (0..n)
-                        .map(|i| delta[i].wrapping_mul(t[i]).wrapping_add(ta[i]))
-                        .collect(),
-                );
+                // T·a = ε·a + b·a, then T·x = δ·T + T·a.
+                let ta = ring::add(&ring::mul(e, &a), ba);
+                powers.push(ring::add(&ring::mul(&delta, &t), &ta));
                 if power > 1 {
-                    powers.push(
-                        (0..n)
-                            .map(|i| {
-                                let ta2 = e[i].wrapping_mul(a2[i]).wrapping_add(ba2[i]);
-                                let d = delta[i];
-                                d.wrapping_mul(d)
-                                    .wrapping_mul(t[i])
-                                    .wrapping_add(d.wrapping_mul(2).wrapping_mul(ta[i]))
-                                    .wrapping_add(ta2)
-                            })
-                            .collect(),
-                    );
+                    // T·a² = ε·a² + b·a², then T·x² = δ²·T + 2δ·T·a + T·a².
+                    let ta2 = ring::add(&ring::mul(e, &a2), ba2);
+                    let d2_t = ring::mul(&ring::mul(&delta, &delta), &t);
+                    let two_d_ta = ring::scale(&ring::mul(&delta, &ta), 2);
+                    powers.push(ring::add(&ring::add(&d2_t, &two_d_ta), &ta2));
                 }
             }
             powers.insert(0, t);

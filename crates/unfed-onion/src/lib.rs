@@ -8,7 +8,7 @@
 //!   [`HopPayload`] and its [`SessionKeys`].
 //! - [`replay`]: [`ReplayTag`], [`ReplayCache`] (bounded, never forgets while the key is in
 //!   use) and [`OnionHop`] (peel + replay check).
-//! - [`session`]: [`SessionSender`] / [`SessionReceiver`], ChaCha20-Poly1305 frames with a
+//! - [`session`]: [`SessionSender`] / [`SessionReceiver`], AES-256-GCM frames with a
 //!   64-bit counter per direction, accepted strictly in order.
 //! - [`reply`]: [`ReplyWrapper`] (a hop seals or relays a fixed-length reply cell) and
 //!   [`ReplyUnwrapper`] (the client strips every layer).

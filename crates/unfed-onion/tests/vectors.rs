@@ -66,6 +66,12 @@ fn compute() -> (BTreeMap<String, String>, String) {
         .seal(b"hello")
         .unwrap();
     put("frame.hop0_forward_hello".into(), &frame);
+    let frame = peeled[0]
+        .keys
+        .sender(Direction::Backward)
+        .seal_bound(b"step", &[b"common", b""])
+        .unwrap();
+    put("frame.hop0_backward_step_bound".into(), &frame);
     let mut cell = peeled[2].keys.reply_wrapper().seal(b"token", 32).unwrap();
     put("reply.sealed_by_hop2".into(), &cell);
     for hop in [1, 0] {

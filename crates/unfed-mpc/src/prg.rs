@@ -11,6 +11,8 @@ pub type Seed = [u8; 16];
 /// dealer gave it. Two `Prg`s from the same seed yield the same stream.
 pub struct Prg {
     cipher: Aes128,
+    #[cfg(target_arch = "x86_64")]
+    fast: Option<crate::vaes::Keys>,
     counter: u128,
     buffer: [u64; 16],
     used: usize,
@@ -21,6 +23,8 @@ impl Prg {
     pub fn new(seed: &Seed) -> Self {
         Self {
             cipher: Aes128::new(GenericArray::from_slice(seed)),
+            #[cfg(target_arch = "x86_64")]
+            fast: crate::vaes::keys(seed),
             counter: 0,
             buffer: [0; 16],
             used: 16,
@@ -36,9 +40,26 @@ impl Prg {
         self.buffer[self.used - 1]
     }
 
-    /// The next `n` ring elements.
+    /// The next `n` ring elements: what is left of the buffer, then whole buffers' worth of
+    /// blocks encrypted straight into the output (the blocks [`Self::refill`] would make, in
+    /// the same order), then the rest from a refill.
     pub fn take(&mut self, n: usize) -> Vec<u64> {
-        (0..n).map(|_| self.next_u64()).collect()
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n && self.used < self.buffer.len() {
+            out.push(self.next_u64());
+        }
+        let mut blocks = [0u128; BULK];
+        let mut whole = (n - out.len()) / self.buffer.len() * self.buffer.len() / 2;
+        while whole > 0 {
+            let blocks = &mut blocks[..whole.min(BULK)];
+            self.counter_blocks(blocks);
+            out.extend(blocks.iter().flat_map(|b| halves(*b)));
+            whole -= blocks.len();
+        }
+        while out.len() < n {
+            out.push(self.next_u64());
+        }
+        out
     }
 
     /// The next 16 bytes (a fresh seed).
@@ -50,19 +71,51 @@ impl Prg {
     }
 
     fn refill(&mut self) {
-        let mut blocks = [GenericArray::default(); 8];
-        for block in &mut blocks {
-            block.copy_from_slice(&self.counter.to_le_bytes());
-            self.counter += 1;
-        }
-        self.cipher.encrypt_blocks(&mut blocks);
+        let mut blocks = [0u128; 8];
+        self.counter_blocks(&mut blocks);
         for (i, block) in blocks.iter().enumerate() {
-            self.buffer[2 * i] = u64::from_le_bytes(block[..8].try_into().expect("8 bytes"));
-            self.buffer[2 * i + 1] = u64::from_le_bytes(block[8..].try_into().expect("8 bytes"));
+            [self.buffer[2 * i], self.buffer[2 * i + 1]] = halves(*block);
         }
         self.used = 0;
     }
+
+    /// The next `blocks.len()` blocks of the stream, `AES_seed(counter)` for the counters from
+    /// here on (little-endian): through the wide AES where the CPU has it (the MMO hash of a
+    /// counter with the counter taken back out) and the `aes` crate for the rest.
+    fn counter_blocks(&mut self, blocks: &mut [u128]) {
+        let start = self.counter;
+        for (i, b) in blocks.iter_mut().enumerate() {
+            *b = start + i as u128;
+        }
+        self.counter += blocks.len() as u128;
+        #[cfg(target_arch = "x86_64")]
+        let blocks = match &self.fast {
+            Some(keys) => {
+                let (whole, rest) = blocks.split_at_mut(blocks.len() / 16 * 16);
+                crate::vaes::hash(keys, whole);
+                for (i, b) in whole.iter_mut().enumerate() {
+                    *b ^= start + i as u128;
+                }
+                rest
+            }
+            None => blocks,
+        };
+        let mut ciphered = [aes::Block::default(); 8];
+        for chunk in blocks.chunks_mut(8) {
+            let ciphered = &mut ciphered[..chunk.len()];
+            for (c, b) in ciphered.iter_mut().zip(chunk.iter()) {
+                *c = b.to_le_bytes().into();
+            }
+            self.cipher.encrypt_blocks(ciphered);
+            for (b, c) in chunk.iter_mut().zip(ciphered.iter()) {
+                *b = u128::from_le_bytes((*c).into());
+            }
+        }
+    }
 }
+
+/// Blocks [`Prg::take`] encrypts at a time.
+const BULK: usize = 256;
 
 /// The fixed key of the tree PRG: a public constant, the same at the dealer and both parties.
 const TREE_KEY: [u8; 16] = *b"unfed-mpc/tree\0\0";
@@ -163,6 +216,24 @@ mod tests {
         assert_eq!(xs, b.take(40));
         assert_ne!(xs, c.take(40));
         assert_ne!(xs[0], xs[1]);
+    }
+
+    #[test]
+    fn bulk_takes_are_the_stream_word_by_word() {
+        let seed = [7; 16];
+        let mut one = Prg::new(&seed);
+        let words: Vec<u64> = (0..5000).map(|_| one.next_u64()).collect();
+        // The first block of the stream is AES_seed(0) (FIPS-197's cipher, via the `aes` crate).
+        let mut zero = aes::Block::default();
+        Aes128::new(GenericArray::from_slice(&seed)).encrypt_block(&mut zero);
+        assert_eq!(words[..2], halves(u128::from_le_bytes(zero.into())));
+        let mut bulk = Prg::new(&seed);
+        let mut got = Vec::new();
+        for n in [3, 0, 13, 16, 1, 600, 31, 2048, 17] {
+            got.extend(bulk.take(n));
+        }
+        got.extend(bulk.take(5000 - got.len()));
+        assert_eq!(got, words);
     }
 
     #[test]

@@ -133,7 +133,19 @@ pub fn low_mask(width: u32) -> u64 {
 
 /// Ring elements as bytes, little-endian.
 pub fn to_bytes(x: &[u64]) -> Vec<u8> {
-    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+    let mut bytes = Vec::with_capacity(x.len() * 8);
+    extend_bytes(&mut bytes, x);
+    bytes
+}
+
+/// Appends `x` to `bytes` as [`to_bytes`] writes it (eight bytes at a time, not one: the
+/// megabytes of a step's material).
+pub fn extend_bytes(bytes: &mut Vec<u8>, x: &[u64]) {
+    let start = bytes.len();
+    bytes.resize(start + x.len() * 8, 0);
+    for (b, v) in bytes[start..].chunks_exact_mut(8).zip(x) {
+        b.copy_from_slice(&v.to_le_bytes());
+    }
 }
 
 /// Bytes as ring elements, little-endian; None when the length is not a multiple of 8.

@@ -74,7 +74,7 @@ impl RoundLink {
     fn write(&mut self, words: &[u64]) -> Result<(), MpcError> {
         self.buf.clear();
         self.buf.extend((words.len() as u32).to_le_bytes());
-        self.buf.extend(words.iter().flat_map(|w| w.to_le_bytes()));
+        ring::extend_bytes(&mut self.buf, words);
         self.stream
             .write_all(&self.buf)
             .and_then(|()| self.stream.flush())

@@ -362,8 +362,8 @@ impl fmt::Debug for SessionReceiver {
 }
 
 /// AES-256-GCM through ring: on CPUs with AES and carry-less multiply instructions its
-/// assembly seals the megabyte frames of an MPC step at four times ChaCha20-Poly1305's speed
-/// (docs/onion.md).
+/// assembly seals the megabyte frames of an MPC step at three to four times
+/// ChaCha20-Poly1305's speed (docs/onion.md); the nonces are the counters, as before.
 struct Channel {
     aead: LessSafeKey,
     direction: Direction,
@@ -372,10 +372,9 @@ struct Channel {
 
 impl Channel {
     /// The associated data of a frame that authenticates `bound` (see
-    /// [`SessionSender::seal_bound`]).
-    /// A digest rather than the parts themselves: the parts are megabytes (an MPC step's
-    /// common words), and BLAKE3 reads them at twice GHASH's speed on associated data, with no
-    /// copy into one buffer.
+    /// [`SessionSender::seal_bound`]). A digest rather than the parts themselves: the parts
+    /// are megabytes (an MPC step's common words), and BLAKE3 reads them at twice GHASH's
+    /// speed on associated data, with no copy into one buffer.
     fn aad(&self, bound: &[&[u8]]) -> Aad<std::borrow::Cow<'_, [u8]>> {
         if bound.is_empty() {
             return Aad::from(std::borrow::Cow::Borrowed(&self.ad[..]));

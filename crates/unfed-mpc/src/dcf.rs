@@ -84,7 +84,7 @@ fn generate_chunk(
             let sign = sign(s[1] & 1 == 1);
             let key_at = e * kw + (2 + m) * level;
             for k in 0..m {
-                let word = |b: usize, side| value_word(&h[b][2..], side, k);
+                let word = |b: usize, side| value_word(h[b][2 + value_block(m, side)], m, side, k);
                 let values = [[word(0, 0), word(0, 1)], [word(1, 0), word(1, 1)]];
                 let v = &mut v_alpha[e * m + k];
                 let mut value_cw = sign.wrapping_mul(
@@ -179,7 +179,7 @@ fn evaluate_m<const M: usize>(
         for ((block, s), x) in buf.chunks_exact_mut(2).zip(&seeds).zip(xs) {
             let dir = ((x >> i) & 1) as u128;
             block[0] = clear(*s) ^ dir;
-            block[1] = clear(*s) ^ (VALUE + if M == 1 { 0 } else { dir });
+            block[1] = clear(*s) ^ (VALUE + value_block(M, dir as usize) as u128);
         }
         prg.hash(&mut buf);
         let at = (2 + M) * level;
@@ -192,8 +192,7 @@ fn evaluate_m<const M: usize>(
                 let mask = on(*s);
                 let block = &buf[2 * e..2 * (e + 1)];
                 for k in 0..M {
-                    // value_word, from the one block hashed.
-                    let word = halves(block[1])[if M == 1 { dir } else { k }];
+                    let word = value_word(block[1], M, dir, k);
                     let step = word.wrapping_add(value_cw[k] & mask as u64);
                     values[e][k] = values[e][k].wrapping_add(step);
                 }
@@ -214,16 +213,17 @@ fn evaluate_m<const M: usize>(
     values.into_iter().flatten().collect()
 }
 
-/// A node's value word for `side` and output `k`, from its `m` value blocks (`H(s ⊕ (VALUE +
-/// j))` for `j < m`): with one output the block's halves are the two sides' words, with two
-/// block `side` holds that side's two words, so that an evaluation, which goes one way, hashes
-/// one value block per level either way.
-fn value_word(blocks: &[u128], side: usize, k: usize) -> u64 {
-    if blocks.len() == 1 {
-        halves(blocks[0])[side]
-    } else {
-        halves(blocks[side])[k]
-    }
+/// Which of a node's `m` value blocks (`H(s ⊕ (VALUE + j))` for `j < m`) holds the words of
+/// `side`: with one output block 0, whose halves are the two sides' words; with two block
+/// `side`, whose halves are that side's two words. So an evaluation, which goes one way,
+/// hashes one value block per level either way.
+fn value_block(m: usize, side: usize) -> usize {
+    if m == 1 { 0 } else { side }
+}
+
+/// The word of `side` for output `k` in its value block ([`value_block`]).
+fn value_word(block: u128, m: usize, side: usize, k: usize) -> u64 {
+    halves(block)[if m == 1 { side } else { k }]
 }
 
 /// A leaf seed's value for output `k < 2`: its halves (the first is the paper's `Convert`).

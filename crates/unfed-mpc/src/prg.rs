@@ -10,9 +10,7 @@ pub type Seed = [u8; 16];
 /// AES-128-CTR keyed by a seed: the stream of ring elements a party expands from the seed the
 /// dealer gave it. Two `Prg`s from the same seed yield the same stream.
 pub struct Prg {
-    cipher: Aes128,
-    #[cfg(target_arch = "x86_64")]
-    fast: Option<crate::vaes::Keys>,
+    aes: Mmo,
     counter: u128,
     buffer: [u64; 16],
     used: usize,
@@ -22,9 +20,7 @@ impl Prg {
     /// The stream of `seed`.
     pub fn new(seed: &Seed) -> Self {
         Self {
-            cipher: Aes128::new(GenericArray::from_slice(seed)),
-            #[cfg(target_arch = "x86_64")]
-            fast: crate::vaes::keys(seed),
+            aes: Mmo::new(seed),
             counter: 0,
             buffer: [0; 16],
             used: 16,
@@ -80,36 +76,16 @@ impl Prg {
     }
 
     /// The next `blocks.len()` blocks of the stream, `AES_seed(counter)` for the counters from
-    /// here on (little-endian): through the wide AES where the CPU has it (the MMO hash of a
-    /// counter with the counter taken back out) and the `aes` crate for the rest.
+    /// here on (little-endian): their MMO hash with the counters taken back out.
     fn counter_blocks(&mut self, blocks: &mut [u128]) {
         let start = self.counter;
         for (i, b) in blocks.iter_mut().enumerate() {
             *b = start + i as u128;
         }
         self.counter += blocks.len() as u128;
-        #[cfg(target_arch = "x86_64")]
-        let blocks = match &self.fast {
-            Some(keys) => {
-                let (whole, rest) = blocks.split_at_mut(blocks.len() / 16 * 16);
-                crate::vaes::hash(keys, whole);
-                for (i, b) in whole.iter_mut().enumerate() {
-                    *b ^= start + i as u128;
-                }
-                rest
-            }
-            None => blocks,
-        };
-        let mut ciphered = [aes::Block::default(); 8];
-        for chunk in blocks.chunks_mut(8) {
-            let ciphered = &mut ciphered[..chunk.len()];
-            for (c, b) in ciphered.iter_mut().zip(chunk.iter()) {
-                *c = b.to_le_bytes().into();
-            }
-            self.cipher.encrypt_blocks(ciphered);
-            for (b, c) in chunk.iter_mut().zip(ciphered.iter()) {
-                *b = u128::from_le_bytes((*c).into());
-            }
+        self.aes.hash(blocks);
+        for (i, b) in blocks.iter_mut().enumerate() {
+            *b ^= start + i as u128;
         }
     }
 }
@@ -128,9 +104,7 @@ const TREE_KEY: [u8; 16] = *b"unfed-mpc/tree\0\0";
 /// independent in the ideal-cipher model. Whole tree levels go through [`Self::hash`] at once,
 /// so that AES runs pipelined.
 pub struct TreePrg {
-    cipher: Aes128,
-    #[cfg(target_arch = "x86_64")]
-    fast: Option<crate::vaes::Keys>,
+    aes: Mmo,
 }
 
 /// The tweaks of a node's outputs (values at `VALUE` and `VALUE + 1`).
@@ -147,14 +121,34 @@ impl Default for TreePrg {
 impl TreePrg {
     pub fn new() -> Self {
         Self {
-            cipher: Aes128::new(GenericArray::from_slice(&TREE_KEY)),
-            #[cfg(target_arch = "x86_64")]
-            fast: crate::vaes::keys(&TREE_KEY),
+            aes: Mmo::new(&TREE_KEY),
         }
     }
 
     /// Replaces every `x` by `H(x)`.
     pub(crate) fn hash(&self, xs: &mut [u128]) {
+        self.aes.hash(xs);
+    }
+}
+
+/// `x ↦ AES_k(x) ⊕ x` under one key: through the wide AES ([`crate::vaes`]) where the CPU has
+/// it, the `aes` crate (AES-NI where the CPU has it) otherwise.
+struct Mmo {
+    cipher: Aes128,
+    #[cfg(target_arch = "x86_64")]
+    fast: Option<crate::vaes::Keys>,
+}
+
+impl Mmo {
+    fn new(key: &Seed) -> Self {
+        Self {
+            cipher: Aes128::new(GenericArray::from_slice(key)),
+            #[cfg(target_arch = "x86_64")]
+            fast: crate::vaes::keys(key),
+        }
+    }
+
+    fn hash(&self, xs: &mut [u128]) {
         #[cfg(target_arch = "x86_64")]
         if let Some(keys) = &self.fast {
             let (whole, rest) = xs.split_at_mut(xs.len() / 16 * 16);
@@ -171,7 +165,7 @@ impl TreePrg {
         self.hash_portable(xs);
     }
 
-    /// [`Self::hash`] through the `aes` crate (AES-NI where the CPU has it).
+    /// [`Self::hash`] through the `aes` crate.
     fn hash_portable(&self, xs: &mut [u128]) {
         const CHUNK: usize = 64;
         let mut blocks = [aes::Block::default(); CHUNK];
@@ -262,7 +256,7 @@ mod tests {
     fn the_wide_aes_path_agrees_with_the_aes_crate() {
         let g = TreePrg::new();
         #[cfg(target_arch = "x86_64")]
-        if g.fast.is_none() {
+        if g.aes.fast.is_none() {
             eprintln!("this CPU has no VAES: only the portable path runs here");
         }
         let mut xs: Vec<u128> = (0..100u128)
@@ -270,7 +264,7 @@ mod tests {
             .collect();
         let mut portable = xs.clone();
         g.hash(&mut xs);
-        g.hash_portable(&mut portable);
+        g.aes.hash_portable(&mut portable);
         assert_eq!(xs, portable);
     }
 }

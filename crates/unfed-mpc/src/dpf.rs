@@ -115,7 +115,8 @@ pub fn evaluate_all(
     scratch: &mut Scratch,
     out: &mut Vec<u64>,
 ) {
-    let width = expand(prg, party, n, (root, key), scratch);
+    let leaves = 1 << shape(n).0;
+    let width = expand(prg, party, n, (root, key), (0, leaves), scratch);
     let Scratch { level, next } = scratch;
     let last = &key[key.len() - width..];
     out.resize(level.len() * width, 0);
@@ -137,21 +138,27 @@ pub fn evaluate_all(
     }
 }
 
-/// Party `party`'s shares of `Σ_x tables[k][x]·f(x)` for each table (each as long as the
-/// domain), into `out`, for the key as in [`evaluate_all`], without writing out the domain:
-/// the leaves' outputs go straight into the products, and the output corrections, the same
-/// for every leaf, are multiplied once by each table's sums over the leaves whose control bit
-/// is set.
+/// Party `party`'s shares of `Σ_x tables[k][x]·f(x)` for each table, into `out`, for the key
+/// as in [`evaluate_all`], over the leaves `first, first + 1, …` (taken modulo their count, so
+/// a run of leaves may wrap past the domain's end), as many as each table has entries for: a
+/// table over the whole domain starts at leaf 0, and a run of leaves costs only the tree nodes
+/// above it. The domain is not written out: the leaves' outputs go straight into the
+/// products, and the output corrections, the same for every leaf, are multiplied once by each
+/// table's sums over the leaves whose control bit is set.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_dots(
     prg: &TreePrg,
     party: u8,
     n: u32,
     (root, key): (u128, &[u64]),
+    first: u64,
     scratch: &mut Scratch,
     tables: &[&[u64]],
     out: &mut [u64],
 ) {
-    let width = expand(prg, party, n, (root, key), scratch);
+    let width = 1usize << shape(n).1;
+    let count = tables.first().map_or(0, |t| t.len() / width);
+    expand(prg, party, n, (root, key), (first, count), scratch);
     let Scratch { level, next } = scratch;
     let last = &key[key.len() - width..];
     for (table, out) in tables.iter().zip(out) {
@@ -180,20 +187,28 @@ pub fn evaluate_dots(
     }
 }
 
-/// Walks the key's tree down to its leaves: their seeds into `scratch.level`, their hashed
-/// blocks (half a leaf's width each) into `scratch.next`. Returns a leaf's width.
+/// Walks the key's tree down to the `count` leaves from `first` (modulo the leaves' count):
+/// their seeds into `scratch.level`, their hashed blocks (half a leaf's width each) into
+/// `scratch.next`. Returns a leaf's width. Nodes are numbered without reduction, so that the
+/// nodes above a run of leaves are a run at every depth; node `u` at depth `d` is the tree's
+/// node `u mod 2^d`, and a run that wraps holds a few of the top nodes twice.
 fn expand(
     prg: &TreePrg,
     party: u8,
     n: u32,
     (root, key): (u128, &[u64]),
+    (first, count): (u64, usize),
     scratch: &mut Scratch,
 ) -> usize {
     debug_assert_eq!(key.len(), key_words(n));
     let (levels, leaf) = shape(n);
+    debug_assert!(count >= 1 && first >> levels == 0 && count <= 2usize << levels);
+    let last = first + count as u64 - 1;
+    let run = |depth: usize| (first >> (levels - depth), last >> (levels - depth));
     let Scratch { level, next } = scratch;
     level.clear();
-    level.push(clear(root) | party as u128);
+    let (lo, hi) = run(0);
+    level.resize((hi - lo + 1) as usize, clear(root) | party as u128);
     for l in 0..levels {
         let cw = read_level(key, 2 * l, 2 * levels, l);
         next.clear();
@@ -206,6 +221,10 @@ fn expand(
             pair[0] ^= cw[0] & mask;
             pair[1] ^= cw[1] & mask;
         }
+        // The parents' children, less those outside the run above the leaves wanted.
+        let (parent_lo, (lo, hi)) = (run(l).0, run(l + 1));
+        next.truncate((hi + 1 - 2 * parent_lo) as usize);
+        next.drain(..(lo - 2 * parent_lo) as usize);
         std::mem::swap(level, next);
     }
     let width = 1usize << leaf;
@@ -242,6 +261,7 @@ mod tests {
         #[test]
         fn the_two_evaluations_add_up_to_the_point_function(
             n in 1u32..=12, alpha in any::<u64>(), beta in any::<u64>(), seed in any::<[u8; 16]>(),
+            run in any::<(u64, usize)>(),
         ) {
             let alpha = alpha & ((1u64 << n) - 1);
             let prg = TreePrg::new();
@@ -271,9 +291,24 @@ mod tests {
                 let tables: Vec<&[u64]> = tables.iter().map(|t| t.as_slice()).collect();
                 for (party, (root, outputs)) in [(roots[0][k], &a), (roots[1][k], &b)].into_iter().enumerate() {
                     let mut dots = [0; 2];
-                    evaluate_dots(&prg, party as u8, n, (root, key), &mut scratch, &tables, &mut dots);
+                    evaluate_dots(&prg, party as u8, n, (root, key), 0, &mut scratch, &tables, &mut dots);
                     let want: Vec<u64> = tables.iter().map(|t| crate::ring::dot(t, outputs)).collect();
                     prop_assert_eq!(dots.to_vec(), want);
+                    // And over a run of leaves, wrapping past the domain's end where it does.
+                    let (levels, leaf) = shape(n);
+                    let first = run.0 % (1u64 << levels);
+                    let count = 1 + run.1 % ((1usize << levels) + 1);
+                    let window: Vec<Vec<u64>> = (1..3u64)
+                        .map(|t| (0..(count << leaf) as u64).map(|p| (p * t).wrapping_mul(0xff51_afd7_ed55_8ccd) ^ beta).collect())
+                        .collect();
+                    let window: Vec<&[u64]> = window.iter().map(|t| t.as_slice()).collect();
+                    evaluate_dots(&prg, party as u8, n, (root, key), first, &mut scratch, &window, &mut dots);
+                    let at = |p: usize| outputs[((first << leaf) as usize + p) % outputs.len()];
+                    let want: Vec<u64> = window
+                        .iter()
+                        .map(|t| t.iter().enumerate().fold(0u64, |s, (p, v)| s.wrapping_add(v.wrapping_mul(at(p)))))
+                        .collect();
+                    prop_assert_eq!(dots.to_vec(), want, "first {} count {}", first, count);
                 }
             }
         }

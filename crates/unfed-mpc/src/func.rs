@@ -12,9 +12,8 @@ use crate::{Ctx, LutTable, MpcError};
 
 type R = Result<Vec<u64>, MpcError>;
 
-/// Exp is computed on `[−EXP_CLAMP, EXP_ABOVE]`; below, it is taken as `exp(−EXP_CLAMP)`
-/// (≈ 2.1e−7, under a unit in the last place).
-pub const EXP_CLAMP: f64 = 15.4;
+/// Exp takes inputs above `−2^EXP_INPUT_LOG2`.
+pub const EXP_INPUT_LOG2: u32 = 12;
 
 /// How far above 0 exp's input may be: what an approximate row max leaves, up to
 /// [`MAX_SLACK`] per tournament level for 16 levels.
@@ -85,26 +84,23 @@ pub fn max_rows(ctx: &mut Ctx, x: &[u64], cols: usize, bits: u32) -> R {
 /// to 2^16 leave up to [`EXP_ABOVE`] for exp).
 pub const MAX_SLACK: u32 = 5;
 
-/// `exp(x)` for `x ≤ EXP_ABOVE` (4 rounds; slightly positive `x` is what an approximate row
-/// max leaves): `t = min(−x, EXP_CLAMP)` by one comparison and its product;
-/// `e^−t = e^−c · e^−d` with `c` the centre of `t`'s cell in a table of 512 cells of width
-/// 1/32 (looked up at the cell's shared index, which [`cells`] finds locally) and
-/// `|d| ≤ 1/32`, `e^−d ≈ 1 − d + d²/2` (relative error ≤ 5.1e−6), the products of `e^−c`
-/// with `d` and `d²` from the lookup ([`Ctx::lut_powers`], on `d` at [`EXP_OFFSET`] bits),
-/// and one truncation. The clamp's comparison looks at the bits above one cell: near the
-/// clamp, either answer is within the table.
+/// `exp(x)` for `−2^EXP_INPUT_LOG2 < x ≤ EXP_ABOVE` (3 rounds; slightly positive `x` is
+/// what an approximate row max leaves), `bits ≤ FRAC + EXP_INPUT_LOG2` bounding `x` as in
+/// [`Ctx::compare`]: `e^−t = e^−c · e^−d` for `t = −x`, with `c` the centre of `t`'s cell in
+/// a table of cells of width 1/32 (looked up at the cell's shared index, which [`cells`] finds
+/// locally) and `|d| ≤ 1/32`, `e^−d ≈ 1 − d + d²/2` (relative error ≤ 5.1e−6), the products of
+/// `e^−c` with `d` and `d²` from the lookup ([`Ctx::lut_powers`], on `d` at [`EXP_OFFSET`]
+/// bits), and one truncation. No comparison clamps `t`: the lookup's index covers its whole
+/// range, and the table is 0 past its last cell (`t` ≈ 15.47, `e^−15.47` ≈ 1.9e−7, under a
+/// unit in the last place), so only the cells up to there cost work.
 pub fn exp_nonpositive(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
-    let mut shifted = x.to_vec();
-    ctx.add_public(&mut shifted, encode(EXP_CLAMP));
-    // x + EXP_CLAMP stays in (−2^(bits − FRAC), EXP_CLAMP + EXP_ABOVE].
-    let (_, below_shifted) = ctx.compare(&shifted, &[0], bits, FRAC - EXP_STEP, true)?;
-    // t = −x, or EXP_CLAMP where x < −EXP_CLAMP.
-    let t = ring::add(&ring::scale(x, u64::MAX), &below_shifted);
+    debug_assert!(bits <= FRAC + EXP_INPUT_LOG2);
+    let t = ring::scale(x, u64::MAX);
     let (idx, d) = cells(ctx, &t, EXP_STEP);
     static TABLE: LazyLock<LutTable> = LazyLock::new(|| {
-        LutTable::new(&table_at(EXP_LOG2, EXP_STEP, FRAC, EXP_BELOW, |c| {
-            (-c).exp()
-        }))
+        let entries = table_at(EXP_LOG2, EXP_STEP, FRAC, EXP_BELOW, |c| (-c).exp());
+        // Indices from −EXP_BELOW to 2^(EXP_INPUT_LOG2 + EXP_STEP), each once.
+        LutTable::window(&entries, EXP_BELOW as usize, EXP_INPUT_LOG2 + EXP_STEP + 1)
     });
     let d = coarse(&d, EXP_OFFSET);
     let [e, e_d, e_d2]: [Vec<u64>; 3] = ctx
@@ -134,9 +130,8 @@ fn coarse(d: &[u64], frac: u32) -> Vec<u64> {
 }
 
 /// Cells of exp's table: 2^EXP_LOG2 of width 2^−EXP_STEP, the last EXP_BELOW standing for the
-/// indices −17 … −1 (`t` down to one cell below −EXP_ABOVE). Both tables end past their
-/// clamp and a cell (15.4·32 + 1 < 512 − 17, 15.8·16 + 1 < 256 − 2), so an index never
-/// reaches the entries of negative indices.
+/// indices −17 … −1 (`t` down to one cell below −EXP_ABOVE), 0 past them. SiLU's table ends past its clamp and a cell (15.8·16 + 1 < 256 − 2), so an
+/// index never reaches the entries of negative indices.
 const EXP_LOG2: u32 = 9;
 const EXP_STEP: u32 = 5;
 const EXP_BELOW: i64 = 17;

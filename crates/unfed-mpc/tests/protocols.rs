@@ -161,10 +161,14 @@ proptest! {
     #[test]
     fn exp_is_within_its_bound(seed in any::<u64>()) {
         let mut x = reals(seed, 64, -24.0, 0.0);
-        x.extend([0.0, -1e-6, -1.0 / 32.0, -1.0 / 64.0, -15.39, -15.4, -15.41, -16.0, -100.0]);
+        x.extend(reals(seed ^ 1, 16, -4095.0, 0.0));
+        x.extend([0.0, -1e-6, -1.0 / 32.0, -1.0 / 64.0, -15.39, -15.45, -15.47, -15.5, -16.0, -100.0]);
+        // The ends of the input range: no index there may alias one inside the table.
+        x.extend([-4095.99, -4096.0 + 1e-6, -2048.0, -512.5, -511.97]);
         // What an approximate row max leaves: up to EXP_ABOVE above 0.
         x.extend([1e-6, 1.0 / 64.0, 1.0 / 33.0, 0.25, 0.49, func::EXP_ABOVE]);
-        let got = run(seed, &encode(&x), |ctx, v| func::exp_nonpositive(ctx, v, FRAC + 8)).output;
+        let bits = FRAC + func::EXP_INPUT_LOG2;
+        let got = run(seed, &encode(&x), |ctx, v| func::exp_nonpositive(ctx, v, bits)).output;
         let want: Vec<f64> = quantized(&x).iter().map(|v| v.exp()).collect();
         let err = max_abs_err(&got, &want);
         prop_assert!(err <= 1e-5, "max abs error {err:e}");
@@ -243,6 +247,33 @@ proptest! {
     }
 
     #[test]
+    fn lookups_over_a_wider_domain_are_exact(
+        seed in any::<u64>(), table in prop::collection::vec(any::<u64>(), 16), below in 0usize..16,
+        domain in 4u32..=12, idx in prop::collection::vec(any::<u64>(), 1..12),
+    ) {
+        // The table's entries stand for the indices −below … 15 − below, and 0 for every other.
+        let window = LutTable::window(&table, below, domain);
+        let x: Vec<u64> = idx.iter().map(|i| i.rotate_left(29) ^ seed).collect();
+        // Indices near the table half of the time: the others are 0 almost always.
+        let idx: Vec<u64> = idx.iter().map(|i| if i & 1 == 0 { (i >> 1) % 40 - 20 } else { *i }).collect();
+        let input = [idx.clone(), x.clone()].concat();
+        let n = idx.len();
+        let got = run(seed, &input, |ctx, v| {
+            let (i, x) = v.split_at(n);
+            Ok(ctx.lut_powers(i, x, &[(&window, 1)])?.concat().concat())
+        })
+        .output;
+        let size = 1u64 << domain;
+        let at = |i: usize| {
+            let k = (idx[i].wrapping_add(below as u64)) % size;
+            if k < 16 { table[((k + 16 - below as u64) % 16) as usize] } else { 0 }
+        };
+        let mut want: Vec<u64> = (0..n).map(at).collect();
+        want.extend((0..n).map(|i| at(i).wrapping_mul(x[i])));
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
     fn products_with_a_value_per_row_are_exact(
         seed in any::<u64>(), y in prop::collection::vec(any::<u64>(), 1..6), cols in 1usize..9,
     ) {
@@ -311,7 +342,7 @@ type Protocol = dyn Fn(&mut unfed_mpc::Ctx, &[u64]) -> Result<Vec<u64>, unfed_mp
 fn documented_round_counts() {
     let rounds = |n: usize, f: &Protocol| run(1, &encode(&vec![0.5; n]), f).stats.rounds;
     assert_eq!(rounds(4, &|c, v| func::mul(c, v, v)), 2);
-    assert_eq!(rounds(4, &|c, v| func::exp_nonpositive(c, v, FRAC + 8)), 4);
+    assert_eq!(rounds(4, &|c, v| func::exp_nonpositive(c, v, FRAC + 8)), 3);
     assert_eq!(rounds(4, &|c, v| func::recip_unit(c, v)), 3);
     assert_eq!(rounds(4, &|c, v| func::recip(c, v, 8)), 7);
     assert_eq!(rounds(4, &|c, v| func::rsqrt(c, v, FRAC, -6, 10, 1.0)), 7);
@@ -319,7 +350,7 @@ fn documented_round_counts() {
     assert_eq!(rounds(12, &|c, v| func::max_rows(c, v, 12, FRAC + 8)), 4);
     assert_eq!(
         rounds(12, &|c, v| func::softmax_rows(c, v, 12, None, FRAC + 8)),
-        4 + 13
+        4 + 12
     );
     assert_eq!(rounds(12, &|c, v| func::rmsnorm(c, v, 4, 1e-5, -6, 10)), 11);
     assert_eq!(
@@ -350,6 +381,12 @@ fn documented_dealt_words() {
     let table = LutTable::new(&vec![7u64; 1 << m]);
     let lut = |c: &mut unfed_mpc::Ctx, v: &[u64]| Ok(c.lut(v, &[&table])?.remove(0));
     assert_eq!(run(2, &input, lut).dealt, [0, 0, n * key]);
+    // A table of 2^9 entries over an 18-bit domain: the key is the domain's.
+    let d = 18usize;
+    let wide = 2 * (d - 4) + (2 * (d - 4)).div_ceil(64) + 16;
+    let window = LutTable::window(&vec![7u64; 1 << 9], 17, d as u32);
+    let lut = |c: &mut unfed_mpc::Ctx, v: &[u64]| Ok(c.lut(v, &[&window])?.remove(0));
+    assert_eq!(run(2, &input, lut).dealt, [0, 0, n * wide]);
     // The same lookup with products: x² and one table's product with x and with x².
     let powers = |c: &mut unfed_mpc::Ctx, v: &[u64]| {
         Ok(c.lut_powers(v, v, &[(&table, 2)])?.concat().concat())

@@ -47,9 +47,9 @@ fn session(prompt: &[u32], seed: u8) -> [View; 2] {
     let mut pair = LocalPair::new(s, &w, [seed; 16]);
     pair.record_views();
     pair.step(prompt).unwrap();
-    // docs/mpc.md: 50 + ⌈log2 n⌉ rounds per layer and step, and one for the embedding.
+    // docs/mpc.md: 49 + ⌈log2 n⌉ rounds per layer and step, and one for the embedding.
     let n = prompt.len() as f64;
-    assert_eq!(pair.stats.rounds, 51 + n.log2().ceil() as u64);
+    assert_eq!(pair.stats.rounds, 50 + n.log2().ceil() as u64);
     for tok in [5, 250, 5] {
         pair.step(&[tok]).unwrap();
     }

@@ -5,36 +5,89 @@
 use crate::ring;
 use crate::{Ctx, MpcError, dcf, dpf};
 
-/// A public table of `2^log2` entries for [`Ctx::lut`], held reversed and doubled (entry
-/// `size − 1 − c + j` is `table[(c − j) mod size]`), so that each lookup is one contiguous
-/// inner product. Made once: the functions' tables are built on first use.
+/// A public table for [`Ctx::lut`]: `2^log2` entries, the last `below` of them for the
+/// indices `−below … −1`, looked up by an index of `domain ≥ log2` bits. Over a larger domain
+/// the table is 0 outside its entries, and a lookup evaluates its DPF key only on the leaves
+/// whose points meet them (a run of `2^log2` points), so that a lookup of a value of wide range
+/// costs about what a lookup within the table does. Held reversed, doubled over its own domain
+/// and otherwise padded with a leaf's width of zeros on each side, so that for any index the
+/// entries a lookup needs are one contiguous slice. Made once: the functions' tables are built
+/// on first use.
 pub struct LutTable {
     log2: u32,
+    domain: u32,
+    below: usize,
     reversed: Vec<u64>,
 }
 
+/// Zeros on each side of a [`LutTable`]'s entries: a DPF leaf's width.
+const PAD: usize = 1 << dpf::LEAF;
+
 impl LutTable {
-    /// The table of `entries` (a power of two of them, at least 2).
+    /// The table of `entries` (a power of two of them, at least 2) over its own domain: the
+    /// index is taken modulo the table's size.
     pub fn new(entries: &[u64]) -> Self {
+        Self::window(entries, 0, entries.len().trailing_zeros())
+    }
+
+    /// The table of `entries` (a power of two of them, at least 2, the last `below` for
+    /// negative indices) over `domain`-bit indices, 0 elsewhere.
+    pub fn window(entries: &[u64], below: usize, domain: u32) -> Self {
         let size = entries.len();
-        debug_assert!(size.is_power_of_two() && size >= 2);
+        debug_assert!(size.is_power_of_two() && size >= 2 && below < size);
+        debug_assert!(size <= 1 << domain && domain <= 20);
+        let reversed = if size == 1 << domain {
+            // Entry m is that of index −1 − m (mod size), twice round.
+            (0..2 * size)
+                .map(|m| entries[(2 * size - 1 - m) % size])
+                .collect()
+        } else {
+            // Entry m of the run that a lookup walks is that of index size − 1 − below − m.
+            let run = (0..size).map(|m| entries[(2 * size - 1 - below - m) % size]);
+            let pad = || std::iter::repeat_n(0, PAD);
+            pad().chain(run).chain(pad()).collect()
+        };
         Self {
             log2: size.trailing_zeros(),
-            reversed: (0..2 * size)
-                .map(|m| entries[(2 * size - 1 - m) % size])
-                .collect(),
+            domain,
+            below,
+            reversed,
         }
+    }
+
+    /// The first leaf of the DPF evaluation at the opened `c` (an index plus the DPF's point),
+    /// and where in [`Self::reversed`] the entries for that run of leaves start and end.
+    ///
+    /// The lookup is `Σ_j T[c − j]·dpf(j)`. Over the table's own domain that is every leaf,
+    /// `T[c − j]` entry `size − 1 − c + j`. Otherwise the entries are nonzero for the `2^log2`
+    /// points `j = j0 + m`, `j0 = c + below + 1 − 2^log2`, where `T[c − j]` is entry `m` of
+    /// the reversed run: the leaves from `j0`'s on, with `j0 mod` a leaf's width zeros before.
+    fn run(&self, c: u64) -> (u64, std::ops::Range<usize>) {
+        let size = 1u64 << self.log2;
+        if self.log2 == self.domain {
+            let start = (size - 1 - (c & (size - 1))) as usize;
+            return (0, start..start + size as usize);
+        }
+        let leaf = self.domain.min(dpf::LEAF);
+        let j0 =
+            c.wrapping_add(self.below as u64 + 1).wrapping_sub(size) & ((1 << self.domain) - 1);
+        let offset = (j0 & ((1 << leaf) - 1)) as usize;
+        let leaves = ((j0 + size - 1) >> leaf) - (j0 >> leaf) + 1;
+        let start = PAD - offset;
+        (j0 >> leaf, start..start + ((leaves as usize) << leaf))
     }
 }
 
 impl Ctx<'_> {
-    /// Shares of `tables[k][idx mod 2^log2]` for every element of the shared index `idx`, all
-    /// tables of `2^log2` entries (one round, `log2` bits per element each way; the dealer
-    /// gives a DPF key over `log2` bits per element).
+    /// Shares of `tables[k][idx mod 2^domain]` for every element of the shared index `idx`,
+    /// all tables of one shape (one round, `domain` bits per element each way; the dealer
+    /// gives a DPF key over `domain` bits per element).
     ///
-    /// The opened value is `idx + r mod 2^log2` for a dealt uniform `r`; the DPF evaluates to shares of 1
-    /// at `r mod 2^log2` and 0 elsewhere, so `Σ_j table[(c − j) mod 2^log2]·dpf(j)` is a share
-    /// of `table[idx mod 2^log2]`. Each party evaluates the whole domain for each element.
+    /// The opened value is `c = idx + r mod 2^domain` for a dealt uniform `r`; the DPF
+    /// evaluates to shares of 1 at `r mod 2^domain` and 0 elsewhere, so
+    /// `Σ_j table[(c − j) mod 2^domain]·dpf(j)` is a share of `table[idx mod 2^domain]`. Each
+    /// party evaluates its key on the leaves that meet the table's entries: the whole domain
+    /// for a table over its own ([`LutTable::new`]).
     pub fn lut(&mut self, idx: &[u64], tables: &[&LutTable]) -> Result<Vec<Vec<u64>>, MpcError> {
         Ok(self.lut_and(idx, tables, &[])?.0)
     }
@@ -117,19 +170,22 @@ impl Ctx<'_> {
         tables: &[&LutTable],
         whole: &[u64],
     ) -> Result<(Vec<Vec<u64>>, Vec<u64>), MpcError> {
-        let log2 = tables[0].log2;
-        debug_assert!(tables.iter().all(|t| t.log2 == log2));
-        let size = 1usize << log2;
+        let (log2, domain, below) = (tables[0].log2, tables[0].domain, tables[0].below);
+        debug_assert!(
+            tables
+                .iter()
+                .all(|t| (t.log2, t.domain, t.below) == (log2, domain, below))
+        );
         let n = idx.len();
-        let mask = size as u64 - 1;
+        let mask = (1u64 << domain) - 1;
         let r = self.random(n);
         let roots = self.roots(n);
-        let key_words = dpf::key_words(log2);
+        let key_words = dpf::key_words(domain);
         let keys = self.dealt_common(n * key_words, |tree, keys| {
             let alphas: Vec<u64> = r.iter().map(|v| v & mask).collect();
-            dpf::generate(tree, log2, (&alphas, 1), [&roots[0], &roots[1]], keys)
+            dpf::generate(tree, domain, (&alphas, 1), [&roots[0], &roots[1]], keys)
         })?;
-        let (c, whole) = self.open_bits_and(&ring::add(idx, &r), 0, log2, whole)?;
+        let (c, whole) = self.open_bits_and(&ring::add(idx, &r), 0, domain, whole)?;
         let Some(party) = self.key_index() else {
             return Ok((vec![vec![0; n]; tables.len()], whole));
         };
@@ -139,14 +195,15 @@ impl Ctx<'_> {
         let mut out = vec![Vec::with_capacity(n); tables.len()];
         for (i, c) in c.iter().enumerate() {
             let key = (roots[i], &keys[i * key_words..(i + 1) * key_words]);
-            let start = size - 1 - (c & mask) as usize;
+            let (first, entries) = tables[0].run(*c);
             shifted.clear();
-            shifted.extend(tables.iter().map(|t| &t.reversed[start..start + size]));
+            shifted.extend(tables.iter().map(|t| &t.reversed[entries.clone()]));
             dpf::evaluate_dots(
                 &self.tree,
                 party,
-                log2,
+                domain,
                 key,
+                first,
                 &mut scratch,
                 &shifted,
                 &mut sums,

@@ -130,8 +130,9 @@ fn coarse(d: &[u64], frac: u32) -> Vec<u64> {
 }
 
 /// Cells of exp's table: 2^EXP_LOG2 of width 2^−EXP_STEP, the last EXP_BELOW standing for the
-/// indices −17 … −1 (`t` down to one cell below −EXP_ABOVE), 0 past them. SiLU's table ends past its clamp and a cell (15.8·16 + 1 < 256 − 2), so an
-/// index never reaches the entries of negative indices.
+/// indices −17 … −1 (`t` down to one cell below −EXP_ABOVE); at every other index of its
+/// domain exp's table is 0. SiLU's table ends past its clamp and a cell (15.8·16 + 1 <
+/// 256 − 2), so an index never reaches the entries of negative indices.
 const EXP_LOG2: u32 = 9;
 const EXP_STEP: u32 = 5;
 const EXP_BELOW: i64 = 17;

@@ -204,6 +204,8 @@ pub async fn run(
     let attach = tickets::attach_all(state.tickets.clone(), raw);
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(max_streams))
+        .initial_stream_window_size(Some(unfed_proto::NODE_STREAM_WINDOW))
+        .initial_connection_window_size(Some(unfed_proto::NODE_CONNECTION_WINDOW))
         .add_service(
             NodeServer::new(NodeService::new(state))
                 .max_decoding_message_size(max_message)

@@ -15,6 +15,12 @@ pub mod node {
 pub const MAX_REGISTRY_MESSAGE: usize = 4 << 20;
 /// Largest message on a node stream: a prompt's hidden states (positions × hidden × 4 bytes).
 pub const MAX_NODE_MESSAGE: usize = 64 << 20;
+/// HTTP/2 flow-control windows of node connections (per stream, per connection): an MPC
+/// step's material (megabytes) crosses in one window instead of waiting on a window update
+/// every megabyte. A peer could make a node hold this much unread per connection; it can
+/// already send a message of [`MAX_NODE_MESSAGE`], which is held whole.
+pub const NODE_STREAM_WINDOW: u32 = 8 << 20;
+pub const NODE_CONNECTION_WINDOW: u32 = 16 << 20;
 
 /// Conversions between wire messages and the runtime's types.
 pub mod convert {

@@ -263,6 +263,8 @@ impl Dialer {
             .map_err(|_| ": not a valid URI".to_string())?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
+            .initial_stream_window_size(crate::NODE_STREAM_WINDOW)
+            .initial_connection_window_size(crate::NODE_CONNECTION_WINDOW)
             .local_address(self.local);
         if target.tls {
             let config = ClientTlsConfig::new()

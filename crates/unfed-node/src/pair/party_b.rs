@@ -299,6 +299,8 @@ pub async fn run_b(
     let attach = crate::tickets::attach_all(b.waiting.clone(), raw);
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(max_streams))
+        .initial_stream_window_size(Some(unfed_proto::NODE_STREAM_WINDOW))
+        .initial_connection_window_size(Some(unfed_proto::NODE_CONNECTION_WINDOW))
         .add_service(
             unfed_proto::node::pair_server::PairServer::new(PairService(b))
                 .max_decoding_message_size(unfed_proto::MAX_NODE_MESSAGE)

@@ -97,11 +97,12 @@ fn generate_chunk(
     }
 }
 
-/// Buffers of full-domain evaluations, kept from one key to the next.
+/// Buffers of evaluations, kept from one key to the next.
 #[derive(Default)]
 pub struct Scratch {
     level: Vec<u128>,
     next: Vec<u128>,
+    outputs: Vec<u64>,
 }
 
 /// Party `party`'s (0 or 1) shares of `f(x)` for every `x` of the domain, in order, into
@@ -116,8 +117,55 @@ pub fn evaluate_all(
     out: &mut Vec<u64>,
 ) {
     let leaves = 1 << shape(n).0;
-    let width = expand(prg, party, n, (root, key), (0, leaves), scratch);
-    let Scratch { level, next } = scratch;
+    outputs(prg, party, n, (root, key), (0, leaves), scratch, out);
+    if party == 1 {
+        out.iter_mut().for_each(|v| *v = v.wrapping_neg());
+    }
+}
+
+/// Party `party`'s shares of `Σ_x tables[k][x]·f(x)` for each table, into `out`, for the key
+/// as in [`evaluate_all`], over the leaves `first, first + 1, …` (taken modulo their count, so
+/// a run of leaves may wrap past the domain's end), as many as each table has entries for: a
+/// table over the whole domain starts at leaf 0, and a run of leaves costs only the tree nodes
+/// above it. The leaves' outputs are written out once (a few KB) and each table's product
+/// with them is one plain inner product.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_dots(
+    prg: &TreePrg,
+    party: u8,
+    n: u32,
+    (root, key): (u128, &[u64]),
+    first: u64,
+    scratch: &mut Scratch,
+    tables: &[&[u64]],
+    out: &mut [u64],
+) {
+    let width = 1usize << shape(n).1;
+    let count = tables.first().map_or(0, |t| t.len() / width);
+    let mut outs = std::mem::take(&mut scratch.outputs);
+    outputs(prg, party, n, (root, key), (first, count), scratch, &mut outs);
+    for (table, out) in tables.iter().zip(out) {
+        debug_assert_eq!(table.len(), outs.len());
+        let sum = crate::ring::dot(table, &outs);
+        *out = if party == 1 { sum.wrapping_neg() } else { sum };
+    }
+    scratch.outputs = outs;
+}
+
+/// Party 0's share of `f` at the points of the `count` leaves from `first` ([`expand`]), into
+/// `out`: each leaf's outputs, plus the key's output corrections where its control bit is set
+/// (party 1's share is their negation).
+fn outputs(
+    prg: &TreePrg,
+    party: u8,
+    n: u32,
+    (root, key): (u128, &[u64]),
+    leaves: (u64, usize),
+    scratch: &mut Scratch,
+    out: &mut Vec<u64>,
+) {
+    let width = expand(prg, party, n, (root, key), leaves, scratch);
+    let Scratch { level, next, .. } = scratch;
     let last = &key[key.len() - width..];
     out.resize(level.len() * width, 0);
     for ((out, leaf_blocks), s) in out
@@ -132,58 +180,6 @@ pub fn evaluate_all(
         for (o, last) in out.iter_mut().zip(last) {
             *o = o.wrapping_add(last & mask);
         }
-    }
-    if party == 1 {
-        out.iter_mut().for_each(|v| *v = v.wrapping_neg());
-    }
-}
-
-/// Party `party`'s shares of `Σ_x tables[k][x]·f(x)` for each table, into `out`, for the key
-/// as in [`evaluate_all`], over the leaves `first, first + 1, …` (taken modulo their count, so
-/// a run of leaves may wrap past the domain's end), as many as each table has entries for: a
-/// table over the whole domain starts at leaf 0, and a run of leaves costs only the tree nodes
-/// above it. The domain is not written out: the leaves' outputs go straight into the
-/// products, and the output corrections, the same for every leaf, are multiplied once by each
-/// table's sums over the leaves whose control bit is set.
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate_dots(
-    prg: &TreePrg,
-    party: u8,
-    n: u32,
-    (root, key): (u128, &[u64]),
-    first: u64,
-    scratch: &mut Scratch,
-    tables: &[&[u64]],
-    out: &mut [u64],
-) {
-    let width = 1usize << shape(n).1;
-    let count = tables.first().map_or(0, |t| t.len() / width);
-    expand(prg, party, n, (root, key), (first, count), scratch);
-    let Scratch { level, next } = scratch;
-    let last = &key[key.len() - width..];
-    for (table, out) in tables.iter().zip(out) {
-        debug_assert_eq!(table.len(), level.len() * width);
-        let (mut sum, mut set) = (0u64, [0u64; 1 << LEAF]);
-        for ((entries, leaf_blocks), s) in table
-            .chunks_exact(width)
-            .zip(next.chunks_exact(width / 2))
-            .zip(level.iter())
-        {
-            for (pair, block) in entries.chunks_exact(2).zip(leaf_blocks) {
-                let [low, high] = halves(*block);
-                sum = sum
-                    .wrapping_add(pair[0].wrapping_mul(low))
-                    .wrapping_add(pair[1].wrapping_mul(high));
-            }
-            let mask = on(*s) as u64;
-            for (set, entry) in set.iter_mut().zip(entries) {
-                *set = set.wrapping_add(entry & mask);
-            }
-        }
-        for (set, last) in set.iter().zip(last) {
-            sum = sum.wrapping_add(set.wrapping_mul(*last));
-        }
-        *out = if party == 1 { sum.wrapping_neg() } else { sum };
     }
 }
 
@@ -205,7 +201,7 @@ fn expand(
     debug_assert!(count >= 1 && first >> levels == 0 && count <= 2usize << levels);
     let last = first + count as u64 - 1;
     let run = |depth: usize| (first >> (levels - depth), last >> (levels - depth));
-    let Scratch { level, next } = scratch;
+    let Scratch { level, next, .. } = scratch;
     level.clear();
     let (lo, hi) = run(0);
     level.resize((hi - lo + 1) as usize, clear(root) | party as u128);

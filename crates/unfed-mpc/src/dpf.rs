@@ -97,12 +97,11 @@ fn generate_chunk(
     }
 }
 
-/// Buffers of evaluations, kept from one key to the next.
+/// Buffers of evaluations, kept from one batch of keys to the next.
 #[derive(Default)]
 pub struct Scratch {
     level: Vec<u128>,
     next: Vec<u128>,
-    outputs: Vec<u64>,
 }
 
 /// Party `party`'s (0 or 1) shares of `f(x)` for every `x` of the domain, in order, into
@@ -117,110 +116,69 @@ pub fn evaluate_all(
     out: &mut Vec<u64>,
 ) {
     let leaves = 1 << shape(n).0;
-    outputs(prg, party, n, (root, key), (0, leaves), scratch, out);
-    if party == 1 {
-        out.iter_mut().for_each(|v| *v = v.wrapping_neg());
-    }
+    evaluate_runs(prg, party, n, (&[root], key), (&[0], leaves), scratch, out);
 }
 
-/// Party `party`'s shares of `Σ_x tables[k][x]·f(x)` for each table, into `out`, for the key
-/// as in [`evaluate_all`], over the leaves `first, first + 1, …` (taken modulo their count, so
-/// a run of leaves may wrap past the domain's end), as many as each table has entries for: a
-/// table over the whole domain starts at leaf 0, and a run of leaves costs only the tree nodes
-/// above it. The leaves' outputs are written out once (a few KB) and each table's product
-/// with them is one plain inner product.
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate_dots(
+/// Party `party`'s shares of `f(x)` at the points of `count` leaves (of [`LEAF`]-bit width)
+/// from `firsts[i]` for each key `i`, key after key, into `out`: the keys of this party's root
+/// seeds `roots` and the concatenated corrections `keys`, walked down together level by
+/// level (one hash call per level for all of them). Leaves are taken modulo their count, so
+/// a run may wrap past the domain's end; a run costs only the tree nodes above it. The full
+/// domain is the run of every leaf from 0.
+pub fn evaluate_runs(
     prg: &TreePrg,
     party: u8,
     n: u32,
-    (root, key): (u128, &[u64]),
-    first: u64,
-    scratch: &mut Scratch,
-    tables: &[&[u64]],
-    out: &mut [u64],
-) {
-    let width = 1usize << shape(n).1;
-    let count = tables.first().map_or(0, |t| t.len() / width);
-    let mut outs = std::mem::take(&mut scratch.outputs);
-    outputs(prg, party, n, (root, key), (first, count), scratch, &mut outs);
-    for (table, out) in tables.iter().zip(out) {
-        debug_assert_eq!(table.len(), outs.len());
-        let sum = crate::ring::dot(table, &outs);
-        *out = if party == 1 { sum.wrapping_neg() } else { sum };
-    }
-    scratch.outputs = outs;
-}
-
-/// Party 0's share of `f` at the points of the `count` leaves from `first` ([`expand`]), into
-/// `out`: each leaf's outputs, plus the key's output corrections where its control bit is set
-/// (party 1's share is their negation).
-fn outputs(
-    prg: &TreePrg,
-    party: u8,
-    n: u32,
-    (root, key): (u128, &[u64]),
-    leaves: (u64, usize),
+    (roots, keys): (&[u128], &[u64]),
+    (firsts, count): (&[u64], usize),
     scratch: &mut Scratch,
     out: &mut Vec<u64>,
 ) {
-    let width = expand(prg, party, n, (root, key), leaves, scratch);
-    let Scratch { level, next, .. } = scratch;
-    let last = &key[key.len() - width..];
-    out.resize(level.len() * width, 0);
-    for ((out, leaf_blocks), s) in out
-        .chunks_exact_mut(width)
-        .zip(next.chunks_exact(width / 2))
-        .zip(level.iter())
-    {
-        for (pair, block) in out.chunks_exact_mut(2).zip(leaf_blocks) {
-            pair.copy_from_slice(&halves(*block));
-        }
-        let mask = on(*s) as u64;
-        for (o, last) in out.iter_mut().zip(last) {
-            *o = o.wrapping_add(last & mask);
-        }
-    }
-}
-
-/// Walks the key's tree down to the `count` leaves from `first` (modulo the leaves' count):
-/// their seeds into `scratch.level`, their hashed blocks (half a leaf's width each) into
-/// `scratch.next`. Returns a leaf's width. Nodes are numbered without reduction, so that the
-/// nodes above a run of leaves are a run at every depth; node `u` at depth `d` is the tree's
-/// node `u mod 2^d`, and a run that wraps holds a few of the top nodes twice.
-fn expand(
-    prg: &TreePrg,
-    party: u8,
-    n: u32,
-    (root, key): (u128, &[u64]),
-    (first, count): (u64, usize),
-    scratch: &mut Scratch,
-) -> usize {
-    debug_assert_eq!(key.len(), key_words(n));
-    let (levels, leaf) = shape(n);
-    debug_assert!(count >= 1 && first >> levels == 0 && count <= 2usize << levels);
-    let last = first + count as u64 - 1;
-    let run = |depth: usize| (first >> (levels - depth), last >> (levels - depth));
-    let Scratch { level, next, .. } = scratch;
+    let (kw, (levels, leaf)) = (key_words(n), shape(n));
+    debug_assert!(roots.len() == firsts.len() && keys.len() == roots.len() * kw);
+    debug_assert!(count >= 1 && count <= 2usize << levels);
+    debug_assert!(firsts.iter().all(|f| f >> levels == 0));
+    // Nodes are numbered without reduction, so that those above a run of leaves are a run at
+    // every depth: node u at depth d is the tree's node u mod 2^d (a run that wraps holds a
+    // few of the top nodes twice).
+    let run = |first: u64, depth: usize| {
+        let last = first + count as u64 - 1;
+        (first >> (levels - depth), last >> (levels - depth))
+    };
+    let Scratch { level, next } = scratch;
     level.clear();
-    let (lo, hi) = run(0);
-    level.resize((hi - lo + 1) as usize, clear(root) | party as u128);
+    for (root, first) in roots.iter().zip(firsts) {
+        let (lo, hi) = run(*first, 0);
+        let nodes = (hi - lo + 1) as usize;
+        level.extend(std::iter::repeat_n(clear(*root) | party as u128, nodes));
+    }
     for l in 0..levels {
-        let cw = read_level(key, 2 * l, 2 * levels, l);
         next.clear();
         for parent in level.iter() {
             next.extend([clear(*parent), clear(*parent) ^ RIGHT]);
         }
         prg.hash(next);
-        for (pair, parent) in next.chunks_exact_mut(2).zip(level.iter()) {
-            let mask = on(*parent);
-            pair[0] ^= cw[0] & mask;
-            pair[1] ^= cw[1] & mask;
+        // Each key's children, corrected, less those outside the run above its leaves.
+        let mut at = 0;
+        let mut kept = 0;
+        for (key, first) in keys.chunks_exact(kw).zip(firsts) {
+            let cw = read_level(key, 2 * l, 2 * levels, l);
+            let ((parent_lo, parent_hi), (lo, hi)) = (run(*first, l), run(*first, l + 1));
+            let parents = (parent_hi - parent_lo + 1) as usize;
+            for (pair, parent) in next[2 * at..2 * (at + parents)]
+                .chunks_exact_mut(2)
+                .zip(&level[at..at + parents])
+            {
+                let mask = on(*parent);
+                pair[0] ^= cw[0] & mask;
+                pair[1] ^= cw[1] & mask;
+            }
+            let from = 2 * at + (lo - 2 * parent_lo) as usize;
+            let len = (hi - lo + 1) as usize;
+            next.copy_within(from..from + len, kept);
+            (at, kept) = (at + parents, kept + len);
         }
-        // The parents' children, less those outside the run above the leaves wanted.
-        let (parent_lo, (lo, hi)) = (run(l).0, run(l + 1));
-        next.truncate((hi + 1 - 2 * parent_lo) as usize);
-        next.drain(..(lo - 2 * parent_lo) as usize);
+        next.truncate(kept);
         std::mem::swap(level, next);
     }
     let width = 1usize << leaf;
@@ -229,7 +187,32 @@ fn expand(
         next.extend(leaf_inputs(*s, width / 2));
     }
     prg.hash(next);
-    width
+    out.clear();
+    out.resize(level.len() * width, 0);
+    let keys = keys.chunks_exact(kw);
+    for ((out, blocks), (seeds, key)) in out
+        .chunks_exact_mut(count * width)
+        .zip(next.chunks_exact(count * width / 2))
+        .zip(level.chunks_exact(count).zip(keys))
+    {
+        let last = &key[kw - width..];
+        for ((out, leaf_blocks), s) in out
+            .chunks_exact_mut(width)
+            .zip(blocks.chunks_exact(width / 2))
+            .zip(seeds)
+        {
+            for (pair, block) in out.chunks_exact_mut(2).zip(leaf_blocks) {
+                pair.copy_from_slice(&halves(*block));
+            }
+            let mask = on(*s) as u64;
+            for (o, last) in out.iter_mut().zip(last) {
+                *o = o.wrapping_add(last & mask);
+            }
+        }
+    }
+    if party == 1 {
+        out.iter_mut().for_each(|v| *v = v.wrapping_neg());
+    }
 }
 
 /// A leaf seed's `width` outputs, appended to `out`.
@@ -280,31 +263,21 @@ mod tests {
                 }
                 // One party's outputs alone look nothing like the point function.
                 prop_assert!(a.iter().filter(|v| **v == 0).count() < 2);
-                // Inner products with tables straight from the key are those of the outputs.
-                let tables: Vec<Vec<u64>> = (1..3u64)
-                    .map(|t| (0..1u64 << n).map(|x| (x + t).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ alpha).collect())
-                    .collect();
-                let tables: Vec<&[u64]> = tables.iter().map(|t| t.as_slice()).collect();
-                for (party, (root, outputs)) in [(roots[0][k], &a), (roots[1][k], &b)].into_iter().enumerate() {
-                    let mut dots = [0; 2];
-                    evaluate_dots(&prg, party as u8, n, (root, key), 0, &mut scratch, &tables, &mut dots);
-                    let want: Vec<u64> = tables.iter().map(|t| crate::ring::dot(t, outputs)).collect();
-                    prop_assert_eq!(dots.to_vec(), want);
-                    // And over a run of leaves, wrapping past the domain's end where it does.
-                    let (levels, leaf) = shape(n);
-                    let first = run.0 % (1u64 << levels);
-                    let count = 1 + run.1 % ((1usize << levels) + 1);
-                    let window: Vec<Vec<u64>> = (1..3u64)
-                        .map(|t| (0..(count << leaf) as u64).map(|p| (p * t).wrapping_mul(0xff51_afd7_ed55_8ccd) ^ beta).collect())
-                        .collect();
-                    let window: Vec<&[u64]> = window.iter().map(|t| t.as_slice()).collect();
-                    evaluate_dots(&prg, party as u8, n, (root, key), first, &mut scratch, &window, &mut dots);
-                    let at = |p: usize| outputs[((first << leaf) as usize + p) % outputs.len()];
-                    let want: Vec<u64> = window
-                        .iter()
-                        .map(|t| t.iter().enumerate().fold(0u64, |s, (p, v)| s.wrapping_add(v.wrapping_mul(at(p)))))
-                        .collect();
-                    prop_assert_eq!(dots.to_vec(), want, "first {} count {}", first, count);
+                // Runs of leaves, both keys walked together, each from its own first leaf
+                // (wrapping past the domain's end where it does), are those points' outputs.
+                let (levels, leaf) = shape(n);
+                let count = 1 + run.1 % ((1usize << levels) + 1);
+                let firsts = [run.0 % (1u64 << levels), (run.0 >> 32) % (1u64 << levels)];
+                for (party, (roots, outputs)) in [(&roots[0], &a), (&roots[1], &b)].into_iter().enumerate() {
+                    let mut runs = Vec::new();
+                    let (keys, leaves) = (&keys[..], (&firsts[..], count));
+                    evaluate_runs(&prg, party as u8, n, (&roots[..], keys), leaves, &mut scratch, &mut runs);
+                    let width = 1usize << leaf;
+                    let mine = &runs[k * count * width..(k + 1) * count * width];
+                    for (p, v) in mine.iter().enumerate() {
+                        let x = ((firsts[k] << leaf) as usize + p) % outputs.len();
+                        prop_assert_eq!(*v, outputs[x], "first {} count {} point {}", firsts[k], count, x);
+                    }
                 }
             }
         }

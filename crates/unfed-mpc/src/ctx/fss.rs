@@ -23,6 +23,9 @@ pub struct LutTable {
 /// Zeros on each side of a [`LutTable`]'s entries: a DPF leaf's width.
 const PAD: usize = 1 << dpf::LEAF;
 
+/// Lookups whose DPF keys are walked down together (their leaves' outputs stay in L2).
+const LUT_CHUNK: usize = 64;
+
 impl LutTable {
     /// The table of `entries` (a power of two of them, at least 2) over its own domain: the
     /// index is taken modulo the table's size.
@@ -55,26 +58,35 @@ impl LutTable {
         }
     }
 
+    /// The log2 of a DPF leaf's outputs over the table's domain.
+    fn leaf(&self) -> u32 {
+        self.domain.min(dpf::LEAF)
+    }
+
+    /// How many DPF leaves a lookup evaluates: every leaf over the table's own domain,
+    /// otherwise those over its `2^log2` points, wherever they start.
+    fn leaves(&self) -> usize {
+        let full = self.log2 == self.domain;
+        (1usize << (self.log2 - self.leaf())) + !full as usize
+    }
+
     /// The first leaf of the DPF evaluation at the opened `c` (an index plus the DPF's point),
-    /// and where in [`Self::reversed`] the entries for that run of leaves start and end.
+    /// and where in [`Self::reversed`] the entries for [`Self::leaves`] leaves from it start.
     ///
     /// The lookup is `Σ_j T[c − j]·dpf(j)`. Over the table's own domain that is every leaf,
     /// `T[c − j]` entry `size − 1 − c + j`. Otherwise the entries are nonzero for the `2^log2`
     /// points `j = j0 + m`, `j0 = c + below + 1 − 2^log2`, where `T[c − j]` is entry `m` of
-    /// the reversed run: the leaves from `j0`'s on, with `j0 mod` a leaf's width zeros before.
-    fn run(&self, c: u64) -> (u64, std::ops::Range<usize>) {
+    /// the reversed run: the leaves from `j0`'s on, with `j0 mod` a leaf's width zeros before
+    /// and the rest of the last leaf's after.
+    fn run(&self, c: u64) -> (u64, usize) {
         let size = 1u64 << self.log2;
         if self.log2 == self.domain {
-            let start = (size - 1 - (c & (size - 1))) as usize;
-            return (0, start..start + size as usize);
+            return (0, (size - 1 - (c & (size - 1))) as usize);
         }
-        let leaf = self.domain.min(dpf::LEAF);
+        let leaf = self.leaf();
         let j0 =
             c.wrapping_add(self.below as u64 + 1).wrapping_sub(size) & ((1 << self.domain) - 1);
-        let offset = (j0 & ((1 << leaf) - 1)) as usize;
-        let leaves = ((j0 + size - 1) >> leaf) - (j0 >> leaf) + 1;
-        let start = PAD - offset;
-        (j0 >> leaf, start..start + ((leaves as usize) << leaf))
+        (j0 >> leaf, PAD - (j0 & ((1 << leaf) - 1)) as usize)
     }
 }
 
@@ -190,26 +202,31 @@ impl Ctx<'_> {
             return Ok((vec![vec![0; n]; tables.len()], whole));
         };
         let (keys, roots) = (self.common(keys), &roots[party as usize]);
-        let mut scratch = dpf::Scratch::default();
-        let (mut shifted, mut sums) = (Vec::with_capacity(tables.len()), vec![0; tables.len()]);
+        let (mut scratch, mut outputs) = (dpf::Scratch::default(), Vec::new());
+        let (count, width) = (tables[0].leaves(), 1usize << tables[0].leaf());
         let mut out = vec![Vec::with_capacity(n); tables.len()];
-        for (i, c) in c.iter().enumerate() {
-            let key = (roots[i], &keys[i * key_words..(i + 1) * key_words]);
-            let (first, entries) = tables[0].run(*c);
-            shifted.clear();
-            shifted.extend(tables.iter().map(|t| &t.reversed[entries.clone()]));
-            dpf::evaluate_dots(
+        for (chunk, c) in c.chunks(LUT_CHUNK).enumerate() {
+            let at = chunk * LUT_CHUNK..chunk * LUT_CHUNK + c.len();
+            let runs: Vec<(u64, usize)> = c.iter().map(|c| tables[0].run(*c)).collect();
+            let firsts: Vec<u64> = runs.iter().map(|r| r.0).collect();
+            let keys = &keys[at.start * key_words..at.end * key_words];
+            let leaves = (firsts.as_slice(), count);
+            dpf::evaluate_runs(
                 &self.tree,
                 party,
                 domain,
-                key,
-                first,
+                (&roots[at], keys),
+                leaves,
                 &mut scratch,
-                &shifted,
-                &mut sums,
+                &mut outputs,
             );
-            for (out, sum) in out.iter_mut().zip(&sums) {
-                out.push(*sum);
+            for ((_, start), outputs) in runs.iter().zip(outputs.chunks_exact(count * width)) {
+                for (out, t) in out.iter_mut().zip(tables) {
+                    out.push(ring::dot(
+                        &t.reversed[*start..*start + outputs.len()],
+                        outputs,
+                    ));
+                }
             }
         }
         Ok((out, whole))

@@ -25,11 +25,12 @@ pub struct Embedding {
 
 #[derive(Clone, Debug)]
 enum Form {
-    /// Per block and row a scale and an offset, per entry `q` (in the order of
-    /// [`pairs::interleave`]): the entry is `offset + scale·q`.
+    /// Per row and block a scale and an offset (each row's scales, then its offsets, whose
+    /// 32 bits are an `i32`; row by row, so that one pass over the one-hot rows sums them
+    /// all), per entry `q` (in the order of [`pairs::interleave`]): the entry is
+    /// `offset + scale·q`.
     Blocks {
-        scales: Vec<u32>,
-        offsets: Vec<i32>,
+        scales_offsets: Vec<u32>,
         q: Vec<u8>,
     },
     /// Every entry at full width.
@@ -66,30 +67,34 @@ impl Embedding {
                     }
                 }
             }
-            Form::Blocks { scales, offsets, q } => {
+            Form::Blocks { scales_offsets, q } => {
                 let nb = cols.div_ceil(BLOCK);
                 let tokens = onehot.chunks(rows).zip(out.q.chunks_mut(cols));
+                let mut sums = vec![0u64; 2 * nb];
                 for (i, (onehot, q_out)) in tokens.enumerate() {
                     pairs::product16(onehot, q, q_out);
-                    // Σ_r onehot_r·scale_rb and Σ_r onehot_r·offset_rb, per block.
+                    // Σ_r onehot_r·scale_rb and Σ_r onehot_r·offset_rb, every block in one pass.
+                    sums.fill(0);
+                    for (e, row) in onehot.iter().zip(scales_offsets.chunks_exact(2 * nb)) {
+                        let (scales, offsets) = row.split_at(nb);
+                        let (s, o) = sums.split_at_mut(nb);
+                        for (s, v) in s.iter_mut().zip(scales) {
+                            *s = s.wrapping_add(e.wrapping_mul(*v as u64));
+                        }
+                        for (o, v) in o.iter_mut().zip(offsets) {
+                            *o = o.wrapping_add(e.wrapping_mul(*v as i32 as i64 as u64));
+                        }
+                    }
+                    out.scales[i * nb..(i + 1) * nb].copy_from_slice(&sums[..nb]);
                     let base = &mut out.base[i * cols..(i + 1) * cols];
-                    let per_block = scales.chunks(rows).zip(offsets.chunks(rows));
-                    for (b, (scales, offsets)) in per_block.enumerate() {
-                        out.scales[i * nb + b] = dot(onehot, scales, |v| v as u64);
-                        let offset = dot(onehot, offsets, |v| v as i64 as u64);
-                        base[b * BLOCK..cols.min((b + 1) * BLOCK)].fill(offset);
+                    for (block, offset) in base.chunks_mut(BLOCK).zip(&sums[nb..]) {
+                        block.fill(*offset);
                     }
                 }
             }
         }
         out
     }
-}
-
-/// `Σ_r e_r·wide(v_r)`, wrapping.
-fn dot<T: Copy>(e: &[u64], v: &[T], wide: impl Fn(T) -> u64) -> u64 {
-    let products = e.iter().zip(v).map(|(e, v)| e.wrapping_mul(wide(*v)));
-    products.fold(0, u64::wrapping_add)
 }
 
 /// What a party computes alone from its shares of the one-hot rows ([`Embedding::lookup`]).
@@ -147,9 +152,10 @@ pub fn onehot_input(
 /// The table in 8-bit blocks, when every block is exactly `offset + scale·q`: the offset is
 /// the block's minimum, the scale the greatest common divisor of the differences from it.
 fn blocks(data: &[i32], cols: usize) -> Option<Form> {
-    let (mut scales, mut offsets) = (Vec::new(), Vec::new());
+    let mut scales_offsets = Vec::new();
     let mut q = Vec::with_capacity(data.len());
     for row in data.chunks(cols) {
+        let mut offsets = Vec::new();
         for block in row.chunks(BLOCK) {
             let min = *block.iter().min()?;
             let diff = |v: &i32| (*v as i64 - min as i64) as u64;
@@ -157,20 +163,13 @@ fn blocks(data: &[i32], cols: usize) -> Option<Form> {
             if block.iter().any(|v| diff(v) / scale > u8::MAX as u64) {
                 return None;
             }
-            scales.push(u32::try_from(scale).ok()?);
-            offsets.push(min);
+            scales_offsets.push(u32::try_from(scale).ok()?);
+            offsets.push(min as u32);
             q.extend(block.iter().map(|v| (diff(v) / scale) as u8));
         }
+        scales_offsets.extend(offsets);
     }
     let rows = data.len() / cols;
     let q = pairs::interleave(&q, rows, cols);
-    // By block, then row, at full width: the sums read one block's values at a time.
-    let nb = cols.div_ceil(BLOCK);
-    let scales = (0..nb * rows)
-        .map(|i| scales[i % rows * nb + i / rows])
-        .collect();
-    let offsets = (0..nb * rows)
-        .map(|i| offsets[i % rows * nb + i / rows])
-        .collect();
-    Some(Form::Blocks { scales, offsets, q })
+    Some(Form::Blocks { scales_offsets, q })
 }

@@ -1,5 +1,6 @@
 //! Distributed point functions (Boyle, Gilboa, Ishai, "Function Secret Sharing: Improvements
-//! and Extensions", CCS 2016, Fig. 1) with full-domain evaluation: two keys for
+//! and Extensions", CCS 2016, Fig. 1), evaluated over the whole domain or over runs of its
+//! leaves, many keys at once: two keys for
 //! `f(x) = β if x = α else 0` over `n`-bit inputs, each alone pseudo-random; the two
 //! evaluations at every point of the domain add up to `f` in Z_2^64. The table lookups of
 //! [`crate::Ctx::lut`] are made of them. The tree stops [`LEAF`] levels early: each leaf
@@ -119,8 +120,8 @@ pub fn evaluate_all(
     evaluate_runs(prg, party, n, (&[root], key), (&[0], leaves), scratch, out);
 }
 
-/// Party `party`'s shares of `f(x)` at the points of `count` leaves (of [`LEAF`]-bit width)
-/// from `firsts[i]` for each key `i`, key after key, into `out`: the keys of this party's root
+/// Party `party`'s shares of `f(x)` at the points of `count` leaves (`2^min(n, LEAF)` points
+/// each) from `firsts[i]` for each key `i`, key after key, into `out`: the keys of this party's root
 /// seeds `roots` and the concatenated corrections `keys`, walked down together level by
 /// level (one hash call per level for all of them). Leaves are taken modulo their count, so
 /// a run may wrap past the domain's end; a run costs only the tree nodes above it. The full

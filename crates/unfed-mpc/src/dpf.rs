@@ -1,9 +1,8 @@
 //! Distributed point functions (Boyle, Gilboa, Ishai, "Function Secret Sharing: Improvements
-//! and Extensions", CCS 2016, Fig. 1), evaluated over the whole domain or over runs of its
-//! leaves, many keys at once: two keys for
-//! `f(x) = β if x = α else 0` over `n`-bit inputs, each alone pseudo-random; the two
-//! evaluations at every point of the domain add up to `f` in Z_2^64. The table lookups of
-//! [`crate::Ctx::lut`] are made of them. The tree stops [`LEAF`] levels early: each leaf
+//! and Extensions", CCS 2016, Fig. 1): two keys for `f(x) = β if x = α else 0` over `n`-bit
+//! inputs, each alone pseudo-random; the two evaluations at every point of the domain add up
+//! to `f` in Z_2^64. Keys are evaluated over the whole domain or over runs of its leaves, many
+//! keys at once. The table lookups of [`crate::Ctx::lut`] are made of them. The tree stops [`LEAF`] levels early: each leaf
 //! seed `s` expands into `2^LEAF` outputs, the halves of `H(s ⊕ j)` for `j < 2^(LEAF − 1)`,
 //! and the key carries one output correction per position in a leaf. A full-domain
 //! evaluation over 10 bits takes 638 AES blocks, where a tree down to single outputs takes

@@ -2,11 +2,11 @@
 //! and Extensions", CCS 2016, Fig. 1): two keys for `f(x) = β if x = α else 0` over `n`-bit
 //! inputs, each alone pseudo-random; the two evaluations at every point of the domain add up
 //! to `f` in Z_2^64. Keys are evaluated over the whole domain or over runs of its leaves, many
-//! keys at once. The table lookups of [`crate::Ctx::lut`] are made of them. The tree stops [`LEAF`] levels early: each leaf
-//! seed `s` expands into `2^LEAF` outputs, the halves of `H(s ⊕ j)` for `j < 2^(LEAF − 1)`,
-//! and the key carries one output correction per position in a leaf. A full-domain
-//! evaluation over 10 bits takes 638 AES blocks, where a tree down to single outputs takes
-//! 2046.
+//! keys at once. The table lookups of [`crate::Ctx::lut`] are made of them. The tree stops
+//! [`LEAF`] levels early: each leaf seed `s` expands into `2^LEAF` outputs, the halves of
+//! `H(s ⊕ j)` for `j < 2^(LEAF − 1)`, and the key carries one output correction per position
+//! in a leaf. A full-domain evaluation over 10 bits takes 638 AES blocks, where a tree down to
+//! single outputs takes 2046.
 
 use crate::dcf::{CHUNK, descend, read_level, root_pair, sign, write_level};
 use crate::prg::{RIGHT, TreePrg, clear, halves, on};
@@ -120,11 +120,11 @@ pub fn evaluate_all(
 }
 
 /// Party `party`'s shares of `f(x)` at the points of `count` leaves (`2^min(n, LEAF)` points
-/// each) from `firsts[i]` for each key `i`, key after key, into `out`: the keys of this party's root
-/// seeds `roots` and the concatenated corrections `keys`, walked down together level by
-/// level (one hash call per level for all of them). Leaves are taken modulo their count, so
-/// a run may wrap past the domain's end; a run costs only the tree nodes above it. The full
-/// domain is the run of every leaf from 0.
+/// each) from `firsts[i]` for each key `i`, key after key, into `out`: the keys of this
+/// party's root seeds `roots` and the concatenated corrections `keys`, walked down together
+/// level by level (one hash call per level for all of them). Leaves are taken modulo their
+/// count, so a run may wrap past the domain's end; a run costs only the tree nodes above it.
+/// The full domain is the run of every leaf from 0.
 pub fn evaluate_runs(
     prg: &TreePrg,
     party: u8,

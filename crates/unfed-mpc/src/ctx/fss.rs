@@ -207,8 +207,8 @@ impl Ctx<'_> {
         let mut out = vec![Vec::with_capacity(n); tables.len()];
         for (chunk, c) in c.chunks(LUT_CHUNK).enumerate() {
             let at = chunk * LUT_CHUNK..chunk * LUT_CHUNK + c.len();
-            let runs: Vec<(u64, usize)> = c.iter().map(|c| tables[0].run(*c)).collect();
-            let firsts: Vec<u64> = runs.iter().map(|r| r.0).collect();
+            let (firsts, starts): (Vec<u64>, Vec<usize>) =
+                c.iter().map(|c| tables[0].run(*c)).unzip();
             let keys = &keys[at.start * key_words..at.end * key_words];
             let leaves = (firsts.as_slice(), count);
             dpf::evaluate_runs(
@@ -220,7 +220,7 @@ impl Ctx<'_> {
                 &mut scratch,
                 &mut outputs,
             );
-            for ((_, start), outputs) in runs.iter().zip(outputs.chunks_exact(count * width)) {
+            for (start, outputs) in starts.iter().zip(outputs.chunks_exact(count * width)) {
                 for (out, t) in out.iter_mut().zip(tables) {
                     out.push(ring::dot(
                         &t.reversed[*start..*start + outputs.len()],

@@ -176,6 +176,7 @@ mod tests {
             rope_theta: 10000.0,
             interleaved: false,
             eps: 1e-5,
+            gate_log2: 5,
         };
         let spec = ShardSpec {
             layer,

@@ -131,14 +131,17 @@ fn coarse(d: &[u64], frac: u32) -> Vec<u64> {
 
 /// Cells of exp's table: 2^EXP_LOG2 of width 2^−EXP_STEP, the last EXP_BELOW standing for the
 /// indices −17 … −1 (`t` down to one cell below −EXP_ABOVE); at every other index of its
-/// domain exp's table is 0. SiLU's table ends past its clamp and a cell (15.8·16 + 1 <
-/// 256 − 2), so an index never reaches the entries of negative indices.
+/// domain exp's table is 0.
 const EXP_LOG2: u32 = 9;
 const EXP_STEP: u32 = 5;
 const EXP_BELOW: i64 = 17;
-/// Cells of SiLU's table: 2^SILU_LOG2 of width 2^−SILU_STEP.
+/// Cells of SiLU's table: 2^SILU_LOG2 of width 2^−SILU_STEP, the last SILU_BELOW for the
+/// indices −17 … −1 (`t` down to −1), looked up at an index of SILU_DOMAIN bits (0 at every
+/// other index of that domain).
 const SILU_LOG2: u32 = 8;
 const SILU_STEP: u32 = 4;
+const SILU_BELOW: i64 = 17;
+const SILU_DOMAIN: u32 = 9;
 /// Fractional bits of the offsets `d` SiLU's quadratic takes: `h″·d²/2` at
 /// `FRAC + 2·19` bits is below 2^50 and `h′·d` scaled to it below 2^56, and the coarser `d`
 /// costs at most 2·2^−19 of `h′·d`.
@@ -252,26 +255,30 @@ pub fn rsqrt(ctx: &mut Ctx, x: &[u64], x_frac: u32, lo: i32, hi: i32, c: f64) ->
     scale_by(ctx, &y, WIDE, &onehot, &up, product_max)
 }
 
-/// Where SiLU's table ends: beyond, `SiLU(x)` is taken as `ReLU(x)` (the difference is below
-/// 2.2e−6).
+/// Where SiLU's clamp is: beyond, `SiLU(x)` is taken as `ReLU(x)`.
 pub const SILU_CLAMP: f64 = 15.8;
 
-/// `SiLU(x) = x·σ(x) = ReLU(x) − h(|x|)`, `h(t) = t/(1 + e^t)` (4 rounds): the comparisons of
-/// `x` with 0 and ±SILU_CLAMP and their products with `x`, all in one round, give
-/// `ReLU(x)` and `t = min(|x|, SILU_CLAMP)`; `h(t)` is the quadratic at the centre of `t`'s
-/// cell in a table of 256 cells of width 1/16, `h(c) + h′(c)·d + h″(c)/2·d²` (error
-/// ≤ max|h‴|·(1/16)³/6 ≈ 1.3e−5), `h` and the products of `h′` with `d` and of `h″/2` with
-/// `d²` from one lookup ([`Ctx::lut_powers`], on `d` at [`SILU_OFFSET`] bits), and one
-/// truncation. The comparisons look at the bits above one cell ([`Ctx::compare`]): within a
-/// cell of 0 a wrong sign gives `t = −|x|`, and `ReLU(x) − h(t)` is `SiLU(x)` on both sides
-/// (`x − h(x) = −h(−x)`), with `t` in the cell below 0, which the table covers; within a cell
-/// of the clamp either answer is within the table.
+/// `SiLU(x) = x·σ(x) = ReLU(x) − h(|x|)`, `h(t) = t/(1 + e^t)` (4 rounds), for
+/// `|x| < 2^(bits − FRAC)`, `bits ≥ FRAC + 5`: the comparisons of `x` with 0 and ±SILU_CLAMP
+/// and their products with `x`, all in one round, give `ReLU(x)` and `t = min(|x|,
+/// SILU_CLAMP)`; `h(t)` is the quadratic at the centre of `t`'s cell in a table of cells of
+/// width 1/16, `h(c) + h′(c)·d + h″(c)/2·d²` (error ≤ max|h‴|·(1/16)³/6 ≈ 1.3e−5), `h` and the
+/// products of `h′` with `d` and of `h″/2` with `d²` from one lookup ([`Ctx::lut_powers`], on
+/// `d` at [`SILU_OFFSET`] bits), and one truncation.
+///
+/// The comparisons look only at the bits above one unit ([`Ctx::compare`]), so their DCF
+/// keys are `bits − FRAC + 1` levels deep: within one of 0 a wrong sign gives `t = −|x|`, and
+/// `ReLU(x) − h(t)` is `SiLU(x)` on both sides (`x − h(x) = −h(−x)`), with `t` above −1, which
+/// the table covers; within one of the clamp either answer is past the table's last cell. The
+/// table holds `h` for `t` from −1 to 14.94 (`h(14.94) < 4.9e−6`, the error of taking it as 0
+/// beyond) and is 0 at the other indices of a 9-bit domain, which `t < SILU_CLAMP + 1` never
+/// leaves, so each party walks its DPF key down to the 17 leaves over the table only.
 pub fn silu(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
     let n = x.len();
     let clamp = encode(SILU_CLAMP);
     // [x < 0], [x < −clamp], [x < clamp], and each times x.
     let thresholds = [0, clamp.wrapping_neg(), clamp];
-    let (below, products) = ctx.compare(x, &thresholds, bits + 1, FRAC - SILU_STEP, true)?;
+    let (below, products) = ctx.compare(x, &thresholds, bits + 1, FRAC, true)?;
     let (nx, mx, px) = (&products[..n], &products[n..2 * n], &products[2 * n..]);
     let relu = ring::sub(x, nx);
     // t = |x| inside the clamp, the clamp outside: p·x + m·x − 2n·x + clamp·(1 − p + m).
@@ -283,16 +290,15 @@ pub fn silu(ctx: &mut Ctx, x: &[u64], bits: u32) -> R {
     static TABLES: LazyLock<[LutTable; 3]> = LazyLock::new(|| {
         let sigma = |t: f64| 1.0 / (1.0 + (-t).exp());
         // h = t·σ(−t), h′ = σ(−t) − t·σ(t)σ(−t), h″ = −σ(t)σ(−t)·(2 + t·(σ(−t) − σ(t))).
+        let at = |f: &dyn Fn(f64) -> f64| {
+            let entries = table_at(SILU_LOG2, SILU_STEP, FRAC, SILU_BELOW, f);
+            LutTable::window(&entries, SILU_BELOW as usize, SILU_DOMAIN)
+        };
         [
-            table(SILU_LOG2, SILU_STEP, |t| t * sigma(-t)),
-            table(SILU_LOG2, SILU_STEP, |t| {
-                sigma(-t) - t * sigma(-t) * sigma(t)
-            }),
-            table(SILU_LOG2, SILU_STEP, |t| {
-                -sigma(t) * sigma(-t) * (2.0 + t * (sigma(-t) - sigma(t))) / 2.0
-            }),
+            at(&|t| t * sigma(-t)),
+            at(&|t| sigma(-t) - t * sigma(-t) * sigma(t)),
+            at(&|t| -sigma(t) * sigma(-t) * (2.0 + t * (sigma(-t) - sigma(t))) / 2.0),
         ]
-        .map(|t| LutTable::new(&t))
     });
     let d = coarse(&d, SILU_OFFSET);
     let tables = [(&TABLES[0], 0), (&TABLES[1], 1), (&TABLES[2], 2)];

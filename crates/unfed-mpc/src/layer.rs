@@ -25,15 +25,42 @@ pub struct LayerShape {
     /// RoPE rotates adjacent pairs (Llama in GGUF layout) rather than the two halves (Qwen2).
     pub interleaved: bool,
     pub eps: f64,
+    /// The gate activations are below `2^gate_log2` in magnitude (from the weights:
+    /// [`gate_log2`]); SiLU's comparisons look at that many integer bits.
+    pub gate_log2: u32,
 }
 
 /// Bounds the protocols rely on, as reals: attention scores `< 2^SCORE_LOG2` in magnitude,
-/// gate activations `< 2^GATE_LOG2`, RMSNorm's `dim·(mean(x²) + eps)` in
-/// `[4^RMS_LO, 4^RMS_HI)`. Values outside give wrong results, not leaks.
+/// gate activations `< 2^LayerShape::gate_log2` (at most `2^GATE_LOG2_MAX`), RMSNorm's
+/// `dim·(mean(x²) + eps)` in `[4^RMS_LO, 4^RMS_HI)`. Values outside give wrong results, not
+/// leaks.
 pub const SCORE_LOG2: u32 = 11;
-pub const GATE_LOG2: u32 = 12;
+pub const GATE_LOG2_MAX: u32 = 12;
 pub const RMS_LO: i32 = -6;
 pub const RMS_HI: i32 = 11;
+
+/// The least `gate_log2` (from 5 to [`GATE_LOG2_MAX`]) that bounds a layer's gate activations
+/// whatever its input, from its weights alone: the gate's row `i` applies to the RMSNorm of
+/// the input, `g ⊙ x/rms(x)`, whose length is at most `√hidden` (`rms(x)² ≥ mean(x²)`), so
+/// by Cauchy–Schwarz `|gate_i| ≤ √hidden·‖g ⊙ W_i‖₂`. A margin of 1% covers the fixed point's
+/// rounding and RMSNorm's approximation on shares. `gate` is row-major `[ffn][hidden]`.
+pub fn gate_log2(hidden: usize, ffn_norm: &[f32], gate: &[f32]) -> u32 {
+    // Weights that are not finite fail the fixed-point encoding later; here they ask for the
+    // widest range.
+    if gate.iter().chain(ffn_norm).any(|v| !v.is_finite()) {
+        return GATE_LOG2_MAX;
+    }
+    let length = |row: &[f32]| {
+        let terms = row.iter().zip(ffn_norm);
+        terms
+            .map(|(w, g)| (*w as f64 * *g as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let longest = gate.chunks(hidden).map(length).fold(0.0, f64::max);
+    let bound = 1.01 * (hidden as f64).sqrt() * longest;
+    (bound.log2().ceil().max(0.0) as u32).clamp(5, GATE_LOG2_MAX)
+}
 
 /// A public matrix `[rows][cols]` in fixed point.
 #[derive(Clone, Debug)]
@@ -152,6 +179,14 @@ impl LayerWeights {
             ),
             None => None,
         };
+        let needed = gate_log2(h, raw.ffn_norm, raw.gate);
+        if needed > shape.gate_log2 {
+            return Err(MpcError::Weights(format!(
+                "the gate activations can reach 2^{needed}, above the bound of 2^{} the shard's \
+                 plan states",
+                shape.gate_log2
+            )));
+        }
         let gate_up: Vec<f32> = [raw.gate, raw.up].concat();
         Ok(Self {
             qkv,
@@ -238,7 +273,7 @@ pub fn forward(
         }
         (g, u)
     };
-    let act = func::silu(ctx, &gate, FRAC + GATE_LOG2)?;
+    let act = func::silu(ctx, &gate, FRAC + shape.gate_log2)?;
     let hmid = func::mul(ctx, &act, &up)?;
     let down = ctx.trunc(&linear(weights.map(|w| &w.down), &hmid, t, h), FRAC)?;
     Ok(ring::add(&x, &down))

@@ -157,6 +157,7 @@ fn check_layer(interleaved: bool, bias: bool, seed: u64) {
         rope_theta: 10000.0,
         interleaved,
         eps: 1e-5,
+        gate_log2: 5,
     };
     let w = random_weights(&s, seed, bias);
     let fixed = LayerWeights::new(&s, &raw(&w)).unwrap();
@@ -235,5 +236,73 @@ fn the_embedding_lookup_on_shared_one_hot_rows_is_exact() {
                 .collect();
             assert_eq!(&out[i * hidden..][..hidden], want.as_slice());
         }
+    }
+}
+
+#[test]
+fn the_gate_bound_holds_for_any_input_and_a_narrower_one_is_refused() {
+    // Two rows of a 4-wide gate: ‖g ⊙ W_i‖₂ = 1 and 100, so the bound is 1.01·√4·100 = 202.
+    let norm = [1.0, 2.0, 1.0, 1.0];
+    let gate = [1.0, 0.0, 0.0, 0.0, 0.0, 50.0, 0.0, 0.0];
+    assert_eq!(layer::gate_log2(4, &norm, &gate), 8);
+    // At least 5 (SiLU's clamp needs the room), at most GATE_LOG2_MAX.
+    assert_eq!(layer::gate_log2(4, &norm, &gate[..4]), 5);
+    assert_eq!(
+        layer::gate_log2(4, &norm, &[1e9, 0.0, 0.0, 0.0]),
+        layer::GATE_LOG2_MAX
+    );
+    assert_eq!(
+        layer::gate_log2(4, &norm, &[f32::NAN, 0.0, 0.0, 0.0]),
+        layer::GATE_LOG2_MAX
+    );
+
+    // Random layers, and inputs made to hit the bound: the RMSNorm of any input times each
+    // row stays below 2^gate_log2, and the worst case (the input along a row) comes close.
+    let mut s = LayerShape {
+        hidden: 16,
+        ffn: 24,
+        n_head: 4,
+        n_kv_head: 2,
+        head_dim: 4,
+        rope_theta: 10000.0,
+        interleaved: false,
+        eps: 1e-5,
+        gate_log2: 0,
+    };
+    for seed in 0..20 {
+        let w = random_weights(&s, seed, false);
+        let l = layer::gate_log2(s.hidden, &w.ffn_norm, &w.gate);
+        let bound = (l as f64).exp2();
+        let (h, eps) = (s.hidden, s.eps);
+        let gate_of = |x: &[f64], row: &[f32]| {
+            let rms = (x.iter().map(|v| v * v).sum::<f64>() / h as f64 + eps).sqrt();
+            let terms = row.iter().zip(&w.ffn_norm).zip(x);
+            terms
+                .map(|((w, g), x)| *w as f64 * *g as f64 * x / rms)
+                .sum::<f64>()
+        };
+        let mut worst: f64 = 0.0;
+        for (i, row) in w.gate.chunks(h).enumerate() {
+            // Along the row (g ⊙ W_i): Cauchy–Schwarz is tight there.
+            let along: Vec<f64> = row
+                .iter()
+                .zip(&w.ffn_norm)
+                .map(|(w, g)| 1e3 * (*w * *g) as f64)
+                .collect();
+            worst = worst.max(gate_of(&along, row).abs());
+            for x in [reals(seed * 100 + i as u64, h, -5.0, 5.0), vec![1e-3; h]] {
+                assert!(gate_of(&x, row).abs() < bound);
+            }
+        }
+        assert!(
+            worst < bound && (l == 5 || worst > bound / 2.0 / 1.02),
+            "{worst} vs 2^{l}"
+        );
+        // Weights whose gate could exceed the shape's bound are refused.
+        s.gate_log2 = l - 1;
+        let e = LayerWeights::new(&s, &raw(&w)).unwrap_err().to_string();
+        assert!(e.contains("gate activations can reach"), "{e}");
+        s.gate_log2 = l;
+        LayerWeights::new(&s, &raw(&w)).unwrap();
     }
 }

@@ -197,13 +197,17 @@ proptest! {
     }
 
     #[test]
-    fn silu_is_within_its_bound(seed in any::<u64>()) {
+    fn silu_is_within_its_bound(seed in any::<u64>(), log2 in 5u32..=12) {
+        let top = (log2 as f64).exp2() - 1e-3;
         let mut x = reals(seed, 64, -30.0, 30.0);
         // Zero, the first cells (where a share's carry makes the index −1), cell edges and
-        // centres, both sides of the clamp.
+        // centres, within one of 0 (where a comparison may take either side), both sides of
+        // the clamp and within one of it, the table's last cell, the ends of the range.
         x.extend([0.0, -1e-6, 1e-6, 1.0 / 16.0, -1.0 / 16.0, 1.0 / 32.0, 1.5, -1.5, 3.0 / 32.0]);
-        x.extend([15.79, -15.79, 15.8, -15.8, 15.81, -15.81, 16.0, -16.0, 1000.0, -1000.0]);
-        let got = run(seed, &encode(&x), |ctx, v| func::silu(ctx, v, FRAC + 10)).output;
+        x.extend([0.5, -0.5, 0.99, -0.99, 1.01, -1.01]);
+        x.extend([15.79, -15.79, 15.8, -15.8, 15.81, -15.81, 16.0, -16.0, 14.8, -14.8]);
+        x.extend([16.79, -16.79, 14.9, -14.9, 14.95, -14.95, 15.0, -15.0, top, -top]);
+        let got = run(seed, &encode(&x), |ctx, v| func::silu(ctx, v, FRAC + log2)).output;
         let want: Vec<f64> = quantized(&x).iter().map(|v| v / (1.0 + (-v).exp())).collect();
         let err = max_abs_err(&got, &want);
         prop_assert!(err <= 3e-5, "silu max abs error {err:e}");

@@ -24,6 +24,7 @@ fn spec() -> ShardSpec {
         rope_theta: 10000.0,
         interleaved: false,
         eps: 1e-5,
+        gate_log2: 5,
     };
     ShardSpec {
         layer,

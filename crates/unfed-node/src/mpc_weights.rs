@@ -5,6 +5,7 @@ use unfed_model::{Checkpoint, ModelConfig};
 use unfed_mpc::embedding::Embedding;
 use unfed_mpc::layer::{LayerWeights, RawLayer};
 use unfed_mpc::shard::ShardWeights;
+use unfed_shard::MpcPlan;
 
 /// Why the weights could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -17,18 +18,26 @@ pub enum MpcWeightsError {
     Layers { have: usize, want: usize },
 }
 
-/// The shapes of shard 0 on shares for a model, with `k` layers.
+/// A model's plan of shard 0 on shares with its first `k` layers.
+pub use unfed_shard::mpc_plan as plan;
+/// The shapes of shard 0 on shares for a model, as a plan has it.
 pub use unfed_shard::mpc_spec as spec;
 
-/// The embedding and layers `0..k` of `ck` (a whole model or a shard that starts at layer 0).
-pub fn load(ck: &Checkpoint, cfg: &ModelConfig, k: usize) -> Result<ShardWeights, MpcWeightsError> {
+/// The embedding and the layers of `plan` from `ck` (a whole model or a shard that starts at
+/// layer 0); a layer whose gate activations could exceed the plan's bound is refused.
+pub fn load(
+    ck: &Checkpoint,
+    cfg: &ModelConfig,
+    plan: MpcPlan,
+) -> Result<ShardWeights, MpcWeightsError> {
+    let k = plan.layers;
     if k == 0 || k > cfg.n_layer {
         return Err(MpcWeightsError::Layers {
             have: cfg.n_layer,
             want: k,
         });
     }
-    let spec = spec(cfg, k);
+    let spec = spec(cfg, plan);
     let get = |name: &str| -> Result<Vec<f32>, MpcWeightsError> { Ok(ck.dequantized(name)?.1) };
     let embedding = Embedding::encode(&get("token_embd.weight")?, cfg.vocab, cfg.hidden)?;
     let mut layers = Vec::with_capacity(k);

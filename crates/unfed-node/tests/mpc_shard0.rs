@@ -58,8 +58,9 @@ fn generate(path: &Path, k: usize, prompt: &[u32], n: usize, rest_compute: Compu
         head: true,
     };
     let rest = ShardModel::load_role_with(&ck, rest_role, rest_compute).unwrap();
-    let weights = mpc_weights::load(&ck, &cfg, k).unwrap();
-    let mut pair = LocalPair::new(mpc_weights::spec(&cfg, k), &weights, [7; 16]);
+    let plan = mpc_weights::plan(&ck, &cfg, k).unwrap();
+    let weights = mpc_weights::load(&ck, &cfg, plan).unwrap();
+    let mut pair = LocalPair::new(mpc_weights::spec(&cfg, plan), &weights, [7; 16]);
     let to_tensor =
         |v: Vec<f32>, t: usize| Tensor::from_vec(v, (t, cfg.hidden), &Device::Cpu).unwrap();
 

@@ -26,7 +26,7 @@ pub use load::{VerifiedShard, load_verified_shard};
 pub use manifest::{
     MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, MAX_MANIFEST_BYTES, Manifest, MpcPlan,
     Sample, ShardEntry, SourceFile, SourceInfo, TokenizerEntry, Tolerance, VectorInput,
-    Verification, VerificationVector, mpc_spec, read_manifest,
+    Verification, VerificationVector, mpc_plan, mpc_spec, read_manifest,
 };
 pub use plan::{partition_layers, partition_with_mpc};
 pub use report::{Check, CheckStatus, VerifyReport};

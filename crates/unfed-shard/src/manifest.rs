@@ -58,6 +58,31 @@ pub struct Manifest {
 pub struct MpcPlan {
     /// Decoder layers on shares (shard 0's whole layer range).
     pub layers: usize,
+    /// Those layers' gate activations are below `2^gate_log2` whatever the input, as their
+    /// weights show ([`mpc_plan`]); SiLU on shares compares that many integer bits. A manifest
+    /// written before the bound was recorded reads as the widest one.
+    #[serde(default = "widest_gate")]
+    pub gate_log2: u32,
+}
+
+fn widest_gate() -> u32 {
+    unfed_mpc::layer::GATE_LOG2_MAX
+}
+
+/// The plan of shard 0 on shares with the first `layers` decoder layers of `ck`: the bound on
+/// their gate activations is the widest of theirs ([`unfed_mpc::layer::gate_log2`]).
+pub fn mpc_plan(
+    ck: &unfed_model::Checkpoint,
+    cfg: &ModelConfig,
+    layers: usize,
+) -> Result<MpcPlan, unfed_model::ModelError> {
+    let mut gate_log2 = 0;
+    for i in 0..layers.min(cfg.n_layer) {
+        let (_, norm) = ck.dequantized(&format!("blk.{i}.ffn_norm.weight"))?;
+        let (_, gate) = ck.dequantized(&format!("blk.{i}.ffn_gate.weight"))?;
+        gate_log2 = gate_log2.max(unfed_mpc::layer::gate_log2(cfg.hidden, &norm, &gate));
+    }
+    Ok(MpcPlan { layers, gate_log2 })
 }
 
 /// Where the shards came from.
@@ -202,8 +227,8 @@ pub struct Sample {
     pub value: f32,
 }
 
-/// The shapes of shard 0 on shares for a model, with `k` decoder layers.
-pub fn mpc_spec(cfg: &ModelConfig, k: usize) -> unfed_mpc::shard::ShardSpec {
+/// The shapes of shard 0 on shares for a model, as `plan` has it.
+pub fn mpc_spec(cfg: &ModelConfig, plan: MpcPlan) -> unfed_mpc::shard::ShardSpec {
     unfed_mpc::shard::ShardSpec {
         layer: unfed_mpc::layer::LayerShape {
             hidden: cfg.hidden,
@@ -214,16 +239,17 @@ pub fn mpc_spec(cfg: &ModelConfig, k: usize) -> unfed_mpc::shard::ShardSpec {
             rope_theta: cfg.rope_theta,
             interleaved: cfg.arch.rope_interleaved(),
             eps: cfg.rms_eps,
+            gate_log2: plan.gate_log2,
         },
         vocab: cfg.vocab,
-        k,
+        k: plan.layers,
     }
 }
 
 impl Manifest {
     /// What shard 0 on shares is, when the model requires an MPC pair.
     pub fn mpc_spec(&self) -> Option<unfed_mpc::shard::ShardSpec> {
-        self.mpc.map(|m| mpc_spec(&self.config, m.layers))
+        self.mpc.map(|m| mpc_spec(&self.config, m))
     }
 
     /// The manifest as pretty-printed JSON, ending in a newline.

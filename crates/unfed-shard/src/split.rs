@@ -12,8 +12,8 @@ use crate::ShardError;
 use crate::files::{sync_dir, write_atomic, write_bytes_atomic};
 use crate::hash::{FileDigest, digest_concatenation};
 use crate::manifest::{
-    MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, MpcPlan, ShardEntry, SourceFile,
-    SourceInfo, TokenizerEntry, Verification,
+    MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, ShardEntry, SourceFile, SourceInfo,
+    TokenizerEntry, Verification, mpc_plan,
 };
 use crate::plan::{self, Part};
 use crate::vectors;
@@ -147,6 +147,11 @@ pub fn split(source: &Path, out_dir: &Path, opts: &SplitOptions) -> Result<Manif
         )?);
     }
 
+    let mpc = opts
+        .mpc_layers
+        .map(|k| mpc_plan(&ck, &config, k))
+        .transpose()
+        .map_err(src_err)?;
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
         version: MANIFEST_VERSION,
@@ -164,7 +169,7 @@ pub fn split(source: &Path, out_dir: &Path, opts: &SplitOptions) -> Result<Manif
         },
         chat_template,
         end_of_generation: tokenizer.end_of_generation().to_vec(),
-        mpc: opts.mpc_layers.map(|layers| MpcPlan { layers }),
+        mpc,
         verification: Verification {
             positions: vectors::POSITIONS,
             hidden_generator: vectors::HIDDEN_GENERATOR.into(),

@@ -11,7 +11,7 @@ use serde_json::json;
 use unfed_gguf::GgmlType;
 use unfed_model::Arch;
 use unfed_model::testing::TinySpec;
-use unfed_shard::{CheckStatus, VerifyReport, split, verify};
+use unfed_shard::{CheckStatus, SplitOptions, VerifyReport, split, verify};
 
 /// A fresh 3-shard split of the tiny Llama (layers 0..2, 2..3, 3..4) in a temporary directory.
 fn fresh_split() -> (tempfile::TempDir, tempfile::TempDir) {
@@ -360,4 +360,40 @@ fn wrong_roles_and_tensor_lists_are_reported() {
         check(&r, "shard 1 verification vector").status,
         CheckStatus::Skipped
     );
+}
+
+#[test]
+fn an_mpc_plan_records_the_gate_bound_its_weights_give() {
+    let src = tempfile::tempdir().unwrap();
+    let model = tiny(src.path(), "llama.gguf", &llama_spec());
+    let out = tempfile::tempdir().unwrap();
+    let m = split(
+        &model,
+        out.path(),
+        &SplitOptions {
+            mpc_layers: Some(2),
+            ..opts(3)
+        },
+    )
+    .unwrap();
+    let plan = m.mpc.unwrap();
+    let ck = unfed_model::Checkpoint::open(&model).unwrap();
+    let cfg = ck.config().unwrap();
+    let widest = (0..2)
+        .map(|i| {
+            let w = |n: &str| ck.dequantized(&format!("blk.{i}.{n}.weight")).unwrap().1;
+            unfed_mpc::layer::gate_log2(cfg.hidden, &w("ffn_norm"), &w("ffn_gate"))
+        })
+        .max()
+        .unwrap();
+    assert_eq!((plan.layers, plan.gate_log2), (2, widest));
+    assert_eq!(m.mpc_spec().unwrap().layer.gate_log2, widest);
+
+    // Written out and read back; without the field (a manifest from before it) the widest.
+    let text = m.to_json();
+    assert_eq!(unfed_shard::Manifest::from_json(&text).unwrap().mpc, m.mpc);
+    let mut raw: serde_json::Value = serde_json::from_str(&text).unwrap();
+    raw["mpc"].as_object_mut().unwrap().remove("gate_log2");
+    let old = unfed_shard::Manifest::from_json(&raw.to_string()).unwrap();
+    assert_eq!(old.mpc.unwrap().gate_log2, unfed_mpc::layer::GATE_LOG2_MAX);
 }

@@ -39,7 +39,8 @@ pub fn run(path: &std::path::Path, prompt_ids: &[u32], decode: usize, runs: usiz
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for k in [1, 2].into_iter().filter(|&k| k <= cfg.n_layer) {
-        let weights = mpc_weights::load(&ck, &cfg, k)?;
+        let plan = mpc_weights::plan(&ck, &cfg, k)?;
+        let weights = mpc_weights::load(&ck, &cfg, plan)?;
         let role = ShardRole {
             layers: 0..k,
             embedding: true,
@@ -49,7 +50,7 @@ pub fn run(path: &std::path::Path, prompt_ids: &[u32], decode: usize, runs: usiz
         let mut prefills = Vec::new();
         let mut decodes = Vec::new();
         for round in 0..=runs {
-            let mut pair = LocalPair::new(mpc_weights::spec(&cfg, k), &weights, rand::random());
+            let mut pair = LocalPair::new(mpc_weights::spec(&cfg, plan), &weights, rand::random());
             let mut cache = front.new_cache();
             let mut measure = |tokens: &[u32]| -> Result<Phase> {
                 let t0 = Instant::now();

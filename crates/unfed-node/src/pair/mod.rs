@@ -66,14 +66,16 @@ pub fn load_party(
     max_positions: usize,
 ) -> Result<Party, crate::NodeError> {
     check_role(manifest, 0, true)?;
-    let k = manifest.mpc.map_or(0, |m| m.layers);
+    let plan = manifest
+        .mpc
+        .expect("check_role: the manifest has an MPC plan");
     let shard = unfed_shard::load_verified_shard(dir, manifest, 0).map_err(Box::new)?;
     let cfg = shard.model.config().clone();
-    let weights = crate::mpc_weights::load(&shard.checkpoint, &cfg, k)
+    let weights = crate::mpc_weights::load(&shard.checkpoint, &cfg, plan)
         .map_err(|e| crate::NodeError::Pair(e.to_string()))?;
     Ok(Party {
         role,
-        spec: crate::mpc_weights::spec(&cfg, k),
+        spec: crate::mpc_weights::spec(&cfg, plan),
         weights: Arc::new(weights),
         view,
         max_positions,

@@ -3,7 +3,8 @@
 //! the party doing it must touch every row). The work streams through the table once per
 //! token, so the table is held as small as it exactly can be: in blocks of 32 columns, each
 //! `offset + scale·q` with 8-bit `q`, which the weights of a quantized checkpoint always
-//! allow, and at full width otherwise. For a table in blocks the pass over the table computes
+//! allow — with no offsets at all where every block is `scale·(q − 128)`, as a checkpoint in
+//! 8-bit blocks without minimums (Q8_0) has it — and at full width otherwise. For a table in blocks the pass over the table computes
 //! the selected row's `q` modulo 2^16 (`pairs`) and its scales and offsets at full width, and
 //! one round ([`finish`]) lifts `q` to full width and multiplies it by its scale.
 
@@ -25,12 +26,13 @@ pub struct Embedding {
 
 #[derive(Clone, Debug)]
 enum Form {
-    /// Per row and block a scale and an offset (each row's scales, then its offsets, whose
-    /// 32 bits are an `i32`; row by row, so that one pass over the one-hot rows sums them
-    /// all), per entry `q` (in the order of [`pairs::interleave`]): the entry is
-    /// `offset + scale·q`.
+    /// Per row and block a scale and, unless `centred`, an offset (each row's scales, then its
+    /// offsets, whose 32 bits are an `i32`; row by row, so that one pass over the one-hot rows
+    /// sums them all), per entry `q` (in the order of [`pairs::interleave`]): the entry is
+    /// `offset + scale·q`, and where `centred` the offset is `−128·scale`.
     Blocks {
-        scales_offsets: Vec<u32>,
+        per_row: Vec<u32>,
+        centred: bool,
         q: Vec<u8>,
     },
     /// Every entry at full width.
@@ -50,6 +52,11 @@ impl Embedding {
         matches!(self.form, Form::Blocks { .. })
     }
 
+    /// Whether the table is held in 8-bit blocks without offsets (`scale·(q − 128)`).
+    pub fn centred(&self) -> bool {
+        matches!(self.form, Form::Blocks { centred: true, .. })
+    }
+
     /// The local part of `onehot (t × rows) · table` (exact), which [`finish`] completes.
     pub fn lookup(&self, onehot: &[u64], t: usize) -> Lookup {
         let (rows, cols) = (self.rows, self.cols);
@@ -67,15 +74,20 @@ impl Embedding {
                     }
                 }
             }
-            Form::Blocks { scales_offsets, q } => {
+            Form::Blocks {
+                per_row,
+                centred,
+                q,
+            } => {
                 let nb = cols.div_ceil(BLOCK);
+                let stride = if *centred { nb } else { 2 * nb };
                 let tokens = onehot.chunks(rows).zip(out.q.chunks_mut(cols));
                 let mut sums = vec![0u64; 2 * nb];
                 for (i, (onehot, q_out)) in tokens.enumerate() {
                     pairs::product16(onehot, q, q_out);
                     // Σ_r onehot_r·scale_rb and Σ_r onehot_r·offset_rb, every block in one pass.
                     sums.fill(0);
-                    for (e, row) in onehot.iter().zip(scales_offsets.chunks_exact(2 * nb)) {
+                    for (e, row) in onehot.iter().zip(per_row.chunks_exact(stride)) {
                         let (scales, offsets) = row.split_at(nb);
                         let (s, o) = sums.split_at_mut(nb);
                         for (s, v) in s.iter_mut().zip(scales) {
@@ -83,6 +95,12 @@ impl Embedding {
                         }
                         for (o, v) in o.iter_mut().zip(offsets) {
                             *o = o.wrapping_add(e.wrapping_mul(*v as i32 as i64 as u64));
+                        }
+                    }
+                    if *centred {
+                        let (s, o) = sums.split_at_mut(nb);
+                        for (o, s) in o.iter_mut().zip(s) {
+                            *o = s.wrapping_mul(128u64.wrapping_neg());
                         }
                     }
                     out.scales[i * nb..(i + 1) * nb].copy_from_slice(&sums[..nb]);
@@ -149,10 +167,42 @@ pub fn onehot_input(
     ctx.one_hot(t, vocab, || tokens.iter().map(|&tok| tok as u64).collect())
 }
 
-/// The table in 8-bit blocks, when every block is exactly `offset + scale·q`: the offset is
-/// the block's minimum, the scale the greatest common divisor of the differences from it.
+/// The table in 8-bit blocks, when every block is exactly `offset + scale·q`: centred where
+/// every block is `scale·(q − 128)` (the scale the greatest common divisor of its entries),
+/// otherwise with the block's minimum as its offset and the greatest common divisor of the
+/// differences from it as its scale.
 fn blocks(data: &[i32], cols: usize) -> Option<Form> {
-    let mut scales_offsets = Vec::new();
+    let rows = data.len() / cols;
+    let (per_row, centred, q) = centred(data, cols).or_else(|| with_offsets(data, cols))?;
+    let q = pairs::interleave(&q, rows, cols);
+    Some(Form::Blocks {
+        per_row,
+        centred,
+        q,
+    })
+}
+
+fn centred(data: &[i32], cols: usize) -> Option<(Vec<u32>, bool, Vec<u8>)> {
+    let mut scales = Vec::new();
+    let mut q = Vec::with_capacity(data.len());
+    for block in data.chunks(cols).flat_map(|row| row.chunks(BLOCK)) {
+        let scale = block
+            .iter()
+            .map(|v| v.unsigned_abs() as u64)
+            .fold(0, gcd)
+            .max(1);
+        let centred = |v: &i32| *v as i64 / scale as i64 + 128;
+        if block.iter().any(|v| !(0..=255).contains(&centred(v))) {
+            return None;
+        }
+        scales.push(u32::try_from(scale).ok()?);
+        q.extend(block.iter().map(|v| centred(v) as u8));
+    }
+    Some((scales, true, q))
+}
+
+fn with_offsets(data: &[i32], cols: usize) -> Option<(Vec<u32>, bool, Vec<u8>)> {
+    let mut per_row = Vec::new();
     let mut q = Vec::with_capacity(data.len());
     for row in data.chunks(cols) {
         let mut offsets = Vec::new();
@@ -163,13 +213,11 @@ fn blocks(data: &[i32], cols: usize) -> Option<Form> {
             if block.iter().any(|v| diff(v) / scale > u8::MAX as u64) {
                 return None;
             }
-            scales_offsets.push(u32::try_from(scale).ok()?);
+            per_row.push(u32::try_from(scale).ok()?);
             offsets.push(min as u32);
             q.extend(block.iter().map(|v| (diff(v) / scale) as u8));
         }
-        scales_offsets.extend(offsets);
+        per_row.extend(offsets);
     }
-    let rows = data.len() / cols;
-    let q = pairs::interleave(&q, rows, cols);
-    Some(Form::Blocks { scales_offsets, q })
+    Some((per_row, false, q))
 }

@@ -219,9 +219,29 @@ fn the_embedding_lookup_on_shared_one_hot_rows_is_exact() {
             q.floor() * d - ((3 * r + b) % 5) as f32 * 0.01
         })
         .collect();
-    for (table, compact) in [(arbitrary, false), (quantized, true)] {
+    // As a checkpoint in 8-bit blocks without minimums has them: `d·q`, `q` from −128 to 127
+    // (the extremes included).
+    let centred: Vec<f32> = f32s(5, vocab * hidden, -128.0, 128.0)
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let (r, b) = (i / hidden, i % hidden / 32);
+            let q = match i % 97 {
+                0 => -128.0,
+                1 => 127.0,
+                _ => q.floor(),
+            };
+            q * 2f32.powi(-(((r + 2 * b) % 9) as i32) - 6)
+        })
+        .collect();
+    let forms = [
+        (arbitrary, false, false),
+        (quantized, true, false),
+        (centred, true, true),
+    ];
+    for (table, compact, centred) in forms {
         let e = Embedding::encode(&table, vocab, hidden).unwrap();
-        assert_eq!(e.compact(), compact);
+        assert_eq!((e.compact(), e.centred()), (compact, centred));
         let tokens = [7u32, 0, 49, 7];
         let out = common::run(9, &[], |ctx, _| {
             let onehot = embedding::onehot_input(ctx, &tokens, tokens.len(), vocab)?;

@@ -4,9 +4,10 @@
 //! token, so the table is held as small as it exactly can be: in blocks of 32 columns, each
 //! `offset + scale·q` with 8-bit `q`, which the weights of a quantized checkpoint always
 //! allow — with no offsets at all where every block is `scale·(q − 128)`, as a checkpoint in
-//! 8-bit blocks without minimums (Q8_0) has it — and at full width otherwise. For a table in blocks the pass over the table computes
-//! the selected row's `q` modulo 2^16 (`pairs`) and its scales and offsets at full width, and
-//! one round ([`finish`]) lifts `q` to full width and multiplies it by its scale.
+//! 8-bit blocks without minimums (Q8_0) has it — and at full width otherwise. For a table in
+//! blocks the pass over the table computes the selected row's `q` modulo 2^16 (`pairs`) and
+//! its scales and offsets at full width, and one round ([`finish`]) lifts `q` to full width
+//! and multiplies it by its scale.
 
 mod pairs;
 
@@ -191,12 +192,12 @@ fn centred(data: &[i32], cols: usize) -> Option<(Vec<u32>, bool, Vec<u8>)> {
             .map(|v| v.unsigned_abs() as u64)
             .fold(0, gcd)
             .max(1);
-        let centred = |v: &i32| *v as i64 / scale as i64 + 128;
-        if block.iter().any(|v| !(0..=255).contains(&centred(v))) {
+        let q_of = |v: &i32| *v as i64 / scale as i64 + 128;
+        if block.iter().any(|v| !(0..=255).contains(&q_of(v))) {
             return None;
         }
         scales.push(u32::try_from(scale).ok()?);
-        q.extend(block.iter().map(|v| centred(v) as u8));
+        q.extend(block.iter().map(|v| q_of(v) as u8));
     }
     Some((scales, true, q))
 }

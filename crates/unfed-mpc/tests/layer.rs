@@ -147,8 +147,9 @@ impl Pair {
     }
 }
 
-fn check_layer(interleaved: bool, bias: bool, seed: u64) {
-    let s = LayerShape {
+/// A small layer's shape (its random weights' gate activations stay under 2^5).
+fn small_shape(interleaved: bool) -> LayerShape {
+    LayerShape {
         hidden: 16,
         ffn: 24,
         n_head: 4,
@@ -158,7 +159,11 @@ fn check_layer(interleaved: bool, bias: bool, seed: u64) {
         interleaved,
         eps: 1e-5,
         gate_log2: 5,
-    };
+    }
+}
+
+fn check_layer(interleaved: bool, bias: bool, seed: u64) {
+    let s = small_shape(interleaved);
     let w = random_weights(&s, seed, bias);
     let fixed = LayerWeights::new(&s, &raw(&w)).unwrap();
     let mut pair = Pair::new(seed as u8);
@@ -278,17 +283,7 @@ fn the_gate_bound_holds_for_any_input_and_a_narrower_one_is_refused() {
 
     // Random layers, and inputs made to hit the bound: the RMSNorm of any input times each
     // row stays below 2^gate_log2, and the worst case (the input along a row) comes close.
-    let mut s = LayerShape {
-        hidden: 16,
-        ffn: 24,
-        n_head: 4,
-        n_kv_head: 2,
-        head_dim: 4,
-        rope_theta: 10000.0,
-        interleaved: false,
-        eps: 1e-5,
-        gate_log2: 0,
-    };
+    let mut s = small_shape(false);
     for seed in 0..20 {
         let w = random_weights(&s, seed, false);
         let l = layer::gate_log2(s.hidden, &w.ffn_norm, &w.gate);

@@ -31,15 +31,16 @@ pub struct LayerShape {
 }
 
 /// Bounds the protocols rely on, as reals: attention scores `< 2^SCORE_LOG2` in magnitude,
-/// gate activations `< 2^LayerShape::gate_log2` (at most `2^GATE_LOG2_MAX`), RMSNorm's
-/// `dim·(mean(x²) + eps)` in `[4^RMS_LO, 4^RMS_HI)`. Values outside give wrong results, not
-/// leaks.
+/// gate activations `< 2^LayerShape::gate_log2` (`gate_log2` from `GATE_LOG2_MIN`, which
+/// SiLU's clamp needs, to `GATE_LOG2_MAX`), RMSNorm's `dim·(mean(x²) + eps)` in
+/// `[4^RMS_LO, 4^RMS_HI)`. Values outside give wrong results, not leaks.
 pub const SCORE_LOG2: u32 = 11;
+pub const GATE_LOG2_MIN: u32 = 5;
 pub const GATE_LOG2_MAX: u32 = 12;
 pub const RMS_LO: i32 = -6;
 pub const RMS_HI: i32 = 11;
 
-/// The least `gate_log2` (from 5 to [`GATE_LOG2_MAX`]) that bounds a layer's gate activations
+/// The least `gate_log2` (from [`GATE_LOG2_MIN`] to [`GATE_LOG2_MAX`]) that bounds a layer's gate activations
 /// whatever its input, from its weights alone: the gate's row `i` applies to the RMSNorm of
 /// the input, `g ⊙ x/rms(x)`, whose length is at most `√hidden` (`rms(x)² ≥ mean(x²)`), so
 /// by Cauchy–Schwarz `|gate_i| ≤ √hidden·‖g ⊙ W_i‖₂`. A margin of 1% covers the fixed point's
@@ -57,9 +58,9 @@ pub fn gate_log2(hidden: usize, ffn_norm: &[f32], gate: &[f32]) -> u32 {
             .sum::<f64>()
             .sqrt()
     };
-    let longest = gate.chunks(hidden).map(length).fold(0.0, f64::max);
+    let longest = gate.chunks(hidden.max(1)).map(length).fold(0.0, f64::max);
     let bound = 1.01 * (hidden as f64).sqrt() * longest;
-    (bound.log2().ceil().max(0.0) as u32).clamp(5, GATE_LOG2_MAX)
+    (bound.log2().ceil().max(0.0) as u32).clamp(GATE_LOG2_MIN, GATE_LOG2_MAX)
 }
 
 /// A public matrix `[rows][cols]` in fixed point.

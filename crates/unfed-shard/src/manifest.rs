@@ -281,7 +281,19 @@ impl Manifest {
             }
             None => return Err("no numeric `version` field".into()),
         }
-        serde_json::from_value(raw).map_err(|e| e.to_string())
+        let manifest: Self = serde_json::from_value(raw).map_err(|e| e.to_string())?;
+        if let Some(plan) = manifest.mpc {
+            let range = unfed_mpc::layer::GATE_LOG2_MIN..=unfed_mpc::layer::GATE_LOG2_MAX;
+            if !range.contains(&plan.gate_log2) {
+                return Err(format!(
+                    "mpc.gate_log2 is {}, not from {} to {}",
+                    plan.gate_log2,
+                    range.start(),
+                    range.end()
+                ));
+            }
+        }
+        Ok(manifest)
     }
 }
 

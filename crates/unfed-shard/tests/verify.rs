@@ -396,4 +396,10 @@ fn an_mpc_plan_records_the_gate_bound_its_weights_give() {
     raw["mpc"].as_object_mut().unwrap().remove("gate_log2");
     let old = unfed_shard::Manifest::from_json(&raw.to_string()).unwrap();
     assert_eq!(old.mpc.unwrap().gate_log2, unfed_mpc::layer::GATE_LOG2_MAX);
+    // A bound SiLU cannot work with is refused when the manifest is read.
+    for bad in [0, 4, 13, 200] {
+        raw["mpc"]["gate_log2"] = json!(bad);
+        let e = unfed_shard::Manifest::from_json(&raw.to_string()).unwrap_err();
+        assert!(e.contains("mpc.gate_log2"), "{e}");
+    }
 }

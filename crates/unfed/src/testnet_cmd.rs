@@ -212,6 +212,15 @@ fn up(args: UpArgs) -> Result<ExitCode> {
             mpc_layers,
         };
         unfed_shard::split(&source, &shards_dir, &opts)?;
+        // The registry's database holds the manifest of the split it served before and would
+        // refuse every node of the new one: a new split starts the registry afresh.
+        for suffix in ["", "-wal", "-shm"] {
+            let file = dir.join(format!("registry.db{suffix}"));
+            if file.exists() {
+                std::fs::remove_file(&file)
+                    .with_context(|| format!("removing {}", file.display()))?;
+            }
+        }
     }
     let cluster = dir.join("cluster.json");
     if !cluster.exists() {
@@ -253,6 +262,8 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         registry: registry.clone(),
         processes: Vec::new(),
     };
+    // The log name of each started process, in the order of `state.processes`.
+    let mut started = vec!["registry".to_string()];
     let reg = spawn(
         &exe,
         dir,
@@ -323,6 +334,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
                     &tls_flags(&names[i])?,
                 )?;
                 state.processes.push(Started::of(pid));
+                started.push(names[i].clone());
                 save(dir, &state)?;
                 if i == 1 {
                     wait_for_port(&address(1), Duration::from_secs(60)).with_context(|| {
@@ -359,6 +371,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
                 &tls_flags(&name)?,
             )?;
             state.processes.push(Started::of(pid));
+            started.push(name);
             save(dir, &state)?;
         }
     }
@@ -381,6 +394,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
             &tls_flags("guard")?,
         )?;
         state.processes.push(Started::of(pid));
+        started.push("guard".into());
         save(dir, &state)?;
         let address = format!("127.0.0.1:{port}");
         wait_for_port(&address, Duration::from_secs(15)).with_context(|| {
@@ -397,12 +411,15 @@ fn up(args: UpArgs) -> Result<ExitCode> {
             &registry,
             &model_id,
             guard,
+            (dir, &state.processes, &started),
             Duration::from_secs(180),
         ))
         .with_context(|| {
             format!(
-                "the model did not become READY (or the guard was not listed); logs are in {}",
-                dir.join("logs").display()
+                "the model did not become READY (or the guard was not listed); logs are in {} \
+                 (`unfed testnet down --dir {}` stops what started)",
+                dir.join("logs").display(),
+                dir.display()
             )
         })?;
     eprintln!(
@@ -493,16 +510,28 @@ fn wait_for_port(addr: &str, limit: Duration) -> Result<()> {
     bail!("nothing listens on {addr} after {limit:?}")
 }
 
-/// Waits until the registry says `model_id` is READY and, with `guard`, lists a guard relay.
+/// Waits until the registry says `model_id` is READY and, with `guard`, lists a guard relay;
+/// fails at once when one of the started processes (logged under `dir/logs/NAME.log`) exits.
 async fn wait_ready(
     dialer: &unfed_proto::Dialer,
     registry: &str,
     model_id: &str,
     guard: bool,
+    (dir, processes, names): (&Path, &[Started], &[String]),
     limit: Duration,
 ) -> Result<()> {
     let start = Instant::now();
     loop {
+        if let Some(i) = processes.iter().position(|p| !p.running()) {
+            let log = dir.join("logs").join(format!("{}.log", names[i]));
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let last = text.lines().rev().find(|l| !l.trim().is_empty());
+            bail!(
+                "{} exited: {}",
+                names[i],
+                last.unwrap_or("(its log is empty)")
+            );
+        }
         if let Ok(mut c) = unfed_client::Client::connect_with(registry, dialer.clone()).await
             && let Ok(models) = c.list_models().await
             && models

@@ -238,7 +238,7 @@ fn qwen_whole_and_sharded_greedy_replies_are_identical_and_coherent() {
 
 #[test]
 #[cfg_attr(not(unfed_slow), ignore = "slow: real model weights; set UNFED_SLOW=1")]
-fn smollm2_testnet_replies_plain_and_mpc_equal_the_single_process_reply() {
+fn smollm2_testnet_reply_equals_the_single_process_one_and_on_an_mpc_pair_it_answers() {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -273,17 +273,20 @@ fn smollm2_testnet_replies_plain_and_mpc_equal_the_single_process_reply() {
         s(&ca),
         "--list-models",
     ]);
-    let network = unfed(&[
-        "client",
-        "--registry",
-        &registry,
-        "--tls-ca",
-        s(&ca),
-        "--prompt",
-        prompt,
-        "--max-tokens",
-        "80",
-    ]);
+    let ask = || {
+        unfed(&[
+            "client",
+            "--registry",
+            &registry,
+            "--tls-ca",
+            s(&ca),
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "80",
+        ])
+    };
+    let network = ask();
     drop(net);
     let listed = String::from_utf8(listed.stdout).unwrap();
     assert!(
@@ -306,17 +309,7 @@ fn smollm2_testnet_replies_plain_and_mpc_equal_the_single_process_reply() {
     // second command does: a new split, and a registry started afresh (its database held the
     // plain split's manifest, and would refuse every node of the new one).
     let net = Testnet::up(&tn, &["--registry-port", &port, "--shards", "3", "--mpc"]);
-    let private = unfed(&[
-        "client",
-        "--registry",
-        &registry,
-        "--tls-ca",
-        s(&ca),
-        "--prompt",
-        prompt,
-        "--max-tokens",
-        "80",
-    ]);
+    let private = ask();
     drop(net);
     assert!(
         private.status.success(),

@@ -40,10 +40,10 @@ pub const GATE_LOG2_MAX: u32 = 12;
 pub const RMS_LO: i32 = -6;
 pub const RMS_HI: i32 = 11;
 
-/// The least `gate_log2` (from [`GATE_LOG2_MIN`] to [`GATE_LOG2_MAX`]) that bounds a layer's gate activations
-/// whatever its input, from its weights alone: the gate's row `i` applies to the RMSNorm of
-/// the input, `g ⊙ x/rms(x)`, whose length is at most `√hidden` (`rms(x)² ≥ mean(x²)`), so
-/// by Cauchy–Schwarz `|gate_i| ≤ √hidden·‖g ⊙ W_i‖₂`. A margin of 1% covers the fixed point's
+/// The least `gate_log2` (from [`GATE_LOG2_MIN`] to [`GATE_LOG2_MAX`]) that bounds a layer's
+/// gate activations whatever its input, from its weights alone: the gate's row `i` applies to
+/// the RMSNorm of the input, `g ⊙ x/rms(x)`, whose length is at most `√hidden`
+/// (`rms(x)² ≥ mean(x²)`), so by Cauchy–Schwarz `|gate_i| ≤ √hidden·‖g ⊙ W_i‖₂`. A margin of 1% covers the fixed point's
 /// rounding and RMSNorm's approximation on shares. `gate` is row-major `[ffn][hidden]`.
 pub fn gate_log2(hidden: usize, ffn_norm: &[f32], gate: &[f32]) -> u32 {
     // Weights that are not finite fail the fixed-point encoding later; here they ask for the

@@ -14,6 +14,8 @@ pub mod testing;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
+mod x86_packed;
+#[cfg(target_arch = "x86_64")]
 mod x86_wide;
 
 pub use act::{ActBlock, quantize_rows};

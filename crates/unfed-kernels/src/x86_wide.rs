@@ -33,13 +33,13 @@ pub(crate) fn available() -> bool {
 
 /// Runs `r` and `r + 1` of a row: weights as unsigned bytes (run `r` in the low half), the
 /// scale per 4-lane group, and each run's factor of the activation sum.
-type Pair = (__m512i, __m512, f32, f32);
+pub(crate) type Pair = (__m512i, __m512, f32, f32);
 
 macro_rules! pair_of {
     ($name:ident, $load:ident) => {
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
-        unsafe fn $name(row: *const u8, r: usize) -> Pair {
+        pub(crate) unsafe fn $name(row: *const u8, r: usize) -> Pair {
             let ((w0, d0, m0), (w1, d1, m1)) = unsafe { ($load(row, r), $load(row, r + 1)) };
             let w = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(w0), w1);
             let dv = _mm512_insertf32x8::<1>(_mm512_castps256_ps512(d0), d1);
@@ -75,7 +75,7 @@ unsafe fn scales2(d0: f32, d1: f32) -> __m512 {
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
-unsafe fn pair_q4_0(row: *const u8, r: usize) -> Pair {
+pub(crate) unsafe fn pair_q4_0(row: *const u8, r: usize) -> Pair {
     unsafe {
         let b = row.add(r * 18);
         let (d0, d1) = (f16_at(b), f16_at(b.add(18)));
@@ -85,7 +85,7 @@ unsafe fn pair_q4_0(row: *const u8, r: usize) -> Pair {
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
-unsafe fn pair_q4_1(row: *const u8, r: usize) -> Pair {
+pub(crate) unsafe fn pair_q4_1(row: *const u8, r: usize) -> Pair {
     unsafe {
         let b = row.add(r * 20);
         let w = nibbles2(b, 20, 4);
@@ -101,7 +101,7 @@ unsafe fn pair_q4_1(row: *const u8, r: usize) -> Pair {
 /// Q5_0: the fifth bits of both blocks become a 64-bit mask, expanded to bytes in one step.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
-unsafe fn pair_q5_0(row: *const u8, r: usize) -> Pair {
+pub(crate) unsafe fn pair_q5_0(row: *const u8, r: usize) -> Pair {
     unsafe {
         let b = row.add(r * 22);
         let (d0, d1) = (f16_at(b), f16_at(b.add(22)));
@@ -117,7 +117,7 @@ unsafe fn pair_q5_0(row: *const u8, r: usize) -> Pair {
 /// 6-bit scales and minimums come from adjacent scale bytes (see `q4k_scale_min`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
-unsafe fn pair_q4k(row: *const u8, r: usize) -> Pair {
+pub(crate) unsafe fn pair_q4k(row: *const u8, r: usize) -> Pair {
     unsafe {
         let (blk, j) = (r / 8, r % 8);
         let b = row.add(blk * 144);
@@ -150,7 +150,7 @@ unsafe fn pair_q4k(row: *const u8, r: usize) -> Pair {
 /// scales, one per 16 weights, from 4 consecutive bytes. Unsigned (`w + 32`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
-unsafe fn pair_q6k(row: *const u8, r: usize) -> Pair {
+pub(crate) unsafe fn pair_q6k(row: *const u8, r: usize) -> Pair {
     unsafe {
         let (blk, sub) = (r / 8, r % 8);
         let (half, g) = (sub / 4, sub % 4);
@@ -178,37 +178,50 @@ unsafe fn f16_at(p: *const u8) -> f32 {
     unsafe { half::f16::from_bits(p.cast::<u16>().read_unaligned()).to_f32() }
 }
 
+/// One run pair of a tile's tokens: their 64 values, 16 scales, and sums for runs `r` and
+/// `r + 1` (lanes beyond `T` unused).
+pub(crate) type TokensPair<const T: usize> = ([__m512i; T], [__m512; T], __m128, __m128);
+
+/// [`TokensPair`] from activation blocks in place.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
+unsafe fn tokens_in_place<const T: usize>(acts: &[*const ActBlock; T], r: usize) -> TokensPair<T> {
+    let mut x = [_mm512_setzero_si512(); T];
+    let mut da = [_mm512_setzero_ps(); T];
+    let (mut s0, mut s1) = ([0f32; 4], [0f32; 4]);
+    for j in 0..T {
+        let (a0, a1) = unsafe { (&*acts[j].add(r), &*acts[j].add(r + 1)) };
+        let (q0, q1) = unsafe {
+            (
+                _mm256_loadu_si256(a0.q.as_ptr().cast()),
+                _mm256_loadu_si256(a1.q.as_ptr().cast()),
+            )
+        };
+        x[j] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q0), q1);
+        da[j] = _mm512_insertf32x8::<1>(_mm512_set1_ps(a0.d), _mm256_set1_ps(a1.d));
+        s0[j] = a0.s;
+        s1[j] = a1.s;
+    }
+    let (s0, s1) = unsafe { (_mm_loadu_ps(s0.as_ptr()), _mm_loadu_ps(s1.as_ptr())) };
+    (x, da, s0, s1)
+}
+
+/// Defines `$name::<R, T>(rows, acts: $acts, runs)`: `R` weight rows (loaded by `$pair`) against
+/// `T` (≤ 4) token rows (loaded by `$tokens`), `runs` (even) runs of 32. For a given `T`, every
+/// value goes through the same operations whatever `R` and wherever its operands come from.
 macro_rules! wide_kernel {
-    ($name:ident, $pair:ident, $bias:expr) => {
-        /// `R` weight rows against `T` (≤ 4) token rows, `runs` (even) runs of 32; for a given
-        /// `T`, every value goes through the same operations whatever `R`.
+    ($name:ident, $pair:ident, $bias:expr, $acts:ty, $tokens:ident) => {
         #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
         pub(crate) unsafe fn $name<const R: usize, const T: usize>(
             rows: [*const u8; R],
-            acts: [*const ActBlock; T],
+            acts: $acts,
             runs: usize,
         ) -> [[f32; T]; R] {
             debug_assert!(runs.is_multiple_of(2));
             let mut acc = [[_mm512_setzero_ps(); T]; R];
             let mut offset = [_mm_setzero_ps(); R];
             for r in (0..runs).step_by(2) {
-                let mut x = [_mm512_setzero_si512(); T];
-                let mut da = [_mm512_setzero_ps(); T];
-                let (mut s0, mut s1) = ([0f32; 4], [0f32; 4]);
-                for j in 0..T {
-                    let (a0, a1) = unsafe { (&*acts[j].add(r), &*acts[j].add(r + 1)) };
-                    let (q0, q1) = unsafe {
-                        (
-                            _mm256_loadu_si256(a0.q.as_ptr().cast()),
-                            _mm256_loadu_si256(a1.q.as_ptr().cast()),
-                        )
-                    };
-                    x[j] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q0), q1);
-                    da[j] = _mm512_insertf32x8::<1>(_mm512_set1_ps(a0.d), _mm256_set1_ps(a1.d));
-                    s0[j] = a0.s;
-                    s1[j] = a1.s;
-                }
-                let (s0, s1) = unsafe { (_mm_loadu_ps(s0.as_ptr()), _mm_loadu_ps(s1.as_ptr())) };
+                let (x, da, s0, s1) = unsafe { $tokens::<T>(&acts, r) };
                 // Each row's dot product starts from -bias × Σx per group of four.
                 let mut start = [_mm512_setzero_si512(); T];
                 if $bias != 0 {
@@ -246,10 +259,11 @@ macro_rules! wide_kernel {
         }
     };
 }
+pub(crate) use wide_kernel;
 
-wide_kernel!(q4_0, pair_q4_0, 0);
-wide_kernel!(q4_1, pair_q4_1, 0);
-wide_kernel!(q5_0, pair_q5_0, 0);
-wide_kernel!(q4k, pair_q4k, 0);
-wide_kernel!(q8_0, pair_q8_0, 128);
-wide_kernel!(q6k, pair_q6k, 32);
+wide_kernel!(q4_0, pair_q4_0, 0, [*const ActBlock; T], tokens_in_place);
+wide_kernel!(q4_1, pair_q4_1, 0, [*const ActBlock; T], tokens_in_place);
+wide_kernel!(q5_0, pair_q5_0, 0, [*const ActBlock; T], tokens_in_place);
+wide_kernel!(q4k, pair_q4k, 0, [*const ActBlock; T], tokens_in_place);
+wide_kernel!(q8_0, pair_q8_0, 128, [*const ActBlock; T], tokens_in_place);
+wide_kernel!(q6k, pair_q6k, 32, [*const ActBlock; T], tokens_in_place);

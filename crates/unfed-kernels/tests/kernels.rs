@@ -142,9 +142,9 @@ proptest! {
     #[test]
     fn products_match_the_reference(
         ty in proptest::sample::select(QuantType::ALL.to_vec()),
-        blocks in 1usize..4,
+        blocks in 1usize..5,
         rows in proptest::collection::vec(1usize..40, 1..4),
-        tokens in 1usize..10,
+        tokens in 1usize..20,
         seed in any::<u64>(),
     ) {
         check_products(ty, &rows, blocks * ty.block_len(), tokens, seed);
@@ -155,7 +155,7 @@ proptest! {
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     let mut rng = StdRng::seed_from_u64(3);
-    let (rows, cols, tokens) = (101, 256, 7);
+    let (rows, cols, tokens) = (101, 256, 11);
     for ty in QuantType::ALL {
         let w = random_rows(ty, rows, cols, &mut rng);
         let m = QMatrix::new(ty, rows, cols, Bytes::owned(w)).unwrap();
@@ -171,6 +171,39 @@ fn results_do_not_depend_on_the_thread_count() {
         let one = run(1);
         for threads in [2, 3, 5] {
             assert_eq!(one, run(threads), "{} with {threads} threads", ty.name());
+        }
+    }
+}
+
+/// A batch is computed in tiles of four tokens, its weights unpacked once for the whole batch
+/// where it is long enough: either way each token's values are what a batch of four gives.
+#[test]
+fn a_batch_gives_each_token_what_a_short_batch_does() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let (rows, cols, tokens) = (37, 512, 12);
+    let pool = Pool::new(2);
+    for ty in QuantType::ALL {
+        let w = random_rows(ty, rows, cols, &mut rng);
+        let m = QMatrix::new(ty, rows, cols, Bytes::owned(w)).unwrap();
+        let x: Vec<f32> = (0..tokens * cols)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        for isa in Isa::available() {
+            let mut whole = vec![0f32; rows * tokens];
+            matmul_many(&[&m], &x, tokens, &mut [&mut whole[..]], &pool, isa).unwrap();
+            for (t, x4) in x.chunks(4 * cols).enumerate() {
+                let mut y = vec![0f32; rows * 4];
+                matmul_many(&[&m], x4, 4, &mut [&mut y[..]], &pool, isa).unwrap();
+                assert_eq!(
+                    y,
+                    whole[t * 4 * rows..][..4 * rows],
+                    "{} on {}, tokens {}..{}",
+                    ty.name(),
+                    isa.name(),
+                    4 * t,
+                    4 * t + 4
+                );
+            }
         }
     }
 }

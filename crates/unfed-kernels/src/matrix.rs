@@ -179,7 +179,16 @@ pub fn matmul_many(
     quantize_rows(x, cols, &mut acts, pool);
     let runs = cols / 32;
     let total_rows: usize = mats.iter().map(|m| m.rows).sum();
-    let per_chunk = total_rows.div_ceil(pool.threads() * 8).max(4);
+    let packs = packs(isa, tokens, runs);
+    let mut per_chunk = total_rows.div_ceil(pool.threads() * 8).max(4);
+    #[cfg(target_arch = "x86_64")]
+    let mut wide = WIDE.take();
+    #[cfg(target_arch = "x86_64")]
+    if packs {
+        // Whole groups of rows, so that only a matrix's last group is short.
+        per_chunk = per_chunk.next_multiple_of(x86_packed::GROUP);
+        wide.fill(&acts, runs);
+    }
     let mut chunks = [0usize; MAX_MATS];
     let mut outs = [OutPtr(std::ptr::null_mut()); MAX_MATS];
     for (i, (m, y)) in mats.iter().zip(ys.iter_mut()).enumerate() {
@@ -187,13 +196,6 @@ pub fn matmul_many(
         outs[i] = OutPtr(y.as_mut_ptr());
     }
     let acts_ref = &acts[..];
-    let packs = packs(isa, tokens, runs);
-    #[cfg(target_arch = "x86_64")]
-    let mut wide = WIDE.take();
-    #[cfg(target_arch = "x86_64")]
-    if packs {
-        wide.fill(&acts, tokens, runs);
-    }
     #[cfg(target_arch = "x86_64")]
     let wide_ref = &wide;
     pool.run(chunks.iter().sum(), &|mut c| {
@@ -205,48 +207,58 @@ pub fn matmul_many(
         let (mat, m) = (i, mats[i]);
         let rows = c * per_chunk..((c + 1) * per_chunk).min(m.rows);
         let act_row = |t: usize| &acts_ref[t * runs..(t + 1) * runs];
-        // SAFETY: (token, row) pairs are disjoint between chunks, and `ys` outlives the job.
-        let put = |r: usize, t: usize, v: f32| unsafe { *outs[mat].0.add(t * m.rows + r) = v };
         if tokens == 1 {
             // One token: the weights stream through once; row kernels do that fastest.
             for r in rows {
-                put(r, 0, row_dot(isa, m.ty, m.row(r), [act_row(0)], runs)[0]);
+                let v = row_dot(isa, m.ty, m.row(r), [act_row(0)], runs)[0];
+                // SAFETY: rows are disjoint between chunks, and `ys` outlives the job.
+                unsafe { *outs[mat].0.add(r) = v };
             }
             return;
         }
-        if !packs {
-            let tile = InPlace {
-                isa,
-                m,
-                acts: acts_ref,
-                runs,
-            };
-            return tiles(rows, tokens, &tile, put);
-        }
         #[cfg(target_arch = "x86_64")]
-        {
-            let mut packed = PACKED.take();
-            let stride = runs / 2 * x86_packed::PACKED_PAIR;
-            for first in rows.clone().step_by(PACK_ROWS) {
-                let block = first..(first + PACK_ROWS).min(rows.end);
-                packed.resize(block.len() * stride, 0);
-                for (r, out) in block.clone().zip(packed.chunks_exact_mut(stride)) {
-                    // SAFETY: `packs` checked the CPU; the row holds `runs` runs of its type and
-                    // `out` has room for them unpacked.
-                    unsafe {
-                        x86_packed::pack_row(m.ty, m.row(r).as_ptr(), runs, out.as_mut_ptr())
-                    };
-                }
-                let tile = Packed {
-                    ty: m.ty,
-                    rows: &packed,
-                    first,
-                    acts: wide_ref,
-                    runs,
+        if packs {
+            let out = outs[mat].0;
+            // SAFETY: `packs` checked the CPU; every row holds `runs` runs of its type, `wide`
+            // holds the activations of every token, and `ys[mat]` is `tokens × m.rows` values of
+            // which this chunk alone writes rows `rows`.
+            unsafe { x86_packed::product(m.ty, |r| m.row(r), rows, wide_ref, out, m.rows) };
+            return;
+        }
+        let mut t0 = 0;
+        while t0 < tokens {
+            let n = (tokens - t0).min(4);
+            let mut r = rows.start;
+            while r < rows.end {
+                let tile = if rows.end - r >= 4 { 4 } else { 1 };
+                let put = |i: usize, j: usize, v: f32| {
+                    // SAFETY: (token, row) pairs are disjoint between chunks, and `ys` outlives
+                    // the job.
+                    unsafe { *outs[mat].0.add((t0 + j) * m.rows + r + i) = v };
                 };
-                tiles(block, tokens, &tile, put);
+                macro_rules! go {
+                    ($r:literal, $t:literal) => {{
+                        let w: [&[u8]; $r] = std::array::from_fn(|i| m.row(r + i));
+                        let a: [&[ActBlock]; $t] = std::array::from_fn(|j| act_row(t0 + j));
+                        let out = tile_dot(isa, m.ty, w, a, runs);
+                        for (i, row) in out.iter().enumerate() {
+                            row.iter().enumerate().for_each(|(j, &v)| put(i, j, v));
+                        }
+                    }};
+                }
+                match (tile, n) {
+                    (4, 4) => go!(4, 4),
+                    (4, 3) => go!(4, 3),
+                    (4, 2) => go!(4, 2),
+                    (4, _) => go!(4, 1),
+                    (_, 4) => go!(1, 4),
+                    (_, 3) => go!(1, 3),
+                    (_, 2) => go!(1, 2),
+                    _ => go!(1, 1),
+                }
+                r += tile;
             }
-            PACKED.set(packed);
+            t0 += n;
         }
     });
     ACTS.set(acts);
@@ -255,13 +267,11 @@ pub fn matmul_many(
     Ok(())
 }
 
-/// Products of at least this many tokens unpack each block of rows once (on CPUs with the wide
-/// kernels) rather than once per tile of four tokens.
+/// Products of at least this many tokens unpack each group of rows once and multiply it with
+/// rows in lanes (`x86_packed`, on CPUs with the wide kernels) rather than row by row.
 const PACK_MIN_TOKENS: usize = 8;
-/// Rows unpacked at a time: they stay in the core's cache while every token passes over them.
-const PACK_ROWS: usize = 16;
 
-/// Whether a product of `tokens` tokens over `runs` runs unpacks its weights first.
+/// Whether a product of `tokens` tokens over `runs` runs takes the `x86_packed` path.
 fn packs(isa: Isa, tokens: usize, runs: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     if tokens >= PACK_MIN_TOKENS && isa == Isa::Avx512Vnni && runs.is_multiple_of(2) {
@@ -271,96 +281,10 @@ fn packs(isa: Isa, tokens: usize, runs: usize) -> bool {
     false
 }
 
-/// Something that computes a tile: `R` rows from `r` against `T` tokens from `t0`.
-trait Tile {
-    fn dot<const R: usize, const T: usize>(&self, r: usize, t0: usize) -> [[f32; T]; R];
-}
-
-/// Rows `rows` against every one of `tokens`, in tiles of up to 4 rows × 4 tokens; `put(r, t, v)`
-/// takes each result.
-#[inline(always)]
-fn tiles(rows: Range<usize>, tokens: usize, tile: &impl Tile, put: impl Fn(usize, usize, f32)) {
-    let mut t0 = 0;
-    while t0 < tokens {
-        let n = (tokens - t0).min(4);
-        let mut r = rows.start;
-        while r < rows.end {
-            let height = if rows.end - r >= 4 { 4 } else { 1 };
-            macro_rules! go {
-                ($r:literal, $t:literal) => {{
-                    let out = tile.dot::<$r, $t>(r, t0);
-                    for (i, v) in out.iter().enumerate() {
-                        v.iter()
-                            .enumerate()
-                            .for_each(|(j, &v)| put(r + i, t0 + j, v));
-                    }
-                }};
-            }
-            match (height, n) {
-                (4, 4) => go!(4, 4),
-                (4, 3) => go!(4, 3),
-                (4, 2) => go!(4, 2),
-                (4, _) => go!(4, 1),
-                (_, 4) => go!(1, 4),
-                (_, 3) => go!(1, 3),
-                (_, 2) => go!(1, 2),
-                _ => go!(1, 1),
-            }
-            r += height;
-        }
-        t0 += n;
-    }
-}
-
-/// Tiles of a matrix's rows in place.
-struct InPlace<'a> {
-    isa: Isa,
-    m: &'a QMatrix,
-    acts: &'a [ActBlock],
-    runs: usize,
-}
-
-impl Tile for InPlace<'_> {
-    #[inline(always)]
-    fn dot<const R: usize, const T: usize>(&self, r: usize, t0: usize) -> [[f32; T]; R] {
-        let w: [&[u8]; R] = std::array::from_fn(|i| self.m.row(r + i));
-        let a: [&[ActBlock]; T] =
-            std::array::from_fn(|j| &self.acts[(t0 + j) * self.runs..][..self.runs]);
-        tile_dot(self.isa, self.m.ty, w, a, self.runs)
-    }
-}
-
-/// Tiles of a block of rows from `first`, unpacked (`x86_packed`), against the batch's
-/// activations laid out for them.
-#[cfg(target_arch = "x86_64")]
-struct Packed<'a> {
-    ty: QuantType,
-    rows: &'a [u8],
-    first: usize,
-    acts: &'a WideActs,
-    runs: usize,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Tile for Packed<'_> {
-    #[inline(always)]
-    fn dot<const R: usize, const T: usize>(&self, r: usize, t0: usize) -> [[f32; T]; R] {
-        let stride = self.runs / 2 * x86_packed::PACKED_PAIR;
-        let w =
-            std::array::from_fn(|i| self.rows[(r - self.first + i) * stride..][..stride].as_ptr());
-        // SAFETY: only `packs` lets a product here, having checked the CPU; each row holds
-        // `runs` runs unpacked, and the activations as many.
-        unsafe { x86_packed::packed(self.ty, w, self.acts.tile::<T>(t0), self.runs) }
-    }
-}
-
 thread_local! {
     /// The calling thread's quantized activations, reused between products.
     static ACTS: Cell<Vec<ActBlock>> = const { Cell::new(Vec::new()) };
-    /// A pool thread's unpacked block of rows, reused between products.
-    #[cfg(target_arch = "x86_64")]
-    static PACKED: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-    /// The calling thread's activations laid out for unpacked rows, reused between products.
+    /// The calling thread's activations laid out for `x86_packed`, reused between products.
     #[cfg(target_arch = "x86_64")]
     static WIDE: Cell<WideActs> = Cell::new(WideActs::default());
 }

@@ -4,7 +4,7 @@
 //! unsigned bytes (`vpdpbusd` multiplies unsigned by signed); the shift's contribution,
 //! `bias × Σ x` per group of four, is computed once per token and run and starts each row's dot
 //! product, so the integer sums stay exact. For an even number of runs; an odd one keeps the
-//! 256-bit tiles.
+//! 256-bit tiles. Long batches unpack their rows with the same pair loaders (`x86_packed`).
 
 use std::arch::x86_64::*;
 
@@ -178,50 +178,37 @@ unsafe fn f16_at(p: *const u8) -> f32 {
     unsafe { half::f16::from_bits(p.cast::<u16>().read_unaligned()).to_f32() }
 }
 
-/// One run pair of a tile's tokens: their 64 values, 16 scales, and sums for runs `r` and
-/// `r + 1` (lanes beyond `T` unused).
-pub(crate) type TokensPair<const T: usize> = ([__m512i; T], [__m512; T], __m128, __m128);
-
-/// [`TokensPair`] from activation blocks in place.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
-unsafe fn tokens_in_place<const T: usize>(acts: &[*const ActBlock; T], r: usize) -> TokensPair<T> {
-    let mut x = [_mm512_setzero_si512(); T];
-    let mut da = [_mm512_setzero_ps(); T];
-    let (mut s0, mut s1) = ([0f32; 4], [0f32; 4]);
-    for j in 0..T {
-        let (a0, a1) = unsafe { (&*acts[j].add(r), &*acts[j].add(r + 1)) };
-        let (q0, q1) = unsafe {
-            (
-                _mm256_loadu_si256(a0.q.as_ptr().cast()),
-                _mm256_loadu_si256(a1.q.as_ptr().cast()),
-            )
-        };
-        x[j] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q0), q1);
-        da[j] = _mm512_insertf32x8::<1>(_mm512_set1_ps(a0.d), _mm256_set1_ps(a1.d));
-        s0[j] = a0.s;
-        s1[j] = a1.s;
-    }
-    let (s0, s1) = unsafe { (_mm_loadu_ps(s0.as_ptr()), _mm_loadu_ps(s1.as_ptr())) };
-    (x, da, s0, s1)
-}
-
-/// Defines `$name::<R, T>(rows, acts: $acts, runs)`: `R` weight rows (loaded by `$pair`) against
-/// `T` (≤ 4) token rows (loaded by `$tokens`), `runs` (even) runs of 32. For a given `T`, every
-/// value goes through the same operations whatever `R` and wherever its operands come from.
 macro_rules! wide_kernel {
-    ($name:ident, $pair:ident, $bias:expr, $acts:ty, $tokens:ident) => {
+    ($name:ident, $pair:ident, $bias:expr) => {
+        /// `R` weight rows against `T` (≤ 4) token rows, `runs` (even) runs of 32; for a given
+        /// `T`, every value goes through the same operations whatever `R`.
         #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
         pub(crate) unsafe fn $name<const R: usize, const T: usize>(
             rows: [*const u8; R],
-            acts: $acts,
+            acts: [*const ActBlock; T],
             runs: usize,
         ) -> [[f32; T]; R] {
             debug_assert!(runs.is_multiple_of(2));
             let mut acc = [[_mm512_setzero_ps(); T]; R];
             let mut offset = [_mm_setzero_ps(); R];
             for r in (0..runs).step_by(2) {
-                let (x, da, s0, s1) = unsafe { $tokens::<T>(&acts, r) };
+                let mut x = [_mm512_setzero_si512(); T];
+                let mut da = [_mm512_setzero_ps(); T];
+                let (mut s0, mut s1) = ([0f32; 4], [0f32; 4]);
+                for j in 0..T {
+                    let (a0, a1) = unsafe { (&*acts[j].add(r), &*acts[j].add(r + 1)) };
+                    let (q0, q1) = unsafe {
+                        (
+                            _mm256_loadu_si256(a0.q.as_ptr().cast()),
+                            _mm256_loadu_si256(a1.q.as_ptr().cast()),
+                        )
+                    };
+                    x[j] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q0), q1);
+                    da[j] = _mm512_insertf32x8::<1>(_mm512_set1_ps(a0.d), _mm256_set1_ps(a1.d));
+                    s0[j] = a0.s;
+                    s1[j] = a1.s;
+                }
+                let (s0, s1) = unsafe { (_mm_loadu_ps(s0.as_ptr()), _mm_loadu_ps(s1.as_ptr())) };
                 // Each row's dot product starts from -bias × Σx per group of four.
                 let mut start = [_mm512_setzero_si512(); T];
                 if $bias != 0 {
@@ -259,11 +246,10 @@ macro_rules! wide_kernel {
         }
     };
 }
-pub(crate) use wide_kernel;
 
-wide_kernel!(q4_0, pair_q4_0, 0, [*const ActBlock; T], tokens_in_place);
-wide_kernel!(q4_1, pair_q4_1, 0, [*const ActBlock; T], tokens_in_place);
-wide_kernel!(q5_0, pair_q5_0, 0, [*const ActBlock; T], tokens_in_place);
-wide_kernel!(q4k, pair_q4k, 0, [*const ActBlock; T], tokens_in_place);
-wide_kernel!(q8_0, pair_q8_0, 128, [*const ActBlock; T], tokens_in_place);
-wide_kernel!(q6k, pair_q6k, 32, [*const ActBlock; T], tokens_in_place);
+wide_kernel!(q4_0, pair_q4_0, 0);
+wide_kernel!(q4_1, pair_q4_1, 0);
+wide_kernel!(q5_0, pair_q5_0, 0);
+wide_kernel!(q4k, pair_q4k, 0);
+wide_kernel!(q8_0, pair_q8_0, 128);
+wide_kernel!(q6k, pair_q6k, 32);

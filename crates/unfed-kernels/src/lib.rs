@@ -4,8 +4,8 @@
 //!
 //! The weights stay in their file layout — usually pages of the memory-mapped model file — so
 //! loading a model copies nothing and a tied embedding/output matrix exists once. A long batch
-//! (a prompt) unpacks 16 rows at a time into a small per-thread buffer, used for every token and
-//! then overwritten.
+//! (a prompt) unpacks a group of rows at a time into a small per-thread buffer, used for every
+//! token and then overwritten.
 
 mod act;
 mod formats;

@@ -8,7 +8,7 @@ use crate::act::{ActBlock, quantize_rows};
 use crate::formats::{QuantType, dequantize_row};
 use crate::pool::Pool;
 #[cfg(target_arch = "x86_64")]
-use crate::x86_packed::{self, WideActs};
+use crate::x86_packed::{self, BatchActs, Lanes, Narrow, Wide};
 use crate::{Isa, KernelError, portable};
 
 /// Immutable bytes: owned, or a range of something shared (a memory-mapped file).
@@ -179,15 +179,15 @@ pub fn matmul_many(
     quantize_rows(x, cols, &mut acts, pool);
     let runs = cols / 32;
     let total_rows: usize = mats.iter().map(|m| m.rows).sum();
-    let packs = packs(isa, tokens, runs);
+    let packing = packing(isa, tokens, runs);
     let mut per_chunk = total_rows.div_ceil(pool.threads() * 8).max(4);
     #[cfg(target_arch = "x86_64")]
-    let mut wide = WIDE.take();
+    let mut batch = BATCH.take();
     #[cfg(target_arch = "x86_64")]
-    if packs {
+    if packing.is_some() {
         // Whole groups of rows, so that only a matrix's last group is short.
-        per_chunk = per_chunk.next_multiple_of(x86_packed::GROUP);
-        wide.fill(&acts, runs);
+        per_chunk = per_chunk.next_multiple_of(Wide::GROUP);
+        batch.fill(&acts, runs);
     }
     let mut chunks = [0usize; MAX_MATS];
     let mut outs = [OutPtr(std::ptr::null_mut()); MAX_MATS];
@@ -197,7 +197,7 @@ pub fn matmul_many(
     }
     let acts_ref = &acts[..];
     #[cfg(target_arch = "x86_64")]
-    let wide_ref = &wide;
+    let batch_ref = &batch;
     pool.run(chunks.iter().sum(), &|mut c| {
         let mut i = 0;
         while c >= chunks[i] {
@@ -217,13 +217,25 @@ pub fn matmul_many(
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if packs {
-            let out = outs[mat].0;
-            // SAFETY: `packs` checked the CPU; every row holds `runs` runs of its type, `wide`
-            // holds the activations of every token, and `ys[mat]` is `tokens × m.rows` values of
-            // which this chunk alone writes rows `rows`.
-            unsafe { x86_packed::product(m.ty, |r| m.row(r), rows, wide_ref, out, m.rows) };
-            return;
+        {
+            let (out, row) = (outs[mat].0, |r: usize| m.row(r));
+            // SAFETY: `packing` checked the CPU, and each layout is used for the types it
+            // takes; every row holds `runs` runs of its type, `batch` holds the activations of
+            // every token, and `ys[mat]` is `tokens × m.rows` values of which this chunk alone
+            // writes rows `rows`.
+            match packing {
+                Some(Packing::Wide) => {
+                    return unsafe {
+                        x86_packed::product::<Wide>(m.ty, row, rows, batch_ref, out, m.rows)
+                    };
+                }
+                Some(Packing::Narrow) if Narrow::takes(m.ty) => {
+                    return unsafe {
+                        x86_packed::product::<Narrow>(m.ty, row, rows, batch_ref, out, m.rows)
+                    };
+                }
+                _ => {}
+            }
         }
         let mut t0 = 0;
         while t0 < tokens {
@@ -263,22 +275,36 @@ pub fn matmul_many(
     });
     ACTS.set(acts);
     #[cfg(target_arch = "x86_64")]
-    WIDE.set(wide);
+    BATCH.set(batch);
     Ok(())
 }
 
 /// Products of at least this many tokens unpack each group of rows once and multiply it with
-/// rows in lanes (`x86_packed`, on CPUs with the wide kernels) rather than row by row.
+/// rows in lanes (`x86_packed`) rather than row by row.
 const PACK_MIN_TOKENS: usize = 8;
 
-/// Whether a product of `tokens` tokens over `runs` runs takes the `x86_packed` path.
-fn packs(isa: Isa, tokens: usize, runs: usize) -> bool {
+/// The rows-in-lanes layout a product takes.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[derive(Clone, Copy)]
+enum Packing {
+    /// 16 rows per vector, on CPUs with the wide kernels.
+    Wide,
+    /// 8 rows per vector, on AVX2 (for the types it takes; the others keep the tiles).
+    Narrow,
+}
+
+/// Which layout a product of `tokens` tokens over `runs` runs takes on `isa`, if any.
+fn packing(isa: Isa, tokens: usize, runs: usize) -> Option<Packing> {
     #[cfg(target_arch = "x86_64")]
-    if tokens >= PACK_MIN_TOKENS && isa == Isa::Avx512Vnni && runs.is_multiple_of(2) {
-        return crate::x86_wide::available();
+    if tokens >= PACK_MIN_TOKENS && runs.is_multiple_of(2) {
+        return match isa {
+            Isa::Avx512Vnni if crate::x86_wide::available() => Some(Packing::Wide),
+            Isa::Avx512Vnni | Isa::Avx2 => Some(Packing::Narrow),
+            Isa::Portable => None,
+        };
     }
     let _ = (isa, tokens, runs);
-    false
+    None
 }
 
 thread_local! {
@@ -286,7 +312,7 @@ thread_local! {
     static ACTS: Cell<Vec<ActBlock>> = const { Cell::new(Vec::new()) };
     /// The calling thread's activations laid out for `x86_packed`, reused between products.
     #[cfg(target_arch = "x86_64")]
-    static WIDE: Cell<WideActs> = Cell::new(WideActs::default());
+    static BATCH: Cell<BatchActs> = Cell::new(BatchActs::default());
 }
 
 #[derive(Clone, Copy)]

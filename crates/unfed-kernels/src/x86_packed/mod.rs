@@ -26,6 +26,8 @@ pub(crate) use wide::Wide;
 pub(crate) trait Lanes {
     /// Rows unpacked and multiplied together (one per 32-bit lane).
     const GROUP: usize;
+    /// The vector of one token's results for a group.
+    type Acc: Copy;
     /// Whether weights of `ty` take this path.
     fn takes(ty: QuantType) -> bool;
     /// Bytes of a group's unpacked runs.
@@ -35,20 +37,22 @@ pub(crate) trait Lanes {
     /// # Safety
     /// The CPU has the layout's features and every row holds `runs` runs of `ty`.
     unsafe fn pack(ty: QuantType, rows: &[&[u8]], runs: usize, out: &mut [u8]);
-    /// One unpacked group (the first `valid` rows real) against tokens `t0..t0 + T` of `acts`:
-    /// token `t0 + j`'s results go to `out[j][..valid]`.
+    /// A group unpacked by `pack` against `T` tokens (their values and (scale, sum) per run),
+    /// `runs` runs with `S` scales each; with `MIN`, the weights' minimums times the sums.
     ///
     /// # Safety
-    /// The CPU has the layout's features; `group` was unpacked by `pack` for `ty` and `acts`'
-    /// runs; each `out[j]` has room for `valid` values.
-    unsafe fn multiply<const T: usize>(
-        ty: QuantType,
-        group: &[u8],
-        acts: &BatchActs,
-        t0: usize,
-        valid: usize,
-        out: [*mut f32; T],
-    );
+    /// The CPU has the layout's features; `group` holds `runs` runs unpacked, each token as many.
+    unsafe fn kernel<const T: usize, const S: usize, const MIN: bool>(
+        group: *const u8,
+        x: [*const u8; T],
+        ds: [*const [f32; 2]; T],
+        runs: usize,
+    ) -> [Self::Acc; T];
+    /// Stores the first `valid` results of `acc` at `out`.
+    ///
+    /// # Safety
+    /// The CPU has the layout's features; `out` has room for `valid` values.
+    unsafe fn store(out: *mut f32, valid: usize, acc: Self::Acc);
 }
 
 /// Tokens one pass over a group's runs multiplies (its accumulators stay in registers).
@@ -119,7 +123,7 @@ pub(crate) unsafe fn product<'a, L: Lanes>(
                     let out = std::array::from_fn(|j| y.wrapping_add((t0 + j) * stride + first));
                     // SAFETY: the caller's promises; `group` holds these rows unpacked, and
                     // each token's outputs have room for them.
-                    unsafe { L::multiply::<$t>(ty, &group, acts, t0, valid, out) }
+                    unsafe { multiply::<L, $t>(ty, &group, acts, t0, valid, out) }
                 }};
             }
             match n {
@@ -143,11 +147,32 @@ thread_local! {
     static PACKED: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
-/// The tokens' pointers of a multiply: values and (scale, sum) per run.
-fn tokens<const T: usize>(acts: &BatchActs, t0: usize) -> ([*const u8; T], [*const [f32; 2]; T]) {
-    let runs = acts.runs;
-    (
-        std::array::from_fn(|j| acts.x[(t0 + j) * runs * 32..].as_ptr()),
-        std::array::from_fn(|j| acts.ds[(t0 + j) * runs..].as_ptr()),
-    )
+/// One unpacked group (the first `valid` rows real) against tokens `t0..t0 + T` of `acts`: token
+/// `t0 + j`'s results go to `out[j][..valid]`.
+///
+/// # Safety
+/// The CPU has `L`'s features; `group` was unpacked by `L::pack` for `ty` and `acts`' runs; each
+/// `out[j]` has room for `valid` values.
+unsafe fn multiply<L: Lanes, const T: usize>(
+    ty: QuantType,
+    group: &[u8],
+    acts: &BatchActs,
+    t0: usize,
+    valid: usize,
+    out: [*mut f32; T],
+) {
+    debug_assert!(valid <= L::GROUP && group.len() == L::group_bytes(ty, acts.runs));
+    let (g, runs) = (group.as_ptr(), acts.runs);
+    let x = std::array::from_fn(|j| acts.x[(t0 + j) * runs * 32..].as_ptr());
+    let ds = std::array::from_fn(|j| acts.ds[(t0 + j) * runs..].as_ptr());
+    unsafe {
+        let acc = match ty {
+            QuantType::Q6K => L::kernel::<T, 2, false>(g, x, ds, runs),
+            QuantType::Q4_1 | QuantType::Q4K => L::kernel::<T, 1, true>(g, x, ds, runs),
+            _ => L::kernel::<T, 1, false>(g, x, ds, runs),
+        };
+        for (j, a) in acc.into_iter().enumerate() {
+            L::store(out[j], valid, a);
+        }
+    }
 }

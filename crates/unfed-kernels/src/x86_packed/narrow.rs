@@ -2,7 +2,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{BatchActs, Lanes, run_bytes, scales, tokens};
+use super::{Lanes, run_bytes, scales};
 use crate::QuantType;
 use crate::x86::avx2::tile as loaders;
 
@@ -24,6 +24,7 @@ impl Narrow {
 
 impl Lanes for Narrow {
     const GROUP: usize = 8;
+    type Acc = __m256;
 
     fn takes(ty: QuantType) -> bool {
         ty != QuantType::Q8_0
@@ -37,27 +38,17 @@ impl Lanes for Narrow {
         unsafe { pack_narrow(ty, rows, runs, out) }
     }
 
-    unsafe fn multiply<const T: usize>(
-        ty: QuantType,
-        group: &[u8],
-        acts: &BatchActs,
-        t0: usize,
-        valid: usize,
-        out: [*mut f32; T],
-    ) {
-        debug_assert!(valid <= 8 && group.len() == Self::group_bytes(ty, acts.runs));
-        let (x, ds) = tokens::<T>(acts, t0);
-        let (g, runs) = (group.as_ptr(), acts.runs);
-        unsafe {
-            let acc = match ty {
-                QuantType::Q6K => kernel_narrow::<T, 2, false>(g, x, ds, runs),
-                QuantType::Q4_1 | QuantType::Q4K => kernel_narrow::<T, 1, true>(g, x, ds, runs),
-                _ => kernel_narrow::<T, 1, false>(g, x, ds, runs),
-            };
-            for (j, a) in acc.iter().enumerate() {
-                store_narrow(out[j], valid, *a);
-            }
-        }
+    unsafe fn kernel<const T: usize, const S: usize, const MIN: bool>(
+        group: *const u8,
+        x: [*const u8; T],
+        ds: [*const [f32; 2]; T],
+        runs: usize,
+    ) -> [__m256; T] {
+        unsafe { kernel_narrow::<T, S, MIN>(group, x, ds, runs) }
+    }
+
+    unsafe fn store(out: *mut f32, valid: usize, acc: __m256) {
+        unsafe { store_narrow(out, valid, acc) }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{BatchActs, Lanes, run_bytes, scales, tokens};
+use super::{Lanes, run_bytes, scales};
 use crate::QuantType;
 use crate::x86_wide::{pair_q4_0, pair_q4_1, pair_q4k, pair_q5_0, pair_q6k, pair_q8_0};
 
@@ -24,6 +24,7 @@ impl Wide {
 
 impl Lanes for Wide {
     const GROUP: usize = 16;
+    type Acc = __m512;
 
     fn takes(_: QuantType) -> bool {
         true
@@ -37,28 +38,17 @@ impl Lanes for Wide {
         unsafe { pack_wide(ty, rows, runs, out) }
     }
 
-    unsafe fn multiply<const T: usize>(
-        ty: QuantType,
-        group: &[u8],
-        acts: &BatchActs,
-        t0: usize,
-        valid: usize,
-        out: [*mut f32; T],
-    ) {
-        debug_assert!(valid <= 16 && group.len() == Self::group_bytes(ty, acts.runs));
-        let (x, ds) = tokens::<T>(acts, t0);
-        let mask = ((1u32 << valid) - 1) as u16;
-        let (g, runs) = (group.as_ptr(), acts.runs);
-        unsafe {
-            let acc = match ty {
-                QuantType::Q6K => kernel_wide::<T, 2, false>(g, x, ds, runs),
-                QuantType::Q4_1 | QuantType::Q4K => kernel_wide::<T, 1, true>(g, x, ds, runs),
-                _ => kernel_wide::<T, 1, false>(g, x, ds, runs),
-            };
-            for (j, a) in acc.iter().enumerate() {
-                store_wide(out[j], mask, *a);
-            }
-        }
+    unsafe fn kernel<const T: usize, const S: usize, const MIN: bool>(
+        group: *const u8,
+        x: [*const u8; T],
+        ds: [*const [f32; 2]; T],
+        runs: usize,
+    ) -> [__m512; T] {
+        unsafe { kernel_wide::<T, S, MIN>(group, x, ds, runs) }
+    }
+
+    unsafe fn store(out: *mut f32, valid: usize, acc: __m512) {
+        unsafe { store_wide(out, valid, acc) }
     }
 }
 
@@ -154,8 +144,8 @@ fn transpose(a: [__m512i; 16]) -> [__m512i; 16] {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")]
-unsafe fn store_wide(out: *mut f32, mask: u16, v: __m512) {
-    unsafe { _mm512_mask_storeu_ps(out, mask, v) }
+unsafe fn store_wide(out: *mut f32, valid: usize, v: __m512) {
+    unsafe { _mm512_mask_storeu_ps(out, ((1u32 << valid) - 1) as u16, v) }
 }
 
 /// One group's 16 rows against `T` tokens: `S` scales per run, and with `MIN` the weights'

@@ -34,75 +34,111 @@ impl Lanes for Narrow {
         runs * run_bytes(8, scales(ty))
     }
 
+    #[target_feature(enable = "avx2,fma")]
     unsafe fn pack(ty: QuantType, rows: &[&[u8]], runs: usize, out: &mut [u8]) {
-        unsafe { pack_narrow(ty, rows, runs, out) }
+        assert!(rows.len() <= 8 && Narrow::takes(ty) && out.len() == Narrow::group_bytes(ty, runs));
+        let (s, run_len) = (scales(ty), run_bytes(8, scales(ty)));
+        let per = 8 / s;
+        let bias = _mm256_set1_epi8(Narrow::bias(ty) as i8);
+        let (ones8, ones16) = (_mm256_set1_epi8(1), _mm256_set1_epi16(1));
+        for r in 0..runs {
+            let (mut w, mut d) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
+            let mut m = [0f32; 8];
+            for (i, row) in rows.iter().enumerate() {
+                // SAFETY: the caller's promises.
+                let (wi, di, mi) = unsafe {
+                    match ty {
+                        QuantType::Q4_0 => loaders::load_q4_0(row.as_ptr(), r),
+                        QuantType::Q4_1 => loaders::load_q4_1(row.as_ptr(), r),
+                        QuantType::Q5_0 => loaders::load_q5_0(row.as_ptr(), r),
+                        QuantType::Q4K => loaders::load_q4k(row.as_ptr(), r),
+                        QuantType::Q6K => loaders::load_q6k(row.as_ptr(), r),
+                        QuantType::Q8_0 => unreachable!("Q8_0 does not take this path"),
+                    }
+                };
+                (w[i], d[i], m[i]) = (_mm256_sub_epi8(wi, bias), _mm256_castps_si256(di), mi);
+            }
+            // Lane i of vector k: row i's 32-bit word k.
+            let (w, d) = (transpose8(w), transpose8(d));
+            let run = out[r * run_len..][..run_len].as_mut_ptr();
+            // SAFETY: every store lies within this run's record of `out`.
+            unsafe {
+                for (k, wk) in w.iter().enumerate() {
+                    _mm256_storeu_si256(run.add(k * 32).cast(), *wk);
+                }
+                for sc in 0..s {
+                    let mut sum = _mm256_setzero_si256();
+                    for wk in &w[sc * per..(sc + 1) * per] {
+                        let quads = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, *wk), ones16);
+                        sum = _mm256_add_epi32(sum, quads);
+                    }
+                    let start = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(sum, 7));
+                    _mm256_storeu_si256(run.add(256 + sc * 32).cast(), start);
+                    _mm256_storeu_si256(run.add(256 + (s + sc) * 32).cast(), d[sc * per]);
+                }
+                _mm256_storeu_ps(
+                    run.add(256 + 2 * s * 32).cast(),
+                    _mm256_loadu_ps(m.as_ptr()),
+                );
+            }
+        }
     }
 
+    #[target_feature(enable = "avx2,fma")]
     unsafe fn kernel<const T: usize, const S: usize, const MIN: bool>(
         group: *const u8,
         x: [*const u8; T],
         ds: [*const [f32; 2]; T],
         runs: usize,
     ) -> [__m256; T] {
-        unsafe { kernel_narrow::<T, S, MIN>(group, x, ds, runs) }
+        let mut acc = [_mm256_setzero_ps(); T];
+        let per = 8 / S;
+        let ones16 = _mm256_set1_epi16(1);
+        for r in 0..runs {
+            unsafe {
+                let g = group.add(r * run_bytes(8, S));
+                for sc in 0..S {
+                    let start = _mm256_loadu_si256(g.add(256 + sc * 32).cast());
+                    let scale = _mm256_loadu_ps(g.add(256 + (S + sc) * 32).cast());
+                    for j in 0..T {
+                        let xr = x[j].add(r * 32 + sc * per * 4);
+                        let mut p = start;
+                        for k in (0..per).step_by(2) {
+                            let xs = xr.add(4 * k).cast::<[i32; 2]>().read_unaligned();
+                            let w0 = _mm256_loadu_si256(g.add((sc * per + k) * 32).cast());
+                            let w1 = _mm256_loadu_si256(g.add((sc * per + k + 1) * 32).cast());
+                            let pairs = _mm256_add_epi16(
+                                _mm256_maddubs_epi16(_mm256_set1_epi32(xs[0]), w0),
+                                _mm256_maddubs_epi16(_mm256_set1_epi32(xs[1]), w1),
+                            );
+                            p = _mm256_add_epi32(p, _mm256_madd_epi16(pairs, ones16));
+                        }
+                        let da = _mm256_set1_ps((*ds[j].add(r))[0]);
+                        acc[j] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(p),
+                            _mm256_mul_ps(scale, da),
+                            acc[j],
+                        );
+                    }
+                }
+                if MIN {
+                    let m = _mm256_loadu_ps(g.add(256 + 2 * S * 32).cast());
+                    for j in 0..T {
+                        acc[j] = _mm256_fmadd_ps(m, _mm256_set1_ps((*ds[j].add(r))[1]), acc[j]);
+                    }
+                }
+            }
+        }
+        acc
     }
 
+    #[target_feature(enable = "avx2,fma")]
     unsafe fn store(out: *mut f32, valid: usize, acc: __m256) {
-        unsafe { store_narrow(out, valid, acc) }
-    }
-}
-
-/// [`Narrow::pack`].
-///
-/// # Safety
-/// As [`Lanes::pack`].
-#[target_feature(enable = "avx2,fma")]
-unsafe fn pack_narrow(ty: QuantType, rows: &[&[u8]], runs: usize, out: &mut [u8]) {
-    assert!(rows.len() <= 8 && Narrow::takes(ty) && out.len() == Narrow::group_bytes(ty, runs));
-    let (s, run_len) = (scales(ty), run_bytes(8, scales(ty)));
-    let per = 8 / s;
-    let bias = _mm256_set1_epi8(Narrow::bias(ty) as i8);
-    let (ones8, ones16) = (_mm256_set1_epi8(1), _mm256_set1_epi16(1));
-    for r in 0..runs {
-        let (mut w, mut d) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
-        let mut m = [0f32; 8];
-        for (i, row) in rows.iter().enumerate() {
-            // SAFETY: the caller's promises.
-            let (wi, di, mi) = unsafe {
-                match ty {
-                    QuantType::Q4_0 => loaders::load_q4_0(row.as_ptr(), r),
-                    QuantType::Q4_1 => loaders::load_q4_1(row.as_ptr(), r),
-                    QuantType::Q5_0 => loaders::load_q5_0(row.as_ptr(), r),
-                    QuantType::Q4K => loaders::load_q4k(row.as_ptr(), r),
-                    QuantType::Q6K => loaders::load_q6k(row.as_ptr(), r),
-                    QuantType::Q8_0 => unreachable!("Q8_0 does not take this path"),
-                }
-            };
-            (w[i], d[i], m[i]) = (_mm256_sub_epi8(wi, bias), _mm256_castps_si256(di), mi);
-        }
-        // Lane i of vector k: row i's 32-bit word k.
-        let (w, d) = (transpose8(w), transpose8(d));
-        let run = out[r * run_len..][..run_len].as_mut_ptr();
-        // SAFETY: every store lies within this run's record of `out`.
-        unsafe {
-            for (k, wk) in w.iter().enumerate() {
-                _mm256_storeu_si256(run.add(k * 32).cast(), *wk);
-            }
-            for sc in 0..s {
-                let mut sum = _mm256_setzero_si256();
-                for wk in &w[sc * per..(sc + 1) * per] {
-                    let quads = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, *wk), ones16);
-                    sum = _mm256_add_epi32(sum, quads);
-                }
-                let start = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(sum, 7));
-                _mm256_storeu_si256(run.add(256 + sc * 32).cast(), start);
-                _mm256_storeu_si256(run.add(256 + (s + sc) * 32).cast(), d[sc * per]);
-            }
-            _mm256_storeu_ps(
-                run.add(256 + 2 * s * 32).cast(),
-                _mm256_loadu_ps(m.as_ptr()),
-            );
-        }
+        let mask = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(valid as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
+        unsafe { _mm256_maskstore_ps(out, mask, acc) }
     }
 }
 
@@ -131,60 +167,4 @@ fn transpose8(a: [__m256i; 8]) -> [__m256i; 8] {
         out[4 + c] = _mm256_permute2x128_si256::<0x31>(u[c], u[4 + c]);
     }
     out
-}
-
-#[target_feature(enable = "avx2,fma")]
-unsafe fn store_narrow(out: *mut f32, valid: usize, v: __m256) {
-    let mask = _mm256_cmpgt_epi32(
-        _mm256_set1_epi32(valid as i32),
-        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-    );
-    unsafe { _mm256_maskstore_ps(out, mask, v) }
-}
-
-/// One group's 8 rows against `T` tokens: `S` scales per run, and with `MIN` the weights'
-/// minimums times the activation sums.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_narrow<const T: usize, const S: usize, const MIN: bool>(
-    group: *const u8,
-    x: [*const u8; T],
-    ds: [*const [f32; 2]; T],
-    runs: usize,
-) -> [__m256; T] {
-    let mut acc = [_mm256_setzero_ps(); T];
-    let per = 8 / S;
-    let ones16 = _mm256_set1_epi16(1);
-    for r in 0..runs {
-        unsafe {
-            let g = group.add(r * run_bytes(8, S));
-            for sc in 0..S {
-                let start = _mm256_loadu_si256(g.add(256 + sc * 32).cast());
-                let scale = _mm256_loadu_ps(g.add(256 + (S + sc) * 32).cast());
-                for j in 0..T {
-                    let xr = x[j].add(r * 32 + sc * per * 4);
-                    let mut p = start;
-                    for k in (0..per).step_by(2) {
-                        let xs = xr.add(4 * k).cast::<[i32; 2]>().read_unaligned();
-                        let w0 = _mm256_loadu_si256(g.add((sc * per + k) * 32).cast());
-                        let w1 = _mm256_loadu_si256(g.add((sc * per + k + 1) * 32).cast());
-                        let pairs = _mm256_add_epi16(
-                            _mm256_maddubs_epi16(_mm256_set1_epi32(xs[0]), w0),
-                            _mm256_maddubs_epi16(_mm256_set1_epi32(xs[1]), w1),
-                        );
-                        p = _mm256_add_epi32(p, _mm256_madd_epi16(pairs, ones16));
-                    }
-                    let da = _mm256_set1_ps((*ds[j].add(r))[0]);
-                    acc[j] =
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(scale, da), acc[j]);
-                }
-            }
-            if MIN {
-                let m = _mm256_loadu_ps(g.add(256 + 2 * S * 32).cast());
-                for j in 0..T {
-                    acc[j] = _mm256_fmadd_ps(m, _mm256_set1_ps((*ds[j].add(r))[1]), acc[j]);
-                }
-            }
-        }
-    }
-    acc
 }
